@@ -1,0 +1,40 @@
+# ckd: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
+ARGS   ?=
+
+.PHONY: demo test bench venv data clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision first and pinned, so pip takes them from local wheels where it can
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's dataset-fashion-mnist when the files are missing and apt exists; else ckd falls back
+# to torchvision's download at run time.
+data:
+	@if [ ! -f $(FMNIST) ] && [ -z "$$CKD_DATA_DIR" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: venv data
+	$(VENV)/bin/ckd demo --out runs/demo $(ARGS)
+
+test: venv data
+	$(PY) -m pytest -q
+
+bench: venv data
+	$(PY) bench/fmnist10.py
+	$(PY) bench/fmnist10.py --hetero
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,129 @@
+"""What travels between peers: ModelBlob (a learner's spec and weights) and ExampleBatch.
+
+Both are plain data (JSON-able spec, numpy arrays); nothing here ever unpickles. A blob or a
+batch from another peer is untrusted: `validate()` checks every field before use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from peer.errors import UsageError
+
+# dtypes allowed on the wire; anything else (object, void, ...) is refused.
+WIRE_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float32", "float64", "bool"})
+
+
+class InvalidPayload(UsageError):
+    """A model blob or example batch that does not match its own description."""
+
+
+def _check_array(name: str, arr: Any) -> None:
+    if not isinstance(arr, np.ndarray):
+        raise InvalidPayload(f"array {name!r} is {type(arr).__name__}, not an ndarray")
+    if arr.dtype.name not in WIRE_DTYPES:
+        raise InvalidPayload(f"array {name!r} has dtype {arr.dtype}, not one of {sorted(WIRE_DTYPES)}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidPayload(f"array {name!r} holds NaN or infinite values")
+
+
+@dataclass(frozen=True)
+class ModelBlob:
+    """A learner as data: `spec` says how to rebuild it, `arrays` hold its parameters by name."""
+
+    spec: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.spec.get("kind", ""))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.spec.get("classes", ()))
+
+    def spec_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values()) + len(self.spec_json())
+
+    def validate(self) -> None:
+        if not isinstance(self.spec, dict) or not self.kind:
+            raise InvalidPayload("model blob spec has no learner kind")
+        classes = self.spec.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
+            raise InvalidPayload("model blob spec must list two or more distinct class names")
+        shape = self.spec.get("input_shape")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise InvalidPayload(f"model blob input_shape {shape!r} is not a list of positive ints")
+        for name, arr in self.arrays.items():
+            _check_array(name, arr)
+
+
+@dataclass(frozen=True)
+class ExampleBatch:
+    """Synthetic examples from one teacher to one student; `(sender, round, seq)` is its id.
+
+    `x` holds inputs in wire form: uint8 for images in [0, 1] (value / 255), float32 otherwise.
+    `y` holds class indices into `classes`, the sender's class names, so the receiver can map
+    labels by name. `distance` is each example's L1 distance to the private example it came from.
+    """
+
+    sender: str
+    receiver: str
+    round: int
+    seq: int
+    x: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...]
+    distance: np.ndarray
+
+    @property
+    def id(self) -> tuple[str, int, int]:
+        return (self.sender, self.round, self.seq)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def nbytes(self) -> int:
+        return self.x.nbytes + self.y.nbytes + self.distance.nbytes
+
+    def inputs(self) -> np.ndarray:
+        """Inputs as float32 in the learner's range."""
+        if self.x.dtype == np.uint8:
+            return self.x.astype(np.float32) / 255.0
+        return self.x.astype(np.float32)
+
+    def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...]) -> None:
+        """Refuse a batch that does not fit a receiver with this input shape and these classes."""
+        for name, arr in (("x", self.x), ("y", self.y), ("distance", self.distance)):
+            _check_array(name, arr)
+        if self.x.dtype not in (np.uint8, np.float32):
+            raise InvalidPayload(f"batch {self.id}: inputs are {self.x.dtype}, expected uint8 or float32")
+        if tuple(self.x.shape[1:]) != tuple(input_shape):
+            raise InvalidPayload(
+                f"batch {self.id}: input shape {tuple(self.x.shape[1:])} does not fit {tuple(input_shape)}"
+            )
+        n = len(self.x)
+        if self.y.shape != (n,) or self.distance.shape != (n,):
+            raise InvalidPayload(f"batch {self.id}: {n} inputs but labels {self.y.shape}, distances {self.distance.shape}")
+        if self.y.dtype.kind not in "iu":
+            raise InvalidPayload(f"batch {self.id}: labels are {self.y.dtype}, expected integers")
+        if n and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
+            raise InvalidPayload(f"batch {self.id}: label index out of range 0..{len(self.classes) - 1}")
+        unknown = set(self.classes[i] for i in np.unique(self.y)) - set(classes)
+        if unknown:
+            raise InvalidPayload(f"batch {self.id}: unknown class name(s) {sorted(unknown)}")
+        if self.x.dtype == np.float32 and n and (self.x.min() < 0.0 or self.x.max() > 1.0):
+            raise InvalidPayload(f"batch {self.id}: inputs outside the valid range [0, 1]")
+
+    def labels_for(self, classes: tuple[str, ...]) -> np.ndarray:
+        """This batch's labels as indices into the receiver's `classes` (matched by name)."""
+        lookup = {name: i for i, name in enumerate(classes)}
+        mapping = np.array([lookup.get(name, -1) for name in self.classes], dtype=np.int64)
+        return mapping[self.y]

@@ -1,0 +1,156 @@
+"""An experiment from one config: load data, split it, build peers, run rounds, summarise."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from peer.augment import AugmentConfig
+from peer.counterfactual import CounterfactualConfig
+from peer.data import Dataset, load_fashion_mnist
+from peer.engine import RunLog, run_rounds
+from peer.errors import UsageError
+from peer.learners import TrainConfig, learner_kinds, make_learner
+from peer.partition import SPLITS, split
+from peer.peer import Peer, TeachConfig
+from peer.transport import InProcessTransport
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every knob of a run. Defaults are the reference experiment fmnist-10."""
+
+    peers: int = 10
+    rounds: int = 2
+    learners: str = "cnn"        # one kind for all, or a list: "cnn*4,mlp*3,forest*3"
+    split: str = "miss-class"
+    keep_fraction: float = 0.1   # for split keep-fraction
+    beta: float = 0.5            # for split dirichlet
+    split_seed: int = 0          # fmnist-10 fixes this to 0
+    seed: int = 0                # training, search and augmentation randomness
+    epochs: int = 4              # local training before the first round
+    retrain_epochs: int = 2      # training after each round (neural learners continue)
+    batch_size: int = 64
+    lr: float = 1e-3
+    alpha: float = 0.5
+    lam: float = 1e-4
+    cf_method: str = "newton"
+    cf_lr: float = 0.02
+    cf_steps: int = 20
+    cf_min_steps: int = 1
+    cf_rel_tol: float = 0.3
+    augment_copies: int = 1
+    max_per_student: int = 0
+    train_per_peer: int = 0      # use only this many examples of each peer's part (0: all)
+    test_limit: int = 0          # evaluate on the first N test images (0: all 10,000)
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.peers < 2:
+            raise UsageError(f"--peers must be at least 2, got {self.peers}")
+        if self.rounds < 0:
+            raise UsageError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.epochs < 1 or self.retrain_epochs < 0:
+            raise UsageError("--epochs must be >= 1 and --retrain-epochs >= 0")
+        if self.split not in SPLITS:
+            raise UsageError(f"unknown --split {self.split!r}; choose from {', '.join(SPLITS)}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("--batch-size must be >= 1 and --lr > 0")
+        if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
+            raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
+        self.learner_list()
+        self.counterfactual()
+
+    def learner_list(self) -> list[str]:
+        kinds: list[str] = []
+        for item in self.learners.split(","):
+            name, _, count = item.strip().partition("*")
+            if name not in learner_kinds():
+                raise UsageError(f"unknown learner kind {name!r}; choose from {', '.join(learner_kinds())}")
+            if count and (not count.isdigit() or int(count) < 1):
+                raise UsageError(f"bad learner count in {item!r}; write KIND*N, e.g. cnn*4")
+            kinds += [name] * (int(count) if count else 1)
+        if len(kinds) == 1:
+            kinds *= self.peers
+        if len(kinds) != self.peers:
+            raise UsageError(f"--learners names {len(kinds)} learners for {self.peers} peers")
+        return kinds
+
+    def counterfactual(self) -> CounterfactualConfig:
+        return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
+                                    max_steps=self.cf_steps,
+                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol)
+
+    def teach(self) -> TeachConfig:
+        return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
+                           max_per_student=self.max_per_student)
+
+    def train(self, peer_index: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           seed=self.seed * 1000 + peer_index, device=self.device)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def as_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 255.0
+
+
+def peer_ids(n: int) -> list[str]:
+    return [f"peer-{k}" for k in range(n)]
+
+
+def partition(cfg: ExperimentConfig, train: Dataset) -> list[np.ndarray]:
+    parts = split(cfg.split, train.y, cfg.peers, len(train.classes), cfg.split_seed,
+                  fraction=cfg.keep_fraction, beta=cfg.beta)
+    if cfg.train_per_peer:
+        parts = [p[: cfg.train_per_peer] for p in parts]
+    return parts
+
+
+def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: np.ndarray) -> Peer:
+    """Peer k of the experiment: its part of the data and a fresh learner."""
+    learner = make_learner(kind, train.x.shape[1:], train.classes, cfg.train(k))
+    return Peer(peer_ids(cfg.peers)[k], as_float(train.x[part]), train.y[part], train.classes, learner,
+                cfg.teach(), seed=cfg.seed * 1000 + k, image=True)
+
+
+def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
+    parts = partition(cfg, train)
+    return [build_peer(cfg, k, kind, train, part) for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))]
+
+
+@dataclass
+class Experiment:
+    """A finished run: its config, peers' part descriptions, the log and wall time."""
+
+    config: ExperimentConfig
+    learners: list[str]
+    missing: dict[str, list[int]]
+    log: RunLog
+    wall_seconds: float
+    classes: tuple[str, ...]
+    test_y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False,
+                   data: tuple[Dataset, Dataset] | None = None) -> Experiment:
+    train, test = data or load_fashion_mnist(cfg.data_dir)
+    if cfg.test_limit:
+        test = test.subset(np.arange(min(cfg.test_limit, len(test))))
+    peers = build_peers(cfg, train)
+    missing = {p.id: [c for c in range(len(train.classes)) if not (p.y == c).any()] for p in peers}
+    transport = InProcessTransport({p.id: p for p in peers})
+    start = time.perf_counter()
+    log = run_rounds(peers, transport, as_float(test.x), test.y, cfg.rounds, cfg.epochs, cfg.retrain_epochs,
+                     quiet=quiet)
+    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y)
+
+
+def config_dict(cfg: ExperimentConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,106 @@
+"""The learner interface every peer model implements, and the learner registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from peer.blob import InvalidPayload, ModelBlob
+from peer.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a learner trains: epochs of a pass, batch size, learning rate, seed, device."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+
+
+class Learner(ABC):
+    """scikit-learn-like: `fit`, `predict_proba`, plus a pickle-free `to_blob` / `from_blob`.
+
+    Inputs are float32 arrays shaped (N, *input_shape) with values in [0, 1]; outputs are
+    probabilities over `classes`, all of them, also those the learner never saw in training.
+    """
+
+    kind: ClassVar[str]
+    differentiable: ClassVar[bool] = False
+
+    def __init__(self, input_shape: tuple[int, ...], classes: tuple[str, ...], train: TrainConfig):
+        self.input_shape = tuple(input_shape)
+        self.classes = tuple(classes)
+        self.train_config = train
+
+    @abstractmethod
+    def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None,
+            progress: Callable[[int], None] | None = None) -> "Learner":
+        """Train on (x, y); neural learners continue from their current weights."""
+
+    @abstractmethod
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(N, len(classes)) float32 probabilities."""
+
+    @abstractmethod
+    def to_blob(self) -> ModelBlob:
+        """The learner as spec plus named arrays."""
+
+    @classmethod
+    @abstractmethod
+    def from_blob(cls, blob: ModelBlob) -> "Learner":
+        """Rebuild a learner from a (validated) blob; raise InvalidPayload if it does not fit."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x).argmax(axis=1)
+
+    def base_spec(self) -> dict:
+        return {"kind": self.kind, "input_shape": list(self.input_shape), "classes": list(self.classes),
+                "format": 1}
+
+
+_REGISTRY: dict[str, type[Learner]] = {}
+
+
+def register(cls: type[Learner]) -> type[Learner]:
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def learner_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_learner(kind: str, input_shape: tuple[int, ...], classes: tuple[str, ...],
+                 train: TrainConfig | None = None) -> Learner:
+    if kind not in _REGISTRY:
+        raise UsageError(f"unknown learner kind {kind!r}; choose from {', '.join(learner_kinds())}")
+    return _REGISTRY[kind](input_shape, classes, train or TrainConfig())
+
+
+def learner_from_blob(blob: ModelBlob) -> Learner:
+    """Validate an untrusted blob and rebuild its learner."""
+    blob.validate()
+    if blob.kind not in _REGISTRY:
+        raise InvalidPayload(f"model blob has unknown learner kind {blob.kind!r}")
+    return _REGISTRY[blob.kind].from_blob(blob)
+
+
+def expect_arrays(blob: ModelBlob, expected: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Refuse a blob whose arrays differ from `expected` (name -> (shape, dtype))."""
+    names, want = set(blob.arrays), set(expected)
+    if names != want:
+        missing, extra = sorted(want - names), sorted(names - want)
+        raise InvalidPayload(f"{blob.kind} blob arrays don't match its spec: missing {missing}, unexpected {extra}")
+    for name, (shape, dtype) in expected.items():
+        arr = blob.arrays[name]
+        if tuple(arr.shape) != tuple(shape) or arr.dtype.name != dtype:
+            raise InvalidPayload(
+                f"{blob.kind} blob array {name!r} is {arr.dtype.name}{list(arr.shape)}, "
+                f"spec needs {dtype}{list(shape)}"
+            )

@@ -1,0 +1,149 @@
+"""Neural learners in torch: a small CNN for images and an MLP for any fixed-size input."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from peer.blob import InvalidPayload, ModelBlob
+from peer.learners.base import Learner, TrainConfig, expect_arrays, register
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class TorchLearner(Learner):
+    """Shared training, prediction and (de)serialisation for torch modules."""
+
+    differentiable = True
+
+    def __init__(self, input_shape, classes, train: TrainConfig, arch: dict | None = None):
+        super().__init__(input_shape, classes, train)
+        self.arch = {**self.default_arch(), **(arch or {})}
+        self.device = pick_device(train.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train.seed)
+            self.module = self.build(self.arch).to(self.device)
+        self._generator = torch.Generator().manual_seed(train.seed + 1)
+
+    @classmethod
+    def default_arch(cls) -> dict:
+        return {}
+
+    def build(self, arch: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None):
+        cfg = self.train_config
+        epochs = cfg.epochs if epochs is None else epochs
+        xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        ys = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
+        opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
+        self.module.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(xs), generator=self._generator).to(self.device)
+            for start in range(0, len(xs), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(self.module(xs[idx]), ys[idx])
+                loss.backward()
+                opt.step()
+                if progress:
+                    progress(len(idx))
+        self.module.eval()
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        self.module.eval()
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32))
+            out.append(torch.softmax(self.module(xb.to(self.device)), dim=1).float().cpu())
+        if not out:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    def to_blob(self) -> ModelBlob:
+        arrays = {k: v.detach().cpu().numpy().astype(np.float32)
+                  for k, v in self.module.state_dict().items()}
+        return ModelBlob({**self.base_spec(), "arch": self.arch}, arrays)
+
+    @classmethod
+    def from_blob(cls, blob: ModelBlob) -> "TorchLearner":
+        arch = blob.spec.get("arch", {})
+        if not isinstance(arch, dict):
+            raise InvalidPayload(f"{blob.kind} blob arch is not an object")
+        try:
+            learner = cls(tuple(blob.spec["input_shape"]), tuple(blob.spec["classes"]),
+                          TrainConfig(device="auto"), arch)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidPayload(f"{blob.kind} blob spec cannot build a model: {exc}") from exc
+        expected = {k: (tuple(v.shape), "float32") for k, v in learner.module.state_dict().items()}
+        expect_arrays(blob, expected)
+        learner.module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in blob.arrays.items()})
+        learner.module.eval()
+        return learner
+
+
+def _positive_ints(values, what: str) -> list[int]:
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not values or not all(isinstance(v, int) and 0 < v <= 4096 for v in values):
+        raise ValueError(f"{what} must be positive integers up to 4096, got {values!r}")
+    return values
+
+
+@register
+class CNNLearner(TorchLearner):
+    """Two strided convolutions and one hidden layer: fast on a CPU, about 90% on Fashion-MNIST."""
+
+    kind = "cnn"
+
+    @classmethod
+    def default_arch(cls) -> dict:
+        return {"width": 32, "hidden": 128}
+
+    def build(self, arch: dict) -> nn.Module:
+        (width,) = _positive_ints(arch["width"], "cnn width")
+        (hidden,) = _positive_ints(arch["hidden"], "cnn hidden")
+        if len(self.input_shape) == 2:
+            channels, height, wide = 1, *self.input_shape
+        elif len(self.input_shape) == 3:
+            channels, height, wide = self.input_shape
+        else:
+            raise ValueError(f"cnn needs image input (H, W) or (C, H, W), got {self.input_shape}")
+        flat = 2 * width * math.ceil(math.ceil(height / 2) / 2) * math.ceil(math.ceil(wide / 2) / 2)
+        return nn.Sequential(
+            nn.Unflatten(1, (1, height)) if len(self.input_shape) == 2 else nn.Identity(),
+            nn.Conv2d(channels, width, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, len(self.classes)),
+        )
+
+
+@register
+class MLPLearner(TorchLearner):
+    """A multilayer perceptron over the flattened input."""
+
+    kind = "mlp"
+
+    @classmethod
+    def default_arch(cls) -> dict:
+        return {"hidden": [256, 128]}
+
+    def build(self, arch: dict) -> nn.Module:
+        hidden = _positive_ints(arch["hidden"], "mlp hidden")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = int(np.prod(self.input_shape))
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, len(self.classes)))
+        return nn.Sequential(*layers)

@@ -1,0 +1,224 @@
+"""Peer: one party's private data, its learner, and the examples it received.
+
+The four verbs of a round, free of any transport: `train`, `snapshot`, `teach`, `absorb`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from peer.augment import AugmentConfig, augment_images, augment_vectors
+from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
+                                 search_counterfactuals, soft_targets)
+from peer.learners import Learner, learner_from_blob
+from peer.store import ExampleStore
+
+
+@dataclass(frozen=True)
+class TeachConfig:
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_per_student: int = 0     # cap on qualified instances taught per student and round (0: all)
+    batch_limit: int = 2048      # examples per ExampleBatch
+    measure_leakage: bool = True  # distance of each sent example to the nearest private one
+
+
+@dataclass
+class TeachReport:
+    """What one teacher did for one student in one round."""
+
+    teacher: str
+    student: str
+    round: int
+    qualified: int = 0
+    attempted: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    counterfactuals: int = 0
+    sent: int = 0
+    mean_steps: float = 0.0
+    seconds: float = 0.0
+    counterfactual_seconds: float = 0.0
+    source_l1: float = 0.0             # mean L1 distance x' to its source x
+    nearest_private_l2: list[float] = field(default_factory=list)  # per sent example
+    gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        leak = np.asarray(self.nearest_private_l2, dtype=np.float64)
+        return {k: v for k, v in {
+            **{f: getattr(self, f) for f in ("teacher", "student", "round", "qualified", "attempted", "failed",
+                                             "duplicates", "counterfactuals", "sent", "seconds",
+                                             "counterfactual_seconds")},
+            "mean_steps": round(self.mean_steps, 2),
+            "source_l1": round(self.source_l1, 3),
+            "nearest_private_l2_min": round(float(leak.min()), 4) if leak.size else None,
+            "nearest_private_l2_median": round(float(np.median(leak)), 4) if leak.size else None,
+        }.items()}
+
+
+class Peer:
+    """One party. `x` holds float32 inputs in [0, 1] shaped (N, *input_shape); `y` class indices."""
+
+    def __init__(self, peer_id: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...],
+                 learner: Learner, teach: TeachConfig | None = None, seed: int = 0,
+                 store: ExampleStore | None = None, image: bool = True):
+        self.id = peer_id
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.classes = tuple(classes)
+        self.learner = learner
+        self.teach_config = teach or TeachConfig()
+        self.store = store or ExampleStore()
+        self.image = image
+        self.levels = 255 if image else None
+        self._rng = np.random.default_rng([seed, 7])
+        self._own_proba: np.ndarray | None = None
+        self._published: dict[int, ModelBlob] = {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    # -- train -------------------------------------------------------------------------------
+    def training_set(self) -> tuple[np.ndarray, np.ndarray]:
+        rx, ry = self.store.training_arrays(self.classes, self.input_shape)
+        if len(ry) == 0:
+            return self.x, self.y
+        return np.concatenate([self.x, rx]), np.concatenate([self.y, ry])
+
+    def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Fit on private data plus every distinct example received; returns the set's size."""
+        x, y = self.training_set()
+        self.learner.fit(x, y, epochs=epochs, progress=progress)
+        self._own_proba = None
+        return len(y)
+
+    # -- publish -----------------------------------------------------------------------------
+    def snapshot(self, round: int = 0) -> ModelBlob:
+        """The model as published for `round`; later training does not change it."""
+        if round not in self._published:
+            self._published = {r: b for r, b in self._published.items() if r >= round - 1}
+            self._published[round] = self.learner.to_blob()
+        return self._published[round]
+
+    # -- teach -------------------------------------------------------------------------------
+    def own_proba(self) -> np.ndarray:
+        if self._own_proba is None:
+            self._own_proba = self.learner.predict_proba(self.x)
+        return self._own_proba
+
+    def prototypes(self) -> np.ndarray:
+        """Per class, the mean of my examples I classify right (all of that class if none)."""
+        proba = self.own_proba()
+        right = proba.argmax(axis=1) == self.y
+        protos = np.zeros((len(self.classes), *self.input_shape), dtype=np.float32)
+        for c in range(len(self.classes)):
+            pick = (self.y == c) & right
+            if not pick.any():
+                pick = self.y == c
+            if pick.any():
+                protos[c] = self.x[pick].mean(axis=0)
+        return protos
+
+    def _student_proba(self, student: Learner) -> np.ndarray:
+        """The student's predictions on my data, its columns mapped to my class names."""
+        if tuple(student.input_shape) != self.input_shape:
+            raise InvalidPayload(f"student model takes inputs {student.input_shape}, mine are {self.input_shape}")
+        proba = student.predict_proba(self.x)
+        if student.classes == self.classes:
+            return proba
+        cols = {name: i for i, name in enumerate(student.classes)}
+        mapped = np.zeros((len(self.x), len(self.classes)), dtype=np.float32)
+        for k, name in enumerate(self.classes):
+            if name in cols:
+                mapped[:, k] = proba[:, cols[name]]
+        return mapped
+
+    def teach(self, student_id: str, student_blob: ModelBlob, round: int) -> tuple[list[ExampleBatch], TeachReport]:
+        """Counterfactuals of my instances where I am right and the student is wrong."""
+        start = time.perf_counter()
+        cfg = self.teach_config
+        report = TeachReport(self.id, student_id, round)
+        mine = self.own_proba()
+        theirs = self._student_proba(learner_from_blob(student_blob))
+        idx = np.flatnonzero(qualified_mask(mine, theirs, self.y))
+        report.qualified = len(idx)
+        if cfg.max_per_student and len(idx) > cfg.max_per_student:
+            idx = np.sort(self._rng.choice(idx, cfg.max_per_student, replace=False))
+        report.attempted = len(idx)
+        if len(idx) == 0:
+            report.seconds = time.perf_counter() - start
+            return [], report
+
+        t0 = time.perf_counter()
+        target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
+        if self.learner.differentiable:
+            res = gradient_counterfactuals(self.learner.module, self.x[idx], target, cfg.counterfactual,
+                                           levels=self.levels)
+        else:
+            res = search_counterfactuals(self.learner.predict_proba, self.x[idx], target, self.prototypes(),
+                                         cfg.counterfactual, self._rng, levels=self.levels)
+        report.counterfactual_seconds = time.perf_counter() - t0
+        report.failed = res.failed
+        report.mean_steps = float(res.steps.mean())
+        good = np.flatnonzero(res.ok)
+        cx, cy, src = res.x[good], self.y[idx][good], self.x[idx][good]
+        keep = dedupe(cx, cy)
+        report.duplicates = len(good) - len(keep)
+        cx, cy, src = cx[keep], cy[keep], src[keep]
+        report.counterfactuals = len(cy)
+        report.source_l1 = float(np.abs(cx - src).reshape(len(cx), -1).sum(axis=1).mean()) if len(cx) else 0.0
+        report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
+
+        if self.image:
+            ax, ay = augment_images(cx, cy, cfg.augment, self._rng, self.levels)
+        else:
+            ax, ay = augment_vectors(cx, cy, cfg.augment, self._rng)
+        out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
+        out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
+        distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
+        if cfg.measure_leakage:
+            report.nearest_private_l2 = nearest_distance(out_x, self.x).tolist()
+        wire_x = np.round(out_x * 255).astype(np.uint8) if self.image else out_x.astype(np.float32)
+        batches = [
+            ExampleBatch(self.id, student_id, round, seq, wire_x[s:s + cfg.batch_limit], out_y[s:s + cfg.batch_limit],
+                         self.classes, distance[s:s + cfg.batch_limit])
+            for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
+        ]
+        report.sent = len(out_y)
+        report.seconds = time.perf_counter() - start
+        return batches, report
+
+    # -- absorb ------------------------------------------------------------------------------
+    def absorb(self, batch: ExampleBatch) -> bool:
+        """Validate and store a received batch; False if this batch id was stored before."""
+        batch.validate(self.input_shape, self.classes)
+        return self.store.add(batch)
+
+    # -- evaluate ----------------------------------------------------------------------------
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict:
+        pred = self.learner.predict(x)
+        per_class = [float((pred[y == c] == c).mean()) if (y == c).any() else None
+                     for c in range(len(self.classes))]
+        return {"accuracy": float((pred == y).mean()), "per_class": per_class}
+
+
+@torch.no_grad()
+def nearest_distance(points: np.ndarray, private: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """L2 distance from each point to its nearest private example (the leakage measure)."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.float32)
+    p = torch.from_numpy(private.reshape(len(private), -1))
+    p_sq = (p * p).sum(dim=1)
+    out = []
+    for s in range(0, len(points), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(points[s:s + chunk].reshape(-1, p.shape[1])))
+        d2 = (q * q).sum(dim=1, keepdim=True) + p_sq[None, :] - 2.0 * q @ p.T
+        out.append(d2.min(dim=1).values.clamp_(min=0).sqrt())
+    return torch.cat(out).numpy()

@@ -1,0 +1,186 @@
+"""Results of a run: results.json, the per-peer table, and PNG figures; written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from peer.experiment import Experiment, config_dict
+
+
+def summarise(exp: Experiment) -> dict:
+    """The run as JSON-able data: headline numbers first, then per peer, per round, per pair."""
+    log = exp.log
+    peers = []
+    for k, (pid, evals) in enumerate(log.evaluations.items()):
+        missing = exp.missing[pid]
+        before, after = evals[0], evals[-1]
+        peers.append({
+            "id": pid,
+            "learner": exp.learners[k],
+            "missing_classes": [exp.classes[c] for c in missing],
+            "train_size": log.train_sizes[pid][0],
+            "accuracy_before": round(before["accuracy"], 4),
+            "accuracy_after": round(after["accuracy"], 4),
+            "missing_class_accuracy_before": _mean_of(before["per_class"], missing),
+            "missing_class_accuracy_after": _mean_of(after["per_class"], missing),
+            "per_class_before": [_r(v) for v in before["per_class"]],
+            "per_class_after": [_r(v) for v in after["per_class"]],
+            "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
+            "received": sum(r.sent for r in log.teach if r.student == pid),
+            "training_set_by_round": log.train_sizes[pid],
+        })
+    teach = log.teach
+    made = sum(r.counterfactuals for r in teach)
+    cf_seconds = sum(r.counterfactual_seconds for r in teach)
+    attempted = sum(r.attempted for r in teach)
+    leak = np.concatenate([np.asarray(r.nearest_private_l2, dtype=np.float64) for r in teach]) if teach else np.zeros(0)
+    return {
+        "experiment": "fmnist-10" if _is_fmnist10(exp) else "fashion-mnist",
+        "median_accuracy_before": _median([p["accuracy_before"] for p in peers]),
+        "median_accuracy_after": _median([p["accuracy_after"] for p in peers]),
+        "missing_class_accuracy_before": [p["missing_class_accuracy_before"] for p in peers],
+        "missing_class_accuracy_after": [p["missing_class_accuracy_after"] for p in peers],
+        "wall_seconds": round(exp.wall_seconds, 2),
+        "timings": {k: round(v, 2) for k, v in log.timings.items()},
+        "counterfactuals": {
+            "attempted": attempted,
+            "made": made,
+            "failed": sum(r.failed for r in teach),
+            "duplicates_removed": sum(r.duplicates for r in teach),
+            "sent_with_augmentation": sum(r.sent for r in teach),
+            "per_second": round(made / cf_seconds, 1) if cf_seconds else None,
+            "mean_steps": round(float(np.average([r.mean_steps for r in teach], weights=[max(r.attempted, 1) for r in teach])), 2) if teach else None,
+            "mean_source_l1": round(float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3) if teach else None,
+        },
+        "leakage": {
+            "what": "L2 distance (inputs in [0,1]) of each sent example to the sender's nearest private example",
+            "min": round(float(leak.min()), 4) if leak.size else None,
+            "p05": round(float(np.percentile(leak, 5)), 4) if leak.size else None,
+            "median": round(float(np.median(leak)), 4) if leak.size else None,
+        },
+        "peers": peers,
+        "pairs": [r.summary() for r in teach],
+        "classes": list(exp.classes),
+        "config": config_dict(exp.config),
+    }
+
+
+def _is_fmnist10(exp: Experiment) -> bool:
+    c = exp.config
+    return (c.peers == 10 and c.split == "miss-class" and c.split_seed == 0 and not c.train_per_peer
+            and not c.test_limit)
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def _mean_of(per_class: list, classes: list[int]) -> float | None:
+    vals = [per_class[c] for c in classes if per_class[c] is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 4)
+
+
+def table(summary: dict) -> str:
+    """The per-peer table printed at the end of a run."""
+    head = f"{'peer':<8} {'learner':<7} {'missing':<12} {'acc before':>10} {'acc after':>9} " \
+           f"{'missing before':>14} {'missing after':>13} {'received':>8}"
+    lines = [head, "-" * len(head)]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for p in summary["peers"]:
+        lines.append(f"{p['id']:<8} {p['learner']:<7} {','.join(p['missing_classes'])[:12]:<12} "
+                     f"{pct(p['accuracy_before']):>10} {pct(p['accuracy_after']):>9} "
+                     f"{pct(p['missing_class_accuracy_before']):>14} {pct(p['missing_class_accuracy_after']):>13} "
+                     f"{p['received']:>8}")
+    cf = summary["counterfactuals"]
+    lines.append("-" * len(head))
+    lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> {pct(summary['median_accuracy_after'])}; "
+                 f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
+                 f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+@contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """A scratch directory beside `out_dir` that replaces it only if the block succeeds."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield stage
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(stage, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
+    """accuracy.png (per peer and class, before and after) and counterfactuals.png (x beside x')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    before = np.array([[np.nan if v is None else v for v in p["per_class_before"]] for p in summary["peers"]])
+    after = np.array([[np.nan if v is None else v for v in p["per_class_after"]] for p in summary["peers"]])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1]})
+    for ax, data, title, cmap, vmin in ((axes[0], before, "before", "viridis", 0), (axes[1], after, "after", "viridis", 0),
+                                        (axes[2], after - before, "change", "RdBu", -1)):
+        im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=1)
+        ax.set_title(f"per-class test accuracy, {title}")
+        ax.set_xticks(range(len(exp.classes)), [c.split("/")[0] for c in exp.classes], rotation=60, fontsize=8)
+        ax.set_yticks(range(len(summary["peers"])), [f"{p['id']} ({p['learner']})" for p in summary["peers"]],
+                      fontsize=8)
+        for i, p in enumerate(summary["peers"]):
+            for c in exp.missing[p["id"]]:
+                ax.add_patch(plt.Rectangle((c - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("Red boxes: the class each peer never saw in its private data")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+    names.append("accuracy.png")
+
+    samples = [(r, g) for r in exp.log.teach if r.round == 1 for g in r.gallery[:1]][:12]
+    if samples:
+        fig, axes = plt.subplots(2, len(samples), figsize=(1.4 * len(samples), 3.4), squeeze=False)
+        for j, (r, (src, cf, label)) in enumerate(samples):
+            for i, img in enumerate((src, cf)):
+                axes[i, j].imshow(np.asarray(img).reshape(src.shape[-2:]), cmap="gray", vmin=0, vmax=1)
+                axes[i, j].axis("off")
+            axes[0, j].set_title(f"{r.teacher[5:]}->{r.student[5:]}\n{exp.classes[label].split('/')[0]}", fontsize=7)
+        axes[0, 0].text(-8, 14, "x", fontsize=10, ha="right")
+        axes[1, 0].text(-8, 14, "x'", fontsize=10, ha="right")
+        fig.suptitle("Private source x (top, never sent) and the counterfactual x' sent (bottom)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "counterfactuals.png", dpi=110)
+        plt.close(fig)
+        names.append("counterfactuals.png")
+    return names

@@ -1,0 +1,1 @@
+"""Wire definitions (protobuf) and their generated code."""
