@@ -131,15 +131,19 @@ def _done(gap: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig) -> t
     return gap <= torch.clamp(gap0 * cfg.rel_tol, min=cfg.abs_tol)
 
 
+_PROBE = 1e-2  # finite-difference step for J d
+_TRUST = 0.25  # most change of any one input in one step
+
+
 def _newton_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor,
                   cfg: CounterfactualConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton steps in logit space.
 
     The logits z(x') should move by r = log y' - log f(x') (centred). Each step goes along
     d = J^T r, the steepest direction for that change, by the length t that best fits
-    J(t d) = r, where J d is read off one extra forward pass (exact for a ReLU network while
-    the step stays in one linear region). Minimal-norm steps keep x' close to x without a
-    distance term; two to four steps usually reach the target.
+    J(t d) = r, where J d is read off one extra forward pass (a finite difference, exact for a
+    ReLU network within one linear region); a trust region caps each step. Minimal-norm steps
+    keep x' close to x without a distance term; two to four steps usually reach the target.
     """
     log_target = torch.log(target.clamp_min(1e-12))
     xs = x0.clone()
@@ -156,9 +160,10 @@ def _newton_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Te
         zc = z - z.mean(dim=1, keepdim=True)
         (d,) = torch.autograd.grad((zc * r).sum(), xa)
         with torch.no_grad():
-            u = module(xa + d)
-            u = u - u.mean(dim=1, keepdim=True) - zc
-            length = (r * u).sum(dim=1) / (u * u).sum(dim=1).clamp_min(1e-12)
+            d = d / d.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(shape)  # max |d| = 1
+            u = module(xa + _PROBE * d)
+            u = (u - u.mean(dim=1, keepdim=True) - zc) / _PROBE  # J d, by a finite difference
+            length = ((r * u).sum(dim=1) / (u * u).sum(dim=1).clamp_min(1e-12)).clamp_(0.0, _TRUST)
             stepped = (xa + length.view(shape) * d).clamp_(0.0, 1.0)
             xs[active[~done]] = stepped[~done]
             steps[active[~done]] = t

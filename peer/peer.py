@@ -155,7 +155,6 @@ class Peer:
         if len(idx) == 0:
             report.seconds = time.perf_counter() - start
             return [], report
-
         t0 = time.perf_counter()
         target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
         if self.learner.differentiable:
@@ -173,7 +172,10 @@ class Peer:
         report.duplicates = len(good) - len(keep)
         cx, cy, src = cx[keep], cy[keep], src[keep]
         report.counterfactuals = len(cy)
-        report.source_l1 = float(np.abs(cx - src).reshape(len(cx), -1).sum(axis=1).mean()) if len(cx) else 0.0
+        if len(cy) == 0:
+            report.seconds = time.perf_counter() - start
+            return [], report
+        report.source_l1 = float(np.abs(cx - src).reshape(len(cx), -1).sum(axis=1).mean())
         report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
 
         if self.image:

@@ -1,0 +1,56 @@
+"""Baselines on the same split as a CKD run: each peer alone, all data pooled, and FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from peer.data import Dataset
+from peer.experiment import ExperimentConfig, as_float, partition
+from peer.learners import TrainConfig, make_learner
+
+
+def _accuracy(learner, test: Dataset) -> float:
+    return float((learner.predict(as_float(test.x)) == test.y).mean())
+
+
+def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset) -> list[float]:
+    """Each peer trains on its own part alone, for as many epochs as it trains in a CKD run."""
+    epochs = cfg.epochs + cfg.rounds * cfg.retrain_epochs
+    accs = []
+    for k, (kind, part) in enumerate(zip(cfg.learner_list(), partition(cfg, train))):
+        learner = make_learner(kind, train.x.shape[1:], train.classes, cfg.train(k))
+        learner.fit(as_float(train.x[part]), train.y[part], epochs=epochs)
+        accs.append(_accuracy(learner, test))
+    return accs
+
+
+def pooled(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", epochs: int = 5) -> float:
+    """One model on all peers' data together: the ceiling that pooling (which CKD avoids) would give."""
+    idx = np.concatenate(partition(cfg, train))
+    learner = make_learner(kind, train.x.shape[1:], train.classes,
+                           TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                       device=cfg.device))
+    learner.fit(as_float(train.x[idx]), train.y[idx])
+    return _accuracy(learner, test)
+
+
+def fedavg(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10,
+           local_epochs: int = 1) -> float:
+    """FedAvg: each round every peer trains the global model one epoch; weights averaged by data size."""
+    parts = partition(cfg, train)
+    shape, classes = train.x.shape[1:], train.classes
+    global_model = make_learner(kind, shape, classes, cfg.train(0))
+    sizes = np.array([len(p) for p in parts], dtype=np.float64)
+    weights = sizes / sizes.sum()
+    clients = [make_learner(kind, shape, classes, cfg.train(k)) for k in range(len(parts))]
+    for _ in range(rounds):
+        state = global_model.module.state_dict()
+        avg = {k: torch.zeros_like(v) for k, v in state.items()}
+        for client, part, w in zip(clients, parts, weights):
+            client.module.load_state_dict(state)
+            client.fit(as_float(train.x[part]), train.y[part], epochs=local_epochs)
+            for k, v in client.module.state_dict().items():
+                avg[k] += w * v
+        global_model.module.load_state_dict(avg)
+    return _accuracy(global_model, test)

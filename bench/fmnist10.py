@@ -1,0 +1,128 @@
+"""fmnist-10 benchmark: CKD against local-only, pooled and FedAvg baselines on the same split.
+
+    python bench/fmnist10.py            # 10 CNN peers -> bench/results/fmnist10.json
+    python bench/fmnist10.py --hetero   # 4 CNN, 3 MLP, 3 forest -> bench/results/fmnist10_hetero.json
+
+wall_seconds is the CKD run alone (local training, teaching, retraining), baselines excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from baselines import fedavg, local_only, pooled  # noqa: E402
+
+from peer.data import load_fashion_mnist  # noqa: E402
+from peer.experiment import ExperimentConfig, run_experiment  # noqa: E402
+from peer.report import summarise, write_json, write_figures  # noqa: E402
+
+HETERO = "cnn*4,mlp*3,forest*3"
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def by_learner(summary: dict) -> dict:
+    """Per learner kind: missing-class accuracy before and after, and what it taught and received."""
+    out = {}
+    for kind in sorted({p["learner"] for p in summary["peers"]}):
+        peers = [p for p in summary["peers"] if p["learner"] == kind]
+        ids = {p["id"] for p in peers}
+        out[kind] = {
+            "peers": sorted(ids),
+            "median_accuracy_before": float(np.median([p["accuracy_before"] for p in peers])),
+            "median_accuracy_after": float(np.median([p["accuracy_after"] for p in peers])),
+            "missing_class_accuracy_before": [p["missing_class_accuracy_before"] for p in peers],
+            "missing_class_accuracy_after": [p["missing_class_accuracy_after"] for p in peers],
+            "counterfactuals_taught": sum(r["counterfactuals"] for r in summary["pairs"] if r["teacher"] in ids),
+            "examples_received": sum(p["received"] for p in peers),
+        }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hetero", action="store_true", help=f"heterogeneous learners {HETERO}")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn")
+    name = "fmnist10_hetero" if args.hetero else "fmnist10"
+    out = args.out or ROOT / "bench" / "results" / f"{name}.json"
+    train, test = load_fashion_mnist(cfg.data_dir)
+
+    print(f"CKD run ({cfg.learners}, {cfg.rounds} rounds)...", flush=True)
+    exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test))
+    summary = summarise(exp)
+    result = {
+        "command": "python bench/fmnist10.py" + (" --hetero" if args.hetero else ""),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "median_accuracy_before": summary["median_accuracy_before"],
+        "median_accuracy_after": summary["median_accuracy_after"],
+        "missing_class_accuracy_before": summary["missing_class_accuracy_before"],
+        "missing_class_accuracy_after": summary["missing_class_accuracy_after"],
+        "counterfactuals_per_second": summary["counterfactuals"]["per_second"],
+        "wall_seconds": summary["wall_seconds"],
+        "timings": summary["timings"],
+        "counterfactuals": summary["counterfactuals"],
+        "leakage": summary["leakage"],
+        "by_learner": by_learner(summary),
+    }
+    print(f"CKD: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
+          f"missing class min {min(result['missing_class_accuracy_after']):.4f}, "
+          f"{result['counterfactuals_per_second']} cf/s, {result['wall_seconds']:.0f} s", flush=True)
+    if not args.no_baselines:
+        timings = {}
+        t = time.perf_counter()
+        local = local_only(cfg, train, test)
+        timings["local_only"] = time.perf_counter() - t
+        print(f"local only: median {np.median(local):.4f}", flush=True)
+        t = time.perf_counter()
+        pool = pooled(cfg, train, test)
+        timings["pooled"] = time.perf_counter() - t
+        print(f"pooled: {pool:.4f}", flush=True)
+        t = time.perf_counter()
+        fed = fedavg(cfg, train, test)
+        timings["fedavg"] = time.perf_counter() - t
+        print(f"fedavg: {fed:.4f}", flush=True)
+        result["baselines"] = {
+            "local_only": float(np.median(local)),
+            "local_only_per_peer": [round(a, 4) for a in local],
+            "pooled": pool,
+            "fedavg": fed,
+            "what": "local_only: each peer alone for as many epochs as in CKD (median); pooled: one CNN on "
+                    "all parts, 5 epochs; fedavg: CNN, 10 rounds of 1 local epoch, weights averaged by size",
+            "seconds": {k: round(v, 1) for k, v in timings.items()},
+        }
+    result["peers"] = summary["peers"]
+    result["config"] = summary["config"]
+    write_json(out, result)
+    figures = out.parent / name
+    figures.mkdir(exist_ok=True)
+    write_figures(exp, summary, figures)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The formulas of a teaching step on tiny hand-made cases."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
+                                 search_counterfactuals, soft_targets)
+from peer.errors import UsageError
+
+
+def test_qualified_mask_is_teacher_right_and_student_wrong():
+    y = np.array([0, 1, 2, 1])
+    teacher = np.array([[.8, .1, .1], [.1, .8, .1], [.6, .2, .2], [.2, .7, .1]])   # right, right, wrong, right
+    student = np.array([[.1, .8, .1], [.1, .8, .1], [.1, .1, .8], [.5, .4, .1]])   # wrong, right, right, wrong
+    assert qualified_mask(teacher, student, y).tolist() == [True, False, False, True]
+
+
+def test_soft_targets_interpolate_between_belief_and_label():
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], dtype=np.float32)
+    y = np.array([0, 2])
+    assert np.allclose(soft_targets(p, y, 0.0), p)
+    assert np.allclose(soft_targets(p, y, 1.0), np.eye(3)[y])
+    half = soft_targets(p, y, 0.5)
+    assert np.allclose(half[0], [0.8, 0.15, 0.05]) and np.allclose(half[1], [0.1, 0.1, 0.8])
+    assert np.allclose(half.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_unit_interval_is_refused(alpha):
+    with pytest.raises(UsageError, match="alpha must be in"):
+        CounterfactualConfig(alpha=alpha)
+
+
+def _teacher() -> nn.Module:
+    """A small ReLU net with confident, input-sensitive outputs, like a trained teacher."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(4.0)
+    return module
+
+
+@pytest.mark.parametrize("method", ["newton", "adam"])
+def test_gradient_counterfactual_moves_toward_target_and_stays_in_range(method):
+    module = _teacher()
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4, 4), dtype=np.float32)
+    with torch.no_grad():
+        proba = torch.softmax(module(torch.from_numpy(x)), 1).numpy()
+    y = proba.argmax(axis=1)
+    target = soft_targets(proba, y, 0.5)
+    cfg = CounterfactualConfig(method=method, max_steps=200, lr=0.01)
+    res = gradient_counterfactuals(module, x, target, cfg)
+    gap0 = np.abs(proba - target).max(axis=1)
+    assert res.x.min() >= 0.0 and res.x.max() <= 1.0
+    assert np.allclose(res.x * 255, np.round(res.x * 255), atol=1e-4)  # quantised as sent
+    assert res.ok.mean() > 0.8
+    assert (res.gap[res.ok] <= np.maximum(gap0[res.ok] * cfg.rel_tol, cfg.abs_tol) + 1e-6).all()
+    assert res.moved[res.ok].all()
+    # the model's belief moved toward the label, and x' stayed close to x
+    with torch.no_grad():
+        after = torch.softmax(module(torch.from_numpy(res.x)), 1).numpy()
+    assert (after[np.arange(64), y] > proba[np.arange(64), y])[res.ok].all()
+    assert np.abs(res.x - x).reshape(64, -1).sum(axis=1).mean() < 16 * 0.5
+
+
+def test_unreachable_target_is_a_counted_failure():
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        module[1].weight.zero_()  # output ignores the input: no x' can change it
+    x = np.full((5, 4, 4), 0.5, dtype=np.float32)
+    target = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (5, 1))
+    res = gradient_counterfactuals(module, x, target, CounterfactualConfig(max_steps=5))
+    assert res.failed == 5 and not res.ok.any()
+
+
+def test_gradient_free_search_reaches_targets_of_a_step_function():
+    # a "tree": class 1 iff mean of the first 4 features > 0.5
+    def predict_proba(x):
+        score = (x.reshape(len(x), -1)[:, :4].mean(axis=1) > 0.5).astype(np.float32)
+        p1 = 0.2 + 0.6 * score
+        return np.stack([1 - p1, p1], axis=1)
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(0.3, 0.5, (20, 8)), rng.uniform(0.0, 1.0, (20, 8))]).astype(np.float32)
+    x[:20, 4:] = 0.0
+    start = predict_proba(x)
+    target = soft_targets(start, np.ones(40, dtype=np.int64), 1.0)  # reachable: 0.8 is within 30% of the gap
+    prototypes = np.stack([np.zeros(8), np.full(8, 0.9)]).astype(np.float32)
+    res = search_counterfactuals(predict_proba, x, target, prototypes, CounterfactualConfig(),
+                                 np.random.default_rng(0))
+    assert res.ok[:20].all()  # the class-0 points become class-1 counterfactuals
+    assert (res.x >= 0).all() and (res.x <= 1).all()
+    assert (predict_proba(res.x[:20])[:, 1] > 0.5).all()
+    assert np.abs(res.x[:20] - x[:20]).sum(axis=1).max() < np.abs(prototypes[1] - x[:20]).sum(axis=1).max()
+
+
+def test_dedupe_keeps_first_of_each_input_label_pair():
+    x = np.array([[1, 2], [1, 2], [3, 4], [1, 2], [3, 4]], dtype=np.uint8)
+    y = np.array([0, 0, 0, 1, 0])
+    assert dedupe(x, y).tolist() == [0, 2, 3]
+    assert dedupe(x[:0], y[:0]).tolist() == []

@@ -1,0 +1,90 @@
+"""Learners: every kind round-trips through a blob; untrusted blobs are checked."""
+
+import numpy as np
+import pytest
+
+from peer.blob import InvalidPayload, ModelBlob
+from peer.errors import UsageError
+from peer.learners import TrainConfig, learner_from_blob, learner_kinds, make_learner
+
+CLASSES = tuple(f"c{i}" for i in range(4))
+
+
+def _data(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)  # class c3 never appears in training
+    x = rng.random((n, 8, 8), dtype=np.float32) * 0.3
+    for c in range(3):
+        x[y == c, c * 2:(c * 2) + 2, :] += 0.6
+    return x, y
+
+
+@pytest.fixture(params=["cnn", "mlp", "forest"])
+def fitted(request):
+    x, y = _data()
+    learner = make_learner(request.param, (8, 8), CLASSES, TrainConfig(epochs=10, seed=1))
+    return learner.fit(x, y), x, y
+
+
+def test_all_kinds_are_registered():
+    assert set(learner_kinds()) >= {"cnn", "mlp", "forest"}
+
+
+def test_learns_and_predicts_over_all_classes(fitted):
+    learner, x, y = fitted
+    proba = learner.predict_proba(x)
+    assert proba.shape == (len(x), 4) and proba.dtype == np.float32
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert (learner.predict(x) == y).mean() > 0.9
+
+
+def test_blob_round_trip_predicts_identically(fitted):
+    learner, x, _ = fitted
+    blob = learner.to_blob()
+    assert blob.kind == learner.kind and list(blob.classes) == list(CLASSES)
+    rebuilt = learner_from_blob(ModelBlob(dict(blob.spec), {k: v.copy() for k, v in blob.arrays.items()}))
+    assert np.array_equal(rebuilt.predict_proba(x), learner.predict_proba(x))
+
+
+def test_blob_arrays_must_match_the_spec(fitted):
+    learner, _, _ = fitted
+    blob = learner.to_blob()
+    name = sorted(blob.arrays)[-1]
+    arrays = dict(blob.arrays)
+    arrays[name] = np.zeros((3, 3), dtype=arrays[name].dtype)
+    with pytest.raises(InvalidPayload):
+        learner_from_blob(ModelBlob(blob.spec, arrays))
+    missing = dict(blob.arrays)
+    del missing[name]
+    with pytest.raises(InvalidPayload):
+        learner_from_blob(ModelBlob(blob.spec, missing))
+
+
+def test_nan_weights_and_unknown_kinds_are_refused(fitted):
+    learner, _, _ = fitted
+    blob = learner.to_blob()
+    name = next(k for k, v in blob.arrays.items() if v.dtype.kind == "f")
+    arrays = dict(blob.arrays)
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = np.nan
+    with pytest.raises(InvalidPayload, match="NaN"):
+        learner_from_blob(ModelBlob(blob.spec, arrays))
+    with pytest.raises(InvalidPayload, match="unknown learner kind"):
+        learner_from_blob(ModelBlob({**blob.spec, "kind": "svm"}, blob.arrays))
+    with pytest.raises(InvalidPayload, match="dtype"):
+        learner_from_blob(ModelBlob(blob.spec, {**blob.arrays, name: np.array([object()])}))
+
+
+def test_forest_blob_with_cyclic_children_is_refused():
+    x, y = _data()
+    blob = make_learner("forest", (8, 8), CLASSES, TrainConfig()).fit(x, y).to_blob()
+    left = blob.arrays["left"].copy()
+    inner = np.flatnonzero(left >= 0)
+    left[inner[1]] = inner[0]  # points back to an earlier node
+    with pytest.raises(InvalidPayload, match="not a forest"):
+        learner_from_blob(ModelBlob(blob.spec, {**blob.arrays, "left": left}))
+
+
+def test_unknown_learner_kind_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown learner kind 'svm'"):
+        make_learner("svm", (8, 8), CLASSES)

@@ -1,0 +1,96 @@
+"""A peer's verbs on small data: teach builds valid batches, absorb validates, the store is exactly-once."""
+
+import numpy as np
+import pytest
+
+from peer.blob import ExampleBatch, InvalidPayload
+from peer.learners import TrainConfig, make_learner
+from peer.peer import Peer, TeachConfig
+from peer.store import ExampleStore
+from peer.transport import InProcessTransport
+
+CLASSES = tuple(f"c{i}" for i in range(3))
+
+
+def _peer(pid, missing, seed=0, kind="mlp", n=150):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    y[y == missing] = (missing + 1) % 3
+    x = rng.random((n, 8, 8), dtype=np.float32) * 0.3
+    for c in range(3):
+        x[y == c, c * 2:(c * 2) + 2, :] += 0.6
+    learner = make_learner(kind, (8, 8), CLASSES, TrainConfig(epochs=5, seed=seed))
+    return Peer(pid, x, y, CLASSES, learner, TeachConfig(), seed=seed)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "forest"])
+def test_teacher_sends_valid_batches_of_only_synthetic_examples(kind):
+    teacher, student = _peer("a", missing=2, kind=kind), _peer("b", missing=0, seed=1)
+    teacher.train()
+    student.train()
+    batches, report = teacher.teach("b", student.snapshot(1), 1)
+    assert report.qualified > 0 and report.counterfactuals > 0
+    assert report.attempted == report.qualified
+    assert report.counterfactuals + report.failed + report.duplicates == report.attempted
+    private = {row.tobytes() for row in np.round(teacher.x * 255).astype(np.uint8)}
+    for b in batches:
+        b.validate((8, 8), CLASSES)
+        assert b.sender == "a" and b.receiver == "b" and b.round == 1
+        assert b.x.dtype == np.uint8
+        assert not any(row.tobytes() in private for row in b.x)  # no private example leaves
+    assert sum(len(b) for b in batches) == report.sent == 2 * report.counterfactuals  # x' plus one augmented copy
+    assert len(report.nearest_private_l2) == report.sent and min(report.nearest_private_l2) > 0
+
+
+def test_absorb_refuses_batches_that_do_not_fit():
+    p = _peer("a", missing=2)
+    ok = ExampleBatch("b", "a", 1, 0, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), CLASSES, np.zeros(2, np.float32))
+    assert p.absorb(ok) is True
+    assert p.absorb(ok) is False  # same id: acknowledged, not stored twice
+    assert len(p.store) == 2
+    bad = [
+        (ExampleBatch("b", "a", 1, 1, np.zeros((2, 7, 8), np.uint8), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "shape"),
+        (ExampleBatch("b", "a", 1, 2, np.zeros((2, 8, 8), np.uint8), np.array([0, 5]), CLASSES, np.zeros(2, np.float32)), "out of range"),
+        (ExampleBatch("b", "a", 1, 3, np.full((2, 8, 8), np.nan, np.float32), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "NaN"),
+        (ExampleBatch("b", "a", 1, 4, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), ("x", "y"), np.zeros(2, np.float32)), "unknown class"),
+        (ExampleBatch("b", "a", 1, 5, np.zeros((2, 8, 8), np.float64), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "uint8 or float32"),
+    ]
+    for batch, message in bad:
+        with pytest.raises(InvalidPayload, match=message):
+            p.absorb(batch)
+    assert len(p.store) == 2
+
+
+def test_labels_map_by_class_name():
+    p = _peer("a", missing=2)
+    reordered = ("c2", "c0", "c1")
+    batch = ExampleBatch("b", "a", 1, 0, np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2]), reordered,
+                         np.zeros(3, np.float32))
+    p.absorb(batch)
+    _, y = p.store.training_arrays(CLASSES, (8, 8))
+    assert sorted(y.tolist()) == [0, 1, 2]
+    assert batch.labels_for(CLASSES).tolist() == [2, 0, 1]
+
+
+def test_store_order_does_not_depend_on_arrival():
+    def batch(sender, seq, value):
+        return ExampleBatch(sender, "a", 1, seq, np.full((1, 2, 2), value, np.uint8), np.array([0]), CLASSES,
+                            np.zeros(1, np.float32))
+    s1, s2 = ExampleStore(), ExampleStore()
+    items = [batch("b", 0, 1), batch("c", 0, 2), batch("b", 1, 3)]
+    for b in items:
+        s1.add(b)
+    for b in reversed(items):
+        s2.add(b)
+    x1, _ = s1.training_arrays(CLASSES, (2, 2))
+    x2, _ = s2.training_arrays(CLASSES, (2, 2))
+    assert np.array_equal(x1, x2)
+
+
+def test_in_process_transport_delivers_and_refuses_unknown_peers():
+    a, b = _peer("a", 2), _peer("b", 0, seed=1)
+    a.train()
+    t = InProcessTransport({"a": a, "b": b})
+    assert t.get_model("a", 1).kind == "mlp"
+    with pytest.raises(KeyError, match="unknown peer"):
+        t.get_model("z", 1)
