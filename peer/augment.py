@@ -15,6 +15,7 @@ class AugmentConfig:
     degrees: float = 10.0    # rotation range, +/-
     translate: float = 0.08  # shift range, as a fraction of width and height
     noise: float = 0.02      # std of Gaussian noise, in input units
+    groups: int = 32         # distinct random transforms per copy and call
 
 
 def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
@@ -27,12 +28,15 @@ def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.ran
     height, width = imgs.shape[-2:]
     out = []
     for _ in range(cfg.copies):
-        angles = rng.uniform(-cfg.degrees, cfg.degrees, len(x))
-        shifts = rng.uniform(-cfg.translate, cfg.translate, (len(x), 2)) * (width, height)
-        moved = torch.stack([
-            TF.affine(img, angle=float(a), translate=[int(round(s[0])), int(round(s[1]))], scale=1.0, shear=[0.0])
-            for img, a, s in zip(imgs, angles, shifts)
-        ])
+        # `groups` random transforms per copy, each applied by torchvision to its share of the images
+        group = rng.integers(0, cfg.groups, len(x))
+        moved = torch.empty_like(imgs)
+        for g in np.unique(group):
+            sel = torch.from_numpy(np.flatnonzero(group == g))
+            angle = float(rng.uniform(-cfg.degrees, cfg.degrees))
+            dx, dy = rng.uniform(-cfg.translate, cfg.translate, 2) * (width, height)
+            moved[sel] = TF.affine(imgs[sel], angle=angle, translate=[int(round(dx)), int(round(dy))],
+                                   scale=1.0, shear=[0.0])
         moved = moved + torch.from_numpy(rng.standard_normal(moved.shape).astype(np.float32)) * cfg.noise
         out.append(moved.clamp_(0.0, 1.0))
     result = torch.cat(out).numpy()

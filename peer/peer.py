@@ -26,7 +26,7 @@ class TeachConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_per_student: int = 0     # cap on qualified instances taught per student and round (0: all)
     batch_limit: int = 2048      # examples per ExampleBatch
-    measure_leakage: bool = True  # distance of each sent example to the nearest private one
+    measure_leakage: bool = True  # distance of each x' sent to the nearest private example
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TeachReport:
     seconds: float = 0.0
     counterfactual_seconds: float = 0.0
     source_l1: float = 0.0             # mean L1 distance x' to its source x
-    nearest_private_l2: list[float] = field(default_factory=list)  # per sent example
+    nearest_private_l2: list[float] = field(default_factory=list)  # per counterfactual x' sent
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
@@ -186,7 +186,7 @@ class Peer:
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
         if cfg.measure_leakage:
-            report.nearest_private_l2 = nearest_distance(out_x, self.x).tolist()
+            report.nearest_private_l2 = nearest_distance(cx, self.x).tolist()
         wire_x = np.round(out_x * 255).astype(np.uint8) if self.image else out_x.astype(np.float32)
         batches = [
             ExampleBatch(self.id, student_id, round, seq, wire_x[s:s + cfg.batch_limit], out_y[s:s + cfg.batch_limit],

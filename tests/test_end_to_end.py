@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_missing_class_accuracy_rises_by_a_clear_margin(fmnist):
-    cfg = ExperimentConfig(peers=3, rounds=1, learners="cnn,mlp,cnn", train_per_peer=800, epochs=3,
+    cfg = ExperimentConfig(peers=3, rounds=2, learners="cnn,mlp,cnn", train_per_peer=1200, epochs=3,
                            retrain_epochs=2, test_limit=2000, seed=0)
     exp = run_experiment(cfg, quiet=True, data=fmnist)
     summary = summarise(exp)
@@ -24,4 +24,4 @@ def test_missing_class_accuracy_rises_by_a_clear_margin(fmnist):
     assert cf["made"] > 0 and cf["made"] + cf["failed"] + cf["duplicates_removed"] == cf["attempted"]
     for p in summary["peers"]:
         assert p["received"] > 0
-        assert p["training_set_by_round"][1] > p["training_set_by_round"][0]
+        assert p["training_set_by_round"][2] > p["training_set_by_round"][1] > p["training_set_by_round"][0]

@@ -39,7 +39,7 @@ def test_teacher_sends_valid_batches_of_only_synthetic_examples(kind):
         assert b.x.dtype == np.uint8
         assert not any(row.tobytes() in private for row in b.x)  # no private example leaves
     assert sum(len(b) for b in batches) == report.sent == 2 * report.counterfactuals  # x' plus one augmented copy
-    assert len(report.nearest_private_l2) == report.sent and min(report.nearest_private_l2) > 0
+    assert len(report.nearest_private_l2) == report.counterfactuals and min(report.nearest_private_l2) > 0
 
 
 def test_absorb_refuses_batches_that_do_not_fit():
