@@ -72,6 +72,8 @@ class ExampleBatch:
     `x` holds inputs in wire form: uint8 for images in [0, 1] (value / 255), float32 otherwise.
     `y` holds class indices into `classes`, the sender's class names, so the receiver can map
     labels by name. `distance` is each example's L1 distance to the private example it came from.
+    `features` names the columns of a feature-vector `x` in the receiver's feature space (empty
+    for images), so a receiver can check that the sender mapped them into its own columns.
     """
 
     sender: str
@@ -82,6 +84,7 @@ class ExampleBatch:
     y: np.ndarray
     classes: tuple[str, ...]
     distance: np.ndarray
+    features: tuple[str, ...] = ()
 
     @property
     def id(self) -> tuple[str, int, int]:
