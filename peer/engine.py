@@ -41,11 +41,11 @@ def _bar(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=quiet, leave=False, dynamic_ncols=True)
 
 
-def train_all(peers: Sequence[Peer], epochs: int, label: str, quiet: bool, log: RunLog) -> None:
+def train_all(peers: Sequence[Peer], epochs: int, label: str, quiet: bool, log: RunLog, round: int = 0) -> None:
     for p in peers:
         size = len(p.training_set()[1])
         with _bar(size * epochs, f"{label} {p.id}", quiet, "img") as bar:
-            log.train_sizes.setdefault(p.id, []).append(p.train(epochs, progress=bar.update))
+            log.train_sizes.setdefault(p.id, []).append(p.train(epochs, progress=bar.update, round=round))
 
 
 def evaluate_all(peers: Sequence[Peer], test_x: np.ndarray, test_y: np.ndarray, log: RunLog) -> None:
@@ -76,7 +76,7 @@ def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray, 
                     bar.set_postfix(sent=sum(x.sent for x in log.teach if x.round == r))
         log.timings["teach"] += time.perf_counter() - t
         t = time.perf_counter()
-        train_all(peers, retrain_epochs, f"round {r}/{rounds} retrain", quiet, log)
+        train_all(peers, retrain_epochs, f"round {r}/{rounds} retrain", quiet, log, round=r)
         log.timings["retrain"] += time.perf_counter() - t
         evaluate_all(peers, test_x, test_y, log)
     return log

@@ -6,6 +6,7 @@ The four verbs of a round, free of any transport: `train`, `snapshot`, `teach`, 
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -77,7 +78,7 @@ class Peer:
         self.store = store or ExampleStore()
         self.image = image
         self.levels = 255 if image else None
-        self._rng = np.random.default_rng([seed, 7])
+        self.seed = seed
         self._own_proba: np.ndarray | None = None
         self._published: dict[int, ModelBlob] = {}
 
@@ -92,10 +93,15 @@ class Peer:
             return self.x, self.y
         return np.concatenate([self.x, rx]), np.concatenate([self.y, ry])
 
-    def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Fit on private data plus every distinct example received; returns the set's size."""
+    def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None, round: int = 0) -> int:
+        """Fit on private data plus every distinct example received; returns the set's size.
+
+        The fit's randomness comes from (seed, round) alone, so a peer restored from its state in
+        a fresh process (gRPC, Flower) trains exactly as one that stayed in memory.
+        """
         x, y = self.training_set()
-        self.learner.fit(x, y, epochs=epochs, progress=progress)
+        seed = int(np.random.SeedSequence([self.seed, 11, round]).generate_state(1)[0])
+        self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
         self._own_proba = None
         return len(y)
 
@@ -145,12 +151,14 @@ class Peer:
         start = time.perf_counter()
         cfg = self.teach_config
         report = TeachReport(self.id, student_id, round)
+        # randomness from (seed, round, student) alone: the same whatever order students come in
+        rng = np.random.default_rng([self.seed, 7, round, zlib.crc32(student_id.encode())])
         mine = self.own_proba()
         theirs = self._student_proba(learner_from_blob(student_blob))
         idx = np.flatnonzero(qualified_mask(mine, theirs, self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:
-            idx = np.sort(self._rng.choice(idx, cfg.max_per_student, replace=False))
+            idx = np.sort(rng.choice(idx, cfg.max_per_student, replace=False))
         report.attempted = len(idx)
         if len(idx) == 0:
             report.seconds = time.perf_counter() - start
@@ -162,7 +170,7 @@ class Peer:
                                            levels=self.levels)
         else:
             res = search_counterfactuals(self.learner.predict_proba, self.x[idx], target, self.prototypes(),
-                                         cfg.counterfactual, self._rng, levels=self.levels)
+                                         cfg.counterfactual, rng, levels=self.levels)
         report.counterfactual_seconds = time.perf_counter() - t0
         report.failed = res.failed
         report.mean_steps = float(res.steps.mean())
@@ -179,9 +187,9 @@ class Peer:
         report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
 
         if self.image:
-            ax, ay = augment_images(cx, cy, cfg.augment, self._rng, self.levels)
+            ax, ay = augment_images(cx, cy, cfg.augment, rng, self.levels)
         else:
-            ax, ay = augment_vectors(cx, cy, cfg.augment, self._rng)
+            ax, ay = augment_vectors(cx, cy, cfg.augment, rng)
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)

@@ -94,3 +94,25 @@ def test_in_process_transport_delivers_and_refuses_unknown_peers():
     assert t.get_model("a", 1).kind == "mlp"
     with pytest.raises(KeyError, match="unknown peer"):
         t.get_model("z", 1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "forest"])
+def test_peer_rebuilt_from_its_blob_trains_and_teaches_as_the_original(kind):
+    """What a fresh process (gRPC peer, Flower ClientApp) must reproduce from saved state alone."""
+    original, student = _peer("a", missing=2, kind=kind), _peer("b", missing=0, seed=1)
+    original.train(round=0)
+    student.train(round=0)
+    student_blob = student.snapshot(1)
+    original.teach("b", student_blob, 1)  # a teach call must not change later randomness
+
+    from peer.learners import learner_from_blob
+    rebuilt = _peer("a", missing=2, kind=kind)
+    rebuilt.learner = learner_from_blob(original.snapshot(0))
+    rebuilt.learner.train_config = original.learner.train_config
+    b1, _ = original.teach("b", student_blob, 2)
+    b2, _ = rebuilt.teach("b", student_blob, 2)
+    assert [b.x.tobytes() for b in b1] == [b.x.tobytes() for b in b2]
+    original.train(epochs=2, round=1)
+    rebuilt.train(epochs=2, round=1)
+    x = original.x[:50]
+    np.testing.assert_array_equal(original.learner.predict_proba(x), rebuilt.learner.predict_proba(x))

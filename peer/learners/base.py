@@ -40,8 +40,12 @@ class Learner(ABC):
 
     @abstractmethod
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None,
-            progress: Callable[[int], None] | None = None) -> "Learner":
-        """Train on (x, y); neural learners continue from their current weights."""
+            progress: Callable[[int], None] | None = None, seed: int | None = None) -> "Learner":
+        """Train on (x, y); neural learners continue from their current weights.
+
+        `seed` fixes this fit's randomness (shuffling, bootstrap) on its own, so a learner rebuilt
+        from its blob in another process trains exactly as the original would have.
+        """
 
     @abstractmethod
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

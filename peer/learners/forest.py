@@ -28,11 +28,11 @@ class ForestLearner(Learner):
         self.arch = {"trees": 50, "max_depth": 20, "min_samples_leaf": 1, **(arch or {})}
         self.arrays: dict[str, np.ndarray] | None = None
 
-    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None):
+    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         forest = RandomForestClassifier(
             n_estimators=int(self.arch["trees"]), max_depth=self.arch["max_depth"],
-            min_samples_leaf=int(self.arch["min_samples_leaf"]), random_state=self.train_config.seed, n_jobs=1,
+            min_samples_leaf=int(self.arch["min_samples_leaf"]), random_state=self.train_config.seed if seed is None else seed % 2**31, n_jobs=1,
         ).fit(flat, y)
         self.arrays = _flatten_forest(forest, len(self.classes))
         if progress:

@@ -40,8 +40,9 @@ class TorchLearner(Learner):
     def build(self, arch: dict) -> nn.Module:
         raise NotImplementedError
 
-    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None):
+    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         cfg = self.train_config
+        generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
         epochs = cfg.epochs if epochs is None else epochs
         xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         ys = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
@@ -52,7 +53,7 @@ class TorchLearner(Learner):
             if total > 0 else None
         self.module.train()
         for _ in range(epochs):
-            order = torch.randperm(len(xs), generator=self._generator).to(self.device)
+            order = torch.randperm(len(xs), generator=generator).to(self.device)
             for start in range(0, len(xs), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
