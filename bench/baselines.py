@@ -14,6 +14,11 @@ def _accuracy(learner, test: Dataset) -> float:
     return float((learner.predict(as_float(test.x)) == test.y).mean())
 
 
+def _per_class(learner, test: Dataset) -> list[float]:
+    pred = learner.predict(as_float(test.x))
+    return [round(float((pred[test.y == c] == c).mean()), 4) for c in range(len(test.classes))]
+
+
 def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset) -> list[float]:
     """Each peer trains on its own part alone, for as many epochs as it trains in a CKD run."""
     epochs = cfg.epochs + cfg.rounds * cfg.retrain_epochs
@@ -25,14 +30,18 @@ def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset) -> list[flo
     return accs
 
 
-def pooled(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", epochs: int = 5) -> float:
-    """One model on all peers' data together: the ceiling that pooling (which CKD avoids) would give."""
+def pooled(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn",
+           epochs: int = 5) -> tuple[float, list[float]]:
+    """One model on all peers' data together: the ceiling that pooling (which CKD avoids) would give.
+
+    Returns its accuracy and its accuracy on each class (the ceiling for each peer's missing class).
+    """
     idx = np.concatenate(partition(cfg, train))
     learner = make_learner(kind, train.x.shape[1:], train.classes,
                            TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                        device=cfg.device))
     learner.fit(as_float(train.x[idx]), train.y[idx])
-    return _accuracy(learner, test)
+    return _accuracy(learner, test), _per_class(learner, test)
 
 
 def fedavg(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10,

@@ -98,7 +98,7 @@ def main() -> int:
         timings["local_only"] = time.perf_counter() - t
         print(f"local only: median {np.median(local):.4f}", flush=True)
         t = time.perf_counter()
-        pool = pooled(cfg, train, test)
+        pool, pool_per_class = pooled(cfg, train, test)
         timings["pooled"] = time.perf_counter() - t
         print(f"pooled: {pool:.4f}", flush=True)
         t = time.perf_counter()
@@ -109,6 +109,7 @@ def main() -> int:
             "local_only": float(np.median(local)),
             "local_only_per_peer": [round(a, 4) for a in local],
             "pooled": pool,
+            "pooled_per_class": dict(zip(test.classes, pool_per_class)),
             "fedavg": fed,
             "what": "local_only: each peer alone for as many epochs as in CKD (median); pooled: one CNN on "
                     "all parts, 5 epochs; fedavg: CNN, 10 rounds of 1 local epoch, weights averaged by size",
