@@ -1,1 +1,1 @@
-"""What is not a peer: the coordinator and the Flower ServerApp (they never see private data)."""
+"""The ckd coordinator: membership, round barrier, metrics."""
