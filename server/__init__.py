@@ -1,1 +1,1 @@
-"""The ckd coordinator: membership, round barrier, metrics."""
+"""What is not a peer: the coordinator and the Flower ServerApp (they never see private data)."""
