@@ -99,7 +99,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     # -- RPCs ----------------------------------------------------------------------------------
     def GetModel(self, request, context):
         self._who(context, request.requester or None)
-        blob = self.published.get(request.round)
+        # published by the round loop, or by the in-process engine's Peer.snapshot (never made here)
+        blob = self.published.get(request.round) or self.peer._published.get(request.round)
         if blob is None:
             self._refuse(context, grpc.StatusCode.NOT_FOUND,
                          f"{self.peer.id} has not published a model for round {request.round}")
