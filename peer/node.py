@@ -183,8 +183,9 @@ class Node:
         exp = self.cfg.experiment
         if self.coord is not None:
             self._register()
-        elif self.id not in self.addresses:
-            self.addresses[self.id] = self.address
+        else:
+            self.addresses.setdefault(self.id, self.address)
+            self.transport.addresses = dict(self.addresses)
         self.barrier.wait(0, cpb.STAGE_READY)
         self._peer_list()
         first = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
