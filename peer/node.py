@@ -9,6 +9,7 @@ coordinator, polling the other peers' Status up to the round deadline.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,6 +137,7 @@ class Node:
         self.barrier = Barrier(self)
         self.metrics: dict[int, dict] = {}
         self.gallery: list = []
+        self._stopped = threading.Event()
 
     def _register(self) -> None:
         request = cpb.RegisterRequest(peer=self.id, address=self.address)
@@ -151,6 +153,16 @@ class Node:
                 time.sleep(0.5)
         self.rounds = int(reply.rounds)
         self.cfg.round_deadline = reply.round_deadline
+
+    def _heartbeat(self, every: float = 5.0) -> None:
+        """Tell the coordinator this peer is alive, also while it trains (a daemon thread)."""
+        while not self._stopped.wait(every):
+            request = cpb.HeartbeatRequest(peer=self.id)
+            self.meter.record("control", request)
+            try:
+                self.coord.Heartbeat(request, timeout=10)
+            except grpc.RpcError:
+                pass
 
     def _peer_list(self) -> None:
         if self.coord is not None:
@@ -183,6 +195,7 @@ class Node:
         exp = self.cfg.experiment
         if self.coord is not None:
             self._register()
+            threading.Thread(target=self._heartbeat, daemon=True, name=f"{self.id}-heartbeat").start()
         else:
             self.addresses.setdefault(self.id, self.address)
             self.transport.addresses = dict(self.addresses)
@@ -237,6 +250,7 @@ class Node:
                  labels=np.array([g[2] for _, g in self.gallery]))
 
     def stop(self) -> None:
+        self._stopped.set()
         self.transport.close()
         self.server.stop(grace=2).wait()
         self.peer.store.close()

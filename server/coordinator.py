@@ -32,8 +32,10 @@ class Barrier:
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, security: Security, rounds: int, min_peers: int, round_deadline: float = 600.0) -> None:
+    def __init__(self, security: Security, rounds: int, min_peers: int, round_deadline: float = 600.0,
+                 heartbeat_timeout: float = 30.0) -> None:
         self.security = security
+        self.heartbeat_timeout = heartbeat_timeout  # a peer silent this long is not waited for
         self.rounds = rounds
         self.min_peers = min_peers
         self.round_deadline = round_deadline
@@ -71,7 +73,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def Heartbeat(self, request, context):
         peer = self._identity(context, request.peer)
-        self.heartbeats[peer] = time.time()
+        with self._cond:
+            self.heartbeats[peer] = time.time()
         return pb.HeartbeatReply(ok=True)
 
     def ListPeers(self, request, context):
@@ -85,8 +88,10 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 self.participants = sorted(barrier.arrived)
                 return True
             return False
-        members = set(self.participants or self.peers)
-        return members <= set(barrier.arrived)
+        now = time.time()
+        alive = {p for p in (self.participants or self.peers)
+                 if now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout}
+        return alive <= set(barrier.arrived)
 
     def WaitRound(self, request, context):
         peer = self._identity(context, request.peer)
@@ -97,6 +102,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         key = (int(request.round), int(request.stage))
         with self._cond:
             barrier = self.barriers.setdefault(key, Barrier(first=time.time()))
+            self.heartbeats[peer] = time.time()
             if peer not in barrier.arrived:
                 barrier.arrived.append(peer)
             self._cond.notify_all()

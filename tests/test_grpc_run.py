@@ -30,7 +30,7 @@ CFG = ExperimentConfig(peers=3, rounds=1, train_per_peer=300, epochs=3, retrain_
                        max_per_student=60, seed=0)
 CONTROL = (peer_pb2.GetModelRequest, peer_pb2.StatusRequest, peer_pb2.StatusReply, peer_pb2.Ack,
            coordinator_pb2.RegisterRequest, coordinator_pb2.ListPeersRequest, coordinator_pb2.WaitRoundRequest,
-           coordinator_pb2.MetricsRequest)
+           coordinator_pb2.MetricsRequest, coordinator_pb2.HeartbeatRequest)
 
 
 @pytest.fixture(scope="module")
