@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import fields
 from pathlib import Path
 

@@ -17,7 +17,7 @@ from peer.service import PeerServicer, serve_peer
 from peer.sqlstore import SqliteExampleStore
 from peer.tls import Security, make_certs
 from peer.wire import Limits, decode_batch, decode_blob, encode_batch, encode_blob
-from protos.ckd.v1 import peer_pb2, peer_pb2_grpc, wire_pb2
+from protos.ckd.v1 import peer_pb2_grpc, wire_pb2
 
 pytestmark = pytest.mark.grpc
 
