@@ -190,9 +190,39 @@ class Node:
         return {"train_size": size, "train_seconds": seconds, "evaluation": evaluation,
                 "evaluate_seconds": time.perf_counter() - t}
 
+    def resume(self) -> int:
+        """Pick up from the state directory: the model after the last round reported, its metrics.
+
+        Returns that round (-1 for a fresh start). Received examples are already in the SQLite
+        store, and training randomness depends on (seed, round) only, so the peer goes on as if it
+        had never stopped.
+        """
+        from peer.learners import learner_from_blob
+
+        path = self.cfg.state_dir / "metrics.json"
+        if not path.exists():
+            return -1
+        metrics = {int(r): m for r, m in json.loads(path.read_text()).items()}
+        ckpt = self.cfg.state_dir / "checkpoints"
+        done = [r for r in sorted(metrics) if (ckpt / f"round-{r}.npz").exists()]
+        if not done or done != list(range(len(done))):
+            return -1
+        last = done[-1]
+        restored = learner_from_blob(load_checkpoint(ckpt, last))
+        current = self.peer.learner
+        if hasattr(current, "module"):  # torch: same module, device and train config, saved weights
+            current.module.load_state_dict(restored.module.state_dict())
+        else:
+            restored.train_config = current.train_config
+            self.peer.learner = restored
+        self.peer._own_proba = None
+        self.metrics = {r: metrics[r] for r in done}
+        return last
+
     def run(self) -> dict:
-        """The whole run for this peer; returns its metrics by round."""
+        """The whole run for this peer (resumed from its state directory); returns metrics by round."""
         exp = self.cfg.experiment
+        done = self.resume()
         if self.coord is not None:
             self._register()
             threading.Thread(target=self._heartbeat, daemon=True, name=f"{self.id}-heartbeat").start()
@@ -203,8 +233,9 @@ class Node:
         self._peer_list()
         first = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
                  "config": asdict(exp), "part": self.cfg.part}
-        self._report(0, {**first, **self._train(exp.epochs, 0)})
-        for r in range(1, self.rounds + 1):
+        if done < 0:
+            self._report(0, {**first, **self._train(exp.epochs, 0)})
+        for r in range(max(done, 0) + 1, self.rounds + 1):
             self.servicer.publish(r, self.peer.snapshot(r))
             arrived = self.barrier.wait(r, cpb.STAGE_PUBLISHED)
             teach, errors = [], []
@@ -229,7 +260,7 @@ class Node:
             if r == self.rounds:
                 data["wire"] = self.wire()
             self._report(r, data)
-        if self.rounds == 0:
+        if self.rounds == 0 and done < 0:
             self.metrics[0]["wire"] = self.wire()
             self._report(0, self.metrics[0])
         self.barrier.wait(self.rounds, cpb.STAGE_DONE)

@@ -163,6 +163,15 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
     nodes = _run_nodes(fmnist, tmp_path, coordinator=False, taps={})
     assert _rounded_equal(nodes, in_process)
     assert [n.metrics[1]["stored_examples"] for n in nodes] == [p["received"] for p in in_process["peers"]]
+    # a peer restarted on its state directory picks up its last model, store and metrics
+    again = Node(NodeConfig(CFG, 0, tmp_path / "peer-0"), Security.from_dir("peer-0", tmp_path / "certs", False),
+                 data=fmnist)
+    try:
+        assert again.resume() == 1
+        assert len(again.peer.store) == nodes[0].metrics[1]["stored_examples"] > 0
+        assert again.peer.evaluate(again.test_x, again.test_y) == nodes[0].metrics[1]["evaluation"]
+    finally:
+        again.stop()
 
 
 @pytest.mark.parametrize("argv, message", [
