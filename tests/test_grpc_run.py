@@ -198,3 +198,18 @@ def test_certs_name_the_peer(tmp_path):
     assert cert.subject.rfc4514_string() == "CN=peer-1"
     assert oct((tmp_path / "peer-1.key").stat().st_mode)[-3:] == "600"
     assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "ca.key", "coordinator.pem", "peer-0.key"}
+
+
+def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_dir, tmp_path):
+    from conftest import write_idx
+
+    write_idx(tiny_idx_dir / "t10k-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8))  # labels out of range
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "peer.cli", "launch", "--peers", "2", "--data-dir", str(tiny_idx_dir),
+                           "--out", str(out), "--state-dir", str(tmp_path / "state"), "--insecure", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "exited with code 2" in err[0] and "labels outside 0..9" in err[0], err
+    assert not out.exists()
