@@ -240,6 +240,14 @@ def cmd_peer(args) -> int:
     knobs = {name: getattr(args, name) for name, _ in DEMO_OPTIONS if name != "peers"}
     cfg = ExperimentConfig(peers=n, **knobs)
     peer_id = args.id or f"peer-{args.part}"
+    from peer.learners import learner_kinds
+
+    if args.learner and args.learner not in learner_kinds():
+        raise UsageError(f"unknown --learner {args.learner!r}; choose from {', '.join(learner_kinds())}")
+    if static and peer_id not in static:
+        raise UsageError(f"the static --peers list does not name this peer ({peer_id})")
+    if args.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "") and not args.advertise:
+        raise UsageError(f"--listen {args.listen} is not an address other peers can reach; give --advertise HOST:PORT")
     node = Node(NodeConfig(cfg, args.part, Path(args.state_dir), args.id, args.listen, args.advertise,
                            args.coordinator, static, args.learner, args.round_deadline),
                 _security(peer_id, args))
