@@ -50,6 +50,14 @@ class GrpcTransport(Transport):
                 self._stubs[peer_id] = peer_pb2_grpc.PeerServiceStub(channel)
             return self._stubs[peer_id]
 
+    def set_addresses(self, addresses: dict[str, str]) -> None:
+        """New addresses (a peer restarted elsewhere): channels to moved peers are reopened."""
+        with self._lock:
+            for pid, addr in addresses.items():
+                if self.addresses.get(pid) != addr:
+                    self._stubs.pop(pid, None)
+            self.addresses = dict(addresses)
+
     def _call(self, what: str, fn):
         for attempt in range(self.retries + 1):
             try:

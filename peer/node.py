@@ -169,7 +169,7 @@ class Node:
             request = cpb.ListPeersRequest()
             self.meter.record("control", request)
             self.addresses = {p.id: p.address for p in self.coord.ListPeers(request, timeout=30).peers}
-        self.transport.addresses = dict(self.addresses)
+        self.transport.set_addresses(self.addresses)
         self.servicer.known = set(self.addresses)
 
     def _report(self, round: int, data: dict) -> None:
@@ -238,15 +238,29 @@ class Node:
         for r in range(max(done, 0) + 1, self.rounds + 1):
             self.servicer.publish(r, self.peer.snapshot(r))
             arrived = self.barrier.wait(r, cpb.STAGE_PUBLISHED)
-            teach, errors = [], []
+            if self.coord is not None:
+                self._peer_list()  # a peer that restarted may listen elsewhere now
+            teach, errors = [], {}
             t = time.perf_counter()
-            for sid in arrived:
-                if sid == self.id:
-                    continue
-                try:
-                    teach += teach_round(self.peer, [sid], self.transport, r)
-                except (PeerUnreachable, InvalidPayload) as exc:
-                    errors.append(str(exc))
+            pending = [sid for sid in arrived if sid != self.id]
+            while pending:
+                for sid in list(pending):
+                    try:
+                        teach += teach_round(self.peer, [sid], self.transport, r)
+                        pending.remove(sid)
+                        errors.pop(sid, None)
+                    except InvalidPayload as exc:  # a bad model: not retried
+                        errors[sid] = str(exc)
+                        pending.remove(sid)
+                    except PeerUnreachable as exc:
+                        errors[sid] = str(exc)
+                # a peer that was down may be back, maybe at a new address: retry until the deadline
+                if not pending or time.perf_counter() - t > self.cfg.round_deadline / 2:
+                    break
+                time.sleep(1.0)
+                if self.coord is not None:
+                    self._peer_list()
+            errors = list(errors.values())
             teach_seconds = time.perf_counter() - t
             self.servicer.taught_round = r
             self.barrier.wait(r, cpb.STAGE_TAUGHT)

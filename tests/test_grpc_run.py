@@ -216,3 +216,54 @@ def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_d
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "exited with code 2" in err[0] and "labels outside 0..9" in err[0], err
     assert not out.exists()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_peer_restarted_mid_run_rejoins_and_the_run_matches_in_process(fmnist, tmp_path, in_process):
+    certs = tmp_path / "certs"
+    ids = [f"peer-{k}" for k in range(CFG.peers)]
+    make_certs(certs, ["coordinator"] + ids)
+    coord = Coordinator(Security.from_dir("coordinator", certs, False), CFG.rounds, CFG.peers, 120)
+    server, port = serve_coordinator(coord, "127.0.0.1:0")
+
+    def node(k):
+        return Node(NodeConfig(CFG, k, tmp_path / ids[k], coordinator=f"127.0.0.1:{port}", round_deadline=120),
+                    Security.from_dir(ids[k], certs, False), data=fmnist)
+
+    nodes = [node(k) for k in range(CFG.peers)]
+    report = nodes[2]._report
+
+    def crash_after_round_0(round, data):
+        report(round, data)
+        raise Crash  # dies after local training, before it publishes round 1
+
+    nodes[2]._report = crash_after_round_0
+    errors = []
+
+    def run(n):
+        try:
+            n.run()
+        except Exception as exc:  # noqa: BLE001
+            errors.append((n.id, exc))
+
+    threads = {n.id: threading.Thread(target=run, args=(n,)) for n in nodes}
+    for t in threads.values():
+        t.start()
+    threads["peer-2"].join(timeout=120)
+    assert [type(e) for _, e in errors] == [Crash]
+    nodes[2].stop()
+    restarted = node(2)  # a new process on the same state directory, at a new port
+    assert restarted.address != nodes[2].address
+    threads["again"] = threading.Thread(target=run, args=(restarted,))
+    threads["again"].start()
+    for t in threads.values():
+        t.join(timeout=240)
+    for n in (nodes[0], nodes[1], restarted):
+        n.stop()
+    server.stop(grace=0)
+    assert len(errors) == 1, errors
+    assert restarted.metrics[0] == nodes[2].metrics[0] and sorted(restarted.metrics) == [0, 1]
+    assert _rounded_equal([nodes[0], nodes[1], restarted], in_process)
