@@ -18,8 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from peer.blob import InvalidPayload, ModelBlob
 from peer.peer import Peer
 from peer.tls import Security, caller
-from peer.wire import Limits, PayloadTooLarge, decode_batch, encode_blob
-from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
+from peer.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
+from protos.ckd.v1 import peer_pb2, peer_pb2_grpc, wire_pb2
 
 GRPC_FRAME = 5  # gRPC's per-message prefix: compressed flag and length
 
@@ -97,7 +97,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         return who or ""
 
     # -- RPCs ----------------------------------------------------------------------------------
+    def _parsed(self, request, context) -> None:
+        if isinstance(request, Malformed):
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
+
     def GetModel(self, request, context):
+        self._parsed(request, context)
         self._who(context, request.requester or None)
         # published by the round loop, or by the in-process engine's Peer.snapshot (never made here)
         blob = self.published.get(request.round) or self.peer._published.get(request.round)
@@ -127,6 +132,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         return reply
 
     def Status(self, request, context):
+        self._parsed(request, context)
         store = self.peer.store
         reply = peer_pb2.StatusReply(
             peer=self.peer.id, published_round=max(self.published, default=-1), taught_round=self.taught_round,
@@ -150,8 +156,24 @@ def serve(servicers: list[tuple[Callable, object]], security: Security, address:
     return server, port, checker
 
 
+def add_peer_service(servicer: PeerServicer, server: grpc.Server) -> None:
+    """PeerService with tolerant request parsing: bytes that do not parse get INVALID_ARGUMENT."""
+    handlers = {
+        "GetModel": grpc.unary_stream_rpc_method_handler(
+            servicer.GetModel, request_deserializer=tolerant(peer_pb2.GetModelRequest),
+            response_serializer=wire_pb2.ModelChunk.SerializeToString),
+        "PushExamples": grpc.stream_unary_rpc_method_handler(
+            servicer.PushExamples, request_deserializer=tolerant(wire_pb2.ExampleChunk),
+            response_serializer=peer_pb2.Ack.SerializeToString),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status, request_deserializer=tolerant(peer_pb2.StatusRequest),
+            response_serializer=peer_pb2.StatusReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ckd.v1.PeerService", handlers),))
+
+
 def serve_peer(servicer: PeerServicer, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
-    server, port, checker = serve([(peer_pb2_grpc.add_PeerServiceServicer_to_server, servicer)],
+    server, port, checker = serve([(add_peer_service, servicer)],
                                   servicer.security, address, servicer.limits, workers)
     checker.set("ckd.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)
     return server, port

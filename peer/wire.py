@@ -24,6 +24,28 @@ class PayloadTooLarge(InvalidPayload):
     """A blob or batch over one of the size caps."""
 
 
+class Malformed:
+    """What a tolerant deserializer returns for bytes that do not parse as the expected message."""
+
+    def __init__(self, kind: str, nbytes: int) -> None:
+        self.kind, self.nbytes = kind, nbytes
+
+    def problem(self, what: str) -> str:
+        return f"{what}: malformed message, {self.nbytes} bytes that do not parse as {self.kind}"
+
+
+def tolerant(message_class):
+    """A request deserializer that yields Malformed instead of failing inside gRPC (status INTERNAL)."""
+
+    def deserialize(raw: bytes):
+        try:
+            return message_class.FromString(raw)
+        except Exception:  # noqa: BLE001  (protobuf's DecodeError and friends)
+            return Malformed(message_class.__name__, len(raw))
+
+    return deserialize
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps on what a peer accepts; a sender over them is refused before anything is stored."""
@@ -103,6 +125,8 @@ def _layout(infos: list[wire_pb2.ArrayInfo], cap: int, what: str) -> list[tuple[
 def _collect(chunks: Iterator, expected: int, limits: Limits, what: str) -> bytearray:
     buf = bytearray()
     for msg in chunks:
+        if isinstance(msg, Malformed):
+            raise InvalidPayload(msg.problem(what))
         part = msg.WhichOneof("part")
         if part != "data":
             raise InvalidPayload(f"{what}: malformed stream, a second header or an empty chunk after the header")
@@ -130,6 +154,8 @@ def _first(chunks: Iterator, part: str, what: str):
         msg = next(chunks)
     except StopIteration:
         raise InvalidPayload(f"{what}: empty stream, no header") from None
+    if isinstance(msg, Malformed):
+        raise InvalidPayload(msg.problem(what))
     if msg.WhichOneof("part") != part:
         raise InvalidPayload(f"{what}: malformed stream, it does not start with a header")
     return getattr(msg, part)

@@ -214,3 +214,21 @@ def test_decode_roundtrip_keeps_every_field():
     got = decode_batch(encode_batch(b, chunk=100))
     assert got.id == b.id and got.receiver == b.receiver and got.classes == b.classes and got.features == ("a", "b")
     assert np.array_equal(got.x, b.x) and np.array_equal(got.y, b.y) and np.array_equal(got.distance, b.distance)
+
+
+def test_bytes_that_do_not_parse_refused_as_invalid_argument(served, certs):
+    servicer, address = served
+    channel = Security.from_dir("peer-1", certs, False).channel(address, "peer-0")
+    push = channel.stream_unary("/ckd.v1.PeerService/PushExamples", request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        push(iter([b"\xff\xff\xff\x01garbage"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed message, 11 bytes that do not parse as ExampleChunk" in err.value.details()
+    get = channel.unary_stream("/ckd.v1.PeerService/GetModel", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        list(get(b"\x0a\xff", timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GetModelRequest" in err.value.details()
+    assert len(servicer.peer.store) == 0
+    assert _client(certs, "peer-1", address).status("peer-0").peer == "peer-0"  # still serving
