@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test bench venv data clean
+.PHONY: demo test bench venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ bench: venv data
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Regenerate the committed gRPC code from protos/ckd/v1/*.proto (needs grpcio-tools).
+protos:
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/ckd/v1/*.proto
+	sed -i -E 's/^from ckd\.v1 import/from protos.ckd.v1 import/' protos/ckd/v1/*_pb2*.py

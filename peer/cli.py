@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(demo, "out", "runs/demo", "output directory (replaced only when the run succeeds)")
     _add(demo, "threads", 2, "torch CPU threads")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    from peer.netcli import add_commands
+
+    add_commands(sub, EnvDefaultsFormatter)
     return parser
 
 
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(args)
+        from peer.netcli import COMMANDS
+
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"ckd: error: {exc}", file=sys.stderr)
         return 2

@@ -139,16 +139,20 @@ class Experiment:
 
 
 def run_experiment(cfg: ExperimentConfig, quiet: bool = False,
-                   data: tuple[Dataset, Dataset] | None = None) -> Experiment:
+                   data: tuple[Dataset, Dataset] | None = None, transport=None) -> Experiment:
+    """`transport`: a callable peers -> Transport (default in-process); closed after the run if it can be."""
     train, test = data or load_fashion_mnist(cfg.data_dir)
     if cfg.test_limit:
         test = test.subset(np.arange(min(cfg.test_limit, len(test))))
     peers = build_peers(cfg, train)
     missing = {p.id: [c for c in range(len(train.classes)) if not (p.y == c).any()] for p in peers}
-    transport = InProcessTransport({p.id: p for p in peers})
+    transport = transport(peers) if transport else InProcessTransport({p.id: p for p in peers})
     start = time.perf_counter()
-    log = run_rounds(peers, transport, as_float(test.x), test.y, cfg.rounds, cfg.epochs, cfg.retrain_epochs,
-                     quiet=quiet)
+    try:
+        log = run_rounds(peers, transport, as_float(test.x), test.y, cfg.rounds, cfg.epochs, cfg.retrain_epochs,
+                         quiet=quiet)
+    finally:
+        getattr(transport, "close", lambda: None)()
     return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y)
 
 

@@ -75,7 +75,7 @@ class Peer:
         self.classes = tuple(classes)
         self.learner = learner
         self.teach_config = teach or TeachConfig()
-        self.store = store or ExampleStore()
+        self.store = store if store is not None else ExampleStore()  # an empty store is falsy
         self.image = image
         self.levels = 255 if image else None
         self.seed = seed

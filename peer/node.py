@@ -1,0 +1,301 @@
+"""A peer process: its private part of the data, its PeerService, and the round loop.
+
+register -> wait for everyone -> train -> for each round r: publish model r -> wait until all
+published -> teach every other peer (pull its model, push counterfactual batches) -> wait until
+all taught -> retrain -> report metrics. The barrier is the coordinator's WaitRound, or without a
+coordinator, polling the other peers' Status up to the round deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from peer.blob import InvalidPayload, ModelBlob
+from peer.data import load_fashion_mnist
+from peer.engine import teach_round
+from peer.errors import UsageError
+from peer.experiment import ExperimentConfig, as_float, build_peer, partition
+from peer.grpc_transport import GrpcTransport, PeerUnreachable
+from peer.service import Meter, PeerServicer, grpc_options, serve_peer
+from peer.sqlstore import SqliteExampleStore
+from peer.tls import Security
+from peer.wire import Limits
+from protos.ckd.v1 import coordinator_pb2 as cpb
+from protos.ckd.v1 import coordinator_pb2_grpc
+
+
+@dataclass
+class NodeConfig:
+    experiment: ExperimentConfig
+    part: int
+    state_dir: Path
+    peer_id: str = ""
+    listen: str = "127.0.0.1:0"
+    advertise: str = ""                  # host:port others use (default: the listen address, actual port)
+    coordinator: str = ""                # host:port of `ckd server`
+    peers: dict[str, str] = field(default_factory=dict)  # static list: id -> host:port (no coordinator)
+    learner: str = ""                    # this peer's learner kind (default: from --learners)
+    round_deadline: float = 600.0
+
+
+def save_checkpoint(directory: Path, round: int, blob: ModelBlob) -> Path:
+    """The model after `round` as spec JSON plus an npz of its arrays (never pickled)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"round-{round}.npz"
+    tmp = directory / f".round-{round}.tmp.npz"
+    np.savez(tmp, **blob.arrays)
+    (directory / f"round-{round}.json").write_text(blob.spec_json())
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(directory: Path, round: int) -> ModelBlob:
+    spec = json.loads((directory / f"round-{round}.json").read_text())
+    with np.load(directory / f"round-{round}.npz", allow_pickle=False) as data:
+        blob = ModelBlob(spec, {k: data[k] for k in data.files})
+    blob.validate()
+    return blob
+
+
+class Barrier:
+    """Wait until every peer reached a stage: the coordinator's WaitRound, or Status polling."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def wait(self, round: int, stage: int) -> list[str]:
+        node = self.node
+        if node.coord is not None:
+            request = cpb.WaitRoundRequest(peer=node.id, round=round, stage=stage)
+            node.meter.record("control", request)
+            reply = node.coord.WaitRound(request, timeout=node.cfg.round_deadline * 2 + 3600)
+            return list(reply.arrived)
+        # static peer list: poll the others' Status until they got there or the deadline passed
+        deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
+        pending = set(node.addresses) - {node.id}
+        arrived = {node.id}
+        while pending and time.time() < deadline:
+            for pid in sorted(pending):
+                try:
+                    st = node.transport.status(pid)
+                except grpc.RpcError:
+                    continue
+                if (stage == cpb.STAGE_READY or stage == cpb.STAGE_DONE
+                        or (stage == cpb.STAGE_PUBLISHED and st.published_round >= round)
+                        or (stage == cpb.STAGE_TAUGHT and st.taught_round >= round)):
+                    pending.discard(pid)
+                    arrived.add(pid)
+            if pending:
+                time.sleep(0.2)
+        return sorted(arrived)
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig, security: Security, limits: Limits = Limits(), data=None) -> None:
+        exp = cfg.experiment
+        if not 0 <= cfg.part < exp.peers:
+            raise UsageError(f"--part {cfg.part} outside 0..{exp.peers - 1} (the split has {exp.peers} parts)")
+        self.cfg = cfg
+        self.security = security
+        self.limits = limits
+        self.meter = Meter()
+        train, test = data or load_fashion_mnist(exp.data_dir)
+        if exp.test_limit:
+            test = test.subset(np.arange(min(exp.test_limit, len(test))))
+        self.test_x, self.test_y = as_float(test.x), test.y
+        kind = cfg.learner or exp.learner_list()[cfg.part]
+        part = partition(exp, train)[cfg.part]
+        self.peer = build_peer(exp, cfg.part, kind, train, part)
+        if cfg.peer_id:
+            self.peer.id = cfg.peer_id
+        self.id = self.peer.id
+        if security.name != self.id and not security.insecure:
+            raise UsageError(f"certificate is for {security.name!r} but this peer is {self.id!r}")
+        self.kind = kind
+        self.classes = train.classes
+        self.missing = [c for c in range(len(train.classes)) if not (self.peer.y == c).any()]
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.peer.store = SqliteExampleStore(cfg.state_dir / "examples.sqlite")
+        self.servicer = PeerServicer(self.peer, security, limits, self.meter)
+        self.server, self.port = serve_peer(self.servicer, cfg.listen, workers=16)
+        host = cfg.listen.rsplit(":", 1)[0]
+        self.address = cfg.advertise or f"{host}:{self.port}"
+        self.coord = None
+        self.addresses = dict(cfg.peers)
+        self.rounds = exp.rounds
+        if cfg.coordinator:
+            channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
+            self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        self.transport = GrpcTransport(self.id, self.addresses, security, limits, self.meter)
+        self.barrier = Barrier(self)
+        self.metrics: dict[int, dict] = {}
+        self.gallery: list = []
+        self._stopped = threading.Event()
+
+    def _register(self) -> None:
+        request = cpb.RegisterRequest(peer=self.id, address=self.address)
+        self.meter.record("control", request)
+        for attempt in range(60):
+            try:
+                reply = self.coord.Register(request, timeout=10)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 59:
+                    raise UsageError(f"coordinator {self.cfg.coordinator} refused {self.id}: "
+                                     f"{exc.code().name}: {exc.details()}") from None
+                time.sleep(0.5)
+        self.rounds = int(reply.rounds)
+        self.cfg.round_deadline = reply.round_deadline
+
+    def _heartbeat(self, every: float = 5.0) -> None:
+        """Tell the coordinator this peer is alive, also while it trains (a daemon thread)."""
+        while not self._stopped.wait(every):
+            request = cpb.HeartbeatRequest(peer=self.id)
+            self.meter.record("control", request)
+            try:
+                self.coord.Heartbeat(request, timeout=10)
+            except grpc.RpcError:
+                pass
+
+    def _peer_list(self) -> None:
+        if self.coord is not None:
+            request = cpb.ListPeersRequest()
+            self.meter.record("control", request)
+            self.addresses = {p.id: p.address for p in self.coord.ListPeers(request, timeout=30).peers}
+        self.transport.set_addresses(self.addresses)
+        self.servicer.known = set(self.addresses)
+
+    def _report(self, round: int, data: dict) -> None:
+        self.metrics[round] = data
+        (self.cfg.state_dir / "metrics.json").write_text(json.dumps(self.metrics))
+        if self.coord is not None:
+            request = cpb.MetricsRequest(peer=self.id, round=round, json=json.dumps(data))
+            self.meter.record("control", request)
+            self.coord.ReportMetrics(request, timeout=60)
+
+    def _train(self, epochs: int, round: int) -> dict:
+        t = time.perf_counter()
+        size = self.peer.train(epochs, round=round)
+        seconds = time.perf_counter() - t
+        save_checkpoint(self.cfg.state_dir / "checkpoints", round, self.peer.learner.to_blob())
+        t = time.perf_counter()
+        evaluation = self.peer.evaluate(self.test_x, self.test_y)
+        return {"train_size": size, "train_seconds": seconds, "evaluation": evaluation,
+                "evaluate_seconds": time.perf_counter() - t}
+
+    def resume(self) -> int:
+        """Pick up from the state directory: the model after the last round reported, its metrics.
+
+        Returns that round (-1 for a fresh start). Received examples are already in the SQLite
+        store, and training randomness depends on (seed, round) only, so the peer goes on as if it
+        had never stopped.
+        """
+        from peer.learners import learner_from_blob
+
+        path = self.cfg.state_dir / "metrics.json"
+        if not path.exists():
+            return -1
+        metrics = {int(r): m for r, m in json.loads(path.read_text()).items()}
+        ckpt = self.cfg.state_dir / "checkpoints"
+        done = [r for r in sorted(metrics) if (ckpt / f"round-{r}.npz").exists()]
+        if not done or done != list(range(len(done))):
+            return -1
+        last = done[-1]
+        restored = learner_from_blob(load_checkpoint(ckpt, last))
+        current = self.peer.learner
+        if hasattr(current, "module"):  # torch: same module, device and train config, saved weights
+            current.module.load_state_dict(restored.module.state_dict())
+        else:
+            restored.train_config = current.train_config
+            self.peer.learner = restored
+        self.peer._own_proba = None
+        self.metrics = {r: metrics[r] for r in done}
+        return last
+
+    def run(self) -> dict:
+        """The whole run for this peer (resumed from its state directory); returns metrics by round."""
+        exp = self.cfg.experiment
+        done = self.resume()
+        if self.coord is not None:
+            self._register()
+            threading.Thread(target=self._heartbeat, daemon=True, name=f"{self.id}-heartbeat").start()
+        else:
+            self.addresses.setdefault(self.id, self.address)
+            self.transport.addresses = dict(self.addresses)
+        self.barrier.wait(0, cpb.STAGE_READY)
+        self._peer_list()
+        first = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
+                 "config": asdict(exp), "part": self.cfg.part}
+        if done < 0:
+            self._report(0, {**first, **self._train(exp.epochs, 0)})
+        for r in range(max(done, 0) + 1, self.rounds + 1):
+            self.servicer.publish(r, self.peer.snapshot(r))
+            arrived = self.barrier.wait(r, cpb.STAGE_PUBLISHED)
+            if self.coord is not None:
+                self._peer_list()  # a peer that restarted may listen elsewhere now
+            teach, errors = [], {}
+            t = time.perf_counter()
+            pending = [sid for sid in arrived if sid != self.id]
+            while pending:
+                for sid in list(pending):
+                    try:
+                        teach += teach_round(self.peer, [sid], self.transport, r)
+                        pending.remove(sid)
+                        errors.pop(sid, None)
+                    except InvalidPayload as exc:  # a bad model: not retried
+                        errors[sid] = str(exc)
+                        pending.remove(sid)
+                    except PeerUnreachable as exc:
+                        errors[sid] = str(exc)
+                # a peer that was down may be back, maybe at a new address: retry until the deadline
+                if not pending or time.perf_counter() - t > self.cfg.round_deadline / 2:
+                    break
+                time.sleep(1.0)
+                if self.coord is not None:
+                    self._peer_list()
+            errors = list(errors.values())
+            teach_seconds = time.perf_counter() - t
+            self.servicer.taught_round = r
+            self.barrier.wait(r, cpb.STAGE_TAUGHT)
+            if r == 1:
+                self.gallery = [(rep.student, g) for rep in teach for g in rep.gallery[:1]]
+                self._save_gallery()
+            data = self._train(exp.retrain_epochs, r)
+            data.update(teach=[{**rep.summary(), "nearest_private_l2": rep.nearest_private_l2} for rep in teach],
+                        teach_seconds=teach_seconds, errors=errors,
+                        stored_examples=len(self.peer.store))
+            if r == self.rounds:
+                data["wire"] = self.wire()
+            self._report(r, data)
+        if self.rounds == 0 and done < 0:
+            self.metrics[0]["wire"] = self.wire()
+            self._report(0, self.metrics[0])
+        self.barrier.wait(self.rounds, cpb.STAGE_DONE)
+        return self.metrics
+
+    def wire(self) -> dict:
+        return {"bytes_sent": self.meter.sent, "payload_bytes": self.meter.payload, "by_kind": dict(self.meter.by_kind),
+                "refused": len(self.servicer.refused)}
+
+    def _save_gallery(self) -> None:
+        """Private sources beside the counterfactuals sent, for this peer's operator only; never sent."""
+        if not self.gallery:
+            return
+        np.savez(self.cfg.state_dir / "gallery.npz",
+                 students=np.array([s for s, _ in self.gallery]),
+                 sources=np.stack([g[0] for _, g in self.gallery]),
+                 counterfactuals=np.stack([g[1] for _, g in self.gallery]),
+                 labels=np.array([g[2] for _, g in self.gallery]))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.transport.close()
+        self.server.stop(grace=2).wait()
+        self.peer.store.close()

@@ -1,0 +1,179 @@
+"""PeerService: a peer's models and example inbox on the network.
+
+GetModel streams a published model; PushExamples takes one example batch, validates it, stores it
+durably and only then acknowledges. Every refusal carries a status code and a message naming the
+problem; nothing is stored and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from peer.blob import InvalidPayload, ModelBlob
+from peer.peer import Peer
+from peer.tls import Security, caller
+from peer.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
+from protos.ckd.v1 import peer_pb2, peer_pb2_grpc, wire_pb2
+
+GRPC_FRAME = 5  # gRPC's per-message prefix: compressed flag and length
+
+
+@dataclass
+class Meter:
+    """Bytes this process sent on the wire (serialized messages) and the payload they carried.
+
+    `taps` see every message sent, for audits.
+    """
+
+    sent: int = 0
+    payload: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    taps: list[Callable[[str, object], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, kind: str, msg) -> None:
+        size = msg.ByteSize() + GRPC_FRAME
+        with self._lock:
+            self.sent += size
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + size
+        for tap in self.taps:
+            tap(kind, msg)
+
+    def add_payload(self, nbytes: int) -> None:
+        with self._lock:
+            self.payload += nbytes
+
+    def wrap(self, kind: str, messages):
+        for msg in messages:
+            self.record(kind, msg)
+            yield msg
+
+
+def grpc_options(limits: Limits) -> list[tuple[str, int]]:
+    cap = limits.max_message_bytes + 1024
+    return [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
+    """Serves one Peer. `known` (if set) lists the peers allowed to pull and push."""
+
+    def __init__(self, peer: Peer, security: Security, limits: Limits = Limits(), meter: Meter | None = None,
+                 known: set[str] | None = None) -> None:
+        self.peer = peer
+        self.security = security
+        self.limits = limits
+        self.meter = meter or Meter()
+        self.known = known
+        self.published: dict[int, ModelBlob] = {}
+        self.taught_round = -1
+        self.refused: list[tuple[str, str]] = []  # (status code name, message), newest last
+        self._lock = threading.Lock()
+
+    # -- state set by the peer's round loop ----------------------------------------------------
+    def publish(self, round: int, blob: ModelBlob) -> None:
+        with self._lock:
+            self.published = {r: b for r, b in self.published.items() if r >= round - 1}
+            self.published[round] = blob
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str):
+        self.refused.append((code.name, message))
+        context.abort(code, message)
+
+    def _who(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
+        """The caller: its certificate's name (mTLS) or, over plaintext, what it claims."""
+        cert = caller(context)
+        who = cert if cert is not None else claimed
+        if cert is not None and claimed is not None and claimed != cert:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"message claims sender {claimed!r} but the client certificate is {cert!r}")
+        if self.known is not None and who not in self.known:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"unknown peer {who!r}")
+        return who or ""
+
+    # -- RPCs ----------------------------------------------------------------------------------
+    def _parsed(self, request, context) -> None:
+        if isinstance(request, Malformed):
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
+
+    def GetModel(self, request, context):
+        self._parsed(request, context)
+        self._who(context, request.requester or None)
+        # published by the round loop, or by the in-process engine's Peer.snapshot (never made here)
+        blob = self.published.get(request.round) or self.peer._published.get(request.round)
+        if blob is None:
+            self._refuse(context, grpc.StatusCode.NOT_FOUND,
+                         f"{self.peer.id} has not published a model for round {request.round}")
+        self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
+        yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
+
+    def PushExamples(self, request_iterator, context):
+        try:
+            batch = decode_batch(request_iterator, self.limits)
+        except PayloadTooLarge as exc:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except InvalidPayload as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._who(context, batch.sender)
+        if batch.receiver != self.peer.id:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"batch {batch.id} is addressed to {batch.receiver!r}, this is {self.peer.id!r}")
+        try:
+            stored = self.peer.absorb(batch)
+        except InvalidPayload as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        reply = peer_pb2.Ack(stored=True, duplicate=not stored, examples=len(batch))
+        self.meter.record("control", reply)
+        return reply
+
+    def Status(self, request, context):
+        self._parsed(request, context)
+        store = self.peer.store
+        reply = peer_pb2.StatusReply(
+            peer=self.peer.id, published_round=max(self.published, default=-1), taught_round=self.taught_round,
+            batches_stored=store.batch_count() if hasattr(store, "batch_count") else len(store.batches()),
+            examples_stored=len(store))
+        self.meter.record("control", reply)
+        return reply
+
+
+def serve(servicers: list[tuple[Callable, object]], security: Security, address: str, limits: Limits,
+          workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started gRPC server with these servicers and grpc.health.v1; returns (server, port, health)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(limits))
+    for add, servicer in servicers:
+        add(servicer, server)
+    checker = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    port = security.add_port(server, address)
+    server.start()
+    checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, port, checker
+
+
+def add_peer_service(servicer: PeerServicer, server: grpc.Server) -> None:
+    """PeerService with tolerant request parsing: bytes that do not parse get INVALID_ARGUMENT."""
+    handlers = {
+        "GetModel": grpc.unary_stream_rpc_method_handler(
+            servicer.GetModel, request_deserializer=tolerant(peer_pb2.GetModelRequest),
+            response_serializer=wire_pb2.ModelChunk.SerializeToString),
+        "PushExamples": grpc.stream_unary_rpc_method_handler(
+            servicer.PushExamples, request_deserializer=tolerant(wire_pb2.ExampleChunk),
+            response_serializer=peer_pb2.Ack.SerializeToString),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status, request_deserializer=tolerant(peer_pb2.StatusRequest),
+            response_serializer=peer_pb2.StatusReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ckd.v1.PeerService", handlers),))
+
+
+def serve_peer(servicer: PeerServicer, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
+    server, port, checker = serve([(add_peer_service, servicer)],
+                                  servicer.security, address, servicer.limits, workers)
+    checker.set("ckd.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)
+    return server, port

@@ -1,0 +1,141 @@
+"""Mutual TLS: a CA, one certificate per peer and for the coordinator, the name is the identity.
+
+`ckd certs` writes ca.pem, ca.key and NAME.pem, NAME.key for each name. A peer's certificate
+carries its id as common name and as DNS name; a client checks that the server it reached holds
+the certificate of the peer it meant (target name override), and a server takes the sender of an
+RPC from the client certificate, never from a message field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from peer.errors import UsageError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise UsageError(f"bad peer name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
+    return name
+
+
+def make_certs(out: Path, names: list[str], days: int = 365) -> list[Path]:
+    """A new CA in `out` (kept if it already exists) and a key and certificate for each name."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    for n in names:
+        check_name(n)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def write(path: Path, data: bytes, private: bool) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        if private:
+            os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_cert_path, ca_key_path = out / "ca.pem", out / "ca.key"
+    if ca_cert_path.exists() and ca_key_path.exists():
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckd CA")])
+        ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .sign(ca_key, hashes.SHA256()))
+        write(ca_key_path, key_pem(ca_key), True)
+        write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), False)
+    written = [ca_cert_path]
+    for n in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)]))
+                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n)]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        write(out / f"{n}.key", key_pem(key), True)
+        write(out / f"{n}.pem", cert.public_bytes(serialization.Encoding.PEM), False)
+        written.append(out / f"{n}.pem")
+    return written
+
+
+@dataclass(frozen=True)
+class Security:
+    """How this process talks gRPC: mTLS with its own certificate, or plaintext when asked for."""
+
+    name: str
+    ca: bytes | None = None
+    key: bytes | None = None
+    cert: bytes | None = None
+
+    @property
+    def insecure(self) -> bool:
+        return self.ca is None
+
+    @classmethod
+    def from_dir(cls, name: str, certs: Path | None, insecure: bool) -> "Security":
+        if insecure:
+            if certs:
+                raise UsageError("give either --certs or --insecure, not both")
+            return cls(name)
+        if not certs:
+            raise UsageError("mutual TLS needs --certs DIR (make one with `ckd certs`); "
+                         "plaintext only with --insecure")
+        certs = Path(certs)
+        paths = [certs / "ca.pem", certs / f"{name}.key", certs / f"{name}.pem"]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise UsageError(f"missing certificate file(s) {', '.join(missing)}; run `ckd certs --out {certs} "
+                             f"--names {name}`")
+        return cls(name, *(p.read_bytes() for p in paths))
+
+    def add_port(self, server: grpc.Server, address: str) -> int:
+        if self.insecure:
+            port = server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                                require_client_auth=True)
+            port = server.add_secure_port(address, creds)
+        if port == 0:
+            raise UsageError(f"cannot listen on {address}")
+        return port
+
+    def channel(self, address: str, server_name: str, options: list | None = None) -> grpc.Channel:
+        """A channel to `address` that only accepts a server holding the certificate of `server_name`."""
+        options = list(options or [])
+        if self.insecure:
+            return grpc.insecure_channel(address, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                             certificate_chain=self.cert)
+        return grpc.secure_channel(address, creds, options=options + [("grpc.ssl_target_name_override", server_name)])
+
+
+def caller(context: grpc.ServicerContext) -> str | None:
+    """The common name of the client certificate of this RPC (None over plaintext)."""
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else None

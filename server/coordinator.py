@@ -1,0 +1,177 @@
+"""The coordinator: who is in the run, the round barrier with a deadline, and the metrics.
+
+It never sees data or weights: peers register an address, wait at barriers and report numbers.
+A barrier releases when every participant arrived, or `round_deadline` seconds after the first
+one did, so a slow peer is skipped for that stage rather than waited on forever.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from peer.tls import Security, caller
+from protos.ckd.v1 import coordinator_pb2 as pb
+from protos.ckd.v1 import coordinator_pb2_grpc
+
+STAGES = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
+          pb.STAGE_DONE: "done"}
+MAX_METRICS_BYTES = 64 << 20
+
+
+@dataclass
+class Barrier:
+    arrived: list[str] = field(default_factory=list)
+    first: float = 0.0
+    released: float | None = None
+    timed_out: bool = False
+
+
+class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, security: Security, rounds: int, min_peers: int, round_deadline: float = 600.0,
+                 heartbeat_timeout: float = 30.0) -> None:
+        self.security = security
+        self.heartbeat_timeout = heartbeat_timeout  # a peer silent this long is not waited for
+        self.rounds = rounds
+        self.min_peers = min_peers
+        self.round_deadline = round_deadline
+        self.peers: dict[str, str] = {}
+        self.heartbeats: dict[str, float] = {}
+        self.participants: list[str] | None = None
+        self.barriers: dict[tuple[int, int], Barrier] = {}
+        self.metrics: dict[str, dict[int, dict]] = {}
+        self.finished = threading.Event()
+        self._cond = threading.Condition()
+
+    def _identity(self, context, claimed: str, must_be_registered: bool = True) -> str:
+        cert = caller(context)
+        if cert is not None and cert != claimed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"request names peer {claimed!r} but the client certificate is {cert!r}")
+        if not claimed:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request names no peer")
+        if must_be_registered and claimed not in self.peers:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown peer {claimed!r}: register first")
+        return claimed
+
+    def Register(self, request, context):
+        peer = self._identity(context, request.peer, must_be_registered=False)
+        if not request.address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} registered without an address")
+        with self._cond:
+            if self.participants is not None and peer not in self.participants:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"the run has started with {len(self.participants)} peers; {peer!r} is not one")
+            self.peers[peer] = request.address
+            self.heartbeats[peer] = time.time()
+            self._cond.notify_all()
+        return pb.RegisterReply(rounds=self.rounds, round_deadline=self.round_deadline)
+
+    def Heartbeat(self, request, context):
+        peer = self._identity(context, request.peer)
+        with self._cond:
+            self.heartbeats[peer] = time.time()
+        return pb.HeartbeatReply(ok=True)
+
+    def ListPeers(self, request, context):
+        with self._cond:
+            ids = self.participants if self.participants is not None else sorted(self.peers)
+            return pb.ListPeersReply(peers=[pb.PeerInfo(id=i, address=self.peers[i]) for i in ids])
+
+    def _release_ready(self, key, barrier: Barrier) -> bool:
+        if key[1] == pb.STAGE_READY and key[0] == 0:
+            if len(self.peers) >= self.min_peers and set(self.peers) <= set(barrier.arrived):
+                self.participants = sorted(barrier.arrived)
+                return True
+            return False
+        now = time.time()
+        alive = {p for p in (self.participants or self.peers)
+                 if now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout}
+        return alive <= set(barrier.arrived)
+
+    def WaitRound(self, request, context):
+        peer = self._identity(context, request.peer)
+        if request.stage not in STAGES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown stage {request.stage}")
+        if not 0 <= request.round <= self.rounds:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} outside 0..{self.rounds}")
+        key = (int(request.round), int(request.stage))
+        with self._cond:
+            barrier = self.barriers.setdefault(key, Barrier(first=time.time()))
+            self.heartbeats[peer] = time.time()
+            if peer not in barrier.arrived:
+                barrier.arrived.append(peer)
+            self._cond.notify_all()
+            while barrier.released is None:
+                if self._release_ready(key, barrier):
+                    barrier.released = time.time()
+                elif (key != (0, pb.STAGE_READY) and time.time() - barrier.first >= self.round_deadline):
+                    barrier.released, barrier.timed_out = time.time(), True
+                elif not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "caller went away")
+                else:
+                    self._cond.wait(timeout=0.5)
+                    continue
+                self._cond.notify_all()
+                if key == (self.rounds, pb.STAGE_DONE):
+                    self.finished.set()
+            return pb.WaitRoundReply(arrived=sorted(barrier.arrived), timed_out=barrier.timed_out)
+
+    def ReportMetrics(self, request, context):
+        peer = self._identity(context, request.peer)
+        if len(request.json) > MAX_METRICS_BYTES:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"metrics of {len(request.json)} bytes over the cap")
+        try:
+            data = json.loads(request.json)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"metrics are not JSON: {exc}")
+        if not isinstance(data, dict):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metrics must be a JSON object")
+        with self._cond:
+            self.metrics.setdefault(peer, {})[int(request.round)] = data
+        return pb.MetricsReply()
+
+    # -- what the run measured -----------------------------------------------------------------
+    def released(self, round: int, stage: int) -> float | None:
+        b = self.barriers.get((round, stage))
+        return b.released if b else None
+
+    def timings(self) -> dict[str, float]:
+        """Wall seconds of each phase, from barrier to barrier (all peers work in parallel)."""
+        out = {"train": 0.0, "teach": 0.0, "retrain": 0.0}
+        start = self.released(0, pb.STAGE_READY)
+        end = self.released(self.rounds, pb.STAGE_DONE)
+        if start is None or end is None:
+            return out
+        if self.rounds == 0:
+            out["train"] = end - start
+            return out
+        out["train"] = (self.released(1, pb.STAGE_PUBLISHED) or end) - start
+        for r in range(1, self.rounds + 1):
+            pub, taught = self.released(r, pb.STAGE_PUBLISHED), self.released(r, pb.STAGE_TAUGHT)
+            nxt = self.released(r + 1, pb.STAGE_PUBLISHED) if r < self.rounds else end
+            if pub and taught:
+                out["teach"] += taught - pub
+            if taught and nxt:
+                out["retrain"] += nxt - taught
+        return out
+
+    def wall_seconds(self) -> float | None:
+        start = self.released(0, pb.STAGE_READY)
+        end = self.released(self.rounds, pb.STAGE_DONE)
+        return None if start is None or end is None else end - start
+
+
+def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
+    """Start the coordinator's gRPC server (with health); returns (server, port)."""
+    from peer.service import serve
+    from peer.wire import Limits
+
+    workers = 2 * coordinator.min_peers + 16
+    server, port, _ = serve([(coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server, coordinator)],
+                            coordinator.security, address, limits or Limits(), workers)
+    return server, port

@@ -1,0 +1,92 @@
+"""The coordinator on a real loopback port: membership, identity, the barrier and its deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from peer.tls import Security, make_certs
+from protos.ckd.v1 import coordinator_pb2 as pb
+from protos.ckd.v1 import coordinator_pb2_grpc
+from server.coordinator import Coordinator, serve_coordinator
+
+pytestmark = pytest.mark.grpc
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    make_certs(d, ["coordinator", "peer-0", "peer-1"])
+    return d
+
+
+@pytest.fixture
+def coord(certs):
+    c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=1.5)
+    server, port = serve_coordinator(c, "127.0.0.1:0")
+    stubs = {p: coordinator_pb2_grpc.CoordinatorServiceStub(
+        Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")) for p in ("peer-0", "peer-1")}
+    yield c, stubs
+    server.stop(grace=0)
+
+
+def _start(coord):
+    c, stubs = coord
+    for p, stub in stubs.items():
+        assert stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5).rounds == 2
+    replies = {}
+    threads = [threading.Thread(target=lambda p=p, s=s: replies.__setitem__(
+        p, s.WaitRound(pb.WaitRoundRequest(peer=p, round=0, stage=pb.STAGE_READY), timeout=10)))
+        for p, s in stubs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return replies
+
+
+def test_ready_barrier_waits_for_everyone_and_lists_them(coord):
+    replies = _start(coord)
+    assert all(list(r.arrived) == ["peer-0", "peer-1"] and not r.timed_out for r in replies.values())
+    peers = coord[1]["peer-0"].ListPeers(pb.ListPeersRequest(), timeout=5).peers
+    assert [(p.id, p.address) for p in peers] == [("peer-0", "peer-0:1"), ("peer-1", "peer-1:1")]
+
+
+def test_slow_peer_skipped_at_the_round_deadline(coord):
+    _start(coord)
+    t = time.time()
+    reply = coord[1]["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=1, stage=pb.STAGE_PUBLISHED),
+                                         timeout=10)
+    assert reply.timed_out and list(reply.arrived) == ["peer-0"] and 1.2 < time.time() - t < 5
+
+
+def test_silent_peer_not_waited_for(coord):
+    c, stubs = coord
+    _start(coord)
+    c.heartbeat_timeout = 0.5
+    time.sleep(0.6)
+    stubs["peer-0"].Heartbeat(pb.HeartbeatRequest(peer="peer-0"), timeout=5)
+    t = time.time()
+    reply = stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=1, stage=pb.STAGE_TAUGHT), timeout=10)
+    assert not reply.timed_out and list(reply.arrived) == ["peer-0"] and time.time() - t < 1.0
+
+
+def test_identity_and_unknown_peers_refused(coord):
+    c, stubs = coord
+    with pytest.raises(grpc.RpcError) as err:  # peer-0's certificate, peer-1's name
+        stubs["peer-0"].Register(pb.RegisterRequest(peer="peer-1", address="x:1"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "certificate is 'peer-0'" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # not registered yet
+        stubs["peer-1"].WaitRound(pb.WaitRoundRequest(peer="peer-1", round=0, stage=pb.STAGE_READY), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown peer 'peer-1'" in err.value.details()
+    _start(coord)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["peer-0"].ReportMetrics(pb.MetricsRequest(peer="peer-0", round=0, json="{oops"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not JSON" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=7, stage=pb.STAGE_DONE), timeout=5)
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert c.metrics == {}
