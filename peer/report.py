@@ -25,6 +25,7 @@ def summarise(exp: Experiment) -> dict:
         peers.append({
             "id": pid,
             "learner": exp.learners[k],
+            **({"features": list(exp.features[pid])} if exp.features.get(pid) else {}),
             "missing_classes": [exp.classes[c] for c in missing],
             "train_size": log.train_sizes[pid][0],
             "accuracy_before": round(before["accuracy"], 4),
@@ -43,7 +44,7 @@ def summarise(exp: Experiment) -> dict:
     attempted = sum(r.attempted for r in teach)
     leak = np.concatenate([np.asarray(r.nearest_private_l2, dtype=np.float64) for r in teach]) if teach else np.zeros(0)
     return {
-        "experiment": "fmnist-10" if _is_fmnist10(exp) else "fashion-mnist",
+        "experiment": _experiment_name(exp),
         "median_accuracy_before": _median([p["accuracy_before"] for p in peers]),
         "median_accuracy_after": _median([p["accuracy_after"] for p in peers]),
         "missing_class_accuracy_before": [p["missing_class_accuracy_before"] for p in peers],
@@ -71,6 +72,12 @@ def summarise(exp: Experiment) -> dict:
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
     }
+
+
+def _experiment_name(exp: Experiment) -> str:
+    if exp.config.data:
+        return f"data:{Path(exp.config.data).name}"
+    return "fmnist-10" if _is_fmnist10(exp) else "fashion-mnist"
 
 
 def _is_fmnist10(exp: Experiment) -> bool:
@@ -168,7 +175,7 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("accuracy.png")
 
-    samples = [(r, g) for r in exp.log.teach if r.round == 1 for g in r.gallery[:1]][:12]
+    samples = [(r, g) for r in exp.log.teach if r.round == 1 for g in r.gallery[:1] if np.ndim(g[0]) >= 2][:12]
     if samples:
         fig, axes = plt.subplots(2, len(samples), figsize=(1.4 * len(samples), 3.4), squeeze=False)
         for j, (r, (src, cf, label)) in enumerate(samples):
