@@ -35,6 +35,7 @@ test: venv data
 bench: venv data
 	$(PY) bench/fmnist10.py
 	$(PY) bench/fmnist10.py --hetero
+	$(PY) bench/tabular.py
 
 clean:
 	rm -rf runs .pytest_cache
