@@ -36,6 +36,7 @@ bench: venv data
 	$(PY) bench/fmnist10.py
 	$(PY) bench/fmnist10.py --hetero
 	$(PY) bench/tabular.py
+	$(PY) bench/tabular.py --dataset wine
 
 clean:
 	rm -rf runs .pytest_cache

@@ -62,7 +62,8 @@ def summarise(exp: Experiment) -> dict:
             "mean_source_l1": round(float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3) if teach else None,
         },
         "leakage": {
-            "what": "L2 distance (inputs in [0,1]) of each counterfactual x' sent to the sender's nearest private example",
+            "what": "L2 distance (inputs in [0,1]; a table's columns scaled by the sender's own min and max) of each "
+                    "counterfactual x' sent to the sender's nearest private example",
             "min": round(float(leak.min()), 4) if leak.size else None,
             "p05": round(float(np.percentile(leak, 5)), 4) if leak.size else None,
             "median": round(float(np.median(leak)), 4) if leak.size else None,
