@@ -43,6 +43,16 @@ def test_numeric_labels_sort_as_numbers_and_semicolons_are_read(tmp_path):
     assert train.classes == ("9", "10") and train.y.tolist() == [1, 0, 1]
 
 
+def test_kind_can_be_given_when_the_suffix_does_not_tell(tmp_path):
+    path = _write(tmp_path / "export.dat", CSV)
+    with pytest.raises(UsageError, match="pass --data-kind"):
+        load_source(path, label="target")
+    train, _ = load_source(path, kind="csv", label="target")
+    assert len(train) == 4 and train.classes == ("no", "yes")
+    with pytest.raises(UsageError, match="unknown --data-kind 'xls'"):
+        load_source(path, kind="xls", label="target")
+
+
 def test_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -69,11 +69,10 @@ def _toy_peer(pid, features, classes=("no", "yes"), missing=None, kind="mlp", se
     if missing is not None:
         keep = y != missing
         y, allx = y[keep], {k: v[keep] for k, v in allx.items()}
-    names = tuple(classes) if classes == ("no", "yes") else classes
-    labels = np.array([names.index(("no", "yes")[v]) for v in y])
+    labels = np.array([classes.index(("no", "yes")[v]) for v in y])  # indices into this peer's own order
     x = np.stack([allx[f] for f in features], axis=1).astype(np.float32)
-    learner = make_learner(kind, (len(features),), names, TrainConfig(epochs=30, seed=seed, lr=3e-3))
-    return Peer(pid, x, labels, names, learner, TeachConfig(), seed=seed, features=features)
+    learner = make_learner(kind, (len(features),), classes, TrainConfig(epochs=30, seed=seed, lr=3e-3))
+    return Peer(pid, x, labels, classes, learner, TeachConfig(), seed=seed, features=features)
 
 
 def test_counterfactuals_are_sent_in_the_students_columns_with_its_neutral_values():
