@@ -157,6 +157,8 @@ class Peer:
     def in_student_space(self, x: np.ndarray, student: Learner) -> np.ndarray:
         """My rows in the student's columns, by name; columns I lack get the student's neutral values."""
         if not self.features:
+            if student.features:
+                raise InvalidPayload("student model names feature columns; my inputs have no column names")
             if tuple(student.input_shape) != self.input_shape:
                 raise InvalidPayload(f"student model takes inputs {student.input_shape}, mine are {self.input_shape}")
             return x

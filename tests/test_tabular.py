@@ -96,6 +96,16 @@ def test_counterfactuals_are_sent_in_the_students_columns_with_its_neutral_value
         stranger.absorb(batches[0])
 
 
+def test_a_teacher_without_column_names_refuses_a_tabular_student():
+    student = _toy_peer("s", ("a", "b", "c"), seed=1)
+    student.train()
+    unnamed = Peer("u", student.x, student.y, student.classes,
+                   make_learner("mlp", (3,), student.classes, TrainConfig(epochs=1)), image=False)
+    unnamed.train()
+    with pytest.raises(InvalidPayload, match="names feature columns"):
+        unnamed.teach("s", student.snapshot(1), 1)
+
+
 def test_no_shared_column_means_nothing_to_teach():
     teacher, student = _toy_peer("t", ("a", "b")), _toy_peer("s", ("d", "e"), missing=1, seed=1)
     teacher.train()
