@@ -39,8 +39,8 @@ DEMO_OPTIONS = [
                  "else torchvision's download)"),
     ("device", "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     ("data", "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, or a "
-             "folder with one sub-folder of images per class; options not set then default to 3 peers, "
-             "--split iid, 40 epochs, 20 retrain epochs, and mlp learners for a table"),
+             "folder with one sub-folder of images per class; options not set then default to 3 peers and "
+             "--split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs"),
     ("data_kind", "kind of --data: csv, parquet, npz or images (default: from the path)"),
     ("label", "with a table: the label column"),
     ("test_data", "a separate test set in the same form as --data (default: hold out 20%% of --data)"),
@@ -49,8 +49,8 @@ DEMO_OPTIONS = [
 ]
 
 # With --data, options the user did not set take these values instead (fmnist-10's suit 60,000 images).
-DATA_DEFAULTS = {"peers": 3, "split": "iid", "epochs": 40, "retrain_epochs": 20}
-TABLE_DEFAULTS = {"learners": "mlp"}
+DATA_DEFAULTS = {"peers": 3, "split": "iid"}
+TABLE_DEFAULTS = {"learners": "mlp", "epochs": 40, "retrain_epochs": 20}  # tables are small: more epochs
 
 
 class EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
