@@ -107,3 +107,14 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, what,
     assert err.startswith("ckd: error:") and message in err and "\n" not in err
     assert what == "no-overlap" or data in err  # names the file
     assert not out.exists()
+
+
+def test_options_given_win_over_the_data_defaults(tmp_path, monkeypatch):
+    path = tmp_path / "my.csv"
+    path.write_text(HAND_WRITTEN)
+    monkeypatch.setenv("CKD_LEARNERS", "forest")
+    out = tmp_path / "run"
+    assert main(["demo", "--data", str(path), "--label", "target", "--peers", "2", "--out", str(out), *QUICK]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert [p["learner"] for p in summary["peers"]] == ["forest", "forest"]
+    assert summary["config"]["epochs"] == 5 and summary["config"]["split"] == "iid"
