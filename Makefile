@@ -35,6 +35,8 @@ test: venv data
 bench: venv data
 	$(PY) bench/fmnist10.py
 	$(PY) bench/fmnist10.py --hetero
+	$(PY) bench/tabular.py
+	$(PY) bench/tabular.py --dataset wine
 
 clean:
 	rm -rf runs .pytest_cache

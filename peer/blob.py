@@ -46,6 +46,11 @@ class ModelBlob:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.spec.get("classes", ()))
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Column names of a feature-vector input (empty for images)."""
+        return tuple(self.spec.get("features", ()))
+
     def spec_json(self) -> str:
         return json.dumps(self.spec, sort_keys=True)
 
@@ -63,6 +68,14 @@ class ModelBlob:
             raise InvalidPayload(f"model blob input_shape {shape!r} is not a list of positive ints")
         for name, arr in self.arrays.items():
             _check_array(name, arr)
+        if "features" in self.spec or "neutral" in self.spec:
+            features, neutral = self.spec.get("features"), self.spec.get("neutral")
+            if (not isinstance(features, list) or not all(isinstance(f, str) and f for f in features)
+                    or len(set(features)) != len(features) or shape != [len(features)]):
+                raise InvalidPayload(f"model blob features must be distinct names, one per input column {shape}")
+            if (not isinstance(neutral, list) or len(neutral) != len(features)
+                    or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in neutral)):
+                raise InvalidPayload("model blob must declare one finite neutral value per feature")
 
 
 @dataclass(frozen=True)
@@ -102,8 +115,9 @@ class ExampleBatch:
             return self.x.astype(np.float32) / 255.0
         return self.x.astype(np.float32)
 
-    def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...]) -> None:
-        """Refuse a batch that does not fit a receiver with this input shape and these classes."""
+    def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...],
+                 features: tuple[str, ...] = ()) -> None:
+        """Refuse a batch that does not fit a receiver with this input shape, classes and feature names."""
         for name, arr in (("x", self.x), ("y", self.y), ("distance", self.distance)):
             _check_array(name, arr)
         if self.x.dtype not in (np.uint8, np.float32):
@@ -122,7 +136,13 @@ class ExampleBatch:
         unknown = set(self.classes[i] for i in np.unique(self.y)) - set(classes)
         if unknown:
             raise InvalidPayload(f"batch {self.id}: unknown class name(s) {sorted(unknown)}")
-        if self.x.dtype == np.float32 and n and (self.x.min() < 0.0 or self.x.max() > 1.0):
+        if tuple(self.features) != tuple(features):
+            raise InvalidPayload(f"batch {self.id}: its feature columns are not the receiver's "
+                                 f"({len(self.features)} named, {len(features)} expected, matched by name)")
+        if features:
+            if self.x.dtype != np.float32:
+                raise InvalidPayload(f"batch {self.id}: feature vectors must be float32")
+        elif self.x.dtype == np.float32 and n and (self.x.min() < 0.0 or self.x.max() > 1.0):
             raise InvalidPayload(f"batch {self.id}: inputs outside the valid range [0, 1]")
 
     def labels_for(self, classes: tuple[str, ...]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Fashion-MNIST from IDX files: find, read, validate."""
+"""Datasets: the Dataset type, and Fashion-MNIST from IDX files (find, read, validate)."""
 
 from __future__ import annotations
 
@@ -25,21 +25,48 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as uint8 (N, 28, 28) and labels as int64 (N,), with class names."""
+    """Inputs and int64 labels (N,) indexing `classes`, the class names.
+
+    Images are uint8 (N, H, W) or (N, C, H, W) and `features` is empty; a table is float32
+    (N, D) in its own units and `features` names its D columns (categorical columns one-hot
+    encoded as "column=value"), so peers with different columns can map them by name.
+    """
 
     x: np.ndarray
     y: np.ndarray
     classes: tuple[str, ...]
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels")
+        if self.features and (self.x.ndim != 2 or self.x.shape[1] != len(self.features)):
+            raise ValueError(f"inputs {self.x.shape} do not fit {len(self.features)} feature names")
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def tabular(self) -> bool:
+        return bool(self.features)
+
     def subset(self, idx: np.ndarray) -> "Dataset":
-        return Dataset(self.x[idx], self.y[idx], self.classes)
+        return Dataset(self.x[idx], self.y[idx], self.classes, self.features)
+
+    def columns(self, names: tuple[str, ...]) -> "Dataset":
+        """This table restricted to the named columns, in that order."""
+        lookup = {name: i for i, name in enumerate(self.features)}
+        missing = [n for n in names if n not in lookup]
+        if missing:
+            raise UsageError(f"unknown column(s) {', '.join(missing)}")
+        idx = [lookup[n] for n in names]
+        return Dataset(np.ascontiguousarray(self.x[:, idx]), self.y, self.classes, tuple(names))
+
+    def float_inputs(self) -> np.ndarray:
+        """Inputs as the learners take them: images scaled to [0, 1], tables as they are."""
+        if self.x.dtype == np.uint8:
+            return self.x.astype(np.float32) / 255.0
+        return self.x.astype(np.float32)
 
 
 def read_idx(path: Path) -> np.ndarray:

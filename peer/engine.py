@@ -48,14 +48,18 @@ def train_all(peers: Sequence[Peer], epochs: int, label: str, quiet: bool, log: 
             log.train_sizes.setdefault(p.id, []).append(p.train(epochs, progress=bar.update, round=round))
 
 
-def evaluate_all(peers: Sequence[Peer], test_x: np.ndarray, test_y: np.ndarray, log: RunLog) -> None:
+def evaluate_all(peers: Sequence[Peer], test_x: np.ndarray | dict[str, np.ndarray], test_y: np.ndarray,
+                 log: RunLog) -> None:
+    """Each peer on the test set; `test_x` may give each peer its own columns (peer id -> inputs)."""
     t = time.perf_counter()
     for p in peers:
-        log.evaluations.setdefault(p.id, []).append(p.evaluate(test_x, test_y))
+        x = test_x[p.id] if isinstance(test_x, dict) else test_x
+        log.evaluations.setdefault(p.id, []).append(p.evaluate(x, test_y))
     log.timings["evaluate"] += time.perf_counter() - t
 
 
-def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray, test_y: np.ndarray,
+def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray | dict[str, np.ndarray],
+               test_y: np.ndarray,
                rounds: int, epochs: int, retrain_epochs: int, quiet: bool = False) -> RunLog:
     """The whole in-process experiment: local training, then `rounds` of teach and retrain."""
     log = RunLog()

@@ -12,6 +12,7 @@ from peer.counterfactual import CounterfactualConfig
 from peer.data import Dataset, load_fashion_mnist
 from peer.engine import RunLog, run_rounds
 from peer.errors import UsageError
+from peer.features import shared
 from peer.learners import TrainConfig, learner_kinds, make_learner
 from peer.partition import SPLITS, split
 from peer.peer import Peer, TeachConfig
@@ -47,6 +48,11 @@ class ExperimentConfig:
     test_limit: int = 0          # evaluate on the first N test images (0: all 10,000)
     data_dir: str | None = None
     device: str = "auto"
+    data: str | None = None          # a peer's own data: CSV, Parquet, .npz or an image folder
+    data_kind: str | None = None     # csv, parquet, npz, images (default: from the path)
+    label: str | None = None         # the label column of a table
+    test_data: str | None = None     # a separate test set (default: hold out 20% of --data)
+    peer_features: str = ""          # tables: each peer's columns, "a,b;b,c;..." (default: all)
 
     def __post_init__(self) -> None:
         if self.peers < 2:
@@ -113,16 +119,74 @@ def partition(cfg: ExperimentConfig, train: Dataset) -> list[np.ndarray]:
     return parts
 
 
-def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: np.ndarray) -> Peer:
-    """Peer k of the experiment: its part of the data and a fresh learner."""
-    learner = make_learner(kind, train.x.shape[1:], train.classes, cfg.train(k))
-    return Peer(peer_ids(cfg.peers)[k], as_float(train.x[part]), train.y[part], train.classes, learner,
-                cfg.teach(), seed=cfg.seed * 1000 + k, image=True)
+HOLDOUT = 0.2  # share of --data held out for testing when no --test-data is given
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
+    """(train, test): the user's --data (and --test-data, else a seeded 20% held out), else Fashion-MNIST."""
+    if not cfg.data:
+        return load_fashion_mnist(cfg.data_dir)
+    from peer.sources import holdout, load_source
+
+    train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data)
+    return (train, test) if test is not None else holdout(train, HOLDOUT, cfg.split_seed)
+
+
+def peer_feature_sets(cfg: ExperimentConfig, train: Dataset) -> list[tuple[str, ...]]:
+    """Each peer's columns: from --peer-features ("a,b;b,c", a categorical column by its name), else all."""
+    ids = peer_ids(cfg.peers)
+    if not cfg.peer_features:
+        return [train.features] * cfg.peers
+    if not train.tabular:
+        raise UsageError("--peer-features applies to tables only; --data is not a table")
+    groups = [g for g in cfg.peer_features.split(";")]
+    if len(groups) != cfg.peers:
+        raise UsageError(f"--peer-features names {len(groups)} column sets for {cfg.peers} peers")
+    sets = []
+    for pid, group in zip(ids, groups):
+        names = [n.strip() for n in group.split(",") if n.strip()]
+        chosen: list[str] = []
+        for name in names:
+            hits = [f for f in train.features if f == name or f.startswith(name + "=")]
+            if not hits:
+                raise UsageError(f"--peer-features: {pid} names column {name!r}, which {cfg.data} does not have")
+            chosen += [f for f in hits if f not in chosen]
+        if not chosen:
+            raise UsageError(f"--peer-features: {pid} has no columns")
+        sets.append(tuple(f for f in train.features if f in chosen))
+    for pid, mine in zip(ids, sets):
+        if not any(shared(mine, other) for qid, other in zip(ids, sets) if qid != pid):
+            raise UsageError(f"--peer-features: {pid}'s columns share none with any other peer's; "
+                             "a peer can only learn from peers it shares a column with")
+    return sets
+
+
+def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: np.ndarray,
+               features: tuple[str, ...] = ()) -> Peer:
+    """Peer k of the experiment: its part of the data (its own columns of a table) and a fresh learner."""
+    data = train.subset(part)
+    if features:
+        data = data.columns(features)
+    try:
+        learner = make_learner(kind, data.x.shape[1:], train.classes, cfg.train(k))
+    except ValueError as exc:
+        raise UsageError(f"{peer_ids(cfg.peers)[k]}: learner {kind} cannot take this data: {exc}") from exc
+    return Peer(peer_ids(cfg.peers)[k], data.float_inputs(), data.y, train.classes, learner,
+                cfg.teach(), seed=cfg.seed * 1000 + k, image=True, features=data.features)
 
 
 def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
     parts = partition(cfg, train)
-    return [build_peer(cfg, k, kind, train, part) for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))]
+    sets = peer_feature_sets(cfg, train)
+    return [build_peer(cfg, k, kind, train, part, sets[k])
+            for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))]
+
+
+def evaluation_inputs(peers: list[Peer], test: Dataset) -> np.ndarray | dict[str, np.ndarray]:
+    """The test inputs each peer is evaluated on: images as they are, a table in each peer's columns."""
+    if not test.tabular:
+        return test.float_inputs()
+    return {p.id: test.columns(p.features).x for p in peers}
 
 
 @dataclass
@@ -136,12 +200,13 @@ class Experiment:
     wall_seconds: float
     classes: tuple[str, ...]
     test_y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    features: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tables: each peer's columns
 
 
 def run_experiment(cfg: ExperimentConfig, quiet: bool = False,
                    data: tuple[Dataset, Dataset] | None = None, transport=None) -> Experiment:
     """`transport`: a callable peers -> Transport (default in-process); closed after the run if it can be."""
-    train, test = data or load_fashion_mnist(cfg.data_dir)
+    train, test = data or load_data(cfg)
     if cfg.test_limit:
         test = test.subset(np.arange(min(cfg.test_limit, len(test))))
     peers = build_peers(cfg, train)
@@ -149,11 +214,12 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False,
     transport = transport(peers) if transport else InProcessTransport({p.id: p for p in peers})
     start = time.perf_counter()
     try:
-        log = run_rounds(peers, transport, as_float(test.x), test.y, cfg.rounds, cfg.epochs, cfg.retrain_epochs,
-                         quiet=quiet)
+        log = run_rounds(peers, transport, evaluation_inputs(peers, test), test.y, cfg.rounds, cfg.epochs,
+                         cfg.retrain_epochs, quiet=quiet)
     finally:
         getattr(transport, "close", lambda: None)()
-    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y)
+    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y,
+                      {p.id: p.features for p in peers})
 
 
 def config_dict(cfg: ExperimentConfig) -> dict:

@@ -17,6 +17,7 @@ from peer.augment import AugmentConfig, augment_images, augment_vectors
 from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
                                  search_counterfactuals, soft_targets)
+from peer.features import map_columns, shared
 from peer.learners import Learner, learner_from_blob
 from peer.store import ExampleStore
 
@@ -64,11 +65,16 @@ class TeachReport:
 
 
 class Peer:
-    """One party. `x` holds float32 inputs in [0, 1] shaped (N, *input_shape); `y` class indices."""
+    """One party. `x` holds float32 inputs shaped (N, *input_shape); `y` class indices.
+
+    Images are in [0, 1]. A tabular peer names its columns (`features`), keeps them in their own
+    units, and searches counterfactuals inside its own per-feature [min, max]; it evaluates a
+    student and sends it examples in the student's columns, mapped by name.
+    """
 
     def __init__(self, peer_id: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...],
                  learner: Learner, teach: TeachConfig | None = None, seed: int = 0,
-                 store: ExampleStore | None = None, image: bool = True):
+                 store: ExampleStore | None = None, image: bool = True, features: tuple[str, ...] = ()):
         self.id = peer_id
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.y = np.asarray(y, dtype=np.int64)
@@ -76,8 +82,15 @@ class Peer:
         self.learner = learner
         self.teach_config = teach or TeachConfig()
         self.store = store if store is not None else ExampleStore()  # an empty store is falsy
-        self.image = image
-        self.levels = 255 if image else None
+        self.features = tuple(features)
+        self.image = image and not self.features
+        self.levels = 255 if self.image else None
+        if self.features:
+            if self.x.ndim != 2 or self.x.shape[1] != len(self.features):
+                raise ValueError(f"peer {peer_id}: inputs {self.x.shape} do not fit {len(self.features)} features")
+            if learner.features != self.features:
+                learner.set_features(self.features, self.x)  # fitted on private data only
+            self.low, self.high = self.x.min(axis=0), self.x.max(axis=0)
         self.seed = seed
         self._own_proba: np.ndarray | None = None
         self._published: dict[int, ModelBlob] = {}
@@ -132,11 +145,30 @@ class Peer:
                 protos[c] = self.x[pick].mean(axis=0)
         return protos
 
+    # -- feature spaces (tabular peers) -----------------------------------------------------
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        """My columns scaled by my own per-feature [min, max] to [0, 1], where the search runs."""
+        span = self.high - self.low
+        return ((x - self.low) / np.where(span > 0, span, 1.0)).astype(np.float32)
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        return (self.low + np.clip(u, 0.0, 1.0) * (self.high - self.low)).astype(np.float32)
+
+    def in_student_space(self, x: np.ndarray, student: Learner) -> np.ndarray:
+        """My rows in the student's columns, by name; columns I lack get the student's neutral values."""
+        if not self.features:
+            if student.features:
+                raise InvalidPayload("student model names feature columns; my inputs have no column names")
+            if tuple(student.input_shape) != self.input_shape:
+                raise InvalidPayload(f"student model takes inputs {student.input_shape}, mine are {self.input_shape}")
+            return x
+        if not student.features:
+            raise InvalidPayload(f"student model of kind {student.kind} names no feature columns; mine are a table")
+        return map_columns(x, self.features, student.features, student.neutral)
+
     def _student_proba(self, student: Learner) -> np.ndarray:
         """The student's predictions on my data, its columns mapped to my class names."""
-        if tuple(student.input_shape) != self.input_shape:
-            raise InvalidPayload(f"student model takes inputs {student.input_shape}, mine are {self.input_shape}")
-        proba = student.predict_proba(self.x)
+        proba = student.predict_proba(self.in_student_space(self.x, student))
         if student.classes == self.classes:
             return proba
         cols = {name: i for i, name in enumerate(student.classes)}
@@ -154,7 +186,11 @@ class Peer:
         # randomness from (seed, round, student) alone: the same whatever order students come in
         rng = np.random.default_rng([self.seed, 7, round, zlib.crc32(student_id.encode())])
         mine = self.own_proba()
-        theirs = self._student_proba(learner_from_blob(student_blob))
+        student = learner_from_blob(student_blob)
+        if self.features and not shared(self.features, student.features):
+            report.seconds = time.perf_counter() - start
+            return [], report  # no column in common: nothing I know can be said in its features
+        theirs = self._student_proba(student)
         idx = np.flatnonzero(qualified_mask(mine, theirs, self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:
@@ -165,17 +201,22 @@ class Peer:
             return [], report
         t0 = time.perf_counter()
         target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
+        # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
+        space = self.to_unit(self.x) if self.features else self.x
         if self.learner.differentiable:
-            res = gradient_counterfactuals(self.learner.module, self.x[idx], target, cfg.counterfactual,
-                                           levels=self.levels)
+            module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
+            res = gradient_counterfactuals(module, space[idx], target, cfg.counterfactual, levels=self.levels)
         else:
-            res = search_counterfactuals(self.learner.predict_proba, self.x[idx], target, self.prototypes(),
-                                         cfg.counterfactual, rng, levels=self.levels)
+            predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
+                else self.learner.predict_proba
+            protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
+            res = search_counterfactuals(predict, space[idx], target, protos, cfg.counterfactual, rng,
+                                         levels=self.levels)
         report.counterfactual_seconds = time.perf_counter() - t0
         report.failed = res.failed
         report.mean_steps = float(res.steps.mean())
         good = np.flatnonzero(res.ok)
-        cx, cy, src = res.x[good], self.y[idx][good], self.x[idx][good]
+        cx, cy, src = res.x[good], self.y[idx][good], space[idx][good]
         keep = dedupe(cx, cy)
         report.duplicates = len(good) - len(keep)
         cx, cy, src = cx[keep], cy[keep], src[keep]
@@ -194,11 +235,18 @@ class Peer:
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
         if cfg.measure_leakage:
-            report.nearest_private_l2 = nearest_distance(cx, self.x).tolist()
-        wire_x = np.round(out_x * 255).astype(np.uint8) if self.image else out_x.astype(np.float32)
+            report.nearest_private_l2 = nearest_distance(cx, space).tolist()
+        if self.image:
+            wire_x = np.round(out_x * 255).astype(np.uint8)
+        elif self.features:
+            wire_x = self.in_student_space(self.from_unit(out_x), student)
+            keep = dedupe(wire_x, out_y)  # rows that differ only in columns the student lacks
+            wire_x, out_y, distance = wire_x[keep], out_y[keep], distance[keep]
+        else:
+            wire_x = out_x.astype(np.float32)
         batches = [
             ExampleBatch(self.id, student_id, round, seq, wire_x[s:s + cfg.batch_limit], out_y[s:s + cfg.batch_limit],
-                         self.classes, distance[s:s + cfg.batch_limit])
+                         self.classes, distance[s:s + cfg.batch_limit], student.features)
             for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
         ]
         report.sent = len(out_y)
@@ -208,7 +256,7 @@ class Peer:
     # -- absorb ------------------------------------------------------------------------------
     def absorb(self, batch: ExampleBatch) -> bool:
         """Validate and store a received batch; False if this batch id was stored before."""
-        batch.validate(self.input_shape, self.classes)
+        batch.validate(self.input_shape, self.classes, self.features)
         return self.store.add(batch)
 
     # -- evaluate ----------------------------------------------------------------------------
@@ -217,6 +265,20 @@ class Peer:
         per_class = [float((pred[y == c] == c).mean()) if (y == c).any() else None
                      for c in range(len(self.classes))]
         return {"accuracy": float((pred == y).mean()), "per_class": per_class}
+
+
+class _FromUnit(torch.nn.Module):
+    """A torch model fed by [0, 1] coordinates of the teacher's feature box: low + u (high - low)."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, module: torch.nn.Module):
+        super().__init__()
+        device = next(module.parameters()).device
+        self.low = torch.from_numpy(low).to(device)
+        self.span = torch.from_numpy(high - low).to(device)
+        self.module = module
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.module(self.low + u * self.span)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ def summarise(exp: Experiment) -> dict:
         peers.append({
             "id": pid,
             "learner": exp.learners[k],
+            **({"features": list(exp.features[pid])} if exp.features.get(pid) else {}),
             "missing_classes": [exp.classes[c] for c in missing],
             "train_size": log.train_sizes[pid][0],
             "accuracy_before": round(before["accuracy"], 4),
@@ -43,7 +44,7 @@ def summarise(exp: Experiment) -> dict:
     attempted = sum(r.attempted for r in teach)
     leak = np.concatenate([np.asarray(r.nearest_private_l2, dtype=np.float64) for r in teach]) if teach else np.zeros(0)
     return {
-        "experiment": "fmnist-10" if _is_fmnist10(exp) else "fashion-mnist",
+        "experiment": _experiment_name(exp),
         "median_accuracy_before": _median([p["accuracy_before"] for p in peers]),
         "median_accuracy_after": _median([p["accuracy_after"] for p in peers]),
         "missing_class_accuracy_before": [p["missing_class_accuracy_before"] for p in peers],
@@ -61,7 +62,8 @@ def summarise(exp: Experiment) -> dict:
             "mean_source_l1": round(float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3) if teach else None,
         },
         "leakage": {
-            "what": "L2 distance (inputs in [0,1]) of each counterfactual x' sent to the sender's nearest private example",
+            "what": "L2 distance (inputs in [0,1]; a table's columns scaled by the sender's own min and max) of each "
+                    "counterfactual x' sent to the sender's nearest private example",
             "min": round(float(leak.min()), 4) if leak.size else None,
             "p05": round(float(np.percentile(leak, 5)), 4) if leak.size else None,
             "median": round(float(np.median(leak)), 4) if leak.size else None,
@@ -71,6 +73,12 @@ def summarise(exp: Experiment) -> dict:
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
     }
+
+
+def _experiment_name(exp: Experiment) -> str:
+    if exp.config.data:
+        return f"data:{Path(exp.config.data).name}"
+    return "fmnist-10" if _is_fmnist10(exp) else "fashion-mnist"
 
 
 def _is_fmnist10(exp: Experiment) -> bool:
@@ -168,7 +176,7 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("accuracy.png")
 
-    samples = [(r, g) for r in exp.log.teach if r.round == 1 for g in r.gallery[:1]][:12]
+    samples = [(r, g) for r in exp.log.teach if r.round == 1 for g in r.gallery[:1] if np.ndim(g[0]) >= 2][:12]
     if samples:
         fig, axes = plt.subplots(2, len(samples), figsize=(1.4 * len(samples), 3.4), squeeze=False)
         for j, (r, (src, cf, label)) in enumerate(samples):

@@ -37,6 +37,23 @@ class Learner(ABC):
         self.input_shape = tuple(input_shape)
         self.classes = tuple(classes)
         self.train_config = train
+        self.features: tuple[str, ...] = ()     # column names of a feature-vector input
+        self.neutral = np.zeros(0, np.float32)  # per column: the value a peer lacking it fills in
+
+    def set_features(self, features: tuple[str, ...], x: np.ndarray) -> None:
+        """Name the input columns and fit what the model needs to run on them, from private `x`.
+
+        The neutral value of each column is its median in `x`; neural learners also fit their
+        input scaling here. Only these travel in the blob, never the data.
+        """
+        if len(self.input_shape) != 1 or len(features) != self.input_shape[0]:
+            raise ValueError(f"{len(features)} feature names for input shape {self.input_shape}")
+        self.features = tuple(features)
+        self.neutral = np.median(np.asarray(x, dtype=np.float64), axis=0).astype(np.float32)
+        self.fit_scaling(np.asarray(x, dtype=np.float32))
+
+    def fit_scaling(self, x: np.ndarray) -> None:
+        """Fit input scaling on private data (learners that are scale-invariant need none)."""
 
     @abstractmethod
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None,
@@ -64,8 +81,12 @@ class Learner(ABC):
         return self.predict_proba(x).argmax(axis=1)
 
     def base_spec(self) -> dict:
-        return {"kind": self.kind, "input_shape": list(self.input_shape), "classes": list(self.classes),
+        spec = {"kind": self.kind, "input_shape": list(self.input_shape), "classes": list(self.classes),
                 "format": 1}
+        if self.features:
+            spec["features"] = list(self.features)
+            spec["neutral"] = [float(v) for v in self.neutral]
+        return spec
 
 
 _REGISTRY: dict[str, type[Learner]] = {}
@@ -92,7 +113,11 @@ def learner_from_blob(blob: ModelBlob) -> Learner:
     blob.validate()
     if blob.kind not in _REGISTRY:
         raise InvalidPayload(f"model blob has unknown learner kind {blob.kind!r}")
-    return _REGISTRY[blob.kind].from_blob(blob)
+    learner = _REGISTRY[blob.kind].from_blob(blob)
+    if blob.features:
+        learner.features = blob.features
+        learner.neutral = np.asarray(blob.spec["neutral"], dtype=np.float32)
+    return learner
 
 
 def expect_arrays(blob: ModelBlob, expected: dict[str, tuple[tuple[int, ...], str]]) -> None:

@@ -40,6 +40,11 @@ class TorchLearner(Learner):
     def build(self, arch: dict) -> nn.Module:
         raise NotImplementedError
 
+    def fit_scaling(self, x: np.ndarray) -> None:
+        first = self.module[0] if isinstance(self.module, nn.Sequential) else None
+        if isinstance(first, Standardize):
+            first.fit(x)
+
     def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         cfg = self.train_config
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
@@ -99,6 +104,28 @@ class TorchLearner(Learner):
         return learner
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std per feature, fitted on the peer's private data; travels as two arrays."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def fit(self, x: np.ndarray) -> None:
+        std = x.std(axis=0)
+        self.mean.copy_(torch.from_numpy(x.mean(axis=0).astype(np.float32)))
+        self.std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _input_layer(input_shape: tuple[int, ...]) -> nn.Module:
+    """Feature vectors are standardised; anything else is flattened."""
+    return Standardize(input_shape[0]) if len(input_shape) == 1 else nn.Flatten()
+
+
 def _positive_ints(values, what: str) -> list[int]:
     values = list(values) if isinstance(values, (list, tuple)) else [values]
     if not values or not all(isinstance(v, int) and 0 < v <= 4096 for v in values):
@@ -146,10 +173,21 @@ class MLPLearner(TorchLearner):
 
     def build(self, arch: dict) -> nn.Module:
         hidden = _positive_ints(arch["hidden"], "mlp hidden")
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[nn.Module] = [_input_layer(self.input_shape)]
         width = int(np.prod(self.input_shape))
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         layers.append(nn.Linear(width, len(self.classes)))
         return nn.Sequential(*layers)
+
+
+@register
+class LinearLearner(TorchLearner):
+    """Multinomial logistic regression: one linear layer over the (standardised) input."""
+
+    kind = "linear"
+
+    def build(self, arch: dict) -> nn.Module:
+        return nn.Sequential(_input_layer(self.input_shape),
+                             nn.Linear(int(np.prod(self.input_shape)), len(self.classes)))
