@@ -14,6 +14,7 @@ log and in `out/results.json`.
 
 from __future__ import annotations
 
+import re
 import time
 from logging import ERROR, INFO
 from pathlib import Path
@@ -37,6 +38,12 @@ class RunFailed(RuntimeError):
     """A peer failed or did not answer; the message names the peer and the phase."""
 
 
+def error_reason(reason: str) -> str:
+    """Flower's "<class 'pkg.Kind'>:<'message'>" as "Kind: message"."""
+    m = re.fullmatch(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>", reason.strip(), re.S)
+    return f"{m.group(1)}: {m.group(2)}" if m else reason
+
+
 class Federation:
     """The peers behind a Grid: node id <-> peer id, and one batched exchange per phase."""
 
@@ -54,7 +61,7 @@ class Federation:
         messages = [Message(content, dst_node_id=node, message_type=phase, group_id=str(round))
                     for node, content in contents.items()]
         replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
-        errors = [f"{self.name(n)} failed in {phase} (round {round}): {m.error.reason}"
+        errors = [f"{self.name(n)} failed in {phase} (round {round}): {error_reason(m.error.reason)}"
                   for n, m in sorted(replies.items()) if m.has_error()]
         missing = [self.name(n) for n in contents if n not in replies]
         if missing:

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from flower_util import SMALL, flower
-from peer.experiment import ExperimentConfig, run_experiment
+from flower_util import SMALL
+from server.flower_local import flower
+from peer.experiment import run_experiment
 from peer.flower_client import experiment_config
 from peer.report import summarise
 
@@ -97,5 +98,7 @@ def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(tmp_path):
     assert seconds < 150
     result = json.loads((out / "results.json").read_text())
     assert result["status"] == "failed"
-    assert result["error"].startswith("peer-1 (node ") and "truncated" in result["error"]
+    assert result["error"].startswith("peer-1 (node ") and "UsageError: " in result["error"]
+    assert "truncated" in result["error"]
+    assert res.returncode != 0
     assert result["config"]["peers"] == 2
