@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -25,9 +26,13 @@ from flwr.clientapp import ClientApp
 from peer import flower_records as rec
 from peer.blob import InvalidPayload
 from peer.errors import UsageError
-from peer.experiment import ExperimentConfig, as_float, build_peer, partition, peer_ids
-from peer.learners import learner_from_blob
-from peer.peer import Peer
+
+if TYPE_CHECKING:
+    from peer.experiment import ExperimentConfig
+    from peer.peer import Peer
+
+# torch and the learners are imported inside the handlers that need them: in deployment each
+# call is a fresh process, and query.model should not pay for them.
 
 SELF = "self"          # name of this peer's own model inside context.state
 STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
@@ -39,6 +44,8 @@ app = ClientApp()
 
 def experiment_config(run_config: dict, peers: int) -> ExperimentConfig:
     """ExperimentConfig from a Flower run config (keys are field names with dashes)."""
+    from peer.experiment import ExperimentConfig
+
     kwargs = {}
     for f in fields(ExperimentConfig):
         key = f.name.replace("_", "-")
@@ -93,6 +100,8 @@ def _whoami(context: Context) -> tuple[int, int]:
 def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     import torch
 
+    from peer.experiment import ExperimentConfig
+
     torch.set_num_threads(run_option(context.run_config, "threads"))
     k, n = _whoami(context)
     cfg = experiment_config(context.run_config, n)
@@ -103,6 +112,8 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
 
 
 def _test_set(cfg: ExperimentConfig):
+    from peer.experiment import as_float
+
     _, test = _fashion_mnist(cfg.data_dir)
     n = min(cfg.test_limit, len(test)) if cfg.test_limit else len(test)
     return as_float(test.x[:n]), test.y[:n]
@@ -110,6 +121,9 @@ def _test_set(cfg: ExperimentConfig):
 
 def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
     """This node's peer: its part of the split, its model and received examples from state."""
+    from peer.experiment import build_peer, partition
+    from peer.learners import learner_from_blob
+
     cfg, k = _setup(context)
     train, _ = _fashion_mnist(cfg.data_dir)
     part = partition(cfg, train)[k]
@@ -124,6 +138,11 @@ def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
     return peer, cfg
 
 
+def peer_id(k: int) -> str:
+    """The id of the peer holding part k, as in peer.experiment.peer_ids."""
+    return f"peer-{k}"
+
+
 def _trained_round(context: Context) -> int:
     state = context.state.get(STATE)
     return int(state["round"]) if isinstance(state, ConfigRecord) and "round" in state else -1
@@ -136,7 +155,7 @@ def _save(context: Context, peer: Peer, round: int) -> None:
 
 def _identity(context: Context) -> ConfigRecord:
     k, n = _whoami(context)
-    return ConfigRecord({"partition-id": k, "num-partitions": n, "peer-id": peer_ids(n)[k],
+    return ConfigRecord({"partition-id": k, "num-partitions": n, "peer-id": peer_id(k),
                          "trained-round": _trained_round(context)})
 
 

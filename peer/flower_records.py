@@ -14,7 +14,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from peer.blob import InvalidPayload, ModelBlob, _check_array
-from peer.peer import TeachReport
 
 MODEL = "model"        # key prefixes inside a RecordDict
 BATCH = "batch"
@@ -124,7 +123,8 @@ def move_batches(src: RecordDict, dst: RecordDict, keys: list[str]) -> None:
 
 
 # -- metrics -----------------------------------------------------------------------------------
-def put_report(content: RecordDict, report: TeachReport) -> None:
+def put_report(content: RecordDict, report) -> None:
+    """A peer.peer.TeachReport as a ConfigRecord."""
     s = report.summary()
     content[f"{REPORT}.{report.teacher}.{report.student}"] = ConfigRecord({
         **{k: s[k] for k in ("teacher", "student")},
@@ -135,7 +135,9 @@ def put_report(content: RecordDict, report: TeachReport) -> None:
     })
 
 
-def get_reports(content: RecordDict) -> list[TeachReport]:
+def get_reports(content: RecordDict) -> list:
+    from peer.peer import TeachReport
+
     out = []
     for key in sorted(k for k in content if k.startswith(REPORT + ".")):
         cfg = _config(content[key], key)
