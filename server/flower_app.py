@@ -116,7 +116,7 @@ class Collector:
         self.learners: dict[str, str] = {}
         self.missing: dict[str, list[int]] = {}
         self.classes: tuple[str, ...] = ()
-        self.peer_seconds: dict[str, float] = {}
+        self.gallery: list[tuple[str, str, np.ndarray, str]] = []
 
     def trained(self, replies: dict[int, RecordDict], fed: Federation) -> None:
         for node, content in replies.items():
@@ -138,8 +138,12 @@ class Collector:
         return out
 
 
-def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunLog) -> dict[str, RecordDict]:
-    """Sort each teacher's batches by student; a teacher may only send as itself, to known peers."""
+def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunLog,
+          gallery: list | None = None) -> dict[str, RecordDict]:
+    """Sort each teacher's batches by student; a teacher may only send as itself, to known peers.
+
+    `gallery` collects the first counterfactual of each pair's first batch (for the figure).
+    """
     inbox = {pid: RecordDict({"round": round_message(round)}) for pid in fed.node_of}
     order = {pid: i for i, pid in enumerate(fed.node_of)}
     reports = []
@@ -152,6 +156,10 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunL
                 raise RunFailed(f"{fed.name(node)} sent batch {key} claiming sender {meta.get('sender')!r}, "
                                 f"receiver {meta.get('receiver')!r}, round {meta.get('round')!r}; refused")
             rec.move_batches(content, inbox[str(meta["receiver"])], [key])
+            if gallery is not None and meta.get("seq") == 0:
+                batch = rec.get_batch(content, key)
+                if len(batch):
+                    gallery.append((batch.sender, batch.receiver, batch.inputs()[0], batch.classes[int(batch.y[0])]))
         reports += [r for r in rec.get_reports(content) if r.teacher == teacher]
     log.teach += sorted(reports, key=lambda r: (order[r.teacher], order.get(r.student, -1)))
     return inbox
@@ -186,7 +194,7 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
             content = col.model_records(exclude=p)
             content["round"] = round_message(r)
             asks[fed.node_of[p]] = content
-        inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col.log)
+        inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col.log, col.gallery if r == 1 else None)
         phases["teach"] = phases.get("teach", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed)
@@ -198,20 +206,44 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
     col.log.timings = {"train": phases.get("train", 0.0), "teach": phases.get("teach", 0.0),
                        "retrain": phases.get("retrain", 0.0), "evaluate": 0.0}
     exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log, wall, col.classes)
+    order = {p: i for i, p in enumerate(ids)}
     flower = {"nodes": {p: fed.node_of[p] for p in ids},
+              "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
               "what": "timings are the ServerApp's wall time per phase, each including the peers' "
                       "evaluation; wall_seconds runs from the first train.local to the last reply"}
     return exp, flower
 
 
 def write_results(out: Path, exp: Experiment, flower: dict) -> dict:
+    gallery = flower.pop("gallery", [])
     summary = summarise(exp)
     summary["transport"] = "flower"
     summary["flower"] = flower
     with staged_output(out) as stage:
         write_json(stage / "results.json", summary)
         write_figures(exp, summary, stage)
+        if gallery and np.asarray(gallery[0][2]).ndim >= 2:  # images
+            write_gallery(gallery, stage / "counterfactuals.png")
     return summary
+
+
+def write_gallery(gallery: list, path: Path) -> None:
+    """counterfactuals.png: one x' per teacher and student of round 1 (the private sources are
+    not shown: they never leave their peer, and this app never sees them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(gallery), figsize=(1.4 * len(gallery), 2.2), squeeze=False)
+    for ax, (teacher, student, x, label) in zip(axes[0], gallery):
+        ax.imshow(np.asarray(x).reshape(x.shape[-2:]), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{teacher[5:]}->{student[5:]}\n{label.split('/')[0]}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle("Counterfactuals x' sent in round 1 (relayed by the ServerApp)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_failure(out: Path, error: str, run_config: dict) -> None:

@@ -63,7 +63,7 @@ def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_pro
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
     _assert_same_results(summary, in_process(SMALL))
-    assert (out / "accuracy.png").stat().st_size > 0
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "counterfactuals.png").stat().st_size > 0
     assert "ckd: results:" in res.stdout
 
 
