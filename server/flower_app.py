@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from logging import ERROR, INFO
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
@@ -72,6 +74,15 @@ class Federation:
         return {n: m.content for n, m in replies.items()}
 
 
+@contextmanager
+def reply_of(fed: Federation, node: int, phase: str) -> Iterator[None]:
+    """Turn a reply that lacks a field or has a wrong type into RunFailed naming the sender."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RunFailed(f"{fed.name(node)} sent a malformed reply to {phase}: {type(exc).__name__}: {exc}") from exc
+
+
 def wait_for_nodes(grid: Grid, peers: int, wait: float) -> list[int]:
     """The node ids once `peers` nodes are connected; UsageError if they are not within `wait` s."""
     deadline = time.monotonic() + wait
@@ -91,8 +102,9 @@ def discover(fed: Federation, nodes: list[int], peers: int) -> None:
     replies = fed.exchange("query.model", 0, {n: RecordDict({"round": round_message(0)}) for n in nodes})
     by_part: dict[int, int] = {}
     for node, content in replies.items():
-        who = content["peer"]
-        k, n = int(who["partition-id"]), int(who["num-partitions"])
+        with reply_of(fed, node, "query.model"):
+            who = content["peer"]
+            k, n = int(who["partition-id"]), int(who["num-partitions"])
         if n != peers:
             raise UsageError(f"node {node} has num-partitions={n}, but this run has peers={peers}")
         if k in by_part:
@@ -118,17 +130,18 @@ class Collector:
         self.classes: tuple[str, ...] = ()
         self.gallery: list[tuple[str, str, np.ndarray, str]] = []
 
-    def trained(self, replies: dict[int, RecordDict], fed: Federation) -> None:
+    def trained(self, replies: dict[int, RecordDict], fed: Federation, phase: str) -> None:
         for node, content in replies.items():
             pid = fed.peer_of[node]
-            evaluation, size, seconds = rec.read_evaluation(content["evaluation"], f"{pid} evaluation")
+            with reply_of(fed, node, phase):
+                evaluation, size, _ = rec.read_evaluation(content["evaluation"], f"{pid} evaluation")
+                about = content["about"]
+                learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
+                self.classes = tuple(str(c) for c in about["classes"])
+                self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
             self.log.evaluations[pid].append(evaluation)
             self.log.train_sizes[pid].append(size)
-            about = content["about"]
-            self.learners[pid] = str(about["learner"])
-            self.missing[pid] = [int(c) for c in about["missing"]]
-            self.classes = tuple(str(c) for c in about["classes"])
-            self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
+            self.learners[pid], self.missing[pid] = learner, missing
 
     def model_records(self, exclude: str) -> RecordDict:
         out = RecordDict()
@@ -149,6 +162,8 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunL
     reports = []
     for node, content in replies.items():
         teacher = fed.peer_of[node]
+        with reply_of(fed, node, "train.distill"):
+            reports += [r for r in rec.get_reports(content) if r.teacher == teacher]
         for key in rec.batch_keys(content):
             meta = content[key + ".meta"]
             if meta.get("sender") != teacher or meta.get("receiver") not in inbox or meta.get("receiver") == teacher \
@@ -160,7 +175,6 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunL
                 batch = rec.get_batch(content, key)
                 if len(batch):
                     gallery.append((batch.sender, batch.receiver, batch.inputs()[0], batch.classes[int(batch.y[0])]))
-        reports += [r for r in rec.get_reports(content) if r.teacher == teacher]
     log.teach += sorted(reports, key=lambda r: (order[r.teacher], order.get(r.student, -1)))
     return inbox
 
@@ -183,7 +197,7 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
 
     t = time.perf_counter()
     col.trained(fed.exchange("train.local", 0, {fed.node_of[p]: RecordDict({"round": round_message(0)})
-                                                 for p in ids}), fed)
+                                                 for p in ids}), fed, "train.local")
     phases["train"] = time.perf_counter() - t
     log(INFO, "ckd: round 0 trained; median accuracy %.4f",
         float(np.median([col.log.evaluations[p][-1]["accuracy"] for p in ids])))
@@ -197,7 +211,7 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
         inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col.log, col.gallery if r == 1 else None)
         phases["teach"] = phases.get("teach", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed)
+        col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed, "train.absorb")
         phases["retrain"] = phases.get("retrain", 0.0) + time.perf_counter() - t
         log(INFO, "ckd: round %d/%d done; %d examples sent; median accuracy %.4f", r, cfg.rounds,
             sum(x.sent for x in col.log.teach if x.round == r),

@@ -80,3 +80,27 @@ def test_run_config_maps_onto_the_experiment_config():
     assert run_option({"timeout": 5}, "timeout") == 5.0
     with pytest.raises(UsageError, match="run config threads = 1.5 should be int"):
         run_option({"threads": 1.5}, "threads")
+
+
+def test_the_server_relays_batches_by_receiver_and_refuses_a_forged_sender():
+    from peer.engine import RunLog
+    from server.flower_app import Federation, RunFailed, relay
+
+    fed = Federation(grid=None, timeout=1)
+    for node, pid in ((11, "peer-0"), (12, "peer-1"), (13, "peer-2")):
+        fed.peer_of[node], fed.node_of[pid] = pid, node
+
+    def reply(sender, receiver, seq=0):
+        content = RecordDict()
+        rec.put_batch(content, ExampleBatch(sender, receiver, 1, seq, np.zeros((1, 4, 4), np.uint8), np.array([1]),
+                                            CLASSES, np.zeros(1, np.float32)))
+        return content
+
+    log = RunLog()
+    inbox = relay({11: reply("peer-0", "peer-2"), 12: reply("peer-1", "peer-2")}, fed, 1, log)
+    assert [rec.get_batch(inbox["peer-2"], k).sender for k in rec.batch_keys(inbox["peer-2"])] == ["peer-0", "peer-1"]
+    assert rec.batch_keys(inbox["peer-0"]) == [] and rec.batch_keys(inbox["peer-1"]) == []
+    with pytest.raises(RunFailed, match="peer-1 \\(node 12\\) sent batch .* claiming sender 'peer-0'"):
+        relay({12: reply("peer-0", "peer-2")}, fed, 1, log)
+    with pytest.raises(RunFailed, match="receiver 'peer-7'"):
+        relay({12: reply("peer-1", "peer-7")}, fed, 1, log)
