@@ -13,6 +13,7 @@ import pytest
 
 from flower_util import SMALL
 from server.flower_local import flower
+from peer.data import find_data_dir
 from peer.experiment import run_experiment
 from peer.flower_client import experiment_config
 from peer.report import summarise
@@ -67,37 +68,46 @@ def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_pro
     assert "ckd: results:" in res.stdout
 
 
-def test_deployment_superlink_and_supernodes_match_the_in_process_engine(tmp_path, in_process):
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, fmnist):
+    """A deployment SuperLink with one flower-supernode per peer, shared by the runs below.
+
+    peer-1's node config names the data directory itself, which wins over the run config's.
+    """
+    tmp = tmp_path_factory.mktemp("deployment")
+    with flower(tmp, simulation=False) as fl:
+        fl.start_supernode(0, TWO["peers"])
+        fl.start_supernode(1, TWO["peers"], **{"data-dir": str(find_data_dir(None))})
+        yield fl
+
+
+def test_deployment_superlink_and_supernodes_match_the_in_process_engine(deployment, tmp_path, in_process):
     out = tmp_path / "out"
-    with flower(tmp_path, simulation=False) as fl:
-        for k in range(TWO["peers"]):
-            fl.start_supernode(k, TWO["peers"])
-        res = fl.run({**TWO, "out": str(out), "wait-nodes": 60.0})
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    res = deployment.run({**TWO, "out": str(out), "wait-nodes": 60.0})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + deployment.log_text()
     summary = json.loads((out / "results.json").read_text())
     _assert_same_results(summary, in_process(TWO))
     assert sorted(summary["flower"]["nodes"]) == ["peer-0", "peer-1"]
 
 
-def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(tmp_path):
-    """One SuperNode points at a broken copy of the data: the run stops, naming that peer."""
+def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment, tmp_path):
+    """The run's data directory is broken; only peer-0 uses it (peer-1 has its own): peer-0's
+    ClientApp raises, and the run stops at once with an error naming that peer and phase."""
     broken = tmp_path / "broken-data"
     broken.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (broken / name).write_bytes(b"\x00\x00\x08\x03truncated")
     out = tmp_path / "out"
-    with flower(tmp_path, simulation=False) as fl:
-        fl.start_supernode(0, 2)
-        fl.start_supernode(1, 2, **{"data-dir": str(broken)})
-        start = time.monotonic()
-        res = fl.run({**TWO, "out": str(out), "wait-nodes": 60.0}, timeout=180)
-        seconds = time.monotonic() - start
+    start = time.monotonic()
+    res = deployment.run({**TWO, "out": str(out), "wait-nodes": 60.0, "data-dir": str(broken)}, timeout=180)
+    seconds = time.monotonic() - start
     log = res.stdout + res.stderr
-    assert "ckd: error: peer-1" in log and "failed in train.local" in log and "truncated" in log, log[-3000:]
+    assert "ckd: error: peer-0" in log and "failed in train.local" in log and "truncated" in log, log[-3000:]
+    assert "peer-1" not in log.split("ckd: error:")[1].splitlines()[0]  # the other peer did not fail
     assert seconds < 150
     result = json.loads((out / "results.json").read_text())
     assert result["status"] == "failed"
-    assert result["error"].startswith("peer-1 (node ") and "UsageError: " in result["error"]
+    assert result["error"].startswith("peer-0 (node ") and "UsageError: " in result["error"]
     assert "truncated" in result["error"]
-    assert result["config"]["peers"] == 2
+    assert result["config"]["peers"] == 2 and result["config"]["data_dir"] == str(broken)
