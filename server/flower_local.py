@@ -88,7 +88,7 @@ class Flower:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
 
     def _spawn(self, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         out = open(log, "w")
@@ -120,10 +120,10 @@ class Flower:
 
     def run(self, run_config: dict, federation_config: str | None = None,
             timeout: float | None = 240, capture: bool = True) -> subprocess.CompletedProcess:
-        """`flwr run . test --stream` from the repository root."""
+        """`flwr run . loopback --stream` from the repository root."""
         def fmt(v):
             return f'"{v}"' if isinstance(v, str) else str(v)
-        args = [str(BIN / "flwr"), "run", ".", "test", "--stream",
+        args = [str(BIN / "flwr"), "run", ".", "loopback", "--stream",
                 "--run-config", " ".join(f"{k}={fmt(v)}" for k, v in run_config.items())]
         if federation_config:
             args += ["--federation-config", federation_config]
