@@ -104,3 +104,16 @@ def test_the_server_relays_batches_by_receiver_and_refuses_a_forged_sender():
         relay({12: reply("peer-0", "peer-2")}, fed, 1, log)
     with pytest.raises(RunFailed, match="receiver 'peer-7'"):
         relay({12: reply("peer-1", "peer-7")}, fed, 1, log)
+
+
+def test_too_few_supernodes_is_a_clear_error_not_a_hang():
+    from server.flower_app import wait_for_nodes
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [5, 7]
+
+    with pytest.raises(UsageError, match="this run needs 10 SuperNodes .* but 2 connected within 0 s; .*"
+                                         "num-supernodes=10"):
+        wait_for_nodes(TwoNodes(), 10, 0.2)
+    assert wait_for_nodes(TwoNodes(), 2, 0.2) == [5, 7]
