@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test bench venv data clean protos
+.PHONY: demo test bench flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ bench: venv data
 	$(PY) bench/fmnist10.py --hetero
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
+
+# fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
+# it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').
+FLOWER_CPUS ?= $(shell nproc)
+# run-config overrides, e.g. make flower FLOWER_CONFIG="rounds=1"
+FLOWER_CONFIG ?=
+flower: venv data
+	PATH=$(abspath $(VENV))/bin:$$PATH FLWR_HOME=$(CURDIR)/.flwr FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+	$(VENV)/bin/flwr run . --stream -c "out='$(CURDIR)/runs/flower' $(FLOWER_CONFIG)" \
+	  --federation-config "num-supernodes=10 client-resources-num-cpus=1 init-args-num-cpus=$(FLOWER_CPUS)"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,292 @@
+"""The Flower ServerApp: runs CKD rounds over ClientApps, relaying models and synthetic examples.
+
+Flower has no client-to-client calls, so this app carries what peers exchange: each peer's
+published model to the others (`train.distill`), and the example batches each teacher made
+to their students (`train.absorb`). It never receives private data: only models, synthetic
+examples and metrics. One message per node and phase, so a round costs two hops.
+
+Order, the same as the in-process engine: train all (round 0) and evaluate; then for each
+round r: every peer teaches every other from the models of round r - 1, all retrain with
+round r, evaluate. Results go to the run config's `out` like `ckd demo`'s. A ClientApp error
+or a missing reply stops the run with a one-line error naming the peer and the phase, in the
+log and in `out/results.json`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from logging import ERROR, INFO
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from peer import flower_records as rec
+from peer.engine import RunLog
+from peer.errors import UsageError
+from peer.experiment import Experiment, config_dict, peer_ids
+from peer.flower_client import experiment_config, round_message, run_option
+from peer.report import staged_output, summarise, table, write_figures, write_json
+
+app = ServerApp()
+
+
+class RunFailed(RuntimeError):
+    """A peer failed or did not answer; the message names the peer and the phase."""
+
+
+def error_reason(reason: str) -> str:
+    """Flower's "<class 'pkg.Kind'>:<'message'>" as "Kind: message"."""
+    m = re.fullmatch(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>", reason.strip(), re.S)
+    return f"{m.group(1)}: {m.group(2)}" if m else reason
+
+
+class Federation:
+    """The peers behind a Grid: node id <-> peer id, and one batched exchange per phase."""
+
+    def __init__(self, grid: Grid, timeout: float):
+        self.grid = grid
+        self.timeout = timeout
+        self.peer_of: dict[int, str] = {}   # node id -> peer id
+        self.node_of: dict[str, int] = {}
+
+    def name(self, node: int) -> str:
+        return f"{self.peer_of[node]} (node {node})" if node in self.peer_of else f"node {node}"
+
+    def exchange(self, phase: str, round: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send one message per node, wait for every reply; RunFailed on an error or a timeout."""
+        messages = [Message(content, dst_node_id=node, message_type=phase, group_id=str(round))
+                    for node, content in contents.items()]
+        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        errors = [f"{self.name(n)} failed in {phase} (round {round}): {error_reason(m.error.reason)}"
+                  for n, m in sorted(replies.items()) if m.has_error()]
+        missing = [self.name(n) for n in contents if n not in replies]
+        if missing:
+            errors.append(f"no reply to {phase} (round {round}) within {self.timeout:.0f} s from "
+                          f"{', '.join(missing)}")
+        if errors:
+            raise RunFailed("; ".join(errors))
+        return {n: m.content for n, m in replies.items()}
+
+
+@contextmanager
+def reply_of(fed: Federation, node: int, phase: str) -> Iterator[None]:
+    """Turn a reply that lacks a field or has a wrong type into RunFailed naming the sender."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RunFailed(f"{fed.name(node)} sent a malformed reply to {phase}: {type(exc).__name__}: {exc}") from exc
+
+
+def wait_for_nodes(grid: Grid, peers: int, wait: float) -> list[int]:
+    """The node ids once `peers` nodes are connected; UsageError if they are not within `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= peers:
+            return nodes
+        if time.monotonic() > deadline:
+            raise UsageError(f"this run needs {peers} SuperNodes (run config peers={peers}) but {len(nodes)} "
+                             f"connected within {wait:.0f} s; in simulation pass --federation-config "
+                             f"\"num-supernodes={peers}\", or set -c peers={len(nodes) or 'N'}")
+        time.sleep(1.0)
+
+
+def discover(fed: Federation, nodes: list[int], peers: int) -> None:
+    """Ask each node which part it holds (query.model) and check the parts are 0..peers-1, once each."""
+    replies = fed.exchange("query.model", 0, {n: RecordDict({"round": round_message(0)}) for n in nodes})
+    by_part: dict[int, int] = {}
+    for node, content in replies.items():
+        with reply_of(fed, node, "query.model"):
+            who = content["peer"]
+            k, n = int(who["partition-id"]), int(who["num-partitions"])
+        if n != peers:
+            raise UsageError(f"node {node} has num-partitions={n}, but this run has peers={peers}")
+        if k in by_part:
+            raise UsageError(f"nodes {by_part[k]} and {node} both hold partition-id={k}")
+        by_part[k] = node
+    missing = sorted(set(range(peers)) - set(by_part))
+    if missing:
+        raise UsageError(f"no node holds partition-id {missing}")
+    ids = peer_ids(peers)
+    for k, node in sorted(by_part.items()):
+        fed.peer_of[node], fed.node_of[ids[k]] = ids[k], node
+
+
+class Collector:
+    """What the peers report, kept as the in-process engine's RunLog so report.py summarises it."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = ids
+        self.log = RunLog(evaluations={p: [] for p in ids}, train_sizes={p: [] for p in ids})
+        self.models: dict[str, tuple] = {}
+        self.learners: dict[str, str] = {}
+        self.missing: dict[str, list[int]] = {}
+        self.classes: tuple[str, ...] = ()
+        self.gallery: list[tuple[str, str, np.ndarray, str]] = []
+
+    def trained(self, replies: dict[int, RecordDict], fed: Federation, phase: str) -> None:
+        for node, content in replies.items():
+            pid = fed.peer_of[node]
+            with reply_of(fed, node, phase):
+                evaluation, size, _ = rec.read_evaluation(content["evaluation"], f"{pid} evaluation")
+                about = content["about"]
+                learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
+                self.classes = tuple(str(c) for c in about["classes"])
+                self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
+            self.log.evaluations[pid].append(evaluation)
+            self.log.train_sizes[pid].append(size)
+            self.learners[pid], self.missing[pid] = learner, missing
+
+    def model_records(self, exclude: str) -> RecordDict:
+        out = RecordDict()
+        for pid, (arrays, spec) in self.models.items():
+            if pid != exclude:
+                out[f"{rec.MODEL}.{pid}"], out[f"{rec.MODEL}.{pid}.spec"] = arrays, spec
+        return out
+
+
+def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunLog,
+          gallery: list | None = None) -> dict[str, RecordDict]:
+    """Sort each teacher's batches by student; a teacher may only send as itself, to known peers.
+
+    `gallery` collects the first counterfactual of each pair's first batch (for the figure).
+    """
+    inbox = {pid: RecordDict({"round": round_message(round)}) for pid in fed.node_of}
+    order = {pid: i for i, pid in enumerate(fed.node_of)}
+    reports = []
+    for node, content in replies.items():
+        teacher = fed.peer_of[node]
+        with reply_of(fed, node, "train.distill"):
+            reports += [r for r in rec.get_reports(content) if r.teacher == teacher]
+        for key in rec.batch_keys(content):
+            meta = content[key + ".meta"]
+            if meta.get("sender") != teacher or meta.get("receiver") not in inbox or meta.get("receiver") == teacher \
+                    or meta.get("round") != round:
+                raise RunFailed(f"{fed.name(node)} sent batch {key} claiming sender {meta.get('sender')!r}, "
+                                f"receiver {meta.get('receiver')!r}, round {meta.get('round')!r}; refused")
+            rec.move_batches(content, inbox[str(meta["receiver"])], [key])
+            if gallery is not None and meta.get("seq") == 0:
+                batch = rec.get_batch(content, key)
+                if len(batch):
+                    gallery.append((batch.sender, batch.receiver, batch.inputs()[0], batch.classes[int(batch.y[0])]))
+    log.teach += sorted(reports, key=lambda r: (order[r.teacher], order.get(r.student, -1)))
+    return inbox
+
+
+def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
+    """The whole experiment over the grid; returns it and Flower-specific facts for results.json."""
+    peers = run_option(run_config, "peers")
+    if peers < 2:
+        raise UsageError(f"run config peers must be at least 2, got {peers}")
+    cfg = experiment_config(run_config, peers)
+    fed = Federation(grid, run_option(run_config, "timeout"))
+    nodes = wait_for_nodes(grid, peers, run_option(run_config, "wait-nodes"))
+    discover(fed, nodes, peers)
+    if len(nodes) > peers:
+        log(INFO, "ckd: %d nodes connected, using the %d that hold partitions 0..%d", len(nodes), peers, peers - 1)
+    ids = peer_ids(peers)
+    col = Collector(ids)
+    phases: dict[str, float] = {}
+    start = time.perf_counter()
+
+    t = time.perf_counter()
+    col.trained(fed.exchange("train.local", 0, {fed.node_of[p]: RecordDict({"round": round_message(0)})
+                                                 for p in ids}), fed, "train.local")
+    phases["train"] = time.perf_counter() - t
+    log(INFO, "ckd: round 0 trained; median accuracy %.4f",
+        float(np.median([col.log.evaluations[p][-1]["accuracy"] for p in ids])))
+    for r in range(1, cfg.rounds + 1):
+        t = time.perf_counter()
+        asks = {}
+        for p in ids:
+            content = col.model_records(exclude=p)
+            content["round"] = round_message(r)
+            asks[fed.node_of[p]] = content
+        inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col.log, col.gallery if r == 1 else None)
+        phases["teach"] = phases.get("teach", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed, "train.absorb")
+        phases["retrain"] = phases.get("retrain", 0.0) + time.perf_counter() - t
+        log(INFO, "ckd: round %d/%d done; %d examples sent; median accuracy %.4f", r, cfg.rounds,
+            sum(x.sent for x in col.log.teach if x.round == r),
+            float(np.median([col.log.evaluations[p][-1]["accuracy"] for p in ids])))
+    wall = time.perf_counter() - start
+    col.log.timings = {"train": phases.get("train", 0.0), "teach": phases.get("teach", 0.0),
+                       "retrain": phases.get("retrain", 0.0), "evaluate": 0.0}
+    exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log, wall, col.classes)
+    order = {p: i for i, p in enumerate(ids)}
+    flower = {"nodes": {p: fed.node_of[p] for p in ids},
+              "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
+              "what": "timings are the ServerApp's wall time per phase, each including the peers' "
+                      "evaluation; wall_seconds runs from the first train.local to the last reply"}
+    return exp, flower
+
+
+def write_results(out: Path, exp: Experiment, flower: dict) -> dict:
+    gallery = flower.pop("gallery", [])
+    summary = summarise(exp)
+    summary["transport"] = "flower"
+    summary["flower"] = flower
+    with staged_output(out) as stage:
+        write_json(stage / "results.json", summary)
+        write_figures(exp, summary, stage)
+        if gallery and np.asarray(gallery[0][2]).ndim >= 2:  # images
+            write_gallery(gallery, stage / "counterfactuals.png")
+    return summary
+
+
+def write_gallery(gallery: list, path: Path) -> None:
+    """counterfactuals.png: one x' per teacher and student of round 1 (the private sources are
+    not shown: they never leave their peer, and this app never sees them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(gallery), figsize=(1.4 * len(gallery), 2.2), squeeze=False)
+    for ax, (teacher, student, x, label) in zip(axes[0], gallery):
+        ax.imshow(np.asarray(x).reshape(x.shape[-2:]), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{teacher[5:]}->{student[5:]}\n{label.split('/')[0]}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle("Counterfactuals x' sent in round 1 (relayed by the ServerApp)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_failure(out: Path, error: str, run_config: dict) -> None:
+    """results.json of a run that stopped: status, the error, and the config; nothing else."""
+    try:
+        config = config_dict(experiment_config(run_config, run_option(run_config, "peers")))
+    except (UsageError, TypeError, ValueError):
+        config = {str(k): v for k, v in run_config.items()}
+    with staged_output(out) as stage:
+        write_json(stage / "results.json", {"status": "failed", "error": error, "transport": "flower",
+                                            "config": config})
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_config = dict(context.run_config)
+    out = Path(str(run_config.get("out", "runs/flower"))).expanduser()
+    try:
+        exp, flower = run_ckd(grid, run_config)
+    except (RunFailed, UsageError) as exc:
+        message = f"ckd: error: {exc}"
+        log(ERROR, message)
+        write_failure(out, str(exc), run_config)
+        log(ERROR, "ckd: wrote %s", out.resolve() / "results.json")
+        raise RunFailed(message) from None
+    summary = write_results(out, exp, flower)
+    for line in table(summary).splitlines():
+        log(INFO, line)
+    log(INFO, "ckd: results: %s", out.resolve() / "results.json")
+
+
+__all__ = ["app", "run_ckd", "RunFailed"]

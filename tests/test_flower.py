@@ -1,0 +1,113 @@
+"""ckd as a Flower app: the same peers and the same results as the in-process engine.
+
+Real Flower: `flwr run .` on a simulation SuperLink (Ray), and a deployment SuperLink with one
+`flower-supernode` process per peer, all on loopback ports in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from flower_util import SMALL
+from server.flower_local import flower
+from peer.data import find_data_dir
+from peer.experiment import run_experiment
+from peer.flower_client import experiment_config
+from peer.report import summarise
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+# Deployment starts a fresh ClientApp process per message; two peers keep those tests short.
+TWO = {**SMALL, "peers": 2}
+
+
+@pytest.fixture(scope="module")
+def in_process(fmnist):
+    """The same small experiment in one process, with the same seeds: run_config -> summary."""
+    cache = {}
+
+    def run(run_config: dict) -> dict:
+        key = tuple(sorted(run_config.items()))
+        if key not in cache:
+            cfg = experiment_config(run_config, run_config["peers"])
+            cache[key] = summarise(run_experiment(cfg, quiet=True, data=fmnist))
+        return cache[key]
+    return run
+
+
+def _assert_same_results(flower_summary: dict, expected: dict) -> None:
+    assert flower_summary["transport"] == "flower"
+    got = {p["id"]: p for p in flower_summary["peers"]}
+    assert sorted(got) == [p["id"] for p in expected["peers"]]
+    for p in expected["peers"]:
+        q = got[p["id"]]
+        assert q["accuracy_by_round"] == p["accuracy_by_round"], p["id"]
+        assert q["per_class_after"] == p["per_class_after"], p["id"]
+        assert q["training_set_by_round"] == p["training_set_by_round"], p["id"]
+        assert q["received"] == p["received"], p["id"]
+    assert flower_summary["median_accuracy_after"] == expected["median_accuracy_after"]
+    timing = {"per_second"}  # counterfactuals per second of search: a speed, not a result
+    assert {k: v for k, v in flower_summary["counterfactuals"].items() if k not in timing} == \
+        {k: v for k, v in expected["counterfactuals"].items() if k not in timing}
+    assert expected["counterfactuals"]["made"] > 0  # the run really taught something
+    assert flower_summary["leakage"] == expected["leakage"]
+
+
+def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_process):
+    out = tmp_path / "out"
+    with flower(tmp_path, simulation=True) as fl:
+        res = fl.run({**SMALL, "out": str(out)},
+                     "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    summary = json.loads((out / "results.json").read_text())
+    _assert_same_results(summary, in_process(SMALL))
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "counterfactuals.png").stat().st_size > 0
+    assert "ckd: results:" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, fmnist):
+    """A deployment SuperLink with one flower-supernode per peer, shared by the runs below.
+
+    peer-1's node config names the data directory itself, which wins over the run config's.
+    """
+    tmp = tmp_path_factory.mktemp("deployment")
+    with flower(tmp, simulation=False) as fl:
+        fl.start_supernode(0, TWO["peers"])
+        fl.start_supernode(1, TWO["peers"], **{"data-dir": str(find_data_dir(None))})
+        yield fl
+
+
+def test_deployment_superlink_and_supernodes_match_the_in_process_engine(deployment, tmp_path, in_process):
+    out = tmp_path / "out"
+    res = deployment.run({**TWO, "out": str(out), "wait-nodes": 60.0})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + deployment.log_text()
+    summary = json.loads((out / "results.json").read_text())
+    _assert_same_results(summary, in_process(TWO))
+    assert sorted(summary["flower"]["nodes"]) == ["peer-0", "peer-1"]
+
+
+def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment, tmp_path):
+    """The run's data directory is broken; only peer-0 uses it (peer-1 has its own): peer-0's
+    ClientApp raises, and the run stops at once with an error naming that peer and phase."""
+    broken = tmp_path / "broken-data"
+    broken.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (broken / name).write_bytes(b"\x00\x00\x08\x03truncated")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    res = deployment.run({**TWO, "out": str(out), "wait-nodes": 60.0, "data-dir": str(broken)}, timeout=180)
+    seconds = time.monotonic() - start
+    log = res.stdout + res.stderr
+    assert "ckd: error: peer-0" in log and "failed in train.local" in log and "truncated" in log, log[-3000:]
+    assert "peer-1" not in log.split("ckd: error:")[1].splitlines()[0]  # the other peer did not fail
+    assert seconds < 150
+    result = json.loads((out / "results.json").read_text())
+    assert result["status"] == "failed"
+    assert result["error"].startswith("peer-0 (node ") and "UsageError: " in result["error"]
+    assert "truncated" in result["error"]
+    assert result["config"]["peers"] == 2 and result["config"]["data_dir"] == str(broken)

@@ -1,0 +1,119 @@
+"""Models, example batches and run configs as Flower records: exact round trips, clear refusals."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from peer import flower_records as rec
+from peer.blob import ExampleBatch, InvalidPayload
+from peer.errors import UsageError
+from peer.flower_client import experiment_config, run_option
+from peer.learners import TrainConfig, learner_from_blob, make_learner
+from peer.peer import TeachReport
+
+CLASSES = ("a", "b", "c")
+
+
+def test_model_blob_round_trip_predicts_the_same():
+    learner = make_learner("mlp", (4, 4), CLASSES, TrainConfig(seed=3))
+    content = RecordDict()
+    rec.put_blob(content, "peer-1", learner.to_blob())
+    assert rec.blob_names(content) == ["peer-1"]
+    back = learner_from_blob(rec.get_blob(content, "peer-1"))
+    x = np.random.default_rng(0).random((5, 4, 4), dtype=np.float32)
+    np.testing.assert_array_equal(back.predict_proba(x), learner.predict_proba(x))
+
+
+def test_example_batch_round_trip_and_relay_by_receiver():
+    batch = ExampleBatch("peer-0", "peer-2", 1, 3, np.arange(32, dtype=np.uint8).reshape(2, 4, 4),
+                         np.array([0, 2]), CLASSES, np.array([0.5, 1.5], np.float32))
+    content = RecordDict()
+    key = rec.put_batch(content, batch)
+    assert rec.batch_keys(content, "peer-2") == [key] and rec.batch_keys(content, "peer-1") == []
+    relayed = RecordDict()
+    rec.move_batches(content, relayed, [key])
+    back = rec.get_batch(relayed, key)
+    assert back.id == batch.id and back.receiver == "peer-2" and back.classes == CLASSES
+    np.testing.assert_array_equal(back.x, batch.x)
+    np.testing.assert_array_equal(back.y, batch.y)
+    back.validate((4, 4), CLASSES)
+
+
+def test_teach_reports_and_evaluations_round_trip():
+    r = TeachReport("peer-0", "peer-1", 2, qualified=5, attempted=5, failed=1, counterfactuals=4, sent=8,
+                    mean_steps=3.5, seconds=0.25, source_l1=2.0, nearest_private_l2=[0.1, 0.2, 0.3, 0.4])
+    content = RecordDict()
+    rec.put_report(content, r)
+    (back,) = rec.get_reports(content)
+    assert back.summary() == r.summary()
+    evaluation, size, _ = rec.read_evaluation(
+        rec.evaluation_record({"accuracy": 0.5, "per_class": [1.0, None, 0.0]}, 42, 0.1), "e")
+    assert evaluation == {"accuracy": 0.5, "per_class": [1.0, None, 0.0]} and size == 42
+
+
+def test_malformed_records_are_refused_by_name():
+    content = RecordDict()
+    content["model.peer-1"] = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    content["model.peer-1.spec"] = ConfigRecord({"spec": "{not json"})
+    with pytest.raises(InvalidPayload, match="model 'peer-1': spec is not JSON"):
+        rec.get_blob(content, "peer-1")
+    with pytest.raises(InvalidPayload, match="model 'peer-9': not in the message"):
+        rec.get_blob(content, "peer-9")
+    content["batch.p.q.1.0"] = ArrayRecord({"x": Array(np.zeros((1, 2), np.uint8))})
+    content["batch.p.q.1.0.meta"] = ConfigRecord({"sender": "q"})
+    with pytest.raises(InvalidPayload, match="arrays \\['x'\\], expected distance, x, y"):
+        rec.get_batch(content, "batch.p.q.1.0")
+    content["batch.p.q.1.1"] = ArrayRecord({"x": Array(np.full((1, 2), np.nan, np.float32)),
+                                   "y": Array(np.zeros(1, np.int64)), "distance": Array(np.zeros(1, np.float32))})
+    content["batch.p.q.1.1.meta"] = ConfigRecord({"sender": "q"})
+    with pytest.raises(InvalidPayload, match="NaN"):
+        rec.get_batch(content, "batch.p.q.1.1")
+
+
+def test_run_config_maps_onto_the_experiment_config():
+    cfg = experiment_config({"rounds": 3, "alpha": 1, "retrain-epochs": 0, "data-dir": "", "learners": "mlp"}, 4)
+    assert (cfg.peers, cfg.rounds, cfg.alpha, cfg.retrain_epochs, cfg.data_dir, cfg.learners) == (4, 3, 1.0, 0, None, "mlp")
+    with pytest.raises(UsageError, match="run config rounds = '2' should be int"):
+        experiment_config({"rounds": "2"}, 4)
+    with pytest.raises(UsageError, match="unknown learner kind 'svm'"):
+        experiment_config({"learners": "svm"}, 4)
+    assert run_option({"timeout": 5}, "timeout") == 5.0
+    with pytest.raises(UsageError, match="run config threads = 1.5 should be int"):
+        run_option({"threads": 1.5}, "threads")
+
+
+def test_the_server_relays_batches_by_receiver_and_refuses_a_forged_sender():
+    from peer.engine import RunLog
+    from server.flower_app import Federation, RunFailed, relay
+
+    fed = Federation(grid=None, timeout=1)
+    for node, pid in ((11, "peer-0"), (12, "peer-1"), (13, "peer-2")):
+        fed.peer_of[node], fed.node_of[pid] = pid, node
+
+    def reply(sender, receiver, seq=0):
+        content = RecordDict()
+        rec.put_batch(content, ExampleBatch(sender, receiver, 1, seq, np.zeros((1, 4, 4), np.uint8), np.array([1]),
+                                            CLASSES, np.zeros(1, np.float32)))
+        return content
+
+    log = RunLog()
+    inbox = relay({11: reply("peer-0", "peer-2"), 12: reply("peer-1", "peer-2")}, fed, 1, log)
+    assert [rec.get_batch(inbox["peer-2"], k).sender for k in rec.batch_keys(inbox["peer-2"])] == ["peer-0", "peer-1"]
+    assert rec.batch_keys(inbox["peer-0"]) == [] and rec.batch_keys(inbox["peer-1"]) == []
+    with pytest.raises(RunFailed, match="peer-1 \\(node 12\\) sent batch .* claiming sender 'peer-0'"):
+        relay({12: reply("peer-0", "peer-2")}, fed, 1, log)
+    with pytest.raises(RunFailed, match="receiver 'peer-7'"):
+        relay({12: reply("peer-1", "peer-7")}, fed, 1, log)
+
+
+def test_too_few_supernodes_is_a_clear_error_not_a_hang():
+    from server.flower_app import wait_for_nodes
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [5, 7]
+
+    with pytest.raises(UsageError, match="this run needs 10 SuperNodes .* but 2 connected within 0 s; .*"
+                                         "num-supernodes=10"):
+        wait_for_nodes(TwoNodes(), 10, 0.2)
+    assert wait_for_nodes(TwoNodes(), 2, 0.2) == [5, 7]
