@@ -204,13 +204,19 @@ def train_local(msg: Message, context: Context) -> Message:
     return _train_and_report(msg, context, peer, cfg, 0, cfg.epochs)
 
 
+def _next_round(msg: Message, context: Context, verb: str) -> int:
+    """The message's round r, refused unless this peer last trained in round r - 1."""
+    r = _round_of(msg)
+    if _trained_round(context) != r - 1:
+        raise InvalidPayload(f"asked to {verb} round {r}, but this peer last trained in round "
+                             f"{_trained_round(context)}")
+    return r
+
+
 @app.train("distill")
 def train_distill(msg: Message, context: Context) -> Message:
     """Teach every peer whose model came with the message; reply with the batches and reports."""
-    r = _round_of(msg)
-    if _trained_round(context) != r - 1:
-        raise InvalidPayload(f"asked to teach in round {r}, but this peer last trained in round "
-                             f"{_trained_round(context)}")
+    r = _next_round(msg, context, "teach in")
     peer, cfg = load_peer(context)
     content = RecordDict({"peer": _identity(context)})
     for student in rec.blob_names(msg.content):
@@ -226,10 +232,7 @@ def train_distill(msg: Message, context: Context) -> Message:
 @app.train("absorb")
 def train_absorb(msg: Message, context: Context) -> Message:
     """Store the batches sent to me (validated), retrain with round r, evaluate, publish."""
-    r = _round_of(msg)
-    if _trained_round(context) != r - 1:
-        raise InvalidPayload(f"asked to retrain for round {r}, but this peer last trained in round "
-                             f"{_trained_round(context)}")
+    r = _next_round(msg, context, "retrain for")
     peer, cfg = load_peer(context)
     for key in rec.batch_keys(msg.content):
         batch = rec.get_batch(msg.content, key)
