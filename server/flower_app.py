@@ -62,7 +62,11 @@ class Federation:
         """Send one message per node, wait for every reply; RunFailed on an error or a timeout."""
         messages = [Message(content, dst_node_id=node, message_type=phase, group_id=str(round))
                     for node, content in contents.items()]
-        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        answered = self.grid.send_and_receive(messages, timeout=self.timeout)
+        # A reply is the node's, or the SuperLink's error on its behalf (e.g. the node stopped
+        # sending heartbeats), which comes from the SuperLink's own id: match by message id.
+        node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        replies = {node_of_message.get(m.metadata.reply_to_message_id, m.metadata.src_node_id): m for m in answered}
         errors = [f"{self.name(n)} failed in {phase} (round {round}): {error_reason(m.error.reason)}"
                   for n, m in sorted(replies.items()) if m.has_error()]
         missing = [self.name(n) for n in contents if n not in replies]

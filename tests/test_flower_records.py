@@ -117,3 +117,38 @@ def test_too_few_supernodes_is_a_clear_error_not_a_hang():
                                          "num-supernodes=10"):
         wait_for_nodes(TwoNodes(), 10, 0.2)
     assert wait_for_nodes(TwoNodes(), 2, 0.2) == [5, 7]
+
+
+def test_an_error_the_superlink_sends_for_a_node_names_that_peer(monkeypatch):
+    """A SuperNode that stopped sending heartbeats is answered for by the SuperLink (its own
+    node id, and reply_to the message sent): the error must name the peer, not the SuperLink."""
+    from flwr.app import Error, Message
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # what a ServerApp process has set before its main runs
+    for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 3)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+    from server.flower_app import Federation, RunFailed
+
+    class Grid:
+        """Numbers messages as a real Grid does; node 11 answers, the SuperLink answers for 12."""
+
+        def send_and_receive(self, messages, timeout=None):
+            replies = []
+            for i, m in enumerate(messages):
+                m.metadata.__dict__["_message_id"] = f"m{i}"
+                if m.metadata.dst_node_id == 11:
+                    reply = Message(RecordDict(), reply_to=m)
+                else:
+                    reply = Message(Error(code=5, reason="Node Unavailable"), reply_to=m)
+                    reply.metadata.__dict__["_src_node_id"] = 1
+                replies.append(reply)
+            return replies
+
+    fed = Federation(Grid(), timeout=1)
+    for node, pid in ((11, "peer-0"), (12, "peer-1")):
+        fed.peer_of[node], fed.node_of[pid] = pid, node
+    with pytest.raises(RunFailed) as failed:
+        fed.exchange("train.distill", 1, {11: RecordDict(), 12: RecordDict()})
+    assert str(failed.value) == "peer-1 (node 12) failed in train.distill (round 1): Node Unavailable"
