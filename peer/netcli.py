@@ -70,6 +70,8 @@ def add_commands(sub, formatter) -> None:
     _add(certs, "out", "certs", "output directory")
     _add(certs, "names", "", "comma-separated names, e.g. coordinator,peer-0,peer-1")
     _add(certs, "peers", 0, "also make coordinator and peer-0 .. peer-(N-1)")
+    _add(certs, "hosts", "", "comma-separated IP addresses or DNS names added to every certificate made, "
+                             "for servers\nclients reach by address (e.g. a Flower SuperLink at 10.0.0.5)")
 
     launch = sub.add_parser("launch", formatter_class=formatter,
                             help="run a whole experiment as a coordinator and N peer processes on loopback",
@@ -191,7 +193,8 @@ def cmd_certs(args) -> int:
         names = ["coordinator"] + [f"peer-{k}" for k in range(args.peers)] + names
     if not names:
         raise UsageError("name no certificates: give --names a,b,... or --peers N")
-    written = make_certs(Path(args.out), list(dict.fromkeys(names)))
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = make_certs(Path(args.out), list(dict.fromkeys(names)), hosts=hosts)
     print(f"wrote {Path(args.out) / 'ca.pem'} and {len(written) - 1} certificates to {args.out}")
     return 0
 

@@ -27,8 +27,30 @@ def check_name(name: str) -> str:
     return name
 
 
-def make_certs(out: Path, names: list[str], days: int = 365) -> list[Path]:
-    """A new CA in `out` (kept if it already exists) and a key and certificate for each name."""
+def subject_alt_names(name: str, hosts: list[str]) -> list:
+    """The name as a DNS name, then each host: an IP address or a DNS name."""
+    import ipaddress
+
+    from cryptography import x509
+
+    out = [x509.DNSName(name)]
+    for host in hosts:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host):
+                raise UsageError(f"bad host {host!r}: give an IP address or a DNS name") from None
+            out.append(x509.DNSName(host))
+    return out
+
+
+def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = ()) -> list[Path]:
+    """A new CA in `out` (kept if it already exists) and a key and certificate for each name.
+
+    Each certificate names its holder as common name and DNS name; `hosts` (IP addresses or DNS
+    names) are added to every one, for servers that clients verify by address, such as a
+    Flower SuperLink reached at 10.0.0.5.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +58,7 @@ def make_certs(out: Path, names: list[str], days: int = 365) -> list[Path]:
 
     for n in names:
         check_name(n)
+    alt_names = {n: subject_alt_names(n, list(hosts)) for n in names}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
@@ -73,7 +96,7 @@ def make_certs(out: Path, names: list[str], days: int = 365) -> list[Path]:
                 .issuer_name(ca_cert.subject).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n)]), critical=False)
+                .add_extension(x509.SubjectAlternativeName(alt_names[n]), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -183,6 +183,7 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
     (["peer", "--insecure", "--coordinator", "h:1", "--listen", "0.0.0.0:5000"], "give --advertise"),
     (["certs", "--out", "{tmp}/c"], "name no certificates"),
     (["certs", "--out", "{tmp}/c", "--names", "bad name!"], "bad peer name"),
+    (["certs", "--out", "{tmp}/o", "--names", "superlink", "--hosts", "10.0.0.5,bad host"], "bad host 'bad host'"),
     (["launch", "--peers", "1", "--out", "{tmp}/o"], "--peers must be at least 2"),
     (["server", "--rounds", "-1", "--insecure", "--out", "{tmp}/s"], "--rounds must be >= 0"),
 ])
@@ -201,6 +202,20 @@ def test_certs_name_the_peer(tmp_path):
     assert cert.subject.rfc4514_string() == "CN=peer-1"
     assert oct((tmp_path / "peer-1.key").stat().st_mode)[-3:] == "600"
     assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "ca.key", "coordinator.pem", "peer-0.key"}
+
+
+def test_certs_hosts_are_subject_alternative_names(tmp_path):
+    """A server reached by address (a Flower SuperLink) needs that address in its certificate."""
+    import ipaddress
+
+    from cryptography import x509
+
+    assert main(["certs", "--out", str(tmp_path), "--names", "superlink",
+                 "--hosts", "10.0.0.5, superlink.example.org,::1"]) == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "superlink.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["superlink", "superlink.example.org"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("::1")]
 
 
 def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_dir, tmp_path):
