@@ -3,6 +3,9 @@
 For tests and benchmarks, and to try the deployment engine before spreading it over machines.
 Everything binds to free loopback ports, keeps its state under a given directory (FLWR_HOME),
 never installs dependencies at run time, and is stopped (its whole process group) on exit.
+With tls=True the SuperLink serves HTTPS with a certificate from `ckd certs` (a new CA in
+tmp/certs), and the SuperNodes and `flwr run` verify it against that CA, as README's recipe
+for separate machines does.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+
+from peer.tls import make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -61,13 +67,15 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, ca: Path | None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/health"
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else True
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+            if httpx.get(url, timeout=1, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -78,7 +86,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 class Flower:
     """A SuperLink on a free port, the CLI's connection to it, and its SuperNodes."""
 
-    def __init__(self, tmp: Path, simulation: bool):
+    def __init__(self, tmp: Path, simulation: bool, tls: bool = False):
         self.tmp = Path(tmp)
         self.home = tmp / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -86,9 +94,20 @@ class Flower:
         self.port = free_port()
         self.simulation = simulation
         self.procs: list[subprocess.Popen] = []
+        self.supernodes: dict[int, subprocess.Popen] = {}
         self.logs: list[Path] = []
+        self.certs = self.tmp / "certs" if tls else None
+        if self.certs:
+            make_certs(self.certs, ["superlink"], hosts=["127.0.0.1", "localhost"])
+            security = f'root-certificates = "{self.certs / "ca.pem"}"'
+        else:
+            security = "insecure = true"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n')
+
+    @property
+    def ca(self) -> Path | None:
+        return self.certs / "ca.pem" if self.certs else None
 
     def _spawn(self, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         out = open(log, "w")
@@ -100,13 +119,15 @@ class Flower:
         return proc
 
     def start_superlink(self) -> None:
-        args = [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+        tls = (["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(self.certs / "superlink.pem"),
+                "--ssl-keyfile", str(self.certs / "superlink.key")] if self.certs else ["--insecure"])
+        args = [str(BIN / "flower-superlink"), *tls, "--host", "127.0.0.1", "--port", str(self.port),
                 "--disable-runtime-dependency-installation", "--database", str(self.tmp / "superlink.db")]
         if self.simulation:
             args.append("--simulation")
         log = self.tmp / "superlink.log"
         proc = self._spawn(args, log)
-        _wait_healthy(self.port, proc, log)
+        _wait_healthy(self.port, proc, log, self.ca)
 
     def start_supernode(self, partition: int, partitions: int, **node_config: str) -> None:
         home = self.tmp / f"supernode-{partition}"
@@ -114,22 +135,42 @@ class Flower:
         env = {**self.env, "FLWR_HOME": str(home)}
         config = " ".join([f"partition-id={partition}", f"num-partitions={partitions}",
                            *(f"{k}='{v}'" for k, v in node_config.items())])
-        self._spawn([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                     "--port", str(free_port()), "--node-config", config],
-                    self.tmp / f"supernode-{partition}.log", env)
+        tls = ["--root-certificates", str(self.ca)] if self.ca else ["--insecure"]
+        args = [str(BIN / "flower-supernode"), *tls, "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(free_port()), "--node-config", config]
+        self.supernodes[partition] = self._spawn(args, self.tmp / f"supernode-{partition}.log", env)
 
-    def run(self, run_config: dict, federation_config: str | None = None,
-            timeout: float | None = 240, capture: bool = True) -> subprocess.CompletedProcess:
-        """`flwr run . loopback --stream` from the repository root."""
+    def _run_args(self, run_config: dict, federation_config: str | None) -> list[str]:
+        """`flwr run . loopback --stream` with this run config."""
         def fmt(v):
             return f'"{v}"' if isinstance(v, str) else str(v)
         args = [str(BIN / "flwr"), "run", ".", "loopback", "--stream",
                 "--run-config", " ".join(f"{k}={fmt(v)}" for k, v in run_config.items())]
         if federation_config:
             args += ["--federation-config", federation_config]
-        return subprocess.run(args, env=self.env, cwd=ROOT, capture_output=capture, text=True, timeout=timeout)
+        return args
+
+    def run(self, run_config: dict, federation_config: str | None = None,
+            timeout: float | None = 240, capture: bool = True) -> subprocess.CompletedProcess:
+        """`flwr run` from the repository root, to its end."""
+        return subprocess.run(self._run_args(run_config, federation_config), env=self.env, cwd=ROOT,
+                              capture_output=capture, text=True, timeout=timeout)
+
+    def start_run(self, run_config: dict, federation_config: str | None = None) -> subprocess.Popen:
+        """`flwr run` in the background, its log (stdout and stderr) on the returned process's stdout."""
+        proc = subprocess.Popen(self._run_args(run_config, federation_config), env=self.env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
     def stop(self) -> None:
+        for proc in self.supernodes.values():  # a stopped (SIGSTOP) ClientApp would ignore SIGTERM
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
         for proc in reversed(self.procs):
             _stop(proc)
         self.procs.clear()
@@ -139,8 +180,8 @@ class Flower:
 
 
 @contextmanager
-def flower(tmp: Path, simulation: bool) -> Iterator[Flower]:
-    fl = Flower(tmp, simulation)
+def flower(tmp: Path, simulation: bool, tls: bool = False) -> Iterator[Flower]:
+    fl = Flower(tmp, simulation, tls)
     try:
         fl.start_superlink()
         yield fl

@@ -7,11 +7,14 @@ Real Flower: `flwr run .` on a simulation SuperLink (Ray), and a deployment Supe
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 
+import httpx
 import pytest
 
-from flower_util import SMALL
+from flower_util import SMALL, ClientAppFreezer
 from server.flower_local import flower
 from peer.data import find_data_dir
 from peer.experiment import run_experiment
@@ -70,12 +73,14 @@ def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_pro
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, fmnist):
-    """A deployment SuperLink with one flower-supernode per peer, shared by the runs below.
+    """A deployment SuperLink over TLS with one flower-supernode per peer, shared by the runs below.
 
+    As README's recipe for separate machines: the SuperLink's certificate comes from `ckd certs`
+    (naming 127.0.0.1), the SuperNodes and `flwr run` verify it against the CA.
     peer-1's node config names the data directory itself, which wins over the run config's.
     """
     tmp = tmp_path_factory.mktemp("deployment")
-    with flower(tmp, simulation=False) as fl:
+    with flower(tmp, simulation=False, tls=True) as fl:
         fl.start_supernode(0, TWO["peers"])
         fl.start_supernode(1, TWO["peers"], **{"data-dir": str(find_data_dir(None))})
         yield fl
@@ -88,6 +93,9 @@ def test_deployment_superlink_and_supernodes_match_the_in_process_engine(deploym
     summary = json.loads((out / "results.json").read_text())
     _assert_same_results(summary, in_process(TWO))
     assert sorted(summary["flower"]["nodes"]) == ["peer-0", "peer-1"]
+    # the SuperLink the SuperNodes used speaks TLS only: plaintext HTTP is refused
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{deployment.port}/health", timeout=5)
 
 
 def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment, tmp_path):
@@ -111,3 +119,55 @@ def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment
     assert result["error"].startswith("peer-0 (node ") and "UsageError: " in result["error"]
     assert "truncated" in result["error"]
     assert result["config"]["peers"] == 2 and result["config"]["data_dir"] == str(broken)
+
+
+def _lines(proc) -> queue.Queue:
+    """The lines a process prints, read on a thread so the test can wait with a deadline."""
+    lines: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: queue.Queue, text: str, seen: list[str], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not any(text in line for line in seen):
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        assert line is not None, f"the run ended before {text!r}:\n" + "".join(seen)[-3000:]
+        seen.append(line)
+
+
+def test_a_peer_whose_client_app_never_answers_stops_the_run_after_the_phase_timeout(tmp_path):
+    """After round 0, peer-1's SuperNode stays connected but every ClientApp it starts is stopped:
+    the ServerApp waits `timeout` seconds for its train.distill reply, then stops the run with
+    an error naming that peer and the phase. (A SuperNode that stops altogether is reported by
+    the SuperLink as unavailable; tests/test_flower_records.py covers naming the peer then.)"""
+    out = tmp_path / "out"
+    timeout = 60  # every phase must fit: a deployment ClientApp starts a process and loads the data
+    with flower(tmp_path, simulation=False) as fl:
+        fl.start_supernode(0, TWO["peers"])
+        fl.start_supernode(1, TWO["peers"])
+        proc = fl.start_run({**TWO, "out": str(out), "wait-nodes": 60.0, "timeout": float(timeout)})
+        lines, seen = _lines(proc), []
+        try:
+            _wait_for(lines, "ckd: round 0 trained", seen, within=timeout + 90)
+        except queue.Empty:
+            pytest.fail(f"round 0 did not finish within {timeout + 90} s:\n" + "".join(seen)[-3000:] + fl.log_text())
+        freezer = ClientAppFreezer(fl.supernodes[1].pid)
+        try:
+            _wait_for(lines, "ckd: error:", seen, within=timeout + 60)
+        except queue.Empty:
+            pytest.fail("no error 60 s after the phase timeout:\n" + "".join(seen)[-3000:])
+        finally:
+            freezer.stop()
+        proc.wait(timeout=30)  # the run ends (`flwr run --stream` exits 0 whatever the ServerApp did)
+    assert freezer.frozen, "peer-1's SuperNode started no ClientApp after round 0"
+    error = next(line for line in seen if "ckd: error:" in line)
+    assert f"ckd: error: no reply to train.distill (round 1) within {timeout} s from peer-1 (node " in error, error
+    assert "peer-0" not in error
+    result = json.loads((out / "results.json").read_text())
+    assert result["status"] == "failed" and result["error"].startswith("no reply to train.distill")
