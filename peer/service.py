@@ -97,12 +97,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         return who or ""
 
     # -- RPCs ----------------------------------------------------------------------------------
-    def _parsed(self, request, context) -> None:
-        if isinstance(request, Malformed):
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
-
     def GetModel(self, request, context):
-        self._parsed(request, context)
         self._who(context, request.requester or None)
         # published by the round loop, or by the in-process engine's Peer.snapshot (never made here)
         blob = self.published.get(request.round) or self.peer._published.get(request.round)
@@ -132,7 +127,6 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         return reply
 
     def Status(self, request, context):
-        self._parsed(request, context)
         store = self.peer.store
         reply = peer_pb2.StatusReply(
             peer=self.peer.id, published_round=max(self.published, default=-1), taught_round=self.taught_round,
@@ -156,20 +150,39 @@ def serve(servicers: list[tuple[Callable, object]], security: Security, address:
     return server, port, checker
 
 
+_HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callable | None = None) -> None:
+    """Register `servicer` for every method of `service` (a protobuf ServiceDescriptor), parsing
+    requests itself: gRPC's own parsing answers bytes that do not parse with INTERNAL, here they
+    get INVALID_ARGUMENT naming the message. `refuse(context, code, message)` aborts the call
+    (default: context.abort). A streaming method receives Malformed items and refuses them itself.
+    """
+    from google.protobuf.message_factory import GetMessageClass
+
+    refuse = refuse or (lambda context, code, message: context.abort(code, message))
+
+    def checked(method):
+        def call(request, context):
+            if isinstance(request, Malformed):
+                refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
+            return method(request, context)
+        return call
+
+    handlers = {}
+    for m in service.methods:
+        method = getattr(servicer, m.name)
+        handlers[m.name] = _HANDLERS[m.client_streaming, m.server_streaming](
+            method if m.client_streaming else checked(method),
+            request_deserializer=tolerant(GetMessageClass(m.input_type)),
+            response_serializer=GetMessageClass(m.output_type).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def add_peer_service(servicer: PeerServicer, server: grpc.Server) -> None:
-    """PeerService with tolerant request parsing: bytes that do not parse get INVALID_ARGUMENT."""
-    handlers = {
-        "GetModel": grpc.unary_stream_rpc_method_handler(
-            servicer.GetModel, request_deserializer=tolerant(peer_pb2.GetModelRequest),
-            response_serializer=wire_pb2.ModelChunk.SerializeToString),
-        "PushExamples": grpc.stream_unary_rpc_method_handler(
-            servicer.PushExamples, request_deserializer=tolerant(wire_pb2.ExampleChunk),
-            response_serializer=peer_pb2.Ack.SerializeToString),
-        "Status": grpc.unary_unary_rpc_method_handler(
-            servicer.Status, request_deserializer=tolerant(peer_pb2.StatusRequest),
-            response_serializer=peer_pb2.StatusReply.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ckd.v1.PeerService", handlers),))
+    add_tolerant_service(server, peer_pb2.DESCRIPTOR.services_by_name["PeerService"], servicer, servicer._refuse)
 
 
 def serve_peer(servicer: PeerServicer, address: str, workers: int = 16) -> tuple[grpc.Server, int]:

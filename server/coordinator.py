@@ -168,10 +168,11 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
 def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
     """Start the coordinator's gRPC server (with health); returns (server, port)."""
-    from peer.service import serve
+    from peer.service import add_tolerant_service, serve
     from peer.wire import Limits
 
     workers = 2 * coordinator.min_peers + 16
-    server, port, _ = serve([(coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server, coordinator)],
+    service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]
+    server, port, _ = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer), coordinator)],
                             coordinator.security, address, limits or Limits(), workers)
     return server, port

@@ -90,3 +90,20 @@ def test_identity_and_unknown_peers_refused(coord):
         stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=7, stage=pb.STAGE_DONE), timeout=5)
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert c.metrics == {}
+
+
+def test_bytes_that_do_not_parse_are_refused_as_invalid_argument(certs):
+    c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=1, min_peers=2)
+    server, port = serve_coordinator(c, "127.0.0.1:0")
+    try:
+        channel = Security.from_dir("peer-0", certs, False).channel(f"127.0.0.1:{port}", "coordinator")
+        for method in ("Register", "Heartbeat", "ListPeers", "WaitRound", "ReportMetrics"):
+            call = channel.unary_unary(f"/ckd.v1.CoordinatorService/{method}", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"\xff\xff\xff\x01garbage", timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "malformed message, 11 bytes that do not parse as" in err.value.details(), method
+        assert c.peers == {}  # nothing registered
+    finally:
+        server.stop(grace=0)
