@@ -53,6 +53,19 @@ DATA_DEFAULTS = {"peers": 3, "split": "iid"}
 TABLE_DEFAULTS = {"learners": "mlp", "epochs": 40, "retrain_epochs": 20}  # tables are small: more epochs
 
 
+def with_data(values: dict, given: set[str]) -> tuple[dict, tuple | None]:
+    """With --data: load it (refused here, once, if unreadable) and fill the options the user did
+    not set from DATA_DEFAULTS (and TABLE_DEFAULTS for a table); returns (values, (train, test)).
+    Without: (values, None), Fashion-MNIST being loaded by whoever needs it."""
+    from peer.experiment import ExperimentConfig, load_data
+
+    if not values.get("data"):
+        return values, None
+    data = load_data(ExperimentConfig(**{**values, "peers": 2, "learners": "mlp"}))
+    defaults = {**DATA_DEFAULTS, **(TABLE_DEFAULTS if data[0].tabular else {})}
+    return {**values, **{k: v for k, v in defaults.items() if k not in given}}, data
+
+
 class EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -114,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from peer.data import load_fashion_mnist
-    from peer.experiment import ExperimentConfig, load_data, run_experiment
+    from peer.experiment import ExperimentConfig, run_experiment
     from peer.report import staged_output, summarise, table, write_figures, write_json
 
     if args.threads < 1:
@@ -124,14 +137,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    if values["data"]:
-        data = load_data(ExperimentConfig(**{**values, "peers": 2, "learners": "mlp"}))
-        given = set(getattr(args, "_given", ()))
-        defaults = {**DATA_DEFAULTS, **(TABLE_DEFAULTS if data[0].tabular else {})}
-        values.update({k: v for k, v in defaults.items() if k not in given})
-    else:
-        data = load_fashion_mnist(values["data_dir"])
+    values, data = with_data(values, set(getattr(args, "_given", ())))
     cfg = ExperimentConfig(**values)
+    data = data or load_fashion_mnist(cfg.data_dir)
     exp = run_experiment(cfg, quiet=args.quiet, data=data)
     summary = summarise(exp)
     with staged_output(out) as stage:

@@ -182,11 +182,22 @@ def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
             for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))]
 
 
+def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> Peer:
+    """Peer k alone, as a process of its own builds it (gRPC peer, Flower ClientApp): the same
+    part of the split and, of a table, the same columns that build_peers gives it."""
+    return build_peer(cfg, k, kind, train, partition(cfg, train)[k], peer_feature_sets(cfg, train)[k])
+
+
+def test_inputs(peer: Peer, test: Dataset) -> np.ndarray:
+    """The test inputs a peer is evaluated on: images scaled, a table in the peer's own columns."""
+    return test.columns(peer.features).x if test.tabular else test.float_inputs()
+
+
 def evaluation_inputs(peers: list[Peer], test: Dataset) -> np.ndarray | dict[str, np.ndarray]:
     """The test inputs each peer is evaluated on: images as they are, a table in each peer's columns."""
     if not test.tabular:
         return test.float_inputs()
-    return {p.id: test.columns(p.features).x for p in peers}
+    return {p.id: test_inputs(p, test) for p in peers}
 
 
 @dataclass

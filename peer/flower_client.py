@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 SELF = "self"          # name of this peer's own model inside context.state
 STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
 # run-config keys that are not ExperimentConfig fields
+# node-config keys that say where this machine keeps the data; they override the run config's
+NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data")
 RUN_ONLY = {"peers": 10, "out": "runs/flower", "threads": 1, "timeout": 3600.0, "wait-nodes": 120.0}
 
 app = ClientApp()
@@ -77,11 +79,11 @@ def run_option(run_config: dict, key: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _fashion_mnist(data_dir: str | None):
-    """The public train and test sets (cached per process; the same for every peer)."""
-    from peer.data import load_fashion_mnist
+def _dataset(cfg: ExperimentConfig):
+    """(train, test): the run's --data, else Fashion-MNIST (cached per process and config)."""
+    from peer.experiment import load_data
 
-    return load_fashion_mnist(data_dir)
+    return load_data(cfg)
 
 
 def _whoami(context: Context) -> tuple[int, int]:
@@ -105,29 +107,34 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     torch.set_num_threads(run_option(context.run_config, "threads"))
     k, n = _whoami(context)
     cfg = experiment_config(context.run_config, n)
-    if "data-dir" in context.node_config:  # a machine's own copy of the data wins over the run's
-        cfg = ExperimentConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)},
-                                  "data_dir": str(context.node_config["data-dir"]) or None})
+    # a machine's own copy of the data wins over the run's
+    own = {key.replace("-", "_"): str(context.node_config[key]) for key in NODE_DATA if key in context.node_config}
+    if own:
+        if "data_dir" in own:
+            own["data_dir"] = own["data_dir"] or None
+        cfg = ExperimentConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **own})
     return cfg, k
 
 
-def _test_set(cfg: ExperimentConfig):
-    from peer.experiment import as_float
+def _test_set(cfg: ExperimentConfig, peer: Peer):
+    import numpy as np
 
-    _, test = _fashion_mnist(cfg.data_dir)
-    n = min(cfg.test_limit, len(test)) if cfg.test_limit else len(test)
-    return as_float(test.x[:n]), test.y[:n]
+    from peer.experiment import test_inputs
+
+    _, test = _dataset(cfg)
+    if cfg.test_limit:
+        test = test.subset(np.arange(min(cfg.test_limit, len(test))))
+    return test_inputs(peer, test), test.y
 
 
 def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
     """This node's peer: its part of the split, its model and received examples from state."""
-    from peer.experiment import build_peer, partition
+    from peer.experiment import build_own_peer
     from peer.learners import learner_from_blob
 
     cfg, k = _setup(context)
-    train, _ = _fashion_mnist(cfg.data_dir)
-    part = partition(cfg, train)[k]
-    peer = build_peer(cfg, k, cfg.learner_list()[k], train, part)
+    train, _ = _dataset(cfg)
+    peer = build_own_peer(cfg, k, cfg.learner_list()[k], train)
     state = context.state
     if f"{rec.MODEL}.{SELF}.spec" in state:
         learner = learner_from_blob(rec.get_blob(state, SELF))
@@ -182,7 +189,7 @@ def _train_and_report(msg: Message, context: Context, peer: Peer, cfg: Experimen
     size = peer.train(epochs, round=round)
     train_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    evaluation = peer.evaluate(*_test_set(cfg))
+    evaluation = peer.evaluate(*_test_set(cfg, peer))
     _save(context, peer, round)
     content = RecordDict({
         "peer": _identity(context),

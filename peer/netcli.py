@@ -223,8 +223,8 @@ def cmd_server(args) -> int:
 def cmd_peer(args) -> int:
     import torch
 
+    from peer.cli import DEMO_OPTIONS, with_data
     from peer.experiment import ExperimentConfig
-    from peer.cli import DEMO_OPTIONS
     from peer.node import Node, NodeConfig
 
     if args.threads < 1:
@@ -241,7 +241,8 @@ def cmd_peer(args) -> int:
     if static and args.coordinator:
         raise UsageError("give --coordinator or a static --peers list, not both")
     knobs = {name: getattr(args, name) for name, _ in DEMO_OPTIONS if name != "peers"}
-    cfg = ExperimentConfig(peers=n, **knobs)
+    knobs, data = with_data({**knobs, "peers": n}, set(getattr(args, "_given", ())))
+    cfg = ExperimentConfig(**knobs)
     peer_id = args.id or f"peer-{args.part}"
     from peer.learners import learner_kinds
 
@@ -253,7 +254,7 @@ def cmd_peer(args) -> int:
         raise UsageError(f"--listen {args.listen} is not an address other peers can reach; give --advertise HOST:PORT")
     node = Node(NodeConfig(cfg, args.part, Path(args.state_dir), args.id, args.listen, args.advertise,
                            args.coordinator, static, args.learner, args.round_deadline),
-                _security(peer_id, args))
+                _security(peer_id, args), data=data)
     print(f"{node.id} serving on {node.address}", flush=True)
     try:
         node.run()
@@ -264,20 +265,24 @@ def cmd_peer(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from peer.cli import DEMO_OPTIONS
-    from peer.experiment import ExperimentConfig, peer_ids
+    from peer.cli import DEMO_OPTIONS, with_data
+    from peer.experiment import ExperimentConfig, peer_feature_sets, peer_ids
     from peer.tls import Security, make_certs
     from server.coordinator import Coordinator, serve_coordinator
 
-    cfg = ExperimentConfig(**{name: getattr(args, name) for name, _ in DEMO_OPTIONS})
     if args.threads < 1 or args.round_deadline <= 0:
         raise UsageError("--threads must be >= 1 and --round-deadline > 0")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    from peer.data import find_data_dir
+    values, data = with_data({name: getattr(args, name) for name, _ in DEMO_OPTIONS}, set(args._given))
+    cfg = ExperimentConfig(**values)
+    if data is None:
+        from peer.data import find_data_dir
 
-    find_data_dir(cfg.data_dir)  # fail here, once, rather than in every peer
+        find_data_dir(cfg.data_dir)  # fail here, once, rather than in every peer
+    else:
+        peer_feature_sets(cfg, data[0])  # --peer-features refused here, once
     tmp = None
     if args.state_dir:
         state = Path(args.state_dir)

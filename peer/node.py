@@ -18,10 +18,9 @@ import grpc
 import numpy as np
 
 from peer.blob import InvalidPayload, ModelBlob
-from peer.data import load_fashion_mnist
 from peer.engine import teach_round
 from peer.errors import UsageError
-from peer.experiment import ExperimentConfig, as_float, build_peer, partition
+from peer.experiment import ExperimentConfig, build_own_peer, load_data, test_inputs
 from peer.grpc_transport import GrpcTransport, PeerUnreachable
 from peer.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.sqlstore import SqliteExampleStore
@@ -106,13 +105,12 @@ class Node:
         self.security = security
         self.limits = limits
         self.meter = Meter()
-        train, test = data or load_fashion_mnist(exp.data_dir)
+        train, test = data or load_data(exp)
         if exp.test_limit:
             test = test.subset(np.arange(min(exp.test_limit, len(test))))
-        self.test_x, self.test_y = as_float(test.x), test.y
         kind = cfg.learner or exp.learner_list()[cfg.part]
-        part = partition(exp, train)[cfg.part]
-        self.peer = build_peer(exp, cfg.part, kind, train, part)
+        self.peer = build_own_peer(exp, cfg.part, kind, train)
+        self.test_x, self.test_y = test_inputs(self.peer, test), test.y
         if cfg.peer_id:
             self.peer.id = cfg.peer_id
         self.id = self.peer.id
