@@ -59,6 +59,25 @@ def test_neural_scaling_is_fitted_on_private_data():
     assert (learner.predict(x) == (x[:, 0] > 50)).mean() > 0.8  # raw units in, scaling inside
 
 
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_a_column_constant_in_private_data_does_not_sway_predictions_until_taught(kind):
+    """A one-hot category this peer never met is all zeros in its rows: a test row that has it
+    must get the prediction it would get without it, not one moved by untrained weights."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    x = np.column_stack([rng.normal(y * 2.0, 1.0), rng.normal(-y, 1.0), np.zeros(300)]).astype(np.float32)
+    learner = make_learner(kind, (3,), ("a", "b", "c"), TrainConfig(epochs=10, seed=0, lr=3e-3))
+    learner.set_features(("u", "v", "colour=green"), x)
+    learner.fit(x, y, seed=0)
+    unseen = x.copy()
+    unseen[:, 2] = 1.0  # the category this peer never saw
+    np.testing.assert_array_equal(learner.predict_proba(unseen), learner.predict_proba(x))
+    # examples that vary the column (as counterfactuals do) still teach it
+    varied = np.concatenate([x, unseen[y == 2]])
+    learner.fit(varied, np.concatenate([y, np.full(int((y == 2).sum()), 0)]), epochs=5, seed=1)
+    assert not np.array_equal(learner.predict_proba(unseen), learner.predict_proba(x))
+
+
 def _toy_peer(pid, features, classes=("no", "yes"), missing=None, kind="mlp", seed=0, n=200):
     """Columns named a..e, each N(10 * index, index + 1); class 'yes' shifts a, b and c up."""
     rng = np.random.default_rng(seed)

@@ -44,6 +44,13 @@ class TorchLearner(Learner):
         first = self.module[0] if isinstance(self.module, nn.Sequential) else None
         if isinstance(first, Standardize):
             first.fit(x)
+            # A column that never varies in the private data (a category this peer never met)
+            # carries no evidence yet: its weights start at zero, so an unseen value does not sway
+            # predictions at random. Examples that vary it (counterfactuals) still train them.
+            constant = torch.from_numpy(np.asarray(x).std(axis=0) <= 1e-6)
+            layer = next(m for m in self.module if isinstance(m, nn.Linear))
+            with torch.no_grad():
+                layer.weight[:, constant] = 0.0
 
     def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         cfg = self.train_config
