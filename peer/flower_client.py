@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 SELF = "self"          # name of this peer's own model inside context.state
 STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
-# run-config keys that are not ExperimentConfig fields
 # node-config keys that say where this machine keeps the data; they override the run config's
 NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data")
+# run-config keys that are not ExperimentConfig fields
 RUN_ONLY = {"peers": 10, "out": "runs/flower", "threads": 1, "timeout": 3600.0, "wait-nodes": 120.0}
 
 app = ClientApp()
@@ -55,8 +55,10 @@ def experiment_config(run_config: dict, peers: int) -> ExperimentConfig:
             continue
         value = run_config[key]
         default = f.default
-        if f.name == "data_dir":
-            kwargs[f.name] = str(value) or None
+        if default is None:  # an optional path or name: "" in the run config means none
+            if not isinstance(value, str):
+                raise UsageError(f"run config {key} = {value!r} should be a string")
+            kwargs[f.name] = value or None
             continue
         kind = type(default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -108,10 +110,9 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     k, n = _whoami(context)
     cfg = experiment_config(context.run_config, n)
     # a machine's own copy of the data wins over the run's
-    own = {key.replace("-", "_"): str(context.node_config[key]) for key in NODE_DATA if key in context.node_config}
+    own = {key.replace("-", "_"): str(context.node_config[key]) or None
+           for key in NODE_DATA if key in context.node_config}
     if own:
-        if "data_dir" in own:
-            own["data_dir"] = own["data_dir"] or None
         cfg = ExperimentConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **own})
     return cfg, k
 

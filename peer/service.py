@@ -19,7 +19,7 @@ from peer.blob import InvalidPayload, ModelBlob
 from peer.peer import Peer
 from peer.tls import Security, caller
 from peer.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
-from protos.ckd.v1 import peer_pb2, peer_pb2_grpc, wire_pb2
+from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 
 GRPC_FRAME = 5  # gRPC's per-message prefix: compressed flag and length
 

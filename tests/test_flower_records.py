@@ -70,6 +70,20 @@ def test_malformed_records_are_refused_by_name():
         rec.get_batch(content, "batch.p.q.1.1")
 
 
+def test_the_app_config_names_every_experiment_option():
+    """Flower refuses a --run-config key the app's config lacks: every knob must be there."""
+    import tomllib
+    from dataclasses import fields
+    from pathlib import Path
+
+    from peer.experiment import ExperimentConfig
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert {f.name.replace("_", "-") for f in fields(ExperimentConfig)} <= set(config)
+    experiment_config(config, 10)  # and its defaults are valid
+
+
 def test_run_config_maps_onto_the_experiment_config():
     cfg = experiment_config({"rounds": 3, "alpha": 1, "retrain-epochs": 0, "data-dir": "", "learners": "mlp"}, 4)
     assert (cfg.peers, cfg.rounds, cfg.alpha, cfg.retrain_epochs, cfg.data_dir, cfg.learners) == (4, 3, 1.0, 0, None, "mlp")
@@ -77,6 +91,10 @@ def test_run_config_maps_onto_the_experiment_config():
         experiment_config({"rounds": "2"}, 4)
     with pytest.raises(UsageError, match="unknown learner kind 'svm'"):
         experiment_config({"learners": "svm"}, 4)
+    cfg = experiment_config({"data": "mine.csv", "label": "kind", "test-data": ""}, 3)
+    assert (cfg.data, cfg.label, cfg.test_data) == ("mine.csv", "kind", None)
+    with pytest.raises(UsageError, match="run config label = 3 should be a string"):
+        experiment_config({"label": 3}, 3)
     assert run_option({"timeout": 5}, "timeout") == 5.0
     with pytest.raises(UsageError, match="run config threads = 1.5 should be int"):
         run_option({"threads": 1.5}, "threads")

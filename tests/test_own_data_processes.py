@@ -1,5 +1,6 @@
-"""Your own table in peers that run apart: `ckd launch` (one gRPC process per peer) and the Flower
-ClientApp build the same peers from `--data` as `ckd demo` does, columns and results included."""
+"""Your own table in peers that run apart: `ckd launch` (one gRPC process per peer), the Flower
+ClientApp and `flwr run .` build the same peers from `--data` as `ckd demo` does, columns and
+results included."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_flower_client_app_builds_the_peer_demo_builds(table):
     from flwr.app import Context, RecordDict
 
     from peer.experiment import build_peers, load_data
-    from peer.flower_client import experiment_config, load_peer
+    from peer.flower_client import load_peer
 
     run_config = {k[2:]: v for k, v in zip(RUN[::2], RUN[1::2])}
     run_config = {k: (int(v) if v.isdigit() else v) for k, v in run_config.items() if k != "label"}
@@ -88,3 +89,21 @@ def test_peer_refuses_a_table_it_cannot_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "non-numeric value 'abc'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.flower
+def test_flwr_run_on_your_own_table_matches_demo(table, demo, tmp_path):
+    """`flwr run .` in simulation with the table in the run config: the same results as demo."""
+    from server.flower_local import flower
+
+    out = tmp_path / "out"
+    run_config = {k[2:]: (int(v) if v.isdigit() else v) for k, v in zip(RUN[::2], RUN[1::2])}
+    with flower(tmp_path, simulation=True) as fl:
+        res = fl.run({**run_config, "data": str(table), "out": str(out)},
+                     "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["classes"] == demo["classes"]
+    assert {p["id"]: p["accuracy_by_round"] for p in summary["peers"]} == \
+        {p["id"]: p["accuracy_by_round"] for p in demo["peers"]}
+    assert [p["received"] for p in summary["peers"]] == [p["received"] for p in demo["peers"]]
