@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peer.data import Dataset
-from peer.experiment import ExperimentConfig, as_float, partition
+from peer.data.fashion import Dataset
+from peer.config import ExperimentConfig
+from peer.experiment import as_float, partition
 from peer.learners import TrainConfig, make_learner
 
 

@@ -28,11 +28,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fmnist10 import machine  # noqa: E402
 
-from peer.data import load_fashion_mnist  # noqa: E402
-from peer.experiment import run_experiment  # noqa: E402
-from peer.flower_client import experiment_config  # noqa: E402
-from peer.report import summarise, write_json  # noqa: E402
-from server.flower_local import flower  # noqa: E402
+from peer.data.fashion import load_fashion_mnist  # noqa: E402
+from peer.inprocess import run_experiment  # noqa: E402
+from peer.flower.client_app import experiment_config  # noqa: E402
+from server.results import summarise, write_json  # noqa: E402
+from tests.flower_local import flower  # noqa: E402
 
 KNOBS = ("peers", "rounds", "epochs", "retrain-epochs", "train-per-peer", "test-limit", "learners", "seed")
 

@@ -27,14 +27,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fmnist10 import machine  # noqa: E402
 
-from peer.experiment import ExperimentConfig, run_experiment  # noqa: E402
-from peer.report import summarise, write_json  # noqa: E402
+from peer.config import ExperimentConfig
+from peer.inprocess import run_experiment  # noqa: E402
+from server.results import summarise, write_json  # noqa: E402
 
 SMALL = ("peers", "rounds", "epochs", "retrain_epochs", "train_per_peer", "test_limit", "max_per_student")
 
 
 def launch(cfg: ExperimentConfig, out: Path, threads: int) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "peer.cli", "launch", "--out", str(out), "--threads", str(threads), "--quiet"]
+    cmd = [sys.executable, "-m", "server.cli", "launch", "--out", str(out), "--threads", str(threads), "--quiet"]
     for k, v in asdict(cfg).items():
         if v is not None:
             cmd += ["--" + k.replace("_", "-"), str(v)]

@@ -1,63 +1,36 @@
-"""The `ckd` command. Every option can also be set by an environment variable CKD_<OPTION>."""
+"""The peer-side commands: `ckd peer` (one peer as a gRPC service) and `ckd certs`.
+
+Every option can also be set by an environment variable CKD_<OPTION>; flags win. The
+experiment options come from peer.config, declared there once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
+from typing import Any, Callable
 
+from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args
 from peer.errors import UsageError
 
-# (config field, help). Flags are the field names with dashes; types come from the defaults.
-DEMO_OPTIONS = [
-    ("peers", "number of peers"),
-    ("rounds", "rounds of teach and retrain after local training"),
-    ("learners", "learner kind for all peers, or a list such as 'cnn*4,mlp*3,forest*3' (kinds: cnn, mlp, linear, forest)"),
-    ("split", "how to split the training set: miss-class (peer k never sees class k), keep-fraction, dirichlet, iid"),
-    ("keep_fraction", "with --split keep-fraction: the share of its weak class each peer keeps"),
-    ("beta", "with --split dirichlet: concentration; smaller means more label skew"),
-    ("split_seed", "seed of the split (fmnist-10 fixes it to 0)"),
-    ("seed", "seed of training, the counterfactual search and augmentation"),
-    ("epochs", "epochs of local training before the first round"),
-    ("retrain_epochs", "epochs of training after each round (neural learners continue from their weights)"),
-    ("batch_size", "training batch size"),
-    ("lr", "training learning rate (Adam)"),
-    ("alpha", "target y' = f(x) + alpha (onehot(y) - f(x)); in [0, 1]"),
-    ("cf_method", "counterfactual search of differentiable teachers: newton (Gauss-Newton in logit space) or adam"),
-    ("lam", "lambda, the weight of the L1 distance ||x' - x|| (adam and the gradient-free search)"),
-    ("cf_lr", "step size of the adam counterfactual search"),
-    ("cf_steps", "most steps of the counterfactual search"),
-    ("cf_min_steps", "fewest steps before an example may stop"),
-    ("cf_rel_tol", "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start"),
-    ("augment_copies", "augmented copies (shift, rotation, noise) sent with each counterfactual"),
-    ("max_per_student", "most instances a teacher teaches one student per round (0: all qualified)"),
-    ("train_per_peer", "use only this many examples of each peer's part (0: all)"),
-    ("test_limit", "evaluate on the first N test images (0: all)"),
-    ("data_dir", "directory with the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist, "
-                 "else torchvision's download)"),
-    ("device", "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ..."),
-    ("data", "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, or a "
-             "folder with one sub-folder of images per class; options not set then default to 3 peers and "
-             "--split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs"),
-    ("data_kind", "kind of --data: csv, parquet, npz or images (default: from the path)"),
-    ("label", "with a table: the label column"),
-    ("test_data", "a separate test set in the same form as --data (default: hold out 20%% of --data)"),
-    ("peer_features", "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' "
-                      "(default: every peer has every column)"),
-]
+NET_HELP = "mutual TLS by default (--certs DIR from `ckd certs`); plaintext only with --insecure"
 
 # With --data, options the user did not set take these values instead (fmnist-10's suit 60,000 images).
 DATA_DEFAULTS = {"peers": 3, "split": "iid"}
 TABLE_DEFAULTS = {"learners": "mlp", "epochs": 40, "retrain_epochs": 20}  # tables are small: more epochs
 
 
-def with_data(values: dict, given: set[str]) -> tuple[dict, tuple | None]:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def with_data(values: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], tuple | None]:
     """With --data: load it (refused here, once, if unreadable) and fill the options the user did
     not set from DATA_DEFAULTS (and TABLE_DEFAULTS for a table); returns (values, (train, test)).
     Without: (values, None), Fashion-MNIST being loaded by whoever needs it."""
-    from peer.experiment import ExperimentConfig, load_data
+    from peer.experiment import load_data
 
     if not values.get("data"):
         return values, None
@@ -66,109 +39,141 @@ def with_data(values: dict, given: set[str]) -> tuple[dict, tuple | None]:
     return {**values, **{k: v for k, v in defaults.items() if k not in given}}, data
 
 
-class EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _env(name: str, default):
-    """The default of option `name`: CKD_<NAME> from the environment, else `default`."""
-    return os.environ.get("CKD_" + name.upper().replace("-", "_"), default)
-
-
-def _add(parser: argparse.ArgumentParser, name: str, default, help: str) -> None:
-    flag = "--" + name.replace("_", "-")
-    env = "CKD_" + name.upper()
-    kind = type(default) if default is not None else str
-    if kind is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=_env(name, default) in (True, "1", "true"),
-                            help=f"{help} [env {env}]")
-    else:
-        parser.add_argument(flag, type=kind, default=_env(name, default), help=f"{help} [env {env}]")
-
-
-def _given_options(argv: list[str]) -> set[str]:
+def given_options(argv: list[str]) -> set[str]:
     """Options the user set, by flag or environment variable."""
     flags = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     env = {k[4:].lower() for k in os.environ if k.startswith("CKD_")}
     return flags | env
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from peer.experiment import ExperimentConfig
-
-    parser = argparse.ArgumentParser(
-        prog="ckd",
-        description="ckd: cooperative knowledge distillation between peers that keep their data private.\n"
-                    "Only model weights and synthetic examples (counterfactuals) ever leave a peer.",
-        formatter_class=EnvDefaultsFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo", formatter_class=EnvDefaultsFormatter,
-        help="run all peers in this process on Fashion-MNIST (fmnist-10 by default)",
-        description="Run a whole CKD experiment in one process: split Fashion-MNIST among peers, train each\n"
-                    "locally, then for each round every peer teaches every other one with counterfactuals\n"
-                    "and all retrain. Writes results.json, accuracy.png and counterfactuals.png to --out.\n"
-                    "Defaults are the reference experiment fmnist-10 (10 peers, peer k never sees class k).",
-    )
-    defaults = {f.name: f.default for f in fields(ExperimentConfig)}
-    for name, help in DEMO_OPTIONS:
-        _add(demo, name, defaults[name], help)
-    _add(demo, "out", "runs/demo", "output directory (replaced only when the run succeeds)")
-    _add(demo, "threads", 2, "torch CPU threads")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    from peer.netcli import add_commands
-
-    add_commands(sub, EnvDefaultsFormatter)
-    return parser
+def security_options(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "certs", None, "directory with ca.pem and this process's NAME.pem, NAME.key")
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC, no TLS (only when asked)")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def security(name: str, args: argparse.Namespace):
+    from peer.grpc.tls import Security
+
+    return Security.from_dir(name, Path(args.certs) if args.certs else None, args.insecure)
+
+
+def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add `ckd peer` and `ckd certs` to a sub-parser set; returns command name -> function."""
+    peer = sub.add_parser("peer", formatter_class=formatter, help="run one peer as a gRPC service",
+                          description="One peer: loads its part of the data, serves its models and inbox over "
+                                      "gRPC, and\ntakes part in the rounds. " + NET_HELP + ".")
+    add_experiment_options(peer, skip=("peers",))
+    add_option(peer, "peers", "10", "number of parts of the split, or a static peer list id=host:port,... "
+                                    "(then no coordinator)")
+    add_option(peer, "part", 0, "which part of the split is this peer's private data")
+    add_option(peer, "id", "", "peer id (default peer-PART; also its certificate name)")
+    add_option(peer, "learner", "", "this peer's learner kind (default: from --learners)")
+    add_option(peer, "listen", "127.0.0.1:0", "address to listen on (port 0: any free port)")
+    add_option(peer, "advertise", "", "host:port other peers use to reach this one (default: the listen address)")
+    add_option(peer, "coordinator", "", "host:port of `ckd server`")
+    add_option(peer, "round_deadline", 600.0, "without a coordinator: seconds to wait for slow peers")
+    add_option(peer, "state_dir", "state/peer", "model checkpoints and the SQLite store of received examples")
+    add_option(peer, "threads", 1, "torch CPU threads")
+    security_options(peer)
+
+    certs = sub.add_parser("certs", formatter_class=formatter, help="make a CA and certificates for peers",
+                           description="A CA (kept if DIR has one) and a key and certificate per name; the name "
+                                       "is the\ncertificate's common name, so a peer's id is its identity.")
+    add_option(certs, "out", "certs", "output directory")
+    add_option(certs, "names", "", "comma-separated names, e.g. coordinator,peer-0,peer-1")
+    add_option(certs, "peers", 0, "also make coordinator and peer-0 .. peer-(N-1)")
+    add_option(certs, "hosts", "", "comma-separated IP addresses or DNS names added to every certificate made, "
+                                   "for servers\nclients reach by address (e.g. a Flower SuperLink at 10.0.0.5)")
+    return {"peer": cmd_peer, "certs": cmd_certs}
+
+
+def peer_list(text: str) -> dict[str, str]:
+    out = {}
+    for item in text.split(","):
+        pid, sep, addr = item.strip().partition("=")
+        if not sep or not pid or ":" not in addr:
+            raise UsageError(f"bad --peers entry {item!r}; write id=host:port,id=host:port,...")
+        out[pid] = addr
+    return out
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from peer.grpc.tls import make_certs
+
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    if args.peers < 0:
+        raise UsageError(f"--peers must be >= 0, got {args.peers}")
+    if args.peers:
+        names = ["coordinator"] + [f"peer-{k}" for k in range(args.peers)] + names
+    if not names:
+        raise UsageError("name no certificates: give --names a,b,... or --peers N")
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = make_certs(Path(args.out), list(dict.fromkeys(names)), hosts=hosts)
+    print(f"wrote {Path(args.out) / 'ca.pem'} and {len(written) - 1} certificates to {args.out}")
+    return 0
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
     import torch
 
-    from peer.data import load_fashion_mnist
-    from peer.experiment import ExperimentConfig, run_experiment
-    from peer.report import staged_output, summarise, table, write_figures, write_json
+    from peer.grpc.node import Node, NodeConfig
+    from peer.learners import learner_kinds
 
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    values = {name: getattr(args, name) for name, _ in DEMO_OPTIONS}
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    values, data = with_data(values, set(getattr(args, "_given", ())))
-    cfg = ExperimentConfig(**values)
-    data = data or load_fashion_mnist(cfg.data_dir)
-    exp = run_experiment(cfg, quiet=args.quiet, data=data)
-    summary = summarise(exp)
-    with staged_output(out) as stage:
-        write_json(stage / "results.json", summary)
-        figures = write_figures(exp, summary, stage)
-    print(table(summary))
-    print(f"results: {out / 'results.json'}, figures: {', '.join(str(out / f) for f in figures)}")
+    static = {}
+    if str(args.peers).isdigit():
+        n = int(args.peers)
+    else:
+        static = peer_list(args.peers)
+        n = len(static)
+    if not static and not args.coordinator:
+        raise UsageError("give --coordinator HOST:PORT or a static --peers id=host:port,...")
+    if static and args.coordinator:
+        raise UsageError("give --coordinator or a static --peers list, not both")
+    knobs, data = with_data(from_args(args, peers=n), set(getattr(args, "_given", ())))
+    cfg = ExperimentConfig(**knobs)
+    peer_id = args.id or f"peer-{args.part}"
+    if args.learner and args.learner not in learner_kinds():
+        raise UsageError(f"unknown --learner {args.learner!r}; choose from {', '.join(learner_kinds())}")
+    if static and peer_id not in static:
+        raise UsageError(f"the static --peers list does not name this peer ({peer_id})")
+    if args.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "") and not args.advertise:
+        raise UsageError(f"--listen {args.listen} is not an address other peers can reach; give --advertise HOST:PORT")
+    node = Node(NodeConfig(cfg, args.part, Path(args.state_dir), args.id, args.listen, args.advertise,
+                           args.coordinator, static, args.learner, args.round_deadline),
+                security(peer_id, args), data=data)
+    print(f"{node.id} serving on {node.address}", flush=True)
+    try:
+        node.run()
+    finally:
+        node.stop()
+    print(f"{node.id} done: {node.wire()}", flush=True)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_command(commands: dict[str, Callable[[argparse.Namespace], int]], parser: argparse.ArgumentParser,
+                argv: list[str] | None) -> int:
+    """Parse, run the chosen command; a UsageError is one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
-    args._given = _given_options(sys.argv[1:] if argv is None else argv)
+    args._given = given_options(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "demo":
-            return cmd_demo(args)
-        from peer.netcli import COMMANDS
-
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
+        return commands[args.command](args)
     except UsageError as exc:
         print(f"ckd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ckd: interrupted; nothing written", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m peer.cli peer|certs ...`: the peer-side commands alone (`ckd` has them all)."""
+    parser = argparse.ArgumentParser(prog="ckd", formatter_class=HelpFormatter,
+                                     description="ckd's peer-side commands.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return run_command(add_peer_commands(sub), parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,106 +1,19 @@
-"""An experiment from one config: load data, split it, build peers, run rounds, summarise."""
+"""Peers from one config: load the data, split it, build each peer with its part and learner."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from peer.augment import AugmentConfig
-from peer.counterfactual import CounterfactualConfig
-from peer.data import Dataset, load_fashion_mnist
-from peer.engine import RunLog, run_rounds
+from peer.config import ExperimentConfig
+from peer.core.features import shared
+from peer.core.peer import Peer
+from peer.data.fashion import Dataset, load_fashion_mnist
+from peer.data.partition import split
 from peer.errors import UsageError
-from peer.features import shared
-from peer.learners import TrainConfig, learner_kinds, make_learner
-from peer.partition import SPLITS, split
-from peer.peer import Peer, TeachConfig
-from peer.transport import InProcessTransport
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Every knob of a run. Defaults are the reference experiment fmnist-10."""
-
-    peers: int = 10
-    rounds: int = 2
-    learners: str = "cnn"        # one kind for all, or a list: "cnn*4,mlp*3,forest*3"
-    split: str = "miss-class"
-    keep_fraction: float = 0.1   # for split keep-fraction
-    beta: float = 0.5            # for split dirichlet
-    split_seed: int = 0          # fmnist-10 fixes this to 0
-    seed: int = 0                # training, search and augmentation randomness
-    epochs: int = 4              # local training before the first round
-    retrain_epochs: int = 2      # training after each round (neural learners continue)
-    batch_size: int = 64
-    lr: float = 1e-3
-    alpha: float = 0.5
-    lam: float = 1e-4
-    cf_method: str = "newton"
-    cf_lr: float = 0.02
-    cf_steps: int = 20
-    cf_min_steps: int = 1
-    cf_rel_tol: float = 0.3
-    augment_copies: int = 1
-    max_per_student: int = 0
-    train_per_peer: int = 0      # use only this many examples of each peer's part (0: all)
-    test_limit: int = 0          # evaluate on the first N test images (0: all 10,000)
-    data_dir: str | None = None
-    device: str = "auto"
-    data: str | None = None          # a peer's own data: CSV, Parquet, .npz or an image folder
-    data_kind: str | None = None     # csv, parquet, npz, images (default: from the path)
-    label: str | None = None         # the label column of a table
-    test_data: str | None = None     # a separate test set (default: hold out 20% of --data)
-    peer_features: str = ""          # tables: each peer's columns, "a,b;b,c;..." (default: all)
-
-    def __post_init__(self) -> None:
-        if self.peers < 2:
-            raise UsageError(f"--peers must be at least 2, got {self.peers}")
-        if self.rounds < 0:
-            raise UsageError(f"--rounds must be >= 0, got {self.rounds}")
-        if self.epochs < 1 or self.retrain_epochs < 0:
-            raise UsageError("--epochs must be >= 1 and --retrain-epochs >= 0")
-        if self.split not in SPLITS:
-            raise UsageError(f"unknown --split {self.split!r}; choose from {', '.join(SPLITS)}")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("--batch-size must be >= 1 and --lr > 0")
-        if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
-            raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
-        self.learner_list()
-        self.counterfactual()
-
-    def learner_list(self) -> list[str]:
-        kinds: list[str] = []
-        for item in self.learners.split(","):
-            name, _, count = item.strip().partition("*")
-            if name not in learner_kinds():
-                raise UsageError(f"unknown learner kind {name!r}; choose from {', '.join(learner_kinds())}")
-            if count and (not count.isdigit() or int(count) < 1):
-                raise UsageError(f"bad learner count in {item!r}; write KIND*N, e.g. cnn*4")
-            kinds += [name] * (int(count) if count else 1)
-        if len(kinds) == 1:
-            kinds *= self.peers
-        if len(kinds) != self.peers:
-            raise UsageError(f"--learners names {len(kinds)} learners for {self.peers} peers")
-        return kinds
-
-    def counterfactual(self) -> CounterfactualConfig:
-        return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
-                                    max_steps=self.cf_steps,
-                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol)
-
-    def teach(self) -> TeachConfig:
-        return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
-                           max_per_student=self.max_per_student)
-
-    def train(self, peer_index: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           seed=self.seed * 1000 + peer_index, device=self.device)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+from peer.learners import make_learner
+from peer.round import RunLog
 
 
 def as_float(images: np.ndarray) -> np.ndarray:
@@ -122,11 +35,16 @@ def partition(cfg: ExperimentConfig, train: Dataset) -> list[np.ndarray]:
 HOLDOUT = 0.2  # share of --data held out for testing when no --test-data is given
 
 
+def limit_test(cfg: ExperimentConfig, test: Dataset) -> Dataset:
+    """The test set cut to --test-limit examples (all when 0)."""
+    return test.subset(np.arange(min(cfg.test_limit, len(test)))) if cfg.test_limit else test
+
+
 def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
     """(train, test): the user's --data (and --test-data, else a seeded 20% held out), else Fashion-MNIST."""
     if not cfg.data:
         return load_fashion_mnist(cfg.data_dir)
-    from peer.sources import holdout, load_source
+    from peer.data.sources import holdout, load_source
 
     train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data)
     return (train, test) if test is not None else holdout(train, HOLDOUT, cfg.split_seed)
@@ -212,26 +130,3 @@ class Experiment:
     classes: tuple[str, ...]
     test_y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tables: each peer's columns
-
-
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False,
-                   data: tuple[Dataset, Dataset] | None = None, transport=None) -> Experiment:
-    """`transport`: a callable peers -> Transport (default in-process); closed after the run if it can be."""
-    train, test = data or load_data(cfg)
-    if cfg.test_limit:
-        test = test.subset(np.arange(min(cfg.test_limit, len(test))))
-    peers = build_peers(cfg, train)
-    missing = {p.id: [c for c in range(len(train.classes)) if not (p.y == c).any()] for p in peers}
-    transport = transport(peers) if transport else InProcessTransport({p.id: p for p in peers})
-    start = time.perf_counter()
-    try:
-        log = run_rounds(peers, transport, evaluation_inputs(peers, test), test.y, cfg.rounds, cfg.epochs,
-                         cfg.retrain_epochs, quiet=quiet)
-    finally:
-        getattr(transport, "close", lambda: None)()
-    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y,
-                      {p.id: p.features for p in peers})
-
-
-def config_dict(cfg: ExperimentConfig) -> dict:
-    return asdict(cfg)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from peer.tls import Security, caller
+from peer.grpc.tls import Security, caller
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
@@ -140,24 +140,14 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         b = self.barriers.get((round, stage))
         return b.released if b else None
 
-    def timings(self) -> dict[str, float]:
-        """Wall seconds of each phase, from barrier to barrier (all peers work in parallel)."""
-        out = {"train": 0.0, "teach": 0.0, "retrain": 0.0}
-        start = self.released(0, pb.STAGE_READY)
-        end = self.released(self.rounds, pb.STAGE_DONE)
-        if start is None or end is None:
-            return out
-        if self.rounds == 0:
-            out["train"] = end - start
-            return out
-        out["train"] = (self.released(1, pb.STAGE_PUBLISHED) or end) - start
-        for r in range(1, self.rounds + 1):
-            pub, taught = self.released(r, pb.STAGE_PUBLISHED), self.released(r, pb.STAGE_TAUGHT)
-            nxt = self.released(r + 1, pb.STAGE_PUBLISHED) if r < self.rounds else end
-            if pub and taught:
-                out["teach"] += taught - pub
-            if taught and nxt:
-                out["retrain"] += nxt - taught
+    def skipped(self) -> list[dict]:
+        """Barriers that released on their deadline: round, stage and the peers that had not arrived."""
+        out = []
+        everyone = set(self.participants or self.peers)
+        for (r, stage), b in sorted(self.barriers.items()):
+            if b.timed_out:
+                out.append({"round": r, "stage": STAGES.get(stage, str(stage)),
+                            "skipped": sorted(everyone - set(b.arrived))})
         return out
 
     def wall_seconds(self) -> float | None:
@@ -168,8 +158,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
 def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
     """Start the coordinator's gRPC server (with health); returns (server, port)."""
-    from peer.service import add_tolerant_service, serve
-    from peer.wire import Limits
+    from peer.grpc.service import add_tolerant_service, serve
+    from peer.grpc.wire import Limits
 
     workers = 2 * coordinator.min_peers + 16
     service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]

@@ -1,4 +1,5 @@
-"""The Flower ServerApp: runs CKD rounds over ClientApps, relaying models and synthetic examples.
+"""The Flower runtime, server side: sequences the phases of peer.round over ClientApps and relays
+models and synthetic examples between them.
 
 Flower has no client-to-client calls, so this app carries what peers exchange: each peer's
 published model to the others (`train.distill`), and the example batches each teacher made
@@ -26,12 +27,13 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from peer import flower_records as rec
-from peer.engine import RunLog
+from peer.flower import records as rec
+from peer.config import config_dict
 from peer.errors import UsageError
-from peer.experiment import Experiment, config_dict, peer_ids
-from peer.flower_client import experiment_config, round_message, run_option
-from peer.report import staged_output, summarise, table, write_figures, write_json
+from peer.experiment import Experiment, peer_ids
+from peer.flower.client_app import experiment_config, round_message, run_option
+from peer.round import PeerRound, RunLog
+from server.results import staged_output, summarise, table, write_figures, write_json
 
 app = ServerApp()
 
@@ -123,29 +125,40 @@ def discover(fed: Federation, nodes: list[int], peers: int) -> None:
 
 
 class Collector:
-    """What the peers report, kept as the in-process engine's RunLog so report.py summarises it."""
+    """What the peers report: their PeerRound records (one schema with every runtime) and models."""
 
     def __init__(self, ids: list[str]):
         self.ids = ids
-        self.log = RunLog(evaluations={p: [] for p in ids}, train_sizes={p: [] for p in ids})
+        self.records: dict[tuple[str, int], PeerRound] = {}
         self.models: dict[str, tuple] = {}
         self.learners: dict[str, str] = {}
         self.missing: dict[str, list[int]] = {}
         self.classes: tuple[str, ...] = ()
         self.gallery: list[tuple[str, str, np.ndarray, str]] = []
 
+    def add(self, record: PeerRound) -> None:
+        key = (record.peer, record.round)
+        self.records[key] = self.records[key].merge(record) if key in self.records else record
+
     def trained(self, replies: dict[int, RecordDict], fed: Federation, phase: str) -> None:
         for node, content in replies.items():
             pid = fed.peer_of[node]
             with reply_of(fed, node, phase):
-                evaluation, size, _ = rec.read_evaluation(content["evaluation"], f"{pid} evaluation")
+                record = rec.get_record(content, f"{pid} {phase}")
+                if record.peer != pid:
+                    raise ValueError(f"record names peer {record.peer!r}")
                 about = content["about"]
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
                 self.classes = tuple(str(c) for c in about["classes"])
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
-            self.log.evaluations[pid].append(evaluation)
-            self.log.train_sizes[pid].append(size)
+            self.add(record)
             self.learners[pid], self.missing[pid] = learner, missing
+
+    def accuracy(self, pid: str, round: int) -> float:
+        return float(self.records[(pid, round)].evaluation["accuracy"])
+
+    def log(self) -> RunLog:
+        return RunLog.from_records(list(self.records.values()), self.ids)
 
     def model_records(self, exclude: str) -> RecordDict:
         out = RecordDict()
@@ -155,19 +168,20 @@ class Collector:
         return out
 
 
-def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunLog,
+def relay(replies: dict[int, RecordDict], fed: Federation, round: int, col: Collector,
           gallery: list | None = None) -> dict[str, RecordDict]:
     """Sort each teacher's batches by student; a teacher may only send as itself, to known peers.
 
     `gallery` collects the first counterfactual of each pair's first batch (for the figure).
     """
     inbox = {pid: RecordDict({"round": round_message(round)}) for pid in fed.node_of}
-    order = {pid: i for i, pid in enumerate(fed.node_of)}
-    reports = []
     for node, content in replies.items():
         teacher = fed.peer_of[node]
         with reply_of(fed, node, "train.distill"):
-            reports += [r for r in rec.get_reports(content) if r.teacher == teacher]
+            record = rec.get_record(content, f"{teacher} train.distill")
+            if record.peer != teacher or any(t.teacher != teacher for t in record.teach):
+                raise ValueError(f"record names teacher {record.peer!r}")
+        col.add(record)
         for key in rec.batch_keys(content):
             meta = content[key + ".meta"]
             if meta.get("sender") != teacher or meta.get("receiver") not in inbox or meta.get("receiver") == teacher \
@@ -179,7 +193,6 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, log: RunL
                 batch = rec.get_batch(content, key)
                 if len(batch):
                     gallery.append((batch.sender, batch.receiver, batch.inputs()[0], batch.classes[int(batch.y[0])]))
-    log.teach += sorted(reports, key=lambda r: (order[r.teacher], order.get(r.student, -1)))
     return inbox
 
 
@@ -196,39 +209,28 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
         log(INFO, "ckd: %d nodes connected, using the %d that hold partitions 0..%d", len(nodes), peers, peers - 1)
     ids = peer_ids(peers)
     col = Collector(ids)
-    phases: dict[str, float] = {}
     start = time.perf_counter()
 
-    t = time.perf_counter()
     col.trained(fed.exchange("train.local", 0, {fed.node_of[p]: RecordDict({"round": round_message(0)})
                                                  for p in ids}), fed, "train.local")
-    phases["train"] = time.perf_counter() - t
-    log(INFO, "ckd: round 0 trained; median accuracy %.4f",
-        float(np.median([col.log.evaluations[p][-1]["accuracy"] for p in ids])))
+    log(INFO, "ckd: round 0 trained; median accuracy %.4f", float(np.median([col.accuracy(p, 0) for p in ids])))
     for r in range(1, cfg.rounds + 1):
-        t = time.perf_counter()
         asks = {}
         for p in ids:
             content = col.model_records(exclude=p)
             content["round"] = round_message(r)
             asks[fed.node_of[p]] = content
-        inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col.log, col.gallery if r == 1 else None)
-        phases["teach"] = phases.get("teach", 0.0) + time.perf_counter() - t
-        t = time.perf_counter()
+        inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col, col.gallery if r == 1 else None)
         col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed, "train.absorb")
-        phases["retrain"] = phases.get("retrain", 0.0) + time.perf_counter() - t
         log(INFO, "ckd: round %d/%d done; %d examples sent; median accuracy %.4f", r, cfg.rounds,
-            sum(x.sent for x in col.log.teach if x.round == r),
-            float(np.median([col.log.evaluations[p][-1]["accuracy"] for p in ids])))
+            sum(t.sent for p in ids for t in col.records[(p, r)].teach),
+            float(np.median([col.accuracy(p, r) for p in ids])))
     wall = time.perf_counter() - start
-    col.log.timings = {"train": phases.get("train", 0.0), "teach": phases.get("teach", 0.0),
-                       "retrain": phases.get("retrain", 0.0), "evaluate": 0.0}
-    exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log, wall, col.classes)
+    exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log(), wall, col.classes)
     order = {p: i for i, p in enumerate(ids)}
     flower = {"nodes": {p: fed.node_of[p] for p in ids},
               "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
-              "what": "timings are the ServerApp's wall time per phase, each including the peers' "
-                      "evaluation; wall_seconds runs from the first train.local to the last reply"}
+              "what": "wall_seconds runs from the first train.local to the last reply"}
     return exp, flower
 
 

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def fmnist():
     """(train, test) of the real Fashion-MNIST (make test installs Debian's package)."""
-    from peer.data import load_fashion_mnist
+    from peer.data.fashion import load_fashion_mnist
 
     return load_fashion_mnist()
 

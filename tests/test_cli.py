@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from peer.cli import main
+from server.cli import main
 from tests.conftest import write_idx
 
 SMALL = ["--peers", "3", "--train-per-peer", "200", "--epochs", "1", "--retrain-epochs", "1", "--rounds", "1",
@@ -60,9 +60,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args
 
 
 def test_options_read_environment_variables(monkeypatch):
-    from peer.cli import build_parser
+    from server.cli import build_parser
     monkeypatch.setenv("CKD_ROUNDS", "5")
     monkeypatch.setenv("CKD_ALPHA", "0.25")
-    args = build_parser().parse_args(["demo"])
+    args = build_parser()[0].parse_args(["demo"])
     assert args.rounds == 5 and args.alpha == 0.25
-    assert build_parser().parse_args(["demo", "--rounds", "1"]).rounds == 1  # flags win
+    assert build_parser()[0].parse_args(["demo", "--rounds", "1"]).rounds == 1  # flags win

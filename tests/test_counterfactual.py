@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
+from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
                                  search_counterfactuals, soft_targets)
 from peer.errors import UsageError
 

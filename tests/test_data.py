@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from peer.data import FASHION_CLASSES, find_data_dir, load_fashion_mnist, read_idx
+from peer.data.fashion import FASHION_CLASSES, find_data_dir, load_fashion_mnist, read_idx
 from peer.errors import UsageError
 from tests.conftest import write_idx
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from peer.cli import main
+from server.cli import main
 
 QUICK = ["--epochs", "5", "--retrain-epochs", "2", "--rounds", "1", "--quiet", "--threads", "1"]
 

@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-from peer.experiment import ExperimentConfig, run_experiment
-from peer.report import summarise
+from peer.config import ExperimentConfig
+from peer.inprocess import run_experiment
+from server.results import summarise
 
 pytestmark = pytest.mark.slow
 
 
 def _transport(kind):
     if kind == "grpc":
-        from peer.grpc_transport import LoopbackGrpc
+        from tests.loopback import LoopbackGrpc
 
         return LoopbackGrpc
     return None

@@ -14,12 +14,12 @@ import time
 import httpx
 import pytest
 
-from flower_util import SMALL, ClientAppFreezer
-from server.flower_local import flower
-from peer.data import find_data_dir
-from peer.experiment import run_experiment
-from peer.flower_client import experiment_config
-from peer.report import summarise
+from tests.flower_util import SMALL, ClientAppFreezer
+from tests.flower_local import flower
+from peer.data.fashion import find_data_dir
+from peer.inprocess import run_experiment
+from peer.flower.client_app import experiment_config
+from server.results import summarise
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from peer import flower_records as rec
-from peer.blob import ExampleBatch, InvalidPayload
+from peer.flower import records as rec
+from peer.core.blob import ExampleBatch, InvalidPayload
 from peer.errors import UsageError
-from peer.flower_client import experiment_config, run_option
+from peer.flower.client_app import experiment_config, run_option
 from peer.learners import TrainConfig, learner_from_blob, make_learner
-from peer.peer import TeachReport
+from peer.core.peer import TeachReport
+from peer.round import PeerRound
 
 CLASSES = ("a", "b", "c")
 
@@ -39,16 +40,24 @@ def test_example_batch_round_trip_and_relay_by_receiver():
     back.validate((4, 4), CLASSES)
 
 
-def test_teach_reports_and_evaluations_round_trip():
+def test_round_records_round_trip_with_their_teach_reports():
     r = TeachReport("peer-0", "peer-1", 2, qualified=5, attempted=5, failed=1, counterfactuals=4, sent=8,
                     mean_steps=3.5, seconds=0.25, source_l1=2.0, nearest_private_l2=[0.1, 0.2, 0.3, 0.4])
+    record = PeerRound("peer-0", 2, train_size=42, train_seconds=1.5,
+                       evaluation={"accuracy": 0.5, "per_class": [1.0, None, 0.0]}, evaluate_seconds=0.1,
+                       teach=[r], teach_seconds=0.3,
+                       errors=[{"teacher": "peer-0", "student": "peer-2", "round": 2, "error": "unreachable"}],
+                       skipped=["peer-3"])
     content = RecordDict()
-    rec.put_report(content, r)
-    (back,) = rec.get_reports(content)
-    assert back.summary() == r.summary()
-    evaluation, size, _ = rec.read_evaluation(
-        rec.evaluation_record({"accuracy": 0.5, "per_class": [1.0, None, 0.0]}, 42, 0.1), "e")
-    assert evaluation == {"accuracy": 0.5, "per_class": [1.0, None, 0.0]} and size == 42
+    rec.put_record(content, record)
+    back = rec.get_record(content, "reply")
+    assert back.to_dict() == record.to_dict()
+    assert back.teach[0].summary() == r.summary()
+    content = RecordDict({rec.RECORD: ConfigRecord({"json": '{"peer": "p"}'})})
+    with pytest.raises(InvalidPayload, match="reply: malformed round record"):
+        rec.get_record(content, "reply")
+    with pytest.raises(InvalidPayload, match="reply: no round record"):
+        rec.get_record(RecordDict(), "reply")
 
 
 def test_malformed_records_are_refused_by_name():
@@ -70,17 +79,22 @@ def test_malformed_records_are_refused_by_name():
         rec.get_batch(content, "batch.p.q.1.1")
 
 
-def test_the_app_config_names_every_experiment_option():
-    """Flower refuses a --run-config key the app's config lacks: every knob must be there."""
+def test_the_app_config_matches_every_experiment_option_in_name_and_default():
+    """Flower refuses a --run-config key the app's config lacks, and its defaults are the run's:
+    pyproject's [tool.flwr.app.config] must list every option with the option's own default."""
     import tomllib
-    from dataclasses import fields
     from pathlib import Path
 
-    from peer.experiment import ExperimentConfig
+    from peer.config import options, run_config_key
+    from peer.flower.client_app import RUN_ONLY
 
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     config = pyproject["tool"]["flwr"]["app"]["config"]
-    assert {f.name.replace("_", "-") for f in fields(ExperimentConfig)} <= set(config)
+    expected = {run_config_key(f.name): ("" if f.default is None else f.default) for f in options()}
+    expected.update(RUN_ONLY)
+    assert set(config) == set(expected)
+    for key, default in expected.items():
+        assert config[key] == default and type(config[key]) is type(default), key
     experiment_config(config, 10)  # and its defaults are valid
 
 
@@ -101,25 +115,27 @@ def test_run_config_maps_onto_the_experiment_config():
 
 
 def test_the_server_relays_batches_by_receiver_and_refuses_a_forged_sender():
-    from peer.engine import RunLog
-    from server.flower_app import Federation, RunFailed, relay
+    from server.flower_app import Collector, Federation, RunFailed, relay
 
     fed = Federation(grid=None, timeout=1)
     for node, pid in ((11, "peer-0"), (12, "peer-1"), (13, "peer-2")):
         fed.peer_of[node], fed.node_of[pid] = pid, node
 
-    def reply(sender, receiver, seq=0):
+    def reply(sender, receiver, seq=0, me=None):
         content = RecordDict()
         rec.put_batch(content, ExampleBatch(sender, receiver, 1, seq, np.zeros((1, 4, 4), np.uint8), np.array([1]),
                                             CLASSES, np.zeros(1, np.float32)))
+        rec.put_record(content, PeerRound(me or sender, 1))
         return content
 
-    log = RunLog()
+    log = Collector(["peer-0", "peer-1", "peer-2"])
     inbox = relay({11: reply("peer-0", "peer-2"), 12: reply("peer-1", "peer-2")}, fed, 1, log)
     assert [rec.get_batch(inbox["peer-2"], k).sender for k in rec.batch_keys(inbox["peer-2"])] == ["peer-0", "peer-1"]
     assert rec.batch_keys(inbox["peer-0"]) == [] and rec.batch_keys(inbox["peer-1"]) == []
     with pytest.raises(RunFailed, match="peer-1 \\(node 12\\) sent batch .* claiming sender 'peer-0'"):
-        relay({12: reply("peer-0", "peer-2")}, fed, 1, log)
+        relay({12: reply("peer-0", "peer-2", me="peer-1")}, fed, 1, log)
+    with pytest.raises(RunFailed, match="peer-1 \\(node 12\\) sent a malformed reply .* record names teacher 'peer-0'"):
+        relay({12: reply("peer-1", "peer-2", me="peer-0")}, fed, 1, log)
     with pytest.raises(RunFailed, match="receiver 'peer-7'"):
         relay({12: reply("peer-1", "peer-7")}, fed, 1, log)
 

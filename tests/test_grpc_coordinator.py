@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from peer.tls import Security, make_certs
+from peer.grpc.tls import Security, make_certs
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 from server.coordinator import Coordinator, serve_coordinator

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peer.cli import main
-from peer.experiment import ExperimentConfig, run_experiment
-from peer.node import Node, NodeConfig
-from peer.report import summarise
-from peer.tls import Security, make_certs
-from peer.wire import decode_batch
+from server.cli import main
+from peer.config import ExperimentConfig
+from peer.inprocess import run_experiment
+from peer.grpc.node import Node, NodeConfig
+from server.results import summarise
+from peer.grpc.tls import Security, make_certs
+from peer.grpc.wire import decode_batch
 from protos.ckd.v1 import coordinator_pb2, peer_pb2, wire_pb2
 from server.coordinator import Coordinator, serve_coordinator
 
@@ -53,7 +54,7 @@ def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
         if v is not None:
             args += ["--" + k.replace("_", "-"), str(v)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "peer.cli", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
@@ -155,7 +156,7 @@ def test_wire_carries_only_weights_and_synthetic_examples(fmnist, tmp_path, in_p
 
 
 def _rounded_equal(nodes, in_process) -> bool:
-    got = {n.id: [round(n.metrics[r]["evaluation"]["accuracy"], 4) for r in sorted(n.metrics)] for n in nodes}
+    got = {n.id: [round(n.metrics[r]["record"]["evaluation"]["accuracy"], 4) for r in sorted(n.metrics)] for n in nodes}
     return got == _accuracies(in_process)
 
 
@@ -169,7 +170,7 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
     try:
         assert again.resume() == 1
         assert len(again.peer.store) == nodes[0].metrics[1]["stored_examples"] > 0
-        assert again.peer.evaluate(again.test_x, again.test_y) == nodes[0].metrics[1]["evaluation"]
+        assert again.peer.evaluate(again.test_x, again.test_y) == nodes[0].metrics[1]["record"]["evaluation"]
     finally:
         again.stop()
 
@@ -219,12 +220,12 @@ def test_certs_hosts_are_subject_alternative_names(tmp_path):
 
 
 def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_dir, tmp_path):
-    from conftest import write_idx
+    from tests.conftest import write_idx
 
     write_idx(tiny_idx_dir / "t10k-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8))  # labels out of range
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "peer.cli", "launch", "--peers", "2", "--data-dir", str(tiny_idx_dir),
+    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--peers", "2", "--data-dir", str(tiny_idx_dir),
                            "--out", str(out), "--state-dir", str(tmp_path / "state"), "--insecure", "--quiet"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

@@ -9,14 +9,14 @@ import pytest
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.grpc_transport import GrpcTransport, PeerUnreachable
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.grpc.transport import GrpcTransport, PeerUnreachable
 from peer.learners import TrainConfig, learner_from_blob, make_learner
-from peer.peer import Peer
-from peer.service import PeerServicer, serve_peer
-from peer.sqlstore import SqliteExampleStore
-from peer.tls import Security, make_certs
-from peer.wire import Limits, decode_batch, decode_blob, encode_batch, encode_blob
+from peer.core.peer import Peer
+from peer.grpc.service import PeerServicer, serve_peer
+from peer.core.sqlstore import SqliteExampleStore
+from peer.grpc.tls import Security, make_certs
+from peer.grpc.wire import Limits, decode_batch, decode_blob, encode_batch, encode_blob
 from protos.ckd.v1 import peer_pb2_grpc, wire_pb2
 
 pytestmark = pytest.mark.grpc

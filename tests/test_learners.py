@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from peer.blob import InvalidPayload, ModelBlob
+from peer.core.blob import InvalidPayload, ModelBlob
 from peer.errors import UsageError
 from peer.learners import TrainConfig, learner_from_blob, learner_kinds, make_learner
 

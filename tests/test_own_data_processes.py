@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peer.cli import main
+from server.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--label", "kind", "--peers", "3", "--split", "miss-class", "--learners", "mlp,linear,mlp",
@@ -46,7 +46,7 @@ def demo(table, tmp_path_factory) -> dict:
 @pytest.mark.grpc
 def test_launch_over_grpc_on_your_own_table_matches_demo(table, demo, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "peer.cli", "launch", "--data", str(table), *RUN,
+    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--data", str(table), *RUN,
                            "--out", str(out), "--state-dir", str(tmp_path / "state"), "--quiet"],
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -64,7 +64,7 @@ def test_flower_client_app_builds_the_peer_demo_builds(table):
     from flwr.app import Context, RecordDict
 
     from peer.experiment import build_peers, load_data
-    from peer.flower_client import load_peer
+    from peer.flower.client_app import load_peer
 
     run_config = {k[2:]: v for k, v in zip(RUN[::2], RUN[1::2])}
     run_config = {k: (int(v) if v.isdigit() else v) for k, v in run_config.items() if k != "label"}
@@ -94,7 +94,7 @@ def test_peer_refuses_a_table_it_cannot_read(tmp_path, capsys):
 @pytest.mark.flower
 def test_flwr_run_on_your_own_table_matches_demo(table, demo, tmp_path):
     """`flwr run .` in simulation with the table in the run config: the same results as demo."""
-    from server.flower_local import flower
+    from tests.flower_local import flower
 
     out = tmp_path / "out"
     run_config = {k[2:]: (int(v) if v.isdigit() else v) for k, v in zip(RUN[::2], RUN[1::2])}

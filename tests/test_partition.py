@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from peer.errors import UsageError
-from peer.partition import dirichlet, iid, keep_fraction, miss_class, split
+from peer.data.partition import dirichlet, iid, keep_fraction, miss_class, split
 
 LABELS = np.repeat(np.arange(10), 100)
 

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from peer.blob import ExampleBatch, InvalidPayload
+from peer.core.blob import ExampleBatch, InvalidPayload
 from peer.learners import TrainConfig, make_learner
-from peer.peer import Peer, TeachConfig
-from peer.store import ExampleStore
-from peer.transport import InProcessTransport
+from peer.core.peer import Peer, TeachConfig
+from peer.core.store import ExampleStore
+from peer.inprocess import InProcessTransport
+from peer.round import RunLog, UnknownPeer, teach_students, train_step
 
 CLASSES = tuple(f"c{i}" for i in range(3))
 
@@ -92,8 +93,21 @@ def test_in_process_transport_delivers_and_refuses_unknown_peers():
     a.train()
     t = InProcessTransport({"a": a, "b": b})
     assert t.get_model("a", 1).kind == "mlp"
-    with pytest.raises(KeyError, match="unknown peer"):
+    with pytest.raises(UnknownPeer, match="unknown peer"):
         t.get_model("z", 1)
+
+
+def test_a_student_that_cannot_be_taught_is_a_recorded_error_not_a_crash():
+    """An unknown peer id or a malformed model: the round goes on, the record names who and why."""
+    a, b = _peer("a", 2), _peer("b", 0, seed=1)
+    a.train()
+    b.train()
+    record = teach_students(a, 1, ["a", "b", "ghost"], InProcessTransport({"a": a, "b": b}))
+    assert [r.student for r in record.teach] == ["b"]
+    assert record.errors == [{"teacher": "a", "student": "ghost", "round": 1,
+                              "error": "UnknownPeer: unknown peer 'ghost'; known: a, b"}]
+    log = RunLog.from_records([train_step(a, 0, 1, a.x, a.y), record.merge(train_step(a, 1, 1, a.x, a.y))], ["a"])
+    assert log.errors == record.errors and [len(e) for e in log.evaluations.values()] == [2]
 
 
 @pytest.mark.parametrize("kind", ["mlp", "forest"])

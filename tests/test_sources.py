@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from peer.errors import UsageError
-from peer.sources import holdout, infer_kind, load_source
+from peer.data.sources import holdout, infer_kind, load_source
 
 CSV = """age,colour,income,target
 30,red,1000.5,yes

@@ -4,13 +4,14 @@ a forest teaching an MLP and back on real data with different columns."""
 import numpy as np
 import pytest
 
-from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.data import Dataset
-from peer.experiment import ExperimentConfig, build_peers, peer_feature_sets
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.data.fashion import Dataset
+from peer.config import ExperimentConfig
+from peer.experiment import build_peers, peer_feature_sets
 from peer.errors import UsageError
-from peer.features import map_columns, shared
+from peer.core.features import map_columns, shared
 from peer.learners import TrainConfig, learner_from_blob, make_learner
-from peer.peer import Peer, TeachConfig
+from peer.core.peer import Peer, TeachConfig
 
 
 def test_map_columns_overlapping_disjoint_and_reordered():
@@ -161,7 +162,7 @@ def _digits(classes=(0, 1, 2, 3)):
 @pytest.mark.parametrize("kinds", [("forest", "mlp"), ("mlp", "forest")])
 def test_forest_teaches_mlp_and_back_on_real_data(kinds):
     """Digits 0-3 as a table; peer-0 never saw a 0, peer-1 never a 1; they share half their columns."""
-    from peer.sources import holdout
+    from peer.data.sources import holdout
 
     train, test = holdout(_digits(), 0.3, seed=0)
     top = tuple(f for f in train.features if int(f.split("_")[1]) < 6)

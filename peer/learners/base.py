@@ -8,7 +8,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from peer.blob import InvalidPayload, ModelBlob
+from peer.core.blob import InvalidPayload, ModelBlob
 from peer.errors import UsageError
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
-from peer.blob import InvalidPayload, ModelBlob
+from peer.core.blob import InvalidPayload, ModelBlob
 from peer.learners.base import Learner, TrainConfig, expect_arrays, register
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peer.blob import InvalidPayload, ModelBlob
+from peer.core.blob import InvalidPayload, ModelBlob
 from peer.learners.base import Learner, TrainConfig, expect_arrays, register
 
 

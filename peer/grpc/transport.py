@@ -7,17 +7,13 @@ import time
 
 import grpc
 
-from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.errors import UsageError
-from peer.service import Meter, grpc_options
-from peer.tls import Security
-from peer.transport import Transport
-from peer.wire import Limits, decode_blob, encode_batch
+from peer.grpc.service import Meter, grpc_options
+from peer.grpc.tls import Security
+from peer.grpc.wire import Limits, decode_blob, encode_batch
+from peer.round import PeerUnreachable, Transport, UnknownPeer
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
-
-
-class PeerUnreachable(RuntimeError):
-    """A peer did not answer (down, slow, or refused the call); the message says which and why."""
 
 
 class GrpcTransport(Transport):
@@ -44,7 +40,7 @@ class GrpcTransport(Transport):
         with self._lock:
             if peer_id not in self._stubs:
                 if peer_id not in self.addresses:
-                    raise UsageError(f"unknown peer {peer_id!r}; known: {', '.join(sorted(self.addresses))}")
+                    raise UnknownPeer(f"unknown peer {peer_id!r}; known: {', '.join(sorted(self.addresses))}")
                 channel = self.security.channel(self.addresses[peer_id], peer_id, grpc_options(self.limits))
                 self._channels.append(channel)
                 self._stubs[peer_id] = peer_pb2_grpc.PeerServiceStub(channel)
@@ -99,28 +95,3 @@ class GrpcTransport(Transport):
             channel.close()
         self._channels.clear()
         self._stubs.clear()
-
-
-class LoopbackGrpc(GrpcTransport):
-    """In-process peers, each behind its own PeerService on a loopback port, reached over gRPC.
-
-    Lets the round engine run unchanged over real gRPC (one process, plaintext: the engine pushes
-    on every teacher's behalf, so there is no per-peer client certificate to check).
-    """
-
-    def __init__(self, peers, limits: Limits = Limits()) -> None:
-        from peer.service import PeerServicer, serve_peer
-
-        security = Security("engine")
-        self.servicers, self.servers, addresses = {}, [], {}
-        for p in peers:
-            servicer = PeerServicer(p, security, limits, Meter())
-            server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)
-            self.servicers[p.id], addresses[p.id] = servicer, f"127.0.0.1:{port}"
-            self.servers.append(server)
-        super().__init__("engine", addresses, security, limits)
-
-    def close(self) -> None:
-        super().close()
-        for server in self.servers:
-            server.stop(grace=1).wait()

@@ -1,9 +1,10 @@
-"""A peer process: its private part of the data, its PeerService, and the round loop.
+"""The gRPC runtime: one peer process, its PeerService, and the rounds of peer.round between barriers.
 
-register -> wait for everyone -> train -> for each round r: publish model r -> wait until all
-published -> teach every other peer (pull its model, push counterfactual batches) -> wait until
-all taught -> retrain -> report metrics. The barrier is the coordinator's WaitRound, or without a
-coordinator, polling the other peers' Status up to the round deadline.
+register -> wait for everyone -> round 0 (train_step) -> for each round r: publish model r ->
+wait until all published -> teach_students (pull each model, push batches) -> wait until all
+taught -> train_step(r) -> report the PeerRound. How peers meet is a `Membership`: the
+coordinator's WaitRound, or without a coordinator, polling the other peers' Status up to the
+round deadline. The algorithm itself is all in peer.round and peer.core.
 """
 
 from __future__ import annotations
@@ -11,21 +12,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from peer.blob import InvalidPayload, ModelBlob
-from peer.engine import teach_round
+from peer.config import ExperimentConfig, config_dict
+from peer.core.blob import ModelBlob
 from peer.errors import UsageError
-from peer.experiment import ExperimentConfig, build_own_peer, load_data, test_inputs
-from peer.grpc_transport import GrpcTransport, PeerUnreachable
-from peer.service import Meter, PeerServicer, grpc_options, serve_peer
-from peer.sqlstore import SqliteExampleStore
-from peer.tls import Security
-from peer.wire import Limits
+from peer.experiment import build_own_peer, limit_test, load_data, test_inputs
+from peer.grpc.transport import GrpcTransport
+from peer.round import PeerRound, teach_students, train_step
+from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
+from peer.core.sqlstore import SqliteExampleStore
+from peer.grpc.tls import Security
+from peer.grpc.wire import Limits
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
@@ -63,8 +65,9 @@ def load_checkpoint(directory: Path, round: int) -> ModelBlob:
     return blob
 
 
-class Barrier:
-    """Wait until every peer reached a stage: the coordinator's WaitRound, or Status polling."""
+class Membership:
+    """Who takes part in a stage of a round: wait until every peer reached it (the coordinator's
+    WaitRound, or Status polling) and return those that did; the others are skipped."""
 
     def __init__(self, node: "Node") -> None:
         self.node = node
@@ -106,8 +109,7 @@ class Node:
         self.limits = limits
         self.meter = Meter()
         train, test = data or load_data(exp)
-        if exp.test_limit:
-            test = test.subset(np.arange(min(exp.test_limit, len(test))))
+        test = limit_test(exp, test)
         kind = cfg.learner or exp.learner_list()[cfg.part]
         self.peer = build_own_peer(exp, cfg.part, kind, train)
         self.test_x, self.test_y = test_inputs(self.peer, test), test.y
@@ -118,7 +120,7 @@ class Node:
             raise UsageError(f"certificate is for {security.name!r} but this peer is {self.id!r}")
         self.kind = kind
         self.classes = train.classes
-        self.missing = [c for c in range(len(train.classes)) if not (self.peer.y == c).any()]
+        self.missing = self.peer.missing_classes()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.peer.store = SqliteExampleStore(cfg.state_dir / "examples.sqlite")
         self.servicer = PeerServicer(self.peer, security, limits, self.meter)
@@ -132,7 +134,7 @@ class Node:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         self.transport = GrpcTransport(self.id, self.addresses, security, limits, self.meter)
-        self.barrier = Barrier(self)
+        self.membership = Membership(self)
         self.metrics: dict[int, dict] = {}
         self.gallery: list = []
         self._stopped = threading.Event()
@@ -178,15 +180,10 @@ class Node:
             self.meter.record("control", request)
             self.coord.ReportMetrics(request, timeout=60)
 
-    def _train(self, epochs: int, round: int) -> dict:
-        t = time.perf_counter()
-        size = self.peer.train(epochs, round=round)
-        seconds = time.perf_counter() - t
+    def _train(self, epochs: int, round: int) -> PeerRound:
+        record = train_step(self.peer, round, epochs, self.test_x, self.test_y)
         save_checkpoint(self.cfg.state_dir / "checkpoints", round, self.peer.learner.to_blob())
-        t = time.perf_counter()
-        evaluation = self.peer.evaluate(self.test_x, self.test_y)
-        return {"train_size": size, "train_seconds": seconds, "evaluation": evaluation,
-                "evaluate_seconds": time.perf_counter() - t}
+        return record
 
     def resume(self) -> int:
         """Pick up from the state directory: the model after the last round reported, its metrics.
@@ -227,55 +224,36 @@ class Node:
         else:
             self.addresses.setdefault(self.id, self.address)
             self.transport.addresses = dict(self.addresses)
-        self.barrier.wait(0, cpb.STAGE_READY)
+        everyone = self.membership.wait(0, cpb.STAGE_READY)
         self._peer_list()
-        first = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
-                 "config": asdict(exp), "part": self.cfg.part}
+        about = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
+                 "config": config_dict(exp), "part": self.cfg.part}
         if done < 0:
-            self._report(0, {**first, **self._train(exp.epochs, 0)})
+            self._report(0, {"about": about, "record": self._train(exp.epochs, 0).to_dict()})
         for r in range(max(done, 0) + 1, self.rounds + 1):
             self.servicer.publish(r, self.peer.snapshot(r))
-            arrived = self.barrier.wait(r, cpb.STAGE_PUBLISHED)
+            arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
             if self.coord is not None:
                 self._peer_list()  # a peer that restarted may listen elsewhere now
-            teach, errors = [], {}
-            t = time.perf_counter()
-            pending = [sid for sid in arrived if sid != self.id]
-            while pending:
-                for sid in list(pending):
-                    try:
-                        teach += teach_round(self.peer, [sid], self.transport, r)
-                        pending.remove(sid)
-                        errors.pop(sid, None)
-                    except InvalidPayload as exc:  # a bad model: not retried
-                        errors[sid] = str(exc)
-                        pending.remove(sid)
-                    except PeerUnreachable as exc:
-                        errors[sid] = str(exc)
-                # a peer that was down may be back, maybe at a new address: retry until the deadline
-                if not pending or time.perf_counter() - t > self.cfg.round_deadline / 2:
-                    break
-                time.sleep(1.0)
-                if self.coord is not None:
-                    self._peer_list()
-            errors = list(errors.values())
-            teach_seconds = time.perf_counter() - t
+            # a peer that was down may be back, maybe at a new address: retry until half the deadline
+            taught = teach_students(self.peer, r, arrived, self.transport,
+                                    deadline=time.monotonic() + self.cfg.round_deadline / 2,
+                                    refresh=self._peer_list if self.coord is not None else None)
+            taught.skipped = sorted(set(everyone) - set(arrived))
             self.servicer.taught_round = r
-            self.barrier.wait(r, cpb.STAGE_TAUGHT)
+            self.membership.wait(r, cpb.STAGE_TAUGHT)
             if r == 1:
-                self.gallery = [(rep.student, g) for rep in teach for g in rep.gallery[:1]]
+                self.gallery = [(rep.student, g) for rep in taught.teach for g in rep.gallery[:1]]
                 self._save_gallery()
-            data = self._train(exp.retrain_epochs, r)
-            data.update(teach=[{**rep.summary(), "nearest_private_l2": rep.nearest_private_l2} for rep in teach],
-                        teach_seconds=teach_seconds, errors=errors,
-                        stored_examples=len(self.peer.store))
+            record = self._train(exp.retrain_epochs, r).merge(taught)
+            data: dict = {"record": record.to_dict(), "stored_examples": len(self.peer.store)}
             if r == self.rounds:
                 data["wire"] = self.wire()
             self._report(r, data)
         if self.rounds == 0 and done < 0:
             self.metrics[0]["wire"] = self.wire()
             self._report(0, self.metrics[0])
-        self.barrier.wait(self.rounds, cpb.STAGE_DONE)
+        self.membership.wait(self.rounds, cpb.STAGE_DONE)
         return self.metrics
 
     def wire(self) -> dict:

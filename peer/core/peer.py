@@ -13,13 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peer.augment import AugmentConfig, augment_images, augment_vectors
-from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
+from peer.core.augment import AugmentConfig, augment_images, augment_vectors
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
                                  search_counterfactuals, soft_targets)
-from peer.features import map_columns, shared
+from peer.core.features import map_columns, shared
 from peer.learners import Learner, learner_from_blob
-from peer.store import ExampleStore
+from peer.core.store import ExampleStore
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,24 @@ class TeachReport:
     source_l1: float = 0.0             # mean L1 distance x' to its source x
     nearest_private_l2: list[float] = field(default_factory=list)  # per counterfactual x' sent
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
+
+    NUMBERS = ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "sent", "mean_steps",
+               "seconds", "counterfactual_seconds", "source_l1")
+
+    def to_dict(self) -> dict:
+        """Everything but the gallery (private sources never leave the teacher), JSON-able."""
+        return {"teacher": self.teacher, "student": self.student, "round": self.round,
+                **{k: getattr(self, k) for k in self.NUMBERS},
+                "nearest_private_l2": [float(v) for v in self.nearest_private_l2]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TeachReport":
+        """The report back from to_dict; KeyError or TypeError on a malformed one."""
+        report = cls(str(data["teacher"]), str(data["student"]), int(data["round"]))
+        for k in cls.NUMBERS:
+            setattr(report, k, type(getattr(report, k))(data[k]))
+        report.nearest_private_l2 = [float(v) for v in data.get("nearest_private_l2", [])]
+        return report
 
     def summary(self) -> dict:
         leak = np.asarray(self.nearest_private_l2, dtype=np.float64)
@@ -98,6 +116,10 @@ class Peer:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    def missing_classes(self) -> list[int]:
+        """Indices of the classes absent from my private data."""
+        return [c for c in range(len(self.classes)) if not (self.y == c).any()]
 
     # -- train -------------------------------------------------------------------------------
     def training_set(self) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import httpx
 
-from peer.tls import make_certs
+from peer.grpc.tls import make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

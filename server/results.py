@@ -1,4 +1,5 @@
-"""Results of a run: results.json, the per-peer table, and PNG figures; written atomically."""
+"""Results of a run, whichever runtime made it: results.json (one schema), the per-peer table, and
+PNG figures; written atomically. Also turns the records gRPC peers report into a run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Iterator
 
 import numpy as np
 
-from peer.experiment import Experiment, config_dict
+from peer.config import ExperimentConfig, config_dict, options
+from peer.experiment import Experiment
+from peer.round import PeerRound, RunLog
+from peer.errors import UsageError
 
 
 def summarise(exp: Experiment) -> dict:
@@ -43,7 +47,9 @@ def summarise(exp: Experiment) -> dict:
     cf_seconds = sum(r.counterfactual_seconds for r in teach)
     attempted = sum(r.attempted for r in teach)
     leak = np.concatenate([np.asarray(r.nearest_private_l2, dtype=np.float64) for r in teach]) if teach else np.zeros(0)
+    problems = bool(log.errors or log.skipped)
     return {
+        "status": "degraded" if problems else "ok",
         "experiment": _experiment_name(exp),
         "median_accuracy_before": _median([p["accuracy_before"] for p in peers]),
         "median_accuracy_after": _median([p["accuracy_after"] for p in peers]),
@@ -51,6 +57,8 @@ def summarise(exp: Experiment) -> dict:
         "missing_class_accuracy_after": [p["missing_class_accuracy_after"] for p in peers],
         "wall_seconds": round(exp.wall_seconds, 2),
         "timings": {k: round(v, 2) for k, v in log.timings.items()},
+        "timings_what": "seconds peers spent in each step, summed over peers (they add up to more than "
+                        "wall_seconds where peers work in parallel)",
         "counterfactuals": {
             "attempted": attempted,
             "made": made,
@@ -68,6 +76,8 @@ def summarise(exp: Experiment) -> dict:
             "p05": round(float(np.percentile(leak, 5)), 4) if leak.size else None,
             "median": round(float(np.median(leak)), 4) if leak.size else None,
         },
+        "errors": log.errors,
+        "skipped": log.skipped,
         "peers": peers,
         "pairs": [r.summary() for r in teach],
         "classes": list(exp.classes),
@@ -116,6 +126,13 @@ def table(summary: dict) -> str:
     lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> {pct(summary['median_accuracy_after'])}; "
                  f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
                  f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s")
+    for e in summary.get("errors", []):
+        lines.append(f"error: round {e['round']}: {e['teacher']} could not teach {e['student']}: {e['error']}")
+    for s in summary.get("skipped", []):
+        where = f"{s['peer']}" if "peer" in s else f"barrier {s.get('stage')}"
+        lines.append(f"skipped: round {s['round']} ({where}) went on without {', '.join(s['skipped'])}")
+    if summary.get("status") == "degraded":
+        lines.append("status: degraded (see errors and skipped in results.json)")
     return "\n".join(lines)
 
 
@@ -192,3 +209,80 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
         plt.close(fig)
         names.append("counterfactuals.png")
     return names
+
+
+def write_results(out: Path, exp: Experiment, transport: str, extra: dict | None = None,
+                  quiet: bool = False) -> dict:
+    """results.json and the figures into `out` (replaced only when all is written); prints the table."""
+    summary = summarise(exp)
+    summary["transport"] = transport
+    summary.update(extra or {})
+    if summary.get("skipped"):
+        summary["status"] = "degraded"
+    with staged_output(out) as stage:
+        write_json(stage / "results.json", summary)
+        figures = write_figures(exp, summary, stage)
+    if not quiet:
+        print(table(summary))
+        if "wire" in summary:
+            w = summary["wire"]
+            print(f"wire: {sum(w['bytes_sent'])} bytes sent for {w['payload_bytes']} bytes of payload "
+                  f"({w['overhead']}x)")
+        print(f"results: {out / 'results.json'}, figures: {', '.join(str(out / f) for f in figures)}")
+    return summary
+
+
+def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wall: float | None,
+                            skipped: list[dict], state_dirs: dict[str, Path] | None = None
+                            ) -> tuple[Experiment, dict]:
+    """The run from what gRPC peers reported to the coordinator: per peer and round, a PeerRound
+    record ("record"), what the peer is ("about", round 0) and its wire counts ("wire", last round).
+
+    Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers).
+    """
+    ids = sorted(metrics, key=lambda p: metrics[p].get(0, {}).get("about", {}).get("part", 0))
+    incomplete = [p for p in ids if sorted(metrics[p]) != list(range(rounds + 1))]
+    if incomplete:
+        raise UsageError(f"no metrics for every round from {', '.join(incomplete)}")
+    about = {p: metrics[p][0]["about"] for p in ids}
+    kinds = [about[p]["learner"] for p in ids]
+    names = {f.name for f in options()}
+    config = {k: v for k, v in about[ids[0]]["config"].items() if k in names}
+    config.update(peers=len(ids), learners=",".join(kinds), rounds=rounds)
+    records = [PeerRound.from_dict(metrics[p][r]["record"]) for p in ids for r in range(rounds + 1)]
+    log = RunLog.from_records(records, ids)
+    log.skipped += [s for s in skipped if s["skipped"]]
+    _attach_galleries(log, state_dirs or {})
+    exp = Experiment(ExperimentConfig(**config), kinds, {p: about[p]["missing"] for p in ids}, log, wall or 0.0,
+                     tuple(about[ids[0]]["classes"]))
+    return exp, {"wire": wire_summary(metrics, ids, rounds)}
+
+
+def _attach_galleries(log: RunLog, state_dirs: dict[str, Path]) -> None:
+    """Round 1's (source, x', label) per pair, from each teacher's gallery.npz (its operator's own
+    files on this machine; sources never travel)."""
+    for teacher, directory in state_dirs.items():
+        path = directory / "gallery.npz"
+        if not path.exists():
+            continue
+        with np.load(path, allow_pickle=False) as g:
+            gallery = {str(s): [(src, cf, int(lab))] for s, src, cf, lab in
+                       zip(g["students"], g["sources"], g["counterfactuals"], g["labels"])}
+        for rep in log.teach:
+            if rep.teacher == teacher and rep.round == 1:
+                rep.gallery = gallery.get(rep.student, [])
+
+
+def wire_summary(metrics: dict[str, dict[int, dict]], ids: list[str], rounds: int) -> dict:
+    wire = [metrics[p][rounds].get("wire", {}) for p in ids]
+    sent = [w.get("bytes_sent", 0) for w in wire]
+    payload = sum(w.get("payload_bytes", 0) for w in wire)
+    return {
+        "what": "bytes_sent: serialized gRPC messages each peer sent (model chunks served, example chunks pushed, "
+                "control); payload_bytes: model arrays pulled plus example arrays pushed, all peers",
+        "peers": ids,
+        "bytes_sent": sent,
+        "payload_bytes": payload,
+        "overhead": round(sum(sent) / payload, 4) if payload else None,
+        "refused": sum(w.get("refused", 0) for w in wire),
+    }

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from peer.blob import InvalidPayload, ModelBlob, _check_array
+from peer.core.blob import InvalidPayload, ModelBlob, _check_array
 
 MODEL = "model"        # key prefixes inside a RecordDict
 BATCH = "batch"
@@ -97,7 +97,7 @@ def batch_keys(content: RecordDict, receiver: str | None = None) -> list[str]:
 
 
 def get_batch(content: RecordDict, key: str):
-    from peer.blob import ExampleBatch
+    from peer.core.blob import ExampleBatch
 
     what = f"example batch {key!r}"
     if key not in content:
@@ -122,44 +122,26 @@ def move_batches(src: RecordDict, dst: RecordDict, keys: list[str]) -> None:
         dst[key + ".meta"] = src[key + ".meta"]
 
 
-# -- metrics -----------------------------------------------------------------------------------
-def put_report(content: RecordDict, report) -> None:
-    """A peer.peer.TeachReport as a ConfigRecord."""
-    s = report.summary()
-    content[f"{REPORT}.{report.teacher}.{report.student}"] = ConfigRecord({
-        **{k: s[k] for k in ("teacher", "student")},
-        **{k: int(getattr(report, k)) for k in ("round", "qualified", "attempted", "failed", "duplicates",
-                                                 "counterfactuals", "sent")},
-        **{k: float(getattr(report, k)) for k in ("mean_steps", "seconds", "counterfactual_seconds", "source_l1")},
-        "nearest_private_l2": [float(v) for v in report.nearest_private_l2],
-    })
+# -- round records ----------------------------------------------------------------------------
+RECORD = "record"
+MAX_RECORD_CHARS = 64 << 20
 
 
-def get_reports(content: RecordDict) -> list:
-    from peer.peer import TeachReport
-
-    out = []
-    for key in sorted(k for k in content if k.startswith(REPORT + ".")):
-        cfg = _config(content[key], key)
-        r = TeachReport(_get(cfg, "teacher", str, key), _get(cfg, "student", str, key), _get(cfg, "round", int, key))
-        for k in ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "sent"):
-            setattr(r, k, _get(cfg, k, int, key))
-        for k in ("mean_steps", "seconds", "counterfactual_seconds", "source_l1"):
-            setattr(r, k, float(_get(cfg, k, (int, float), key)))
-        r.nearest_private_l2 = [float(v) for v in _get(cfg, "nearest_private_l2", list, key)]
-        out.append(r)
-    return out
+def put_record(content: RecordDict, record) -> None:
+    """A peer.round.PeerRound as JSON text in a ConfigRecord (the schema every runtime reports)."""
+    content[RECORD] = ConfigRecord({"json": json.dumps(record.to_dict())})
 
 
-def evaluation_record(evaluation: dict, train_size: int, seconds: float) -> ConfigRecord:
-    """A peer's test accuracy (per class; -1 where the test set lacks the class) and its training set size."""
-    return ConfigRecord({"accuracy": float(evaluation["accuracy"]),
-                         "per_class": [-1.0 if v is None else float(v) for v in evaluation["per_class"]],
-                         "train_size": int(train_size), "seconds": float(seconds)})
+def get_record(content: RecordDict, what: str):
+    """The PeerRound a reply carries; InvalidPayload naming `what` if it is missing or malformed."""
+    from peer.round import PeerRound
 
-
-def read_evaluation(cfg: Any, what: str) -> tuple[dict, int, float]:
-    cfg = _config(cfg, what)
-    per_class = [None if v < 0 else float(v) for v in _get(cfg, "per_class", list, what)]
-    return ({"accuracy": float(_get(cfg, "accuracy", float, what)), "per_class": per_class},
-            _get(cfg, "train_size", int, what), float(_get(cfg, "seconds", float, what)))
+    if RECORD not in content:
+        raise InvalidPayload(f"{what}: no round record")
+    text = _get(_config(content[RECORD], what), "json", str, what)
+    if len(text) > MAX_RECORD_CHARS:
+        raise InvalidPayload(f"{what}: round record of {len(text)} characters is over the cap")
+    try:
+        return PeerRound.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidPayload(f"{what}: malformed round record: {type(exc).__name__}: {exc}") from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from peer.data import Dataset
+from peer.data.fashion import Dataset
 from peer.errors import UsageError
 
 KINDS = ("csv", "parquet", "npz", "images")

@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from peer.blob import ExampleBatch
-from peer.counterfactual import dedupe
+from peer.core.blob import ExampleBatch
+from peer.core.counterfactual import dedupe
 
 
 class ExampleStore:

@@ -1,12 +1,12 @@
-"""The peer as a Flower ClientApp: one SuperNode is one peer, its partition-id its part of the split.
+"""The Flower runtime, peer side: one SuperNode is one peer, its partition-id its part of the split.
 
 Flower has no client-to-client calls, so the ServerApp relays what peers exchange. Each
-handler does one phase of a round for this peer and answers with what the others need:
+handler runs one step of peer.round for this peer and answers with what the others need:
 
     query.model    -> partition-id, num-partitions, peer id, and the model if trained
-    train.local    build the peer, train locally (round 0), evaluate -> metrics + model
-    train.distill  given the other peers' models, teach each -> example batches + reports
-    train.absorb   store the batches sent to me, retrain (round r), evaluate -> metrics + model
+    train.local    train_step(round 0)                        -> PeerRound record + model
+    train.distill  teach_students over the models that came   -> example batches + PeerRound record
+    train.absorb   absorb the batches sent to me, train_step(r) -> PeerRound record + model
 
 Between calls the peer lives in `context.state` (its model's arrays and spec, and every batch
 it received), which Flower keeps per node across calls, also where each call runs in a fresh
@@ -16,20 +16,21 @@ process. Private data never enters a reply: only models, synthetic examples and 
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from peer import flower_records as rec
-from peer.blob import InvalidPayload
+from peer.flower import records as rec
+from peer.config import from_run_config
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.errors import UsageError
+from peer.round import Transport, UnknownPeer
 
 if TYPE_CHECKING:
-    from peer.experiment import ExperimentConfig
-    from peer.peer import Peer
+    from peer.config import ExperimentConfig
+    from peer.core.peer import Peer
 
 # torch and the learners are imported inside the handlers that need them: in deployment each
 # call is a fresh process, and query.model should not pay for them.
@@ -45,28 +46,8 @@ app = ClientApp()
 
 
 def experiment_config(run_config: dict, peers: int) -> ExperimentConfig:
-    """ExperimentConfig from a Flower run config (keys are field names with dashes)."""
-    from peer.experiment import ExperimentConfig
-
-    kwargs = {}
-    for f in fields(ExperimentConfig):
-        key = f.name.replace("_", "-")
-        if f.name == "peers" or key not in run_config:
-            continue
-        value = run_config[key]
-        default = f.default
-        if default is None:  # an optional path or name: "" in the run config means none
-            if not isinstance(value, str):
-                raise UsageError(f"run config {key} = {value!r} should be a string")
-            kwargs[f.name] = value or None
-            continue
-        kind = type(default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-            raise UsageError(f"run config {key} = {value!r} should be {kind.__name__}")
-        kwargs[f.name] = value
-    return ExperimentConfig(peers=peers, **kwargs)
+    """ExperimentConfig from a Flower run config (keys are the options with dashes)."""
+    return from_run_config(run_config, peers=peers)
 
 
 def run_option(run_config: dict, key: str):
@@ -104,7 +85,7 @@ def _whoami(context: Context) -> tuple[int, int]:
 def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     import torch
 
-    from peer.experiment import ExperimentConfig
+    from peer.config import ExperimentConfig
 
     torch.set_num_threads(run_option(context.run_config, "threads"))
     k, n = _whoami(context)
@@ -120,11 +101,10 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
 def _test_set(cfg: ExperimentConfig, peer: Peer):
     import numpy as np
 
-    from peer.experiment import test_inputs
+    from peer.experiment import limit_test, test_inputs
 
     _, test = _dataset(cfg)
-    if cfg.test_limit:
-        test = test.subset(np.arange(min(cfg.test_limit, len(test))))
+    test = limit_test(cfg, test)
     return test_inputs(peer, test), test.y
 
 
@@ -186,19 +166,16 @@ def _round_of(msg: Message) -> int:
 
 def _train_and_report(msg: Message, context: Context, peer: Peer, cfg: ExperimentConfig, round: int,
                       epochs: int) -> Message:
-    t = time.perf_counter()
-    size = peer.train(epochs, round=round)
-    train_seconds = time.perf_counter() - t
-    t = time.perf_counter()
-    evaluation = peer.evaluate(*_test_set(cfg, peer))
+    from peer.round import train_step
+
+    record = train_step(peer, round, epochs, *_test_set(cfg, peer))
     _save(context, peer, round)
     content = RecordDict({
         "peer": _identity(context),
-        "evaluation": rec.evaluation_record(evaluation, size, time.perf_counter() - t),
         "about": ConfigRecord({"learner": peer.learner.kind, "classes": list(peer.classes),
-                               "missing": [c for c in range(len(peer.classes)) if not (peer.y == c).any()],
-                               "train-seconds": train_seconds}),
+                               "missing": peer.missing_classes()}),
     })
+    rec.put_record(content, record)
     rec.put_blob(content, peer.id, peer.learner.to_blob())
     return Message(content, reply_to=msg)
 
@@ -221,19 +198,32 @@ def _next_round(msg: Message, context: Context, verb: str) -> int:
     return r
 
 
+class RelayTransport(Transport):
+    """Models come with the ServerApp's message; pushed batches go into the reply it relays."""
+
+    def __init__(self, models: RecordDict, reply: RecordDict) -> None:
+        self.models, self.reply = models, reply
+
+    def get_model(self, peer_id: str, round: int) -> ModelBlob:
+        if peer_id not in rec.blob_names(self.models):
+            raise UnknownPeer(f"no model of {peer_id!r} came with this message")
+        return rec.get_blob(self.models, peer_id)
+
+    def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
+        rec.put_batch(self.reply, batch)
+        return True
+
+
 @app.train("distill")
 def train_distill(msg: Message, context: Context) -> Message:
-    """Teach every peer whose model came with the message; reply with the batches and reports."""
+    """Teach every peer whose model came with the message; reply with the batches and the record."""
+    from peer.round import teach_students
+
     r = _next_round(msg, context, "teach in")
     peer, cfg = load_peer(context)
     content = RecordDict({"peer": _identity(context)})
-    for student in rec.blob_names(msg.content):
-        if student == peer.id:
-            continue
-        batches, report = peer.teach(student, rec.get_blob(msg.content, student), r)
-        for batch in batches:
-            rec.put_batch(content, batch)
-        rec.put_report(content, report)
+    record = teach_students(peer, r, rec.blob_names(msg.content), RelayTransport(msg.content, content))
+    rec.put_record(content, record)
     return Message(content, reply_to=msg)
 
 

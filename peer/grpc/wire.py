@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from peer.blob import WIRE_DTYPES, ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.blob import WIRE_DTYPES, ExampleBatch, InvalidPayload, ModelBlob
 from protos.ckd.v1 import wire_pb2
 
 CHUNK_BYTES = 1 << 20

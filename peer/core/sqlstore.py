@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.blob import ExampleBatch
-from peer.store import ExampleStore
+from peer.core.blob import ExampleBatch
+from peer.core.store import ExampleStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (

@@ -15,10 +15,10 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from peer.blob import InvalidPayload, ModelBlob
-from peer.peer import Peer
-from peer.tls import Security, caller
-from peer.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
+from peer.core.blob import InvalidPayload, ModelBlob
+from peer.core.peer import Peer
+from peer.grpc.tls import Security, caller
+from peer.grpc.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 
 GRPC_FRAME = 5  # gRPC's per-message prefix: compressed flag and length

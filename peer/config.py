@@ -1,0 +1,225 @@
+"""Every option of an experiment, declared once: name, type, default and help.
+
+`ExperimentConfig`'s fields are the options. The command line (`--name`), the environment
+(`CKD_NAME`) and the Flower run config (`name` with dashes, in pyproject's
+[tool.flwr.app.config]) are all derived from these fields; nothing else lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
+
+from peer.core.augment import AugmentConfig
+from peer.core.counterfactual import CounterfactualConfig
+from peer.core.peer import TeachConfig
+from peer.data.partition import SPLITS
+from peer.errors import UsageError
+from peer.learners import TrainConfig, learner_kinds
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (the one place an option is declared)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every knob of a run. Defaults are the reference experiment fmnist-10."""
+
+    peers: int = option(10,
+        "number of peers")
+    rounds: int = option(2,
+        "rounds of teach and retrain after local training")
+    learners: str = option("cnn",
+        "learner kind for all peers, or a list such as 'cnn*4,mlp*3,forest*3' (kinds: cnn, mlp, linear, forest)")
+    split: str = option("miss-class",
+        "how to split the training set: miss-class (peer k never sees class k), keep-fraction, dirichlet, iid")
+    keep_fraction: float = option(0.1,
+        "with --split keep-fraction: the share of its weak class each peer keeps")
+    beta: float = option(0.5,
+        "with --split dirichlet: concentration; smaller means more label skew")
+    split_seed: int = option(0,
+        "seed of the split (fmnist-10 fixes it to 0)")
+    seed: int = option(0,
+        "seed of training, the counterfactual search and augmentation")
+    epochs: int = option(4,
+        "epochs of local training before the first round")
+    retrain_epochs: int = option(2,
+        "epochs of training after each round (neural learners continue from their weights)")
+    batch_size: int = option(64,
+        "training batch size")
+    lr: float = option(1e-3,
+        "training learning rate (Adam)")
+    alpha: float = option(0.5,
+        "target y' = f(x) + alpha (onehot(y) - f(x)); in [0, 1]")
+    lam: float = option(1e-4,
+        "lambda, the weight of the L1 distance ||x' - x|| (adam and the gradient-free search)")
+    cf_method: str = option("newton",
+        "counterfactual search of differentiable teachers: newton (Gauss-Newton in logit space) or adam")
+    cf_lr: float = option(0.02,
+        "step size of the adam counterfactual search")
+    cf_steps: int = option(20,
+        "most steps of the counterfactual search")
+    cf_min_steps: int = option(1,
+        "fewest steps before an example may stop")
+    cf_rel_tol: float = option(0.3,
+        "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start")
+    augment_copies: int = option(1,
+        "augmented copies (shift, rotation, noise) sent with each counterfactual")
+    max_per_student: int = option(0,
+        "most instances a teacher teaches one student per round (0: all qualified)")
+    train_per_peer: int = option(0,
+        "use only this many examples of each peer's part (0: all)")
+    test_limit: int = option(0,
+        "evaluate on the first N test images (0: all)")
+    data_dir: str | None = option(None,
+        "directory with the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist, else torchvision's download)")
+    device: str = option("auto",
+        "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    data: str | None = option(None,
+        "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, or a folder with one sub-folder of images per class; options not set then default to 3 peers and --split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs")
+    data_kind: str | None = option(None,
+        "kind of --data: csv, parquet, npz or images (default: from the path)")
+    label: str | None = option(None,
+        "with a table: the label column")
+    test_data: str | None = option(None,
+        "a separate test set in the same form as --data (default: hold out 20%% of --data)")
+    peer_features: str = option("",
+        "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' (default: every peer has every column)")
+
+    def __post_init__(self) -> None:
+        if self.peers < 2:
+            raise UsageError(f"--peers must be at least 2, got {self.peers}")
+        if self.rounds < 0:
+            raise UsageError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.epochs < 1 or self.retrain_epochs < 0:
+            raise UsageError("--epochs must be >= 1 and --retrain-epochs >= 0")
+        if self.split not in SPLITS:
+            raise UsageError(f"unknown --split {self.split!r}; choose from {', '.join(SPLITS)}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("--batch-size must be >= 1 and --lr > 0")
+        if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
+            raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
+        self.learner_list()
+        self.counterfactual()
+
+    def learner_list(self) -> list[str]:
+        kinds: list[str] = []
+        for item in self.learners.split(","):
+            name, _, count = item.strip().partition("*")
+            if name not in learner_kinds():
+                raise UsageError(f"unknown learner kind {name!r}; choose from {', '.join(learner_kinds())}")
+            if count and (not count.isdigit() or int(count) < 1):
+                raise UsageError(f"bad learner count in {item!r}; write KIND*N, e.g. cnn*4")
+            kinds += [name] * (int(count) if count else 1)
+        if len(kinds) == 1:
+            kinds *= self.peers
+        if len(kinds) != self.peers:
+            raise UsageError(f"--learners names {len(kinds)} learners for {self.peers} peers")
+        return kinds
+
+    def counterfactual(self) -> CounterfactualConfig:
+        return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
+                                    max_steps=self.cf_steps,
+                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol)
+
+    def teach(self) -> TeachConfig:
+        return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
+                           max_per_student=self.max_per_student)
+
+    def train(self, peer_index: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           seed=self.seed * 1000 + peer_index, device=self.device)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def options() -> list[Field]:
+    """The experiment's options, in declaration order."""
+    return list(fields(ExperimentConfig))
+
+
+def env_name(name: str) -> str:
+    return "CKD_" + name.upper().replace("-", "_")
+
+
+def run_config_key(name: str) -> str:
+    """An option's key in the Flower run config: the field name with dashes."""
+    return name.replace("_", "-")
+
+
+def kind_of(f: Field) -> type:
+    """The option's value type: the default's (an optional path or name, default None, is str)."""
+    return str if f.default is None else type(f.default)
+
+
+def default_of(f: Field) -> Any:
+    return None if f.default is MISSING else f.default
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: str) -> None:
+    """--name (dashes), defaulting to $CKD_NAME when set, else `default`; the help names the variable."""
+    flag = "--" + name.replace("_", "-")
+    env = env_name(name)
+    kind = type(default) if default is not None else str
+    from_env = os.environ.get(env)
+    if kind is bool:
+        value = default if from_env is None else from_env.lower() in ("1", "true", "yes")
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"{help} [env {env}]")
+    else:
+        parser.add_argument(flag, type=kind, default=default if from_env is None else from_env,
+                            help=f"{help} [env {env}]")
+
+
+def add_experiment_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for f in options():
+        if f.name not in skip:
+            add_option(parser, f.name, default_of(f), f.metadata["help"])
+
+
+def from_args(args: argparse.Namespace, **override: Any) -> dict[str, Any]:
+    """The experiment options' values from parsed arguments (options the parser lacks keep defaults)."""
+    values = {f.name: getattr(args, f.name) for f in options() if hasattr(args, f.name)}
+    return {**values, **override}
+
+
+def to_argv(cfg: ExperimentConfig, skip: tuple[str, ...] = ()) -> list[str]:
+    """Flags that rebuild `cfg` in another ckd process (options left at None are omitted)."""
+    argv: list[str] = []
+    for f in options():
+        value = getattr(cfg, f.name)
+        if f.name in skip or value is None:
+            continue
+        argv += ["--" + f.name.replace("_", "-"), str(value)]
+    return argv
+
+
+def from_run_config(run_config: dict[str, Any], **override: Any) -> ExperimentConfig:
+    """ExperimentConfig from a Flower run config (keys are the options with dashes), types checked."""
+    kwargs: dict[str, Any] = {}
+    for f in options():
+        key = run_config_key(f.name)
+        if f.name in override or key not in run_config:
+            continue
+        value = run_config[key]
+        if f.default is None:  # an optional path or name: "" in the run config means none
+            if not isinstance(value, str):
+                raise UsageError(f"run config {key} = {value!r} should be a string")
+            kwargs[f.name] = value or None
+            continue
+        kind = kind_of(f)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise UsageError(f"run config {key} = {value!r} should be {kind.__name__}")
+        kwargs[f.name] = value
+    return ExperimentConfig(**{**kwargs, **override})
+
+
+def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return asdict(cfg)

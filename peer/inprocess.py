@@ -1,0 +1,91 @@
+"""The in-process runtime: every peer in this process, rounds in lockstep, calls straight to the peers."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from peer.config import ExperimentConfig
+from peer.core.blob import ExampleBatch, ModelBlob
+from peer.core.peer import Peer
+from peer.data.fashion import Dataset
+from peer.experiment import Experiment, build_peers, evaluation_inputs, limit_test, load_data
+from peer.round import PeerRound, RunLog, Transport, UnknownPeer, teach_students, train_step
+
+
+class InProcessTransport(Transport):
+    """All peers in this process: a model pull is the peer's snapshot, a push is its absorb."""
+
+    def __init__(self, peers: dict[str, Peer]) -> None:
+        self.peers = peers
+
+    def _peer(self, peer_id: str) -> Peer:
+        if peer_id not in self.peers:
+            raise UnknownPeer(f"unknown peer {peer_id!r}; known: {', '.join(sorted(self.peers))}")
+        return self.peers[peer_id]
+
+    def get_model(self, peer_id: str, round: int) -> ModelBlob:
+        return self._peer(peer_id).snapshot(round)
+
+    def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
+        return self._peer(peer_id).absorb(batch)
+
+
+def _bar(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=quiet, leave=False, dynamic_ncols=True)
+
+
+def _test_x(test_x: np.ndarray | dict[str, np.ndarray], peer: Peer) -> np.ndarray:
+    return test_x[peer.id] if isinstance(test_x, dict) else test_x
+
+
+def _train_all(peers: Sequence[Peer], round: int, epochs: int, test_x, test_y: np.ndarray, label: str,
+               quiet: bool) -> list[PeerRound]:
+    records = []
+    for p in peers:
+        with _bar(len(p.training_set()[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
+            records.append(train_step(p, round, epochs, _test_x(test_x, p), test_y, progress=bar.update))
+    return records
+
+
+def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray | dict[str, np.ndarray],
+               test_y: np.ndarray, rounds: int, epochs: int, retrain_epochs: int, quiet: bool = False) -> RunLog:
+    """The whole experiment in this process: round 0 (local training), then `rounds` rounds, all
+    peers stepping together (every peer publishes, then every peer teaches, then all retrain).
+
+    `test_x` may give each peer its own columns (peer id -> inputs).
+    """
+    ids = [p.id for p in peers]
+    records = _train_all(peers, 0, epochs, test_x, test_y, "train", quiet)
+    for r in range(1, rounds + 1):
+        for p in peers:
+            p.snapshot(r)  # publish
+        taught = {}
+        with _bar(len(peers) * (len(peers) - 1), f"round {r}/{rounds} teach", quiet, "pair") as bar:
+            for p in peers:
+                taught[p.id] = teach_students(p, r, ids, transport, on_report=lambda _: bar.update(1))
+        retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{rounds} retrain", quiet)
+        records += [rec.merge(taught[rec.peer]) for rec in retrained]
+    return RunLog.from_records(records, ids)
+
+
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False, data: tuple[Dataset, Dataset] | None = None,
+                   transport: Callable[[list[Peer]], Transport] | None = None) -> Experiment:
+    """The whole experiment in this process. `transport`: peers -> Transport (default: calls
+    straight to the peers); closed after the run if it can be."""
+    train, test = data or load_data(cfg)
+    test = limit_test(cfg, test)
+    peers = build_peers(cfg, train)
+    missing = {p.id: p.missing_classes() for p in peers}
+    moves = transport(peers) if transport else InProcessTransport({p.id: p for p in peers})
+    start = time.perf_counter()
+    try:
+        log = run_rounds(peers, moves, evaluation_inputs(peers, test), test.y, cfg.rounds, cfg.epochs,
+                         cfg.retrain_epochs, quiet=quiet)
+    finally:
+        getattr(moves, "close", lambda: None)()
+    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y,
+                      {p.id: p.features for p in peers})

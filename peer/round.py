@@ -1,0 +1,197 @@
+"""One round for one peer, written once: train, publish, teach each student given, absorb, retrain,
+evaluate, report.
+
+The three runtimes (in-process, gRPC peers, Flower) call these steps and supply only how peers
+meet (who takes part in a round), how bytes move (a `Transport`: get a model, push a batch) and
+where the resulting `PeerRound` records go. Nothing of the algorithm lives in a runtime.
+
+A round r >= 1 for peer i:
+    publish f_i(r)                          Peer.snapshot(r)
+    teach every student j it is given       teach_students: pull f_j(r), Peer.teach, push batches
+    absorb what its teachers pushed         Peer.absorb (the runtime's inbound side)
+    retrain and evaluate                    train_step(round=r)
+    report                                  the PeerRound record (to_dict / from_dict)
+Round 0 is train_step(round=0) alone: local training on private data, then evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.peer import Peer, TeachReport
+
+
+class Transport(ABC):
+    """How bytes move between peers: pull a peer's published model; push examples to a peer."""
+
+    @abstractmethod
+    def get_model(self, peer_id: str, round: int) -> ModelBlob:
+        """The model `peer_id` published for `round`."""
+
+    @abstractmethod
+    def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
+        """Deliver a batch; True if stored, False if that batch id was already stored."""
+
+
+class PeerUnreachable(RuntimeError):
+    """A peer did not answer (down, slow, or refused the call); worth retrying until the deadline."""
+
+
+class UnknownPeer(LookupError):
+    """A peer id this runtime has no address for; not retried."""
+
+
+@dataclass
+class PeerRound:
+    """What one peer did in one round: the record every runtime reports, one schema for all.
+
+    Timings are this peer's own seconds in each step; a run adds them up over peers.
+    `errors` are the students this peer could not teach (with why); `skipped` the peers a
+    barrier left out of the round because they did not arrive before its deadline.
+    """
+
+    peer: str
+    round: int
+    train_size: int = 0
+    train_seconds: float = 0.0
+    evaluation: dict[str, Any] = field(default_factory=dict)  # accuracy, per_class
+    evaluate_seconds: float = 0.0
+    teach: list[TeachReport] = field(default_factory=list)
+    teach_seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {teacher, student, round, error}
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["teach"] = [r.to_dict() for r in self.teach]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PeerRound:
+        known = {k: data[k] for k in ("peer", "round", "train_size", "train_seconds", "evaluation",
+                                      "evaluate_seconds", "teach_seconds", "errors", "skipped") if k in data}
+        record = cls(**known)
+        record.teach = [TeachReport.from_dict(t) for t in data.get("teach", [])]
+        return record
+
+    def merge(self, other: PeerRound) -> PeerRound:
+        """One record from two halves of the same round (e.g. Flower's teach and retrain phases)."""
+        if (other.peer, other.round) != (self.peer, self.round):
+            raise ValueError(f"cannot merge {other.peer} round {other.round} into {self.peer} round {self.round}")
+        for name in ("train_size", "train_seconds", "evaluation", "evaluate_seconds", "teach_seconds"):
+            if getattr(other, name):
+                setattr(self, name, getattr(other, name))
+        self.teach += other.teach
+        self.errors += other.errors
+        self.skipped = sorted(set(self.skipped) | set(other.skipped))
+        return self
+
+
+def train_step(peer: Peer, round: int, epochs: int, test_x: np.ndarray, test_y: np.ndarray,
+               progress: Callable[[int], None] | None = None) -> PeerRound:
+    """Train on private data plus everything received (round 0: private data alone), then evaluate."""
+    record = PeerRound(peer.id, round)
+    t = time.perf_counter()
+    record.train_size = peer.train(epochs, progress=progress, round=round)
+    record.train_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    record.evaluation = peer.evaluate(test_x, test_y)
+    record.evaluate_seconds = time.perf_counter() - t
+    return record
+
+
+def teach_one(peer: Peer, student: str, round: int, transport: Transport) -> TeachReport:
+    """Pull the student's model of this round, teach it, push the batches."""
+    batches, report = peer.teach(student, transport.get_model(student, round), round)
+    for batch in batches:
+        transport.push_examples(student, batch)
+    return report
+
+
+def teach_students(peer: Peer, round: int, students: Sequence[str], transport: Transport,
+                   deadline: float | None = None, refresh: Callable[[], None] | None = None,
+                   on_report: Callable[[TeachReport], None] | None = None,
+                   retry_every: float = 1.0) -> PeerRound:
+    """Teach each student given (never itself); a record with the reports and the students it could not teach.
+
+    A student whose model is malformed or who is unknown is recorded and not retried. One that
+    is unreachable is retried (after `refresh`, e.g. a new peer list) until `deadline`
+    (time.monotonic() seconds; None: no retry). Batch ids make a retried push store once.
+    """
+    record = PeerRound(peer.id, round)
+    start = time.perf_counter()
+    pending = [s for s in students if s != peer.id]
+    errors: dict[str, str] = {}
+    while pending:
+        for sid in list(pending):
+            try:
+                report = teach_one(peer, sid, round, transport)
+            except PeerUnreachable as exc:
+                errors[sid] = f"unreachable: {exc}"
+                continue
+            except (InvalidPayload, UnknownPeer) as exc:
+                errors[sid] = f"{type(exc).__name__}: {exc}"
+                pending.remove(sid)
+                continue
+            pending.remove(sid)
+            errors.pop(sid, None)
+            record.teach.append(report)
+            if on_report is not None:
+                on_report(report)
+        if not pending or deadline is None or time.monotonic() >= deadline:
+            break
+        time.sleep(retry_every)
+        if refresh is not None:
+            refresh()
+    record.errors = [{"teacher": peer.id, "student": s, "round": round, "error": e} for s, e in errors.items()]
+    record.teach_seconds = time.perf_counter() - start
+    return record
+
+
+@dataclass
+class RunLog:
+    """A run's records added up: evaluations and training-set sizes per peer and round, every
+    teach report, every error and skipped peer, and the seconds peers spent in each step."""
+
+    evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # peer -> [round 0, 1, ...]
+    teach: list[TeachReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
+    train_sizes: dict[str, list[int]] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {peer, round, skipped: [...]}
+
+    def add(self, record: PeerRound) -> None:
+        """Record one peer's round; rounds of a peer must come in order."""
+        evals = self.evaluations.setdefault(record.peer, [])
+        if len(evals) != record.round:
+            raise ValueError(f"{record.peer}: round {record.round} reported after {len(evals)} rounds")
+        evals.append(record.evaluation)
+        self.train_sizes.setdefault(record.peer, []).append(record.train_size)
+        self.teach += record.teach
+        self.errors += record.errors
+        if record.skipped:
+            self.skipped.append({"peer": record.peer, "round": record.round, "skipped": list(record.skipped)})
+        self.timings["train" if record.round == 0 else "retrain"] += record.train_seconds
+        self.timings["teach"] += record.teach_seconds
+        self.timings["evaluate"] += record.evaluate_seconds
+
+    @classmethod
+    def from_records(cls, records: Sequence[PeerRound], order: Sequence[str]) -> RunLog:
+        """The log of `records`, peers in `order`, teach reports by (round, teacher, student)."""
+        log = cls()
+        rank = {p: i for i, p in enumerate(order)}
+        for record in sorted(records, key=lambda r: (rank[r.peer], r.round)):
+            log.add(record)
+        log.teach.sort(key=lambda t: (t.round, rank.get(t.teacher, -1), rank.get(t.student, -1)))
+        return log
+
+
+# What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
+# runtime ran them (peers working in parallel add up to more than the wall time).
+TIMINGS = ("train", "teach", "retrain", "evaluate")
