@@ -232,3 +232,6 @@ def test_reconstruction_pairs_closest_first_and_grid(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="k"):
         reconstruction_pairs(received, private, k=0)
+    twice = np.concatenate([received, private[[8]] + 0.001])
+    assert [p.distance for p in reconstruction_pairs(twice, private, k=2)] == [0.0, pairs[1].distance]
+    assert reconstruction_pairs(twice, private, k=2, distinct=False)[1].distance == pytest.approx(0.006, rel=1e-3)

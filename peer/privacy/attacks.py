@@ -373,16 +373,20 @@ class ReconstructionPair(NamedTuple):
     distance: float
 
 
-def reconstruction_pairs(received: Array, private: Array, k: int = 8) -> list[ReconstructionPair]:
+def reconstruction_pairs(received: Array, private: Array, k: int = 8,
+                         distinct: bool = True) -> list[ReconstructionPair]:
     """The k received examples closest to a private example, each with that private example and
-    the L2 distance, closest first: what a receiver could reconstruct of the private set."""
+    the L2 distance, closest first: what a receiver could reconstruct of the private set.
+    `distinct` keeps only the closest received example per private example (no repeats)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     rec, priv = _inputs(received, "received"), _inputs(private, "private")
     _same_width(rec, priv, "received", "private")
     dist, index = nearest(rec, priv)
-    order = np.argsort(dist, kind="stable")[:k]
-    return [ReconstructionPair(rec[i], priv[index[i]], float(dist[i])) for i in order]
+    order = np.argsort(dist, kind="stable")
+    if distinct:
+        order = order[np.sort(np.unique(index[order], return_index=True)[1])]
+    return [ReconstructionPair(rec[i], priv[index[i]], float(dist[i])) for i in order[:k]]
 
 
 def _displayable(x: np.ndarray) -> np.ndarray:
