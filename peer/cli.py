@@ -33,6 +33,17 @@ DEMO_OPTIONS = [
     ("cf_rel_tol", "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start"),
     ("augment_copies", "augmented copies (shift, rotation, noise) sent with each counterfactual"),
     ("max_per_student", "most instances a teacher teaches one student per round (0: all qualified)"),
+    ("privacy", "preset of what a teacher may release: paper (the search starts at the private instance, "
+                "nothing filtered: sends near-copies of private data) or custom; a preset sets --cf-start, "
+                "--cf-start-k, --min-distance and --noise-scale unless given"),
+    ("cf_start", "where the counterfactual search starts: instance (the private x, the paper), mix (mean of "
+                 "x and k-1 others of its class), prototype (class mean plus jitter), noise (steered "
+                 "uniform noise, data-free)"),
+    ("cf_start_k", "with --cf-start mix: instances averaged (>= 2)"),
+    ("min_distance", "send nothing closer to a private example p than this fraction of p's distance to its "
+                     "nearest other private example (0: off; 1: no near-copies)"),
+    ("noise_scale", "std of Gaussian noise added to every input sent (pixels in [0, 1]; tables: their "
+                    "[min, max] scaled to [0, 1])"),
     ("train_per_peer", "use only this many examples of each peer's part (0: all)"),
     ("test_limit", "evaluate on the first N test images (0: all)"),
     ("data_dir", "directory with the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist, "
@@ -57,8 +68,9 @@ def with_data(values: dict, given: set[str]) -> tuple[dict, tuple | None]:
     """With --data: load it (refused here, once, if unreadable) and fill the options the user did
     not set from DATA_DEFAULTS (and TABLE_DEFAULTS for a table); returns (values, (train, test)).
     Without: (values, None), Fashion-MNIST being loaded by whoever needs it."""
-    from peer.experiment import ExperimentConfig, load_data
+    from peer.experiment import ExperimentConfig, load_data, with_privacy
 
+    values = with_privacy(values, given)
     if not values.get("data"):
         return values, None
     data = load_data(ExperimentConfig(**{**values, "peers": 2, "learners": "mlp"}))

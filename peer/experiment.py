@@ -19,6 +19,19 @@ from peer.peer import Peer, TeachConfig
 from peer.transport import InProcessTransport
 
 
+# --privacy: named settings of the knobs that bound what a teacher releases (docs: DESIGN.md,
+# "What leaves a peer"). A preset sets each of its knobs the user did not give; "custom" none.
+PRIVACY_PRESETS: dict[str, dict] = {
+    "paper": {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0},
+}
+
+
+def with_privacy(values: dict, given: set[str]) -> dict:
+    """`values` (ExperimentConfig fields) with the --privacy preset's knobs where not in `given`."""
+    preset = PRIVACY_PRESETS.get(values.get("privacy") or "paper", {})
+    return {**values, **{k: v for k, v in preset.items() if k not in given}}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Every knob of a run. Defaults are the reference experiment fmnist-10."""
@@ -44,6 +57,11 @@ class ExperimentConfig:
     cf_rel_tol: float = 0.3
     augment_copies: int = 1
     max_per_student: int = 0
+    privacy: str = "paper"       # preset of the four knobs below: paper, or custom (set them yourself)
+    cf_start: str = "instance"   # where the search starts: instance (paper), mix, prototype, noise
+    cf_start_k: int = 4          # with cf_start mix: instances averaged
+    min_distance: float = 0.0    # release nothing nearer a private p than this x p's nearest-other distance
+    noise_scale: float = 0.0     # std of Gaussian noise added to what is sent
     train_per_peer: int = 0      # use only this many examples of each peer's part (0: all)
     test_limit: int = 0          # evaluate on the first N test images (0: all 10,000)
     data_dir: str | None = None
@@ -67,8 +85,11 @@ class ExperimentConfig:
             raise UsageError("--batch-size must be >= 1 and --lr > 0")
         if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
             raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
+        if self.privacy not in PRIVACY_PRESETS and self.privacy != "custom":
+            raise UsageError(f"unknown --privacy {self.privacy!r}; choose from "
+                             f"{', '.join([*PRIVACY_PRESETS, 'custom'])}")
         self.learner_list()
-        self.counterfactual()
+        self.teach()
 
     def learner_list(self) -> list[str]:
         kinds: list[str] = []
@@ -88,11 +109,13 @@ class ExperimentConfig:
     def counterfactual(self) -> CounterfactualConfig:
         return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
                                     max_steps=self.cf_steps,
-                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol)
+                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol,
+                                    start=self.cf_start, start_k=self.cf_start_k)
 
     def teach(self) -> TeachConfig:
         return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
-                           max_per_student=self.max_per_student)
+                           max_per_student=self.max_per_student, min_distance=self.min_distance,
+                           noise_scale=self.noise_scale)
 
     def train(self, peer_index: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,

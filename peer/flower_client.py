@@ -46,7 +46,7 @@ app = ClientApp()
 
 def experiment_config(run_config: dict, peers: int) -> ExperimentConfig:
     """ExperimentConfig from a Flower run config (keys are field names with dashes)."""
-    from peer.experiment import ExperimentConfig
+    from peer.experiment import ExperimentConfig, with_privacy
 
     kwargs = {}
     for f in fields(ExperimentConfig):
@@ -66,6 +66,9 @@ def experiment_config(run_config: dict, peers: int) -> ExperimentConfig:
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             raise UsageError(f"run config {key} = {value!r} should be {kind.__name__}")
         kwargs[f.name] = value
+    # Flower fills every key from the app config: a knob counts as given where it differs from its default
+    defaults = {f.name: f.default for f in fields(ExperimentConfig)}
+    kwargs = with_privacy(kwargs, {k for k, v in kwargs.items() if v != defaults[k]})
     return ExperimentConfig(peers=peers, **kwargs)
 
 

@@ -15,10 +15,12 @@ import torch
 
 from peer.augment import AugmentConfig, augment_images, augment_vectors
 from peer.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.errors import UsageError
 from peer.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
                                  search_counterfactuals, soft_targets)
 from peer.features import map_columns, shared
 from peer.learners import Learner, learner_from_blob
+from peer.privacy.release import min_distance_keep, nearest, nearest_ratio, release_noise, start_points
 from peer.store import ExampleStore
 
 
@@ -29,6 +31,13 @@ class TeachConfig:
     max_per_student: int = 0     # cap on qualified instances taught per student and round (0: all)
     batch_limit: int = 2048      # examples per ExampleBatch
     measure_leakage: bool = True  # distance of each x' sent to the nearest private example
+    min_distance: float = 0.0    # release nothing closer to a private p than this x p's nearest-other distance
+    noise_scale: float = 0.0     # std of Gaussian noise added to every input sent (search-space units)
+
+    def __post_init__(self) -> None:
+        if self.min_distance < 0 or self.noise_scale < 0:
+            raise UsageError(f"min_distance and noise_scale must be >= 0, got {self.min_distance} and "
+                             f"{self.noise_scale}")
 
 
 @dataclass
@@ -49,18 +58,25 @@ class TeachReport:
     counterfactual_seconds: float = 0.0
     source_l1: float = 0.0             # mean L1 distance x' to its source x
     nearest_private_l2: list[float] = field(default_factory=list)  # per counterfactual x' sent
+    # per counterfactual x' sent: its distance to the nearest private p over p's nearest-other distance
+    nearest_private_ratio: list[float] = field(default_factory=list)
+    near_copies: int = 0     # counterfactuals sent closer to some private p than p's nearest other
+    filtered: int = 0        # examples (counterfactuals and copies) the min-distance filter dropped
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
         leak = np.asarray(self.nearest_private_l2, dtype=np.float64)
         return {k: v for k, v in {
             **{f: getattr(self, f) for f in ("teacher", "student", "round", "qualified", "attempted", "failed",
-                                             "duplicates", "counterfactuals", "sent", "seconds",
+                                             "duplicates", "counterfactuals", "filtered", "near_copies",
+                                             "sent", "seconds",
                                              "counterfactual_seconds")},
             "mean_steps": round(self.mean_steps, 2),
             "source_l1": round(self.source_l1, 3),
             "nearest_private_l2_min": round(float(leak.min()), 4) if leak.size else None,
             "nearest_private_l2_median": round(float(np.median(leak)), 4) if leak.size else None,
+            "nearest_private_ratio_median": (round(float(np.median(self.nearest_private_ratio)), 4)
+                                             if self.nearest_private_ratio else None),
         }.items()}
 
 
@@ -93,6 +109,7 @@ class Peer:
             self.low, self.high = self.x.min(axis=0), self.x.max(axis=0)
         self.seed = seed
         self._own_proba: np.ndarray | None = None
+        self._private_nn: np.ndarray | None = None
         self._published: dict[int, ModelBlob] = {}
 
     @property
@@ -131,6 +148,17 @@ class Peer:
         if self._own_proba is None:
             self._own_proba = self.learner.predict_proba(self.x)
         return self._own_proba
+
+    def search_space(self) -> np.ndarray:
+        """My private inputs where counterfactuals are searched: images as they are, a table in [0, 1]."""
+        return self.to_unit(self.x) if self.features else self.x
+
+    def private_nn(self) -> np.ndarray:
+        """Per private example, the L2 distance (search space) to its nearest other private example."""
+        if self._private_nn is None:
+            space = self.search_space()
+            self._private_nn = nearest(space, space, exclude_self=True)[0]
+        return self._private_nn
 
     def prototypes(self) -> np.ndarray:
         """Per class, the mean of my examples I classify right (all of that class if none)."""
@@ -200,23 +228,42 @@ class Peer:
             report.seconds = time.perf_counter() - start
             return [], report
         t0 = time.perf_counter()
-        target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
-        space = self.to_unit(self.x) if self.features else self.x
+        space = self.search_space()
+        cc = cfg.counterfactual
+        predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
+            else self.learner.predict_proba
+        module = None
         if self.learner.differentiable:
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
-            res = gradient_counterfactuals(module, space[idx], target, cfg.counterfactual, levels=self.levels)
+        unstarted = 0
+        if cc.start == "instance":  # the paper: the search starts at the instance itself
+            x0, proba0 = space[idx], mine[idx]
         else:
-            predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
-                else self.learner.predict_proba
+            st = start_points(cc.start, space, self.y, idx, mine.argmax(axis=1) == self.y, len(self.classes), rng,
+                              k=cc.start_k, module=module, predict_proba=predict)
+            unstarted = int((~st.ok).sum())
+            idx, x0 = idx[st.ok], st.x[st.ok]
+            proba0 = predict(x0) if len(idx) else mine[:0]
+        # y' from the teacher's prediction at the start point
+        target = soft_targets(proba0, self.y[idx], cc.alpha)
+        if len(idx) == 0:
+            res = None
+        elif module is not None:
+            res = gradient_counterfactuals(module, x0, target, cc, levels=self.levels)
+        else:
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
-            res = search_counterfactuals(predict, space[idx], target, protos, cfg.counterfactual, rng,
-                                         levels=self.levels)
+            if cc.start == "noise":  # data-free: no line search toward a prototype of private data
+                protos = np.full_like(protos, 0.5)
+            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels)
         report.counterfactual_seconds = time.perf_counter() - t0
-        report.failed = res.failed
+        report.failed = unstarted + (res.failed if res is not None else 0)
+        if res is None:
+            report.seconds = time.perf_counter() - start
+            return [], report
         report.mean_steps = float(res.steps.mean())
         good = np.flatnonzero(res.ok)
-        cx, cy, src = res.x[good], self.y[idx][good], space[idx][good]
+        cx, cy, src = res.x[good], self.y[idx][good], x0[good]  # src: the start, where x' was searched from
         keep = dedupe(cx, cy)
         report.duplicates = len(good) - len(keep)
         cx, cy, src = cx[keep], cy[keep], src[keep]
@@ -233,9 +280,23 @@ class Peer:
             ax, ay = augment_vectors(cx, cy, cfg.augment, rng)
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
+        is_cf = np.arange(len(out_y)) < len(cy)
+        out_x = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        if cfg.min_distance > 0:
+            keep = min_distance_keep(out_x, space, self.private_nn(), cfg.min_distance)
+            report.filtered = int((~keep).sum())
+            out_x, out_y, out_src, is_cf = out_x[keep], out_y[keep], out_src[keep], is_cf[keep]
+            if len(out_y) == 0:
+                report.seconds = time.perf_counter() - start
+                return [], report
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
         if cfg.measure_leakage:
-            report.nearest_private_l2 = nearest_distance(cx, space).tolist()
+            released = out_x[is_cf]
+            dist, near = nearest(released, space)
+            report.nearest_private_l2 = dist.tolist()
+            nn = self.private_nn()
+            report.nearest_private_ratio = (dist / np.maximum(nn[near], 1e-6)).tolist() if len(near) else []
+            report.near_copies = int((nearest_ratio(released, space, nn) < 1.0).sum())
         if self.image:
             wire_x = np.round(out_x * 255).astype(np.uint8)
         elif self.features:
@@ -280,17 +341,3 @@ class _FromUnit(torch.nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.module(self.low + u * self.span)
 
-
-@torch.no_grad()
-def nearest_distance(points: np.ndarray, private: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """L2 distance from each point to its nearest private example (the leakage measure)."""
-    if len(points) == 0:
-        return np.zeros(0, dtype=np.float32)
-    p = torch.from_numpy(private.reshape(len(private), -1))
-    p_sq = (p * p).sum(dim=1)
-    out = []
-    for s in range(0, len(points), chunk):
-        q = torch.from_numpy(np.ascontiguousarray(points[s:s + chunk].reshape(-1, p.shape[1])))
-        d2 = (q * q).sum(dim=1, keepdim=True) + p_sq[None, :] - 2.0 * q @ p.T
-        out.append(d2.min(dim=1).values.clamp_(min=0).sqrt())
-    return torch.cat(out).numpy()
