@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args
+from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args, with_privacy
 from peer.errors import UsageError
 
 NET_HELP = "mutual TLS by default (--certs DIR from `ckd certs`); plaintext only with --insecure"
@@ -27,11 +27,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def with_data(values: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], tuple | None]:
-    """With --data: load it (refused here, once, if unreadable) and fill the options the user did
-    not set from DATA_DEFAULTS (and TABLE_DEFAULTS for a table); returns (values, (train, test)).
-    Without: (values, None), Fashion-MNIST being loaded by whoever needs it."""
+    """The --privacy preset's knobs where not given. With --data: load it (refused here, once, if
+    unreadable) and fill the options the user did not set from DATA_DEFAULTS (and TABLE_DEFAULTS for
+    a table); returns (values, (train, test)). Without: (values, None), Fashion-MNIST being loaded by
+    whoever needs it."""
     from peer.experiment import load_data
 
+    values = with_privacy(values, given)
     if not values.get("data"):
         return values, None
     data = load_data(ExperimentConfig(**{**values, "peers": 2, "learners": "mlp"}))

@@ -67,6 +67,20 @@ class ExperimentConfig:
         "fewest steps before an example may stop")
     cf_rel_tol: float = option(0.3,
         "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start")
+    privacy: str = option("paper",
+        "preset of what a teacher may release: paper (the search starts at the private instance, nothing "
+        "filtered: sends near-copies of private data) or custom; a preset sets --cf-start, --cf-start-k, "
+        "--min-distance and --noise-scale unless given")
+    cf_start: str = option("instance",
+        "where the counterfactual search starts: instance (the private x, the paper), mix (mean of x and k-1 "
+        "others of its class), prototype (class mean plus jitter), noise (steered uniform noise, data-free)")
+    cf_start_k: int = option(4, "with --cf-start mix: instances averaged (>= 2)")
+    min_distance: float = option(0.0,
+        "send nothing closer to a private example p than this fraction of p's distance to its nearest other "
+        "private example (0: off; 1: no near-copies)")
+    noise_scale: float = option(0.0,
+        "std of Gaussian noise added to every input sent (pixels in [0, 1]; tables: their [min, max] scaled "
+        "to [0, 1])")
     augment_copies: int = option(1,
         "augmented copies (shift, rotation, noise) sent with each counterfactual")
     max_per_student: int = option(0,
@@ -103,8 +117,11 @@ class ExperimentConfig:
             raise UsageError("--batch-size must be >= 1 and --lr > 0")
         if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
             raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
+        if self.privacy not in PRIVACY_PRESETS and self.privacy != "custom":
+            raise UsageError(f"unknown --privacy {self.privacy!r}; choose from "
+                             f"{', '.join([*PRIVACY_PRESETS, 'custom'])}")
         self.learner_list()
-        self.counterfactual()
+        self.teach()
 
     def learner_list(self) -> list[str]:
         kinds: list[str] = []
@@ -124,11 +141,13 @@ class ExperimentConfig:
     def counterfactual(self) -> CounterfactualConfig:
         return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
                                     max_steps=self.cf_steps,
-                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol)
+                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol,
+                                    start=self.cf_start, start_k=self.cf_start_k)
 
     def teach(self) -> TeachConfig:
         return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
-                           max_per_student=self.max_per_student)
+                           max_per_student=self.max_per_student, min_distance=self.min_distance,
+                           noise_scale=self.noise_scale)
 
     def train(self, peer_index: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -137,6 +156,19 @@ class ExperimentConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+# --privacy: named settings of the knobs that bound what a teacher releases. A preset sets each of
+# its knobs the user did not give; "custom" sets none.
+PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0},
+}
+
+
+def with_privacy(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """`values` (option values) with the --privacy preset's knobs where the user gave none."""
+    preset = PRIVACY_PRESETS.get(values.get("privacy") or "paper", {})
+    return {**values, **{k: v for k, v in preset.items() if k not in given}}
 
 
 def options() -> list[Field]:
@@ -218,8 +250,13 @@ def from_run_config(run_config: dict[str, Any], **override: Any) -> ExperimentCo
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             raise UsageError(f"run config {key} = {value!r} should be {kind.__name__}")
         kwargs[f.name] = value
+    # Flower fills every key from the app config: a knob counts as given where it differs from its default
+    kwargs = with_privacy(kwargs, {k for k, v in kwargs.items() if v != default_of(_FIELDS[k])})
     return ExperimentConfig(**{**kwargs, **override})
 
 
 def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+_FIELDS = {f.name: f for f in fields(ExperimentConfig)}

@@ -46,7 +46,6 @@ def summarise(exp: Experiment) -> dict:
     made = sum(r.counterfactuals for r in teach)
     cf_seconds = sum(r.counterfactual_seconds for r in teach)
     attempted = sum(r.attempted for r in teach)
-    leak = np.concatenate([np.asarray(r.nearest_private_l2, dtype=np.float64) for r in teach]) if teach else np.zeros(0)
     problems = bool(log.errors or log.skipped)
     return {
         "status": "degraded" if problems else "ok",
@@ -69,19 +68,53 @@ def summarise(exp: Experiment) -> dict:
             "mean_steps": round(float(np.average([r.mean_steps for r in teach], weights=[max(r.attempted, 1) for r in teach])), 2) if teach else None,
             "mean_source_l1": round(float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3) if teach else None,
         },
-        "leakage": {
-            "what": "L2 distance (inputs in [0,1]; a table's columns scaled by the sender's own min and max) of each "
-                    "counterfactual x' sent to the sender's nearest private example",
-            "min": round(float(leak.min()), 4) if leak.size else None,
-            "p05": round(float(np.percentile(leak, 5)), 4) if leak.size else None,
-            "median": round(float(np.median(leak)), 4) if leak.size else None,
-        },
+        "leakage": leakage_summary(teach),
         "errors": log.errors,
         "skipped": log.skipped,
         "peers": peers,
         "pairs": [r.summary() for r in teach],
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
+    }
+
+
+def leakage_summary(teach: list) -> dict:
+    """What every teacher sent against its own private data, the run as a whole.
+
+    Near-copies are counted over everything sent; medians come from each pair's seeded sample
+    (up to peer.core.peer.LEAKAGE_SAMPLE examples per pair), the same in every runtime.
+    """
+    measured = [r for r in teach if r.leakage]
+    count = sum(int(r.leakage["count"]) for r in measured)
+    near = sum(int(r.leakage["near_copies"]) for r in measured)
+
+    def pooled(key: str) -> np.ndarray:
+        values = np.concatenate([np.asarray(r.leakage_sample.get(key, []), np.float64) for r in measured]
+                                or [np.zeros(0)])
+        return values[np.isfinite(values)]
+
+    def stat(values: np.ndarray, how: str) -> float | None:
+        if not values.size:
+            return None
+        return round(float({"median": np.median, "min": np.min, "max": np.max}[how](values)
+                           if how != "p05" else np.percentile(values, 5)), 4)
+
+    ratio, to_nearest, to_source, ssim = (pooled(k) for k in ("ratio", "to_nearest", "to_source", "ssim"))
+    return {
+        "what": "each example sent against the sender's private data (inputs in [0,1]; a table's columns scaled by "
+                "the sender's own min and max): L2 distance to the nearest private example, that distance over "
+                "the private example's own distance to its nearest other private example (ratio; below 1 is a "
+                "near-copy), distance to the search's start, SSIM (images) to the nearest private example",
+        "sent": count,
+        "near_copies": near,
+        "near_copy_share": round(near / count, 6) if count else None,
+        "nearest_private_ratio_median": stat(ratio, "median"),
+        "nearest_private_ratio_p05": stat(ratio, "p05"),
+        "to_nearest_median": stat(to_nearest, "median"),
+        "to_nearest_min": stat(to_nearest, "min"),
+        "to_source_median": stat(to_source, "median"),
+        "ssim_median": stat(ssim, "median"),
+        "ssim_max": stat(ssim, "max"),
     }
 
 
@@ -126,6 +159,16 @@ def table(summary: dict) -> str:
     lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> {pct(summary['median_accuracy_after'])}; "
                  f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
                  f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s")
+    leak = summary["leakage"]
+    if leak["sent"]:
+        ssim = f", SSIM to it {leak['ssim_median']} (median)" if leak["ssim_median"] is not None else ""
+        lines.append(f"leakage: {leak['sent']} examples sent; nearest private example at "
+                     f"{leak['nearest_private_ratio_median']}x the private set's own neighbour distance "
+                     f"(median){ssim}; {leak['near_copies']} near-copies ({100 * leak['near_copy_share']:.2f}%)")
+        if leak["near_copies"]:
+            lines.append(f"warning: {leak['near_copies']} examples sent were near-copies of private examples "
+                         f"(privacy preset {summary['config'].get('privacy')!r}); --min-distance 1 or a stricter "
+                         "--privacy preset prevents that")
     for e in summary.get("errors", []):
         lines.append(f"error: round {e['round']}: {e['teacher']} could not teach {e['student']}: {e['error']}")
     for s in summary.get("skipped", []):

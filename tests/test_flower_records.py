@@ -42,7 +42,8 @@ def test_example_batch_round_trip_and_relay_by_receiver():
 
 def test_round_records_round_trip_with_their_teach_reports():
     r = TeachReport("peer-0", "peer-1", 2, qualified=5, attempted=5, failed=1, counterfactuals=4, sent=8,
-                    mean_steps=3.5, seconds=0.25, source_l1=2.0, nearest_private_l2=[0.1, 0.2, 0.3, 0.4])
+                    mean_steps=3.5, seconds=0.25, source_l1=2.0, near_copies=1,
+                    leakage={"count": 8, "near_copies": 1}, leakage_sample={"ratio": [0.5, 1.5]})
     record = PeerRound("peer-0", 2, train_size=42, train_seconds=1.5,
                        evaluation={"accuracy": 0.5, "per_class": [1.0, None, 0.0]}, evaluate_seconds=0.1,
                        teach=[r], teach_seconds=0.3,

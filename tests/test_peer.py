@@ -40,7 +40,8 @@ def test_teacher_sends_valid_batches_of_only_synthetic_examples(kind):
         assert b.x.dtype == np.uint8
         assert not any(row.tobytes() in private for row in b.x)  # no private example leaves
     assert sum(len(b) for b in batches) == report.sent == 2 * report.counterfactuals  # x' plus one augmented copy
-    assert len(report.nearest_private_l2) == report.counterfactuals and min(report.nearest_private_l2) > 0
+    assert report.leakage["count"] == report.sent and report.leakage["to_nearest_min"] > 0
+    assert report.leakage["near_copies"] == report.near_copies <= report.sent
 
 
 def test_absorb_refuses_batches_that_do_not_fit():

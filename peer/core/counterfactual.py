@@ -42,6 +42,8 @@ class CounterfactualConfig:
     abs_tol: float = 1e-3
     batch_size: int = 1024
     population: int = 16    # candidates per example and step of the gradient-free search
+    start: str = "instance"  # where the search starts: instance (the paper), mix, prototype, noise
+    start_k: int = 4         # start "mix": instances averaged (the instance and k-1 of its class)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -55,6 +57,12 @@ class CounterfactualConfig:
             raise UsageError(f"unknown counterfactual method {self.method!r}; choose from {', '.join(METHODS)}")
         if not 0.0 < self.rel_tol <= 1.0:
             raise UsageError(f"rel_tol must be in (0, 1], got {self.rel_tol}")
+        from peer.privacy.release import START_MODES
+
+        if self.start not in START_MODES:
+            raise UsageError(f"unknown counterfactual start {self.start!r}; choose from {', '.join(START_MODES)}")
+        if self.start_k < 2:
+            raise UsageError(f"start_k (instances averaged by start mix) must be >= 2, got {self.start_k}")
 
 
 def qualified_mask(teacher_proba: np.ndarray, student_proba: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -15,11 +15,21 @@ import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.errors import UsageError
 from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
                                  search_counterfactuals, soft_targets)
 from peer.core.features import map_columns, shared
 from peer.learners import Learner, learner_from_blob
 from peer.core.store import ExampleStore
+from peer.privacy.measures import measure_leakage
+from peer.privacy.release import nearest, nearest_ratio, release_noise, start_points
+
+
+LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 4) if np.isfinite(v) else float("nan") for v in values]
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,13 @@ class TeachConfig:
     max_per_student: int = 0     # cap on qualified instances taught per student and round (0: all)
     batch_limit: int = 2048      # examples per ExampleBatch
     measure_leakage: bool = True  # distance of each x' sent to the nearest private example
+    min_distance: float = 0.0    # release nothing closer to a private p than this x p's nearest-other distance
+    noise_scale: float = 0.0     # std of Gaussian noise added to every input sent (search-space units)
+
+    def __post_init__(self) -> None:
+        if self.min_distance < 0 or self.noise_scale < 0:
+            raise UsageError(f"min_distance and noise_scale must be >= 0, got {self.min_distance} and "
+                             f"{self.noise_scale}")
 
 
 @dataclass
@@ -48,17 +65,22 @@ class TeachReport:
     seconds: float = 0.0
     counterfactual_seconds: float = 0.0
     source_l1: float = 0.0             # mean L1 distance x' to its source x
-    nearest_private_l2: list[float] = field(default_factory=list)  # per counterfactual x' sent
+    near_copies: int = 0     # examples sent closer to some private p than p's nearest other private example
+    filtered: int = 0        # examples (counterfactuals and copies) the min-distance filter dropped
+    # what was sent against my private data (peer.privacy.measures.LeakageStats.to_dict, near-copies
+    # counted over everything sent), and a seeded sample of per-example values for run-level figures
+    leakage: dict = field(default_factory=dict)
+    leakage_sample: dict[str, list[float]] = field(default_factory=dict)
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
 
-    NUMBERS = ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "sent", "mean_steps",
-               "seconds", "counterfactual_seconds", "source_l1")
+    NUMBERS = ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "near_copies", "filtered",
+               "sent", "mean_steps", "seconds", "counterfactual_seconds", "source_l1")
 
     def to_dict(self) -> dict:
         """Everything but the gallery (private sources never leave the teacher), JSON-able."""
         return {"teacher": self.teacher, "student": self.student, "round": self.round,
                 **{k: getattr(self, k) for k in self.NUMBERS},
-                "nearest_private_l2": [float(v) for v in self.nearest_private_l2]}
+                "leakage": dict(self.leakage), "leakage_sample": {k: list(v) for k, v in self.leakage_sample.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TeachReport":
@@ -66,20 +88,20 @@ class TeachReport:
         report = cls(str(data["teacher"]), str(data["student"]), int(data["round"]))
         for k in cls.NUMBERS:
             setattr(report, k, type(getattr(report, k))(data[k]))
-        report.nearest_private_l2 = [float(v) for v in data.get("nearest_private_l2", [])]
+        report.leakage = dict(data.get("leakage", {}))
+        report.leakage_sample = {str(k): [float(x) for x in v] for k, v in data.get("leakage_sample", {}).items()}
         return report
 
     def summary(self) -> dict:
-        leak = np.asarray(self.nearest_private_l2, dtype=np.float64)
-        return {k: v for k, v in {
+        """The pair as one row of results.json's "pairs"."""
+        return {
             **{f: getattr(self, f) for f in ("teacher", "student", "round", "qualified", "attempted", "failed",
-                                             "duplicates", "counterfactuals", "sent", "seconds",
-                                             "counterfactual_seconds")},
+                                             "duplicates", "counterfactuals", "filtered", "near_copies",
+                                             "sent", "seconds", "counterfactual_seconds")},
             "mean_steps": round(self.mean_steps, 2),
             "source_l1": round(self.source_l1, 3),
-            "nearest_private_l2_min": round(float(leak.min()), 4) if leak.size else None,
-            "nearest_private_l2_median": round(float(np.median(leak)), 4) if leak.size else None,
-        }.items()}
+            "leakage": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.leakage.items()},
+        }
 
 
 class Peer:
@@ -111,6 +133,7 @@ class Peer:
             self.low, self.high = self.x.min(axis=0), self.x.max(axis=0)
         self.seed = seed
         self._own_proba: np.ndarray | None = None
+        self._private_nn: np.ndarray | None = None
         self._published: dict[int, ModelBlob] = {}
 
     @property
@@ -153,6 +176,17 @@ class Peer:
         if self._own_proba is None:
             self._own_proba = self.learner.predict_proba(self.x)
         return self._own_proba
+
+    def search_space(self) -> np.ndarray:
+        """My private inputs where counterfactuals are searched: images as they are, a table in [0, 1]."""
+        return self.to_unit(self.x) if self.features else self.x
+
+    def private_nn(self) -> np.ndarray:
+        """Per private example, the L2 distance (search space) to its nearest other private example."""
+        if self._private_nn is None:
+            space = self.search_space()
+            self._private_nn = nearest(space, space, exclude_self=True)[0]
+        return self._private_nn
 
     def prototypes(self) -> np.ndarray:
         """Per class, the mean of my examples I classify right (all of that class if none)."""
@@ -201,63 +235,126 @@ class Peer:
         return mapped
 
     def teach(self, student_id: str, student_blob: ModelBlob, round: int) -> tuple[list[ExampleBatch], TeachReport]:
-        """Counterfactuals of my instances where I am right and the student is wrong."""
+        """Counterfactuals of my instances where I am right and the student is wrong, as batches
+        in the student's inputs: select, search, release (augment, noise, min-distance), measure,
+        encode."""
         start = time.perf_counter()
-        cfg = self.teach_config
         report = TeachReport(self.id, student_id, round)
         # randomness from (seed, round, student) alone: the same whatever order students come in
         rng = np.random.default_rng([self.seed, 7, round, zlib.crc32(student_id.encode())])
-        mine = self.own_proba()
         student = learner_from_blob(student_blob)
-        if self.features and not shared(self.features, student.features):
-            report.seconds = time.perf_counter() - start
-            return [], report  # no column in common: nothing I know can be said in its features
-        theirs = self._student_proba(student)
-        idx = np.flatnonzero(qualified_mask(mine, theirs, self.y))
+        batches: list[ExampleBatch] = []
+        if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
+            idx = self._select(student, report, rng)
+            found = self._search(idx, report, rng) if len(idx) else None
+            if found is not None:
+                out_x, out_y, out_src = self._release(*found, report, rng)
+                if len(out_y):
+                    batches = self._encode(student_id, round, student, out_x, out_y, out_src, report)
+        report.seconds = time.perf_counter() - start
+        return batches, report
+
+    def _select(self, student: Learner, report: TeachReport, rng: np.random.Generator) -> np.ndarray:
+        """R_{i->j}: my instances I get right and the student gets wrong (capped by max_per_student)."""
+        cfg = self.teach_config
+        idx = np.flatnonzero(qualified_mask(self.own_proba(), self._student_proba(student), self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:
             idx = np.sort(rng.choice(idx, cfg.max_per_student, replace=False))
         report.attempted = len(idx)
-        if len(idx) == 0:
-            report.seconds = time.perf_counter() - start
-            return [], report
+        return idx
+
+    def _search(self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """x' per selected instance from its start point; (x', labels, starts) of the distinct successes."""
+        cc = self.teach_config.counterfactual
         t0 = time.perf_counter()
-        target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
-        space = self.to_unit(self.x) if self.features else self.x
+        space = self.search_space()
+        mine = self.own_proba()
+        predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
+            else self.learner.predict_proba
+        module = None
         if self.learner.differentiable:
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
-            res = gradient_counterfactuals(module, space[idx], target, cfg.counterfactual, levels=self.levels)
+        unstarted = 0
+        if cc.start == "instance":  # the paper: the search starts at the instance itself
+            x0, proba0 = space[idx], mine[idx]
         else:
-            predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
-                else self.learner.predict_proba
+            st = start_points(cc.start, space, self.y, idx, mine.argmax(axis=1) == self.y, len(self.classes), rng,
+                              k=cc.start_k, module=module, predict_proba=predict)
+            unstarted = int((~st.ok).sum())
+            idx, x0 = idx[st.ok], st.x[st.ok]
+            proba0 = predict(x0) if len(idx) else mine[:0]
+        report.failed = unstarted
+        if len(idx) == 0:
+            report.counterfactual_seconds = time.perf_counter() - t0
+            return None
+        target = soft_targets(proba0, self.y[idx], cc.alpha)  # y' from my prediction at the start point
+        if module is not None:
+            res = gradient_counterfactuals(module, x0, target, cc, levels=self.levels)
+        else:
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
-            res = search_counterfactuals(predict, space[idx], target, protos, cfg.counterfactual, rng,
-                                         levels=self.levels)
+            if cc.start == "noise":  # data-free: no line search toward a prototype of private data
+                protos = np.full_like(protos, 0.5)
+            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels)
         report.counterfactual_seconds = time.perf_counter() - t0
-        report.failed = res.failed
+        report.failed += res.failed
         report.mean_steps = float(res.steps.mean())
         good = np.flatnonzero(res.ok)
-        cx, cy, src = res.x[good], self.y[idx][good], space[idx][good]
+        cx, cy, src = res.x[good], self.y[idx][good], x0[good]  # src: the start, where x' was searched from
         keep = dedupe(cx, cy)
         report.duplicates = len(good) - len(keep)
+        report.counterfactuals = len(keep)
+        if len(keep) == 0:
+            return None
         cx, cy, src = cx[keep], cy[keep], src[keep]
-        report.counterfactuals = len(cy)
-        if len(cy) == 0:
-            report.seconds = time.perf_counter() - start
-            return [], report
         report.source_l1 = float(np.abs(cx - src).reshape(len(cx), -1).sum(axis=1).mean())
         report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
+        return cx, cy, src
 
+    def _release(self, cx: np.ndarray, cy: np.ndarray, src: np.ndarray, report: TeachReport,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What may leave: x' and augmented copies, release noise, nothing nearer a private example
+        than min_distance; near-copies among the rest counted and what is sent measured."""
+        cfg = self.teach_config
         if self.image:
             ax, ay = augment_images(cx, cy, cfg.augment, rng, self.levels)
         else:
             ax, ay = augment_vectors(cx, cy, cfg.augment, rng)
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
+        out_x = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        if not (cfg.measure_leakage or cfg.min_distance > 0):
+            return out_x, out_y, out_src
+        space, nn = self.search_space(), self.private_nn()
+        ratio = nearest_ratio(out_x, space, nn)  # below 1: a near-copy of some private example
+        if cfg.min_distance > 0:
+            keep = ratio >= cfg.min_distance
+            report.filtered = int((~keep).sum())
+            out_x, out_y, out_src, ratio = out_x[keep], out_y[keep], out_src[keep], ratio[keep]
+        report.near_copies = int((ratio < 1.0).sum())
+        if cfg.measure_leakage and len(out_y):
+            self._measure(out_x, out_src, ratio, report, rng)
+        return out_x, out_y, out_src
+
+    def _measure(self, out_x: np.ndarray, out_src: np.ndarray, ratio: np.ndarray, report: TeachReport,
+                 rng: np.random.Generator, sample: int = LEAKAGE_SAMPLE) -> None:
+        """Leakage of what is sent: near-copies over all of it, distances and SSIM on a seeded sample."""
+        pick = np.sort(rng.permutation(len(out_x))[:sample]) if len(out_x) > sample else np.arange(len(out_x))
+        stats = measure_leakage(out_x[pick], self.search_space(), self.private_nn(), sources=out_src[pick],
+                                image=self.image and out_x.ndim >= 3)
+        report.leakage = {**stats.to_dict(), "count": int(len(out_x)), "near_copies": report.near_copies,
+                          "near_copy_share": report.near_copies / len(out_x), "sampled": int(len(pick)),
+                          "nearest_any_ratio_min": float(ratio.min())}
+        report.leakage_sample = {"ratio": _rounded(stats.ratio), "to_nearest": _rounded(stats.to_nearest),
+                                 "to_source": _rounded(stats.to_source), "ssim": _rounded(stats.ssim_nearest)}
+
+    def _encode(self, student_id: str, round: int, student: Learner, out_x: np.ndarray, out_y: np.ndarray,
+                out_src: np.ndarray, report: TeachReport) -> list[ExampleBatch]:
+        """Batches in the student's inputs: uint8 images, or a table in the student's columns by name."""
+        cfg = self.teach_config
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
-        if cfg.measure_leakage:
-            report.nearest_private_l2 = nearest_distance(cx, space).tolist()
         if self.image:
             wire_x = np.round(out_x * 255).astype(np.uint8)
         elif self.features:
@@ -266,14 +363,12 @@ class Peer:
             wire_x, out_y, distance = wire_x[keep], out_y[keep], distance[keep]
         else:
             wire_x = out_x.astype(np.float32)
-        batches = [
+        report.sent = len(out_y)
+        return [
             ExampleBatch(self.id, student_id, round, seq, wire_x[s:s + cfg.batch_limit], out_y[s:s + cfg.batch_limit],
                          self.classes, distance[s:s + cfg.batch_limit], student.features)
             for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
         ]
-        report.sent = len(out_y)
-        report.seconds = time.perf_counter() - start
-        return batches, report
 
     # -- absorb ------------------------------------------------------------------------------
     def absorb(self, batch: ExampleBatch) -> bool:
@@ -302,17 +397,3 @@ class _FromUnit(torch.nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.module(self.low + u * self.span)
 
-
-@torch.no_grad()
-def nearest_distance(points: np.ndarray, private: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """L2 distance from each point to its nearest private example (the leakage measure)."""
-    if len(points) == 0:
-        return np.zeros(0, dtype=np.float32)
-    p = torch.from_numpy(private.reshape(len(private), -1))
-    p_sq = (p * p).sum(dim=1)
-    out = []
-    for s in range(0, len(points), chunk):
-        q = torch.from_numpy(np.ascontiguousarray(points[s:s + chunk].reshape(-1, p.shape[1])))
-        d2 = (q * q).sum(dim=1, keepdim=True) + p_sq[None, :] - 2.0 * q @ p.T
-        out.append(d2.min(dim=1).values.clamp_(min=0).sqrt())
-    return torch.cat(out).numpy()

@@ -1,0 +1,236 @@
+"""Privacy/accuracy frontier of the release knobs on fmnist-10.
+
+    python bench/privacy.py                       # full fmnist-10 -> bench/results/privacy.json
+    python bench/privacy.py --train-per-peer 1500 --test-limit 2000 --out runs/privacy_small.json
+
+Round 0 (local training) is the same for every setting, so it is trained once; each setting
+then runs its rounds of teach and retrain on deep copies of the trained peers. For every
+setting: median accuracy after and its gain over round 0, the gain as a share of the paper
+setting's gain, and what the sent examples reveal about each teacher's private data:
+- near_copy_share: share of sent inputs closer to some private example p than p's nearest other
+  private example (nearest_ratio < 1)
+- median_nearest_private_ratio: median of (distance to the nearest private example) / (that
+  example's distance to its nearest other private example)
+- mia_auc, tpr_at_1pct_fpr: the best membership-inference attack a receiver could mount from
+  what it received: members = a sample of each teacher's private instances, non-members = test
+  images of the classes that teacher holds (attacks from peer.privacy.attacks where present,
+  else the distance attack: score = -distance to the nearest example received from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+from peer.data.fashion import load_fashion_mnist  # noqa: E402
+from peer.inprocess import RunLog, evaluate_all, teach_round, train_all  # noqa: E402
+from peer.experiment import ExperimentConfig, build_peers  # noqa: E402
+from peer.privacy.release import nearest, nearest_ratio  # noqa: E402
+from peer.inprocess import InProcessTransport  # noqa: E402
+
+KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")
+PAPER = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+
+
+def settings() -> list[tuple[str, str, dict]]:
+    """(knob, value, knob settings) of the sweep, the paper setting first."""
+    out = [("paper", "instance", {})]
+    for k in (2, 3, 4, 8, 16):
+        out.append(("cf_start", f"mix k={k}", {"cf_start": "mix", "cf_start_k": k}))
+    out += [("cf_start", "prototype", {"cf_start": "prototype"}), ("cf_start", "noise", {"cf_start": "noise"})]
+    for f in (0.25, 0.5, 0.75, 1.0, 1.25):
+        out.append(("min_distance", str(f), {"min_distance": f}))
+    for s in (0.05, 0.1, 0.2, 0.3, 0.5):
+        out.append(("noise_scale", str(s), {"noise_scale": s}))
+    combos = [
+        {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0},
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0},
+        {"cf_start": "mix", "cf_start_k": 8, "min_distance": 1.0},
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.1},
+        {"cf_start": "instance", "min_distance": 1.0, "noise_scale": 0.2},
+        {"cf_start": "prototype", "min_distance": 1.0},
+    ]
+    for c in combos:
+        out.append(("combination", " ".join(f"{k}={v}" for k, v in c.items()), c))
+    return out
+
+
+class RecordingTransport(InProcessTransport):
+    """In-process delivery that also keeps every batch, for measuring what was sent."""
+
+    def __init__(self, peers: dict) -> None:
+        super().__init__(peers)
+        self.batches = []
+
+    def push_examples(self, peer_id, batch):
+        self.batches.append(batch)
+        return super().push_examples(peer_id, batch)
+
+
+def roc(member: np.ndarray, nonmember: np.ndarray) -> tuple[float, float]:
+    """(AUC, TPR at 1% FPR) of scores where higher means 'member'."""
+    scores = np.concatenate([member, nonmember])
+    truth = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each tie group
+    tps, fps = np.cumsum(t)[distinct], np.cumsum(1 - t)[distinct]
+    tpr, fpr = np.r_[0, tps / len(member)], np.r_[0, fps / len(nonmember)]
+    auc = float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+    tpr_at = float(tpr[fpr <= 0.01].max())
+    return auc, tpr_at
+
+
+def attack_scores(released: np.ndarray, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, tuple]:
+    """Each attack's (member scores, non-member scores); higher means member."""
+    try:  # the fuller attack set, where present
+        from peer.privacy import attacks  # type: ignore
+
+        if hasattr(attacks, "attack_scores"):
+            return attacks.attack_scores(released, members, nonmembers)
+    except ImportError:
+        pass
+    if len(released) == 0:
+        return {"distance": (np.zeros(len(members)), np.zeros(len(nonmembers)))}
+    return {"distance": (-nearest(members, released)[0], -nearest(nonmembers, released)[0])}
+
+
+def measure(peers, transport: RecordingTransport, test_x: np.ndarray, test_y: np.ndarray, sample: int,
+            seed: int) -> dict:
+    """Near-copies, ratio median and attacks over everything each teacher sent."""
+    by_teacher: dict[str, list[np.ndarray]] = {}
+    for b in transport.batches:
+        x = b.x.astype(np.float32) / 255.0 if b.x.dtype == np.uint8 else b.x.astype(np.float32)
+        by_teacher.setdefault(b.sender, []).append(x)
+    ratios, near, scores = [], [], {}
+    rng = np.random.default_rng(seed)
+    for p in peers:
+        sent = np.concatenate(by_teacher.get(p.id, [np.zeros((0, *p.input_shape), np.float32)]))
+        nn = p.private_nn()
+        if len(sent):
+            d, i = nearest(sent, p.x)
+            ratios.append(d / np.maximum(nn[i], 1e-6))
+            near.append(nearest_ratio(sent, p.x, nn) < 1.0)
+        members = p.x[rng.choice(len(p.x), min(sample, len(p.x)), replace=False)]
+        pool = np.flatnonzero(np.isin(test_y, np.unique(p.y)))
+        nonmembers = test_x[rng.choice(pool, min(sample, len(pool)), replace=False)]
+        for name, (m, n) in attack_scores(sent, members, nonmembers).items():
+            scores.setdefault(name, ([], []))
+            scores[name][0].append(m)
+            scores[name][1].append(n)
+    ratios_all = np.concatenate(ratios) if ratios else np.zeros(0)
+    near_all = np.concatenate(near) if near else np.zeros(0, bool)
+    attacks = {name: roc(np.concatenate(m), np.concatenate(n)) for name, (m, n) in scores.items()}
+    best = max(attacks, key=lambda k: (attacks[k][0], attacks[k][1]))
+    return {
+        "sent": int(len(ratios_all)),
+        "near_copy_share": float(near_all.mean()) if near_all.size else 0.0,
+        "median_nearest_private_ratio": float(np.median(ratios_all)) if ratios_all.size else None,
+        "mia_auc": attacks[best][0],
+        "tpr_at_1pct_fpr": attacks[best][1],
+        "best_attack": best,
+        "attacks": {k: {"auc": a, "tpr_at_1pct_fpr": t} for k, (a, t) in attacks.items()},
+    }
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def median_accuracy(log: RunLog, r: int) -> float:
+    return float(np.median([ev[r]["accuracy"] for ev in log.evaluations.values()]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of teach and retrain per setting")
+    parser.add_argument("--train-per-peer", type=int, default=0, help="examples of each peer's part (0: all)")
+    parser.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
+    parser.add_argument("--sample", type=int, default=500, help="members and non-members per teacher for attacks")
+    parser.add_argument("--only", default="", help="comma list of setting indices to run (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "privacy.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = ExperimentConfig(rounds=args.rounds, train_per_peer=args.train_per_peer, test_limit=args.test_limit,
+                            privacy="custom", device=args.device)
+    train, test = load_fashion_mnist(base.data_dir)
+    if base.test_limit:
+        test = test.subset(np.arange(min(base.test_limit, len(test))))
+    test_x = test.float_inputs()
+    quiet = not sys.stderr.isatty()
+    t = time.perf_counter()
+    peers0 = build_peers(base, train)
+    log0 = RunLog()
+    train_all(peers0, base.epochs, "train", quiet, log0)
+    evaluate_all(peers0, test_x, test.y, log0)
+    for p in peers0:
+        p.own_proba(), p.private_nn()  # cached once, shared by every copy
+    before = median_accuracy(log0, 0)
+    print(f"round 0: median accuracy {before:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    chosen = settings()
+    if args.only:
+        chosen = [chosen[int(i)] for i in args.only.split(",")]
+    rows, paper_gain = [], None
+    for knob, value, knobs in chosen:
+        t = time.perf_counter()
+        cfg = replace(base, **{**PAPER, **knobs})
+        peers = copy.deepcopy(peers0)
+        for p in peers:
+            p.teach_config = cfg.teach()
+        transport = RecordingTransport({p.id: p for p in peers})
+        log = copy.deepcopy(log0)
+        ids = [p.id for p in peers]
+        for r in range(1, cfg.rounds + 1):
+            for p in peers:
+                p.snapshot(r)
+            for p in peers:
+                log.teach += teach_round(p, ids, transport, r)
+            train_all(peers, cfg.retrain_epochs, f"round {r}", quiet, log, round=r)
+            evaluate_all(peers, test_x, test.y, log)
+        after = median_accuracy(log, cfg.rounds)
+        gain = after - before
+        if knob == "paper":
+            paper_gain = gain
+        row = {"knob": knob, "value": value, "median_accuracy_before": before, "median_accuracy_after": after,
+               "accuracy_gain": gain, "gain_ratio": gain / paper_gain if paper_gain else None,
+               **measure(peers, transport, test_x, test.y, args.sample, cfg.seed),
+               "filtered": sum(rep.filtered for rep in log.teach), "failed": sum(rep.failed for rep in log.teach),
+               "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
+               "seconds": round(time.perf_counter() - t, 1), "config": asdict(cfg)}
+        rows.append(row)
+        print(f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio "
+              f"{row['gain_ratio'] if row['gain_ratio'] is None else round(row['gain_ratio'], 2)} "
+              f"near {row['near_copy_share']:.3f} med-ratio {row['median_nearest_private_ratio']} "
+              f"auc {row['mia_auc']:.3f} tpr1 {row['tpr_at_1pct_fpr']:.3f} sent {row['sent']} "
+              f"({row['seconds']:.0f} s)", flush=True)
+        result = [{**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()}
+                  for r in rows]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every setting: partial results survive
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

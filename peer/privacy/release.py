@@ -1,0 +1,204 @@
+"""What a teacher's counterfactual search starts from, and what it may release.
+
+The paper starts the search at the private instance x itself and moves x' only as far as the
+target needs, so what is sent is x barely perturbed. This module holds the knobs that trade
+that leakage against what a student learns, as pure functions over arrays in the teacher's
+search space (images in [0, 1]; a table's columns scaled to its own [min, max], also [0, 1]):
+
+- start points (`start_points`): where the search starts for each qualified instance
+    instance    x itself (the paper)
+    mix         the mean of k >= 2 correctly classified instances of x's class: x and k-1 others
+                drawn with the teacher's rng
+    prototype   the class prototype (mean of the class's correctly classified instances) plus a
+                small Gaussian jitter so that starts differ
+    noise       uniform noise steered by the teacher's model toward x's class (data-free)
+- a minimum-distance filter (`min_distance_keep`): drop any candidate closer to some private
+  example p than `fraction` x p's own nearest-other-private distance (the "near-copy" test at
+  fraction 1)
+- release noise (`release_noise`): Gaussian noise of a recorded scale added to what is sent,
+  clipped to [0, 1] and, for images, quantised to the uint8 levels that go on the wire
+- nearest-neighbour machinery (`nearest`, `nearest_ratio`): chunked L2 in torch
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from peer.privacy.measures import nearest
+
+START_MODES = ("instance", "mix", "prototype", "noise")
+PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
+STEER_STEPS = 10         # gradient steps that steer a noise start toward its class
+STEER_STEP = 0.1         # largest change of one input in one steering step
+
+
+# -- nearest neighbours -----------------------------------------------------------------------
+def _flat(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a)
+    return t.reshape(len(t), -1).to(torch.float32)
+
+
+@torch.no_grad()
+def nearest_ratio(points: np.ndarray, reference: np.ndarray, reference_nn: np.ndarray,
+                  chunk: int = 1024) -> np.ndarray:
+    """min over reference rows p of ||point - p|| / nn(p), where nn(p) is p's distance to its
+    nearest other reference row. Below 1: the point is a near-copy of some p (closer to p than
+    any other private example is). Rows with nn(p) = 0 (exact duplicates) count as nn = 1e-6."""
+    n = len(points)
+    if n == 0 or len(reference) == 0:
+        return np.full(n, np.inf, dtype=np.float32)
+    ref = _flat(reference)
+    ref_sq = (ref * ref).sum(dim=1)
+    scale = torch.from_numpy(np.maximum(np.asarray(reference_nn, dtype=np.float32), 1e-6))
+    pts = _flat(points)
+    out = []
+    for s in range(0, n, chunk):
+        q = pts[s:s + chunk]
+        d2 = (q * q).sum(dim=1, keepdim=True) + ref_sq[None, :] - 2.0 * q @ ref.T
+        out.append((d2.clamp_(min=0).sqrt() / scale[None, :]).min(dim=1).values)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def min_distance_keep(candidates: np.ndarray, private: np.ndarray, private_nn: np.ndarray,
+                      fraction: float, chunk: int = 1024) -> np.ndarray:
+    """Boolean mask of the candidates that may be released: none closer to a private example p
+    than `fraction` x nn(p). `fraction` 0 keeps everything (and computes nothing)."""
+    if fraction <= 0 or len(candidates) == 0:
+        return np.ones(len(candidates), dtype=bool)
+    return nearest_ratio(candidates, private, private_nn, chunk) >= fraction
+
+
+# -- release noise ----------------------------------------------------------------------------
+def release_noise(x: np.ndarray, scale: float, rng: np.random.Generator, levels: int | None = 255) -> np.ndarray:
+    """x + N(0, scale^2) per input, clipped to [0, 1], quantised to `levels` (None: not quantised).
+    Scale 0 returns x unchanged (the same array)."""
+    if scale <= 0 or len(x) == 0:
+        return x
+    noisy = np.clip(x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(scale), 0.0, 1.0)
+    if levels is not None:
+        noisy = np.round(noisy * levels) / levels
+    return noisy.astype(np.float32)
+
+
+# -- start points -----------------------------------------------------------------------------
+@dataclass
+class Starts:
+    """Where the search starts for each qualified instance, and which private rows made it.
+
+    `x`: (n, *shape) float32 in [0, 1]. `sources[i]`: indices into the private set that start i
+    was computed from (instance: [i's instance]; mix: the k instances averaged; prototype: every
+    instance of the class's mean; noise: none). `ok`: False where no start could be made (a noise
+    start the teacher could not steer to its class); such rows are not searched.
+    """
+
+    x: np.ndarray
+    sources: list[np.ndarray]
+    ok: np.ndarray
+
+
+def class_pools(y: np.ndarray, correct: np.ndarray, classes: int) -> list[np.ndarray]:
+    """Per class, the private indices the teacher classifies right (all of the class if none)."""
+    pools = []
+    for c in range(classes):
+        pool = np.flatnonzero((y == c) & correct)
+        pools.append(pool if len(pool) else np.flatnonzero(y == c))
+    return pools
+
+
+def mix_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray], k: int,
+               rng: np.random.Generator) -> Starts:
+    """Mean of instance idx[i] and k-1 other instances of its class drawn from `pools` without
+    replacement (fewer when the pool is smaller)."""
+    if k < 2:
+        raise ValueError(f"mix needs k >= 2 instances, got {k}")
+    starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
+    sources = []
+    for i, j in enumerate(idx):
+        pool = pools[y[j]]
+        others = pool[pool != j]
+        pick = rng.choice(others, min(k - 1, len(others)), replace=False) if len(others) else others
+        members = np.concatenate([[j], np.sort(pick)]).astype(np.int64)
+        starts[i] = x[members].mean(axis=0)
+        sources.append(members)
+    return Starts(starts, sources, np.ones(len(idx), dtype=bool))
+
+
+def prototype_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray],
+                     rng: np.random.Generator, jitter: float = PROTOTYPE_JITTER) -> Starts:
+    """The class prototype of each instance plus N(0, jitter^2) noise, clipped to [0, 1]."""
+    protos = {c: x[pools[c]].mean(axis=0) for c in np.unique(y[idx])}
+    base = np.stack([protos[c] for c in y[idx]]) if len(idx) else np.zeros((0, *x.shape[1:]), np.float32)
+    starts = np.clip(base + rng.standard_normal(base.shape).astype(np.float32) * np.float32(jitter), 0.0, 1.0)
+    return Starts(starts.astype(np.float32), [pools[c] for c in y[idx]], np.ones(len(idx), dtype=bool))
+
+
+def steer(module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int = STEER_STEPS,
+          step: float = STEER_STEP) -> np.ndarray:
+    """Move each x toward its label under a torch model: normalised gradient steps on log p(label)
+    inside [0, 1], each example stopping once the model predicts its label. Returns the moved x."""
+    if len(x) == 0:
+        return x
+    device = next(module.parameters()).device
+    grads = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    try:
+        xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        shape = (-1,) + (1,) * (xs.dim() - 1)
+        for _ in range(steps):
+            xa = xs.clone().requires_grad_(True)
+            logp = torch.log_softmax(module(xa), dim=1)
+            todo = logp.argmax(dim=1) != lab
+            if not todo.any():
+                break
+            (g,) = torch.autograd.grad(logp.gather(1, lab[:, None]).sum(), xa)
+            with torch.no_grad():
+                g = g / g.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(shape)
+                xs = torch.where(todo.view(shape), (xs + step * g).clamp_(0.0, 1.0), xs)
+        return xs.detach().cpu().numpy()
+    finally:
+        for p, g in zip(module.parameters(), grads):
+            p.requires_grad_(g)
+
+
+def noise_starts(shape: tuple[int, ...], labels: np.ndarray, rng: np.random.Generator,
+                 module: torch.nn.Module | None = None,
+                 predict_proba: Callable[[np.ndarray], np.ndarray] | None = None) -> Starts:
+    """Uniform noise in [0, 1]^shape, one per label, steered toward its label by a torch `module`
+    when the teacher has one. With `predict_proba`, starts the teacher does not (yet) assign to
+    their label stay ok: a gradient-free search with target argmax = label steers them itself."""
+    starts = rng.random((len(labels), *shape), dtype=np.float32)
+    if module is not None:
+        starts = steer(module, starts, labels)
+    ok = np.ones(len(labels), dtype=bool)
+    if module is not None and predict_proba is not None and len(labels):
+        ok = predict_proba(starts).argmax(axis=1) == labels
+    empty = np.zeros(0, dtype=np.int64)
+    return Starts(starts.astype(np.float32), [empty] * len(labels), ok)
+
+
+def start_points(mode: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, correct: np.ndarray,
+                 classes: int, rng: np.random.Generator, k: int = 4,
+                 module: torch.nn.Module | None = None,
+                 predict_proba: Callable[[np.ndarray], np.ndarray] | None = None) -> Starts:
+    """Start points of the search for private instances `idx` of (x, y) in search space.
+
+    `correct`: which private rows the teacher classifies right (mix and prototype use only those
+    of each class). `module` / `predict_proba`: the teacher's model in search space (noise mode).
+    """
+    if mode == "instance":
+        return Starts(x[idx].astype(np.float32, copy=False), [np.array([j], dtype=np.int64) for j in idx],
+                      np.ones(len(idx), dtype=bool))
+    if mode == "mix":
+        return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng)
+    if mode == "prototype":
+        return prototype_starts(x, y, idx, class_pools(y, correct, classes), rng)
+    if mode == "noise":
+        return noise_starts(tuple(x.shape[1:]), y[idx], rng, module, predict_proba)
+    raise ValueError(f"unknown start mode {mode!r}; choose from {', '.join(START_MODES)}")

@@ -1,0 +1,169 @@
+"""Release knobs: start points, the minimum-distance filter, release noise, and their options."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from peer.core.counterfactual import CounterfactualConfig
+from peer.config import ExperimentConfig, with_privacy
+from peer.learners import TrainConfig, make_learner
+from peer.core.peer import Peer, TeachConfig
+from peer.privacy.release import (START_MODES, min_distance_keep, nearest, nearest_ratio, release_noise,
+                                  start_points)
+
+KNOBS = {"privacy": "paper", "cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+
+
+def blobs(n_per_class: int = 30, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Small 8x8 images: class c is a bright block in its own place, plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_per_class * classes, 8, 8), dtype=np.float32) * 0.3
+    y = np.repeat(np.arange(classes), n_per_class)
+    for c in range(classes):
+        x[y == c, 2 * c:2 * c + 3, 1:7] += 0.6
+    return np.clip(x, 0, 1), y
+
+
+@pytest.mark.parametrize("mode", START_MODES)
+def test_each_start_mode_gives_points_in_range(mode):
+    x, y = blobs()
+    idx = np.array([0, 5, 31, 70])
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    predict = lambda a: torch.softmax(module(torch.from_numpy(a)), 1).detach().numpy()  # noqa: E731
+    st = start_points(mode, x, y, idx, np.ones(len(y), bool), 3, np.random.default_rng(0), k=3,
+                      module=module, predict_proba=predict)
+    assert st.x.shape == (4, 8, 8) and st.x.dtype == np.float32
+    assert st.x.min() >= 0 and st.x.max() <= 1
+    assert len(st.sources) == 4 and st.ok.shape == (4,)
+    if mode == "instance":
+        assert np.array_equal(st.x, x[idx]) and [s.tolist() for s in st.sources] == [[0], [5], [31], [70]]
+    if mode == "mix":
+        assert all(len(s) == 3 and s[0] == j and (y[s] == y[j]).all() for s, j in zip(st.sources, idx))
+    if mode == "noise":
+        assert all(len(s) == 0 for s in st.sources)
+
+
+def test_mix_of_two_known_images_is_their_mean():
+    x = np.zeros((3, 4, 4), np.float32)
+    x[0] = 1.0
+    x[1, :2] = 1.0
+    y = np.array([0, 0, 1])
+    st = start_points("mix", x, y, np.array([0]), np.ones(3, bool), 2, np.random.default_rng(0), k=2)
+    assert st.sources[0].tolist() == [0, 1]
+    np.testing.assert_allclose(st.x[0], (x[0] + x[1]) / 2)
+
+
+def test_nearest_and_exclude_self():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]], np.float32)
+    d, i = nearest(np.array([[3.0, 3.0]], np.float32), ref)
+    assert i.tolist() == [1] and d[0] == pytest.approx(1.0)
+    d, i = nearest(ref, ref, exclude_self=True)
+    assert i.tolist() == [2, 2, 0] and d.tolist() == pytest.approx([1.0, np.sqrt(9 + 9), 1.0])
+
+
+def test_min_distance_filter_drops_a_copy_and_keeps_a_far_point():
+    x, _ = blobs()
+    nn = nearest(x, x, exclude_self=True)[0]
+    far = np.full((1, 8, 8), 0.5, np.float32) + 10.0
+    cands = np.concatenate([x[3:4], x[3:4] + 0.001, far])
+    keep = min_distance_keep(cands, x, nn, 1.0)
+    assert keep.tolist() == [False, False, True]
+    assert min_distance_keep(cands, x, nn, 0.0).all()  # 0 disables
+    assert nearest_ratio(x[:1], x, nn)[0] == pytest.approx(0.0, abs=0.01)
+
+
+def test_release_noise_scale_zero_is_identity_and_quantises_otherwise():
+    x, _ = blobs()
+    rng = np.random.default_rng(0)
+    assert release_noise(x, 0.0, rng) is x
+    noisy = release_noise(x, 0.1, rng, levels=255)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and not np.array_equal(noisy, x)
+    np.testing.assert_allclose(noisy * 255, np.round(noisy * 255), atol=1e-4)
+
+
+def _image_peer(teach: TeachConfig, drop_class: int | None = None, seed: int = 0) -> Peer:
+    x, y = blobs(40, seed=seed)
+    if drop_class is not None:
+        x, y = x[y != drop_class], y[y != drop_class]
+    learner = make_learner("mlp", (8, 8), ("a", "b", "c"), TrainConfig(epochs=30, lr=3e-3, seed=seed))
+    p = Peer(f"p{seed}", x, y, ("a", "b", "c"), learner, teach, seed=seed)
+    p.train()
+    return p
+
+
+def test_teach_with_mix_and_the_filter_sends_no_near_copy():
+    teach = TeachConfig(CounterfactualConfig(start="mix", start_k=4), min_distance=1.0)
+    teacher = _image_peer(teach)
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1)
+    batches, report = teacher.teach(student.id, student.snapshot(1), 1)
+    assert report.qualified > 0 and report.sent > 0
+    sent = np.concatenate([b.x for b in batches]).astype(np.float32) / 255
+    assert (nearest_ratio(sent, teacher.x, teacher.private_nn()) >= 1.0).all()
+    assert report.near_copies == 0 and report.leakage["nearest_any_ratio_min"] >= 1.0
+    # the paper's setting sends near-copies of the very same instances
+    paper_batches, paper = _image_peer(TeachConfig()).teach(student.id, student.snapshot(1), 1)
+    assert paper.near_copies > 0 and paper.filtered == 0
+
+
+def test_teach_on_a_table_with_every_start_mode():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3)).astype(np.float32) * 5 + 10
+    y = (x[:, 0] > 10).astype(np.int64)
+    for mode in START_MODES:
+        teach = TeachConfig(CounterfactualConfig(start=mode, start_k=2), noise_scale=0.05, min_distance=0.5)
+        learner = make_learner("mlp", (3,), ("lo", "hi"), TrainConfig(epochs=30, seed=0))
+        teacher = Peer("t", x, y, ("lo", "hi"), learner, teach, features=("a", "b", "c"))
+        teacher.train()
+        weak = make_learner("mlp", (3,), ("lo", "hi"), TrainConfig(epochs=1, seed=1))
+        student = Peer("s", x[:10], np.zeros(10, np.int64), ("lo", "hi"), weak, features=("a", "b", "c"))
+        student.train()
+        batches, report = teacher.teach("s", student.snapshot(1), 1)
+        assert report.qualified > 0
+        for b in batches:
+            assert b.x.shape[1] == 3 and np.isfinite(b.x).all()
+            assert (b.x >= teacher.low - 1e-4).all() and (b.x <= teacher.high + 1e-4).all()
+
+
+def test_the_knobs_exist_everywhere_with_the_same_defaults(monkeypatch):
+    from peer.config import options
+    from peer.flower.client_app import experiment_config
+    from server.cli import build_parser
+
+    defaults = {f.name: f.default for f in fields(ExperimentConfig)}
+    assert {k: defaults[k] for k in KNOBS} == KNOBS
+    assert set(KNOBS) <= {f.name for f in options()}
+    args = build_parser()[0].parse_args(["demo"])
+    assert {k: getattr(args, k) for k in KNOBS} == KNOBS
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    app = config["tool"]["flwr"]["app"]["config"]
+    assert {k: app[k.replace("_", "-")] for k in KNOBS} == KNOBS
+    monkeypatch.setenv("CKD_CF_START", "mix")
+    monkeypatch.setenv("CKD_MIN_DISTANCE", "1.5")
+    args = build_parser()[0].parse_args(["demo"])
+    assert (args.cf_start, args.min_distance) == ("mix", 1.5)
+    cfg = experiment_config({"cf-start": "prototype", "noise-scale": 0.1, "cf-start-k": 2}, 3)
+    assert (cfg.cf_start, cfg.noise_scale, cfg.cf_start_k) == ("prototype", 0.1, 2)
+    assert cfg.teach().noise_scale == 0.1 and cfg.teach().counterfactual.start == "prototype"
+
+
+def test_privacy_preset_sets_only_knobs_not_given():
+    from peer.config import PRIVACY_PRESETS
+
+    assert PRIVACY_PRESETS["paper"] == {k: v for k, v in KNOBS.items() if k != "privacy"}
+    for name, preset in PRIVACY_PRESETS.items():
+        values = with_privacy({**KNOBS, "privacy": name, "min_distance": 0.3}, {"min_distance"})
+        assert values["min_distance"] == 0.3
+        assert all(values[k] == v for k, v in preset.items() if k != "min_distance")
+        ExperimentConfig(**values)
+    custom = with_privacy({**KNOBS, "privacy": "custom", "cf_start": "noise"}, set())
+    assert custom["cf_start"] == "noise"
+    with pytest.raises(Exception, match="unknown --privacy"):
+        ExperimentConfig(privacy="nope")
+    with pytest.raises(Exception, match="unknown counterfactual start"):
+        ExperimentConfig(cf_start="nope")
