@@ -291,7 +291,9 @@ def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wa
     kinds = [about[p]["learner"] for p in ids]
     names = {f.name for f in options()}
     config = {k: v for k, v in about[ids[0]]["config"].items() if k in names}
-    config.update(peers=len(ids), learners=",".join(kinds), rounds=rounds)
+    config.update(peers=len(ids), rounds=rounds)
+    if ExperimentConfig(**config).learner_list() != kinds:  # a peer ran another learner (ckd peer --learner)
+        config["learners"] = ",".join(kinds)
     records = [PeerRound.from_dict(metrics[p][r]["record"]) for p in ids for r in range(rounds + 1)]
     log = RunLog.from_records(records, ids)
     log.skipped += [s for s in skipped if s["skipped"]]

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.flower_util import SMALL, ClientAppFreezer
+from tests.results_compare import assert_same_results
 from tests.flower_local import flower
 from peer.data.fashion import find_data_dir
 from peer.inprocess import run_experiment
@@ -43,20 +44,7 @@ def in_process(fmnist):
 
 def _assert_same_results(flower_summary: dict, expected: dict) -> None:
     assert flower_summary["transport"] == "flower"
-    got = {p["id"]: p for p in flower_summary["peers"]}
-    assert sorted(got) == [p["id"] for p in expected["peers"]]
-    for p in expected["peers"]:
-        q = got[p["id"]]
-        assert q["accuracy_by_round"] == p["accuracy_by_round"], p["id"]
-        assert q["per_class_after"] == p["per_class_after"], p["id"]
-        assert q["training_set_by_round"] == p["training_set_by_round"], p["id"]
-        assert q["received"] == p["received"], p["id"]
-    assert flower_summary["median_accuracy_after"] == expected["median_accuracy_after"]
-    timing = {"per_second"}  # counterfactuals per second of search: a speed, not a result
-    assert {k: v for k, v in flower_summary["counterfactuals"].items() if k not in timing} == \
-        {k: v for k, v in expected["counterfactuals"].items() if k not in timing}
-    assert expected["counterfactuals"]["made"] > 0  # the run really taught something
-    assert flower_summary["leakage"] == expected["leakage"]
+    assert_same_results(flower_summary, expected)
 
 
 def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_process):
