@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from logging import ERROR, INFO
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from peer.flower import records as rec
 from peer.config import config_dict
 from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
+from peer.flower import records as rec
 from peer.flower.client_app import experiment_config, round_message, run_option
 from peer.round import PeerRound, RunLog
 from server.results import staged_output, summarise, table, write_figures, write_json

@@ -14,12 +14,12 @@ import time
 import httpx
 import pytest
 
-from tests.flower_util import SMALL, ClientAppFreezer
-from tests.flower_local import flower
 from peer.data.fashion import find_data_dir
-from peer.inprocess import run_experiment
 from peer.flower.client_app import experiment_config
+from peer.inprocess import run_experiment
 from server.results import summarise
+from tests.flower_local import flower
+from tests.flower_util import SMALL, ClientAppFreezer
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from peer.errors import UsageError
 from peer.data.sources import holdout, infer_kind, load_source
+from peer.errors import UsageError
 
 CSV = """age,colour,income,target
 30,red,1000.5,yes

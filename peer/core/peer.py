@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
-                                 search_counterfactuals, soft_targets)
+from peer.core.counterfactual import (
+    CounterfactualConfig,
+    dedupe,
+    gradient_counterfactuals,
+    qualified_mask,
+    search_counterfactuals,
+    soft_targets,
+)
 from peer.core.features import map_columns, shared
-from peer.learners import Learner, learner_from_blob
 from peer.core.store import ExampleStore
+from peer.learners import Learner, learner_from_blob
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class TeachReport:
                 "nearest_private_l2": [float(v) for v in self.nearest_private_l2]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TeachReport":
+    def from_dict(cls, data: dict) -> TeachReport:
         """The report back from to_dict; KeyError or TypeError on a malformed one."""
         report = cls(str(data["teacher"]), str(data["student"]), int(data["round"]))
         for k in cls.NUMBERS:

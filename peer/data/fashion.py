@@ -50,10 +50,10 @@ class Dataset:
     def tabular(self) -> bool:
         return bool(self.features)
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.x[idx], self.y[idx], self.classes, self.features)
 
-    def columns(self, names: tuple[str, ...]) -> "Dataset":
+    def columns(self, names: tuple[str, ...]) -> Dataset:
         """This table restricted to the named columns, in that order."""
         lookup = {name: i for i, name in enumerate(self.features)}
         missing = [n for n in names if n not in lookup]

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from peer.flower import records as rec
 from peer.config import from_run_config
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.errors import UsageError
+from peer.flower import records as rec
 from peer.round import Transport, UnknownPeer
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
 
 
 def _test_set(cfg: ExperimentConfig, peer: Peer):
-    import numpy as np
-
     from peer.experiment import limit_test, test_inputs
 
     _, test = _dataset(cfg)

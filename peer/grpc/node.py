@@ -20,14 +20,14 @@ import numpy as np
 
 from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import ModelBlob
+from peer.core.sqlstore import SqliteExampleStore
 from peer.errors import UsageError
 from peer.experiment import build_own_peer, limit_test, load_data, test_inputs
-from peer.grpc.transport import GrpcTransport
-from peer.round import PeerRound, teach_students, train_step
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
-from peer.core.sqlstore import SqliteExampleStore
 from peer.grpc.tls import Security
+from peer.grpc.transport import GrpcTransport
 from peer.grpc.wire import Limits
+from peer.round import PeerRound, teach_students, train_step
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
@@ -69,7 +69,7 @@ class Membership:
     """Who takes part in a stage of a round: wait until every peer reached it (the coordinator's
     WaitRound, or Status polling) and return those that did; the others are skipped."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def wait(self, round: int, stage: int) -> list[str]:

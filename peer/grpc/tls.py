@@ -61,7 +61,7 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = 
     alt_names = {n: subject_alt_names(n, list(hosts)) for n in names}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def write(path: Path, data: bytes, private: bool) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -121,7 +121,7 @@ class Security:
         return self.ca is None
 
     @classmethod
-    def from_dir(cls, name: str, certs: Path | None, insecure: bool) -> "Security":
+    def from_dir(cls, name: str, certs: Path | None, insecure: bool) -> Security:
         if insecure:
             if certs:
                 raise UsageError("give either --certs or --insecure, not both")

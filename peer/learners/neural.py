@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class TorchLearner(Learner):
         return ModelBlob({**self.base_spec(), "arch": self.arch}, arrays)
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> "TorchLearner":
+    def from_blob(cls, blob: ModelBlob) -> TorchLearner:
         arch = blob.spec.get("arch", {})
         if not isinstance(arch, dict):
             raise InvalidPayload(f"{blob.kind} blob arch is not an object")

@@ -21,17 +21,18 @@ Attacks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol, Union
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from peer.privacy.measures import nearest
 
-Array = Union[np.ndarray, torch.Tensor]
-ShadowFn = Callable[[np.ndarray, Union[np.ndarray, None]], Union[np.ndarray, tuple[np.ndarray, np.ndarray]]]
+Array = np.ndarray | torch.Tensor
+ShadowFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray | tuple[np.ndarray, np.ndarray]]
 _TINY = 1e-12  # distances are floored here before taking logs (an exact copy scores very high, not inf)
 
 
@@ -39,7 +40,7 @@ class _HasProba(Protocol):
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
 
-Model = Union[Callable[[np.ndarray], np.ndarray], torch.nn.Module, _HasProba]
+Model = Callable[[np.ndarray], np.ndarray] | torch.nn.Module | _HasProba
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ an exact copy is a near-copy whatever the private set looks like.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -319,7 +319,7 @@ class LeakageStats:
         return len(self.to_nearest)
 
     @classmethod
-    def merge(cls, stats: Sequence["LeakageStats"]) -> "LeakageStats":
+    def merge(cls, stats: Sequence[LeakageStats]) -> LeakageStats:
         """One LeakageStats holding the examples of all of `stats`, in order."""
         if not stats:
             return cls()
