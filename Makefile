@@ -54,4 +54,4 @@ clean:
 # Regenerate the committed gRPC code from protos/ckd/v1/*.proto (needs grpcio-tools).
 protos:
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/ckd/v1/*.proto
-	sed -i -E 's/^from ckd\.v1 import/from protos.ckd.v1 import/' protos/ckd/v1/*_pb2*.py
+	sed -i -E 's/^from ckd\.v1 import/from protos.ckd.v1 import/' protos/ckd/v1/*_pb2*.py protos/ckd/v1/*_pb2.pyi

@@ -195,4 +195,4 @@ class RunLog:
 
 # What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
 # runtime ran them (peers working in parallel add up to more than the wall time).
-TIMINGS = ("train", "teach", "retrain", "evaluate")
+TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")

@@ -26,6 +26,7 @@ from peer.core.counterfactual import (
 from peer.core.features import map_columns, shared
 from peer.core.store import ExampleStore
 from peer.learners import Learner, learner_from_blob
+from peer.learners.neural import TorchLearner
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class Peer:
         target = soft_targets(mine[idx], self.y[idx], cfg.counterfactual.alpha)
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
         space = self.to_unit(self.x) if self.features else self.x
-        if self.learner.differentiable:
+        if self.learner.differentiable and isinstance(self.learner, TorchLearner):
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
             res = gradient_counterfactuals(module, space[idx], target, cfg.counterfactual, levels=self.levels)
         else:

@@ -131,7 +131,8 @@ def peer_id(k: int) -> str:
 
 def _trained_round(context: Context) -> int:
     state = context.state.get(STATE)
-    return int(state["round"]) if isinstance(state, ConfigRecord) and "round" in state else -1
+    r = state.get("round") if isinstance(state, ConfigRecord) else None
+    return r if isinstance(r, int) else -1
 
 
 def _save(context: Context, peer: Peer, round: int) -> None:
@@ -157,9 +158,10 @@ def query_model(msg: Message, context: Context) -> Message:
 
 def _round_of(msg: Message) -> int:
     cfg = msg.content.get("round")
-    if not isinstance(cfg, ConfigRecord) or not isinstance(cfg.get("round"), int):
+    r = cfg.get("round") if isinstance(cfg, ConfigRecord) else None
+    if not isinstance(r, int):
         raise InvalidPayload(f"{msg.metadata.message_type} message carries no round number")
-    return int(cfg["round"])
+    return int(r)
 
 
 def _train_and_report(msg: Message, context: Context, peer: Peer, cfg: ExperimentConfig, round: int,

@@ -104,6 +104,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if blob is None:
             self._refuse(context, grpc.StatusCode.NOT_FOUND,
                          f"{self.peer.id} has not published a model for round {request.round}")
+            return
         self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
 

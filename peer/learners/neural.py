@@ -48,7 +48,7 @@ class TorchLearner(Learner):
             # carries no evidence yet: its weights start at zero, so an unseen value does not sway
             # predictions at random. Examples that vary it (counterfactuals) still train them.
             constant = torch.from_numpy(np.asarray(x).std(axis=0) <= 1e-6)
-            layer = next(m for m in self.module if isinstance(m, nn.Linear))
+            layer = next(m for m in self.module.children() if isinstance(m, nn.Linear))
             with torch.no_grad():
                 layer.weight[:, constant] = 0.0
 
@@ -72,7 +72,8 @@ class TorchLearner(Learner):
                 loss = nn.functional.cross_entropy(self.module(xs[idx]), ys[idx])
                 loss.backward()
                 opt.step()
-                sched.step()
+                if sched is not None:
+                    sched.step()
                 if progress:
                     progress(len(idx))
         self.module.eval()
@@ -113,6 +114,9 @@ class TorchLearner(Learner):
 
 class Standardize(nn.Module):
     """(x - mean) / std per feature, fitted on the peer's private data; travels as two arrays."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, width: int):
         super().__init__()

@@ -131,7 +131,7 @@ def _nearest_chunk(rows: torch.Tensor, ref: _Reference, own: torch.Tensor | None
     unsure = best_d.square() > vals[:, -1].double() - err
     if unsure.any():
         own_u = None if own is None else own[unsure]
-        cand64 = _candidates(centred[unsure], ref.f64, ref.sq64, own_u, k).indices
+        _, cand64 = _candidates(centred[unsure], ref.f64, ref.sq64, own_u, k)
         best_d[unsure], best_i[unsure] = _refine(rows[unsure], ref.raw, cand64)
     return best_d, best_i
 
