@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test bench flower venv data clean protos
+.PHONY: demo test lint bench flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ data:
 demo: venv data
 	$(VENV)/bin/ckd demo --out runs/demo $(ARGS)
 
-test: venv data
+# style and likely bugs (ruff), types (mypy), the import contracts in pyproject.toml (lint-imports)
+lint: venv
+	$(VENV)/bin/ruff check peer server tests bench
+	$(VENV)/bin/mypy peer server
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
+
+test: venv data lint
 	$(PY) -m pytest -q
 
 bench: venv data
