@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test bench flower venv data clean protos
+.PHONY: demo test lint bench flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ data:
 demo: venv data
 	$(VENV)/bin/ckd demo --out runs/demo $(ARGS)
 
-test: venv data
+# style and likely bugs (ruff), types (mypy), the import contracts in pyproject.toml (lint-imports)
+lint: venv
+	$(VENV)/bin/ruff check peer server tests bench
+	$(VENV)/bin/mypy peer server
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
+
+test: venv data lint
 	$(PY) -m pytest -q
 
 bench: venv data
@@ -54,4 +60,4 @@ clean:
 # Regenerate the committed gRPC code from protos/ckd/v1/*.proto (needs grpcio-tools).
 protos:
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/ckd/v1/*.proto
-	sed -i -E 's/^from ckd\.v1 import/from protos.ckd.v1 import/' protos/ckd/v1/*_pb2*.py
+	sed -i -E 's/^from ckd\.v1 import/from protos.ckd.v1 import/' protos/ckd/v1/*_pb2*.py protos/ckd/v1/*_pb2.pyi

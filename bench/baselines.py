@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peer.data.fashion import Dataset
 from peer.config import ExperimentConfig
+from peer.data.fashion import Dataset
 from peer.experiment import as_float, partition
 from peer.learners import TrainConfig, make_learner
 

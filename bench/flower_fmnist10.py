@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from fmnist10 import machine  # noqa: E402
 
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
-from peer.inprocess import run_experiment  # noqa: E402
 from peer.flower.client_app import experiment_config  # noqa: E402
+from peer.inprocess import run_experiment  # noqa: E402
 from server.results import summarise, write_json  # noqa: E402
 from tests.flower_local import flower  # noqa: E402
 

@@ -23,10 +23,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from baselines import fedavg, local_only, pooled  # noqa: E402
 
-from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.config import ExperimentConfig
+from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.inprocess import run_experiment  # noqa: E402
-from server.results import summarise, write_json, write_figures  # noqa: E402
+from server.results import summarise, write_figures, write_json  # noqa: E402
 
 HETERO = "cnn*4,mlp*3,forest*3"
 

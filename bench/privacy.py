@@ -37,10 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
-from peer.inprocess import RunLog, evaluate_all, teach_round, train_all  # noqa: E402
 from peer.experiment import ExperimentConfig, build_peers  # noqa: E402
+from peer.inprocess import (  # noqa: E402
+    InProcessTransport,  # noqa: E402
+    RunLog,
+    evaluate_all,
+    teach_round,
+    train_all,
+)
 from peer.privacy.release import nearest, nearest_ratio  # noqa: E402
-from peer.inprocess import InProcessTransport  # noqa: E402
 
 KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")
 PAPER = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}

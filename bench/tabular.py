@@ -35,14 +35,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
-from peer.data.fashion import Dataset  # noqa: E402
-from peer.inprocess import run_rounds  # noqa: E402
 from peer.config import ExperimentConfig  # noqa: E402
+from peer.data.fashion import Dataset  # noqa: E402
+from peer.data.sources import holdout  # noqa: E402
 from peer.experiment import build_peer, evaluation_inputs  # noqa: E402
+from peer.inprocess import InProcessTransport, run_rounds  # noqa: E402
 from peer.learners import make_learner  # noqa: E402
 from server.results import write_json  # noqa: E402
-from peer.data.sources import holdout  # noqa: E402
-from peer.inprocess import InProcessTransport  # noqa: E402
 
 LEARNERS = ("mlp", "forest", "linear")
 CONFIG = ExperimentConfig(peers=3, rounds=3, learners=",".join(LEARNERS), split="iid", epochs=60,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args, with_privacy
 from peer.errors import UsageError

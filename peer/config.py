@@ -90,11 +90,14 @@ class ExperimentConfig:
     test_limit: int = option(0,
         "evaluate on the first N test images (0: all)")
     data_dir: str | None = option(None,
-        "directory with the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist, else torchvision's download)")
+        "directory with the Fashion-MNIST IDX files "
+        "(default: Debian's dataset-fashion-mnist, else torchvision's download)")
     device: str = option("auto",
         "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
     data: str | None = option(None,
-        "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, or a folder with one sub-folder of images per class; options not set then default to 3 peers and --split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs")
+        "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, "
+        "or a folder with one sub-folder of images per class; options not set then default to 3 peers "
+        "and --split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs")
     data_kind: str | None = option(None,
         "kind of --data: csv, parquet, npz or images (default: from the path)")
     label: str | None = option(None,
@@ -102,7 +105,8 @@ class ExperimentConfig:
     test_data: str | None = option(None,
         "a separate test set in the same form as --data (default: hold out 20%% of --data)")
     peer_features: str = option("",
-        "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' (default: every peer has every column)")
+        "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' "
+        "(default: every peer has every column)")
 
     def __post_init__(self) -> None:
         if self.peers < 2:

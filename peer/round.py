@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -194,4 +195,4 @@ class RunLog:
 
 # What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
 # runtime ran them (peers working in parallel add up to more than the wall time).
-TIMINGS = ("train", "teach", "retrain", "evaluate")
+TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")

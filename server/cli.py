@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from peer.cli import HelpFormatter, NET_HELP, add_peer_commands, run_command, security, with_data
+from peer.cli import NET_HELP, HelpFormatter, add_peer_commands, run_command, security, with_data
 from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args, to_argv
 from peer.errors import UsageError
 
@@ -112,7 +112,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _peer_command(cfg: ExperimentConfig, k: int, pid: str, port: int, state: Path, args: argparse.Namespace) -> list[str]:
+def _peer_command(cfg: ExperimentConfig, k: int, pid: str, port: int, state: Path,
+                  args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "peer.cli", "peer", "--part", str(k), "--peers", str(cfg.peers),
            "--coordinator", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0",
            "--state-dir", str(state / pid), "--threads", str(args.threads), *to_argv(cfg, skip=("peers",))]

@@ -18,7 +18,7 @@ from peer.grpc.tls import Security, caller
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
-STAGES = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
+STAGES: dict[int, str] = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
           pb.STAGE_DONE: "done"}
 MAX_METRICS_BYTES = 64 << 20
 

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from logging import ERROR, INFO
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from peer.flower import records as rec
 from peer.config import config_dict
 from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
+from peer.flower import records as rec
 from peer.flower.client_app import experiment_config, round_message, run_option
 from peer.round import PeerRound, RunLog
 from server.results import staged_output, summarise, table, write_figures, write_json
@@ -42,8 +43,10 @@ class RunFailed(RuntimeError):
     """A peer failed or did not answer; the message names the peer and the phase."""
 
 
-def error_reason(reason: str) -> str:
+def error_reason(reason: str | None) -> str:
     """Flower's "<class 'pkg.Kind'>:<'message'>" as "Kind: message"."""
+    if not reason:
+        return "no reason given"
     m = re.fullmatch(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>", reason.strip(), re.S)
     return f"{m.group(1)}: {m.group(2)}" if m else reason
 
@@ -80,6 +83,14 @@ class Federation:
         return {n: m.content for n, m in replies.items()}
 
 
+def _config_of(content: RecordDict, key: str) -> Mapping[str, Any]:
+    """A ConfigRecord of a reply; TypeError (a malformed reply) if it is another kind of record."""
+    record = content[key]
+    if not isinstance(record, ConfigRecord):
+        raise TypeError(f"{key!r} is a {type(record).__name__}, not a ConfigRecord")
+    return record
+
+
 @contextmanager
 def reply_of(fed: Federation, node: int, phase: str) -> Iterator[None]:
     """Turn a reply that lacks a field or has a wrong type into RunFailed naming the sender."""
@@ -109,7 +120,7 @@ def discover(fed: Federation, nodes: list[int], peers: int) -> None:
     by_part: dict[int, int] = {}
     for node, content in replies.items():
         with reply_of(fed, node, "query.model"):
-            who = content["peer"]
+            who = _config_of(content, "peer")
             k, n = int(who["partition-id"]), int(who["num-partitions"])
         if n != peers:
             raise UsageError(f"node {node} has num-partitions={n}, but this run has peers={peers}")
@@ -147,7 +158,7 @@ class Collector:
                 record = rec.get_record(content, f"{pid} {phase}")
                 if record.peer != pid:
                     raise ValueError(f"record names peer {record.peer!r}")
-                about = content["about"]
+                about = _config_of(content, "about")
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
                 self.classes = tuple(str(c) for c in about["classes"])
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])

@@ -7,16 +7,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from peer.config import ExperimentConfig, config_dict, options
+from peer.errors import UsageError
 from peer.experiment import Experiment
 from peer.round import PeerRound, RunLog
-from peer.errors import UsageError
 
 
 def summarise(exp: Experiment) -> dict:
@@ -65,8 +65,11 @@ def summarise(exp: Experiment) -> dict:
             "duplicates_removed": sum(r.duplicates for r in teach),
             "sent_with_augmentation": sum(r.sent for r in teach),
             "per_second": round(made / cf_seconds, 1) if cf_seconds else None,
-            "mean_steps": round(float(np.average([r.mean_steps for r in teach], weights=[max(r.attempted, 1) for r in teach])), 2) if teach else None,
-            "mean_source_l1": round(float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3) if teach else None,
+            "mean_steps": round(float(np.average([r.mean_steps for r in teach],
+                                                 weights=[max(r.attempted, 1) for r in teach])), 2) if teach else None,
+            "mean_source_l1": round(float(np.average([r.source_l1 for r in teach],
+                                                     weights=[max(r.counterfactuals, 1) for r in teach])), 3)
+            if teach else None,
         },
         "leakage": leakage_summary(teach),
         "errors": log.errors,
@@ -96,8 +99,9 @@ def leakage_summary(teach: list) -> dict:
     def stat(values: np.ndarray, how: str) -> float | None:
         if not values.size:
             return None
-        return round(float({"median": np.median, "min": np.min, "max": np.max}[how](values)
-                           if how != "p05" else np.percentile(values, 5)), 4)
+        value = {"median": np.median(values), "min": values.min(), "max": values.max(),
+                 "p05": np.percentile(values, 5)}[how]
+        return round(float(value), 4)
 
     ratio, to_nearest, to_source, ssim = (pooled(k) for k in ("ratio", "to_nearest", "to_source", "ssim"))
     return {
@@ -156,7 +160,8 @@ def table(summary: dict) -> str:
                      f"{p['received']:>8}")
     cf = summary["counterfactuals"]
     lines.append("-" * len(head))
-    lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> {pct(summary['median_accuracy_after'])}; "
+    lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> "
+                 f"{pct(summary['median_accuracy_after'])}; "
                  f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
                  f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s")
     leak = summary["leakage"]
@@ -219,7 +224,8 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
     before = np.array([[np.nan if v is None else v for v in p["per_class_before"]] for p in summary["peers"]])
     after = np.array([[np.nan if v is None else v for v in p["per_class_after"]] for p in summary["peers"]])
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1]})
-    for ax, data, title, cmap, vmin in ((axes[0], before, "before", "viridis", 0), (axes[1], after, "after", "viridis", 0),
+    for ax, data, title, cmap, vmin in ((axes[0], before, "before", "viridis", 0),
+                                        (axes[1], after, "after", "viridis", 0),
                                         (axes[2], after - before, "change", "RdBu", -1)):
         im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=1)
         ax.set_title(f"per-class test accuracy, {title}")

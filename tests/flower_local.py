@@ -17,9 +17,9 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -103,7 +103,8 @@ class Flower:
         else:
             security = "insecure = true"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n')
+            f'[superlink]\ndefault = "loopback"\n\n'
+            f'[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n')
 
     @property
     def ca(self) -> Path | None:

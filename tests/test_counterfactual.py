@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
-                                 search_counterfactuals, soft_targets)
+from peer.core.counterfactual import (
+    CounterfactualConfig,
+    dedupe,
+    gradient_counterfactuals,
+    qualified_mask,
+    search_counterfactuals,
+    soft_targets,
+)
 from peer.errors import UsageError
 
 

@@ -14,13 +14,13 @@ import time
 import httpx
 import pytest
 
+from peer.data.fashion import find_data_dir
+from peer.flower.client_app import experiment_config
+from peer.inprocess import run_experiment
+from server.results import summarise
+from tests.flower_local import flower
 from tests.flower_util import SMALL, ClientAppFreezer
 from tests.results_compare import assert_same_results
-from tests.flower_local import flower
-from peer.data.fashion import find_data_dir
-from peer.inprocess import run_experiment
-from peer.flower.client_app import experiment_config
-from server.results import summarise
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -95,13 +95,12 @@ def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (broken / name).write_bytes(b"\x00\x00\x08\x03truncated")
     out = tmp_path / "out"
-    start = time.monotonic()
+    # the run ends well before its phase timeout (an hour by default; run raises TimeoutExpired after 180 s)
     res = deployment.run({**TWO, "out": str(out), "wait-nodes": 60.0, "data-dir": str(broken)}, timeout=180)
-    seconds = time.monotonic() - start
     log = res.stdout + res.stderr
     assert "ckd: error: peer-0" in log and "failed in train.local" in log and "truncated" in log, log[-3000:]
     assert "peer-1" not in log.split("ckd: error:")[1].splitlines()[0]  # the other peer did not fail
-    assert seconds < 150
+    assert "ckd: round 0 trained" not in log  # it stopped in the phase that failed
     result = json.loads((out / "results.json").read_text())
     assert result["status"] == "failed"
     assert result["error"].startswith("peer-0 (node ") and "UsageError: " in result["error"]

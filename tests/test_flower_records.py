@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from peer.flower import records as rec
 from peer.core.blob import ExampleBatch, InvalidPayload
+from peer.core.peer import TeachReport
 from peer.errors import UsageError
+from peer.flower import records as rec
 from peer.flower.client_app import experiment_config, run_option
 from peer.learners import TrainConfig, learner_from_blob, make_learner
-from peer.core.peer import TeachReport
 from peer.round import PeerRound
 
 CLASSES = ("a", "b", "c")
@@ -101,7 +101,8 @@ def test_the_app_config_matches_every_experiment_option_in_name_and_default():
 
 def test_run_config_maps_onto_the_experiment_config():
     cfg = experiment_config({"rounds": 3, "alpha": 1, "retrain-epochs": 0, "data-dir": "", "learners": "mlp"}, 4)
-    assert (cfg.peers, cfg.rounds, cfg.alpha, cfg.retrain_epochs, cfg.data_dir, cfg.learners) == (4, 3, 1.0, 0, None, "mlp")
+    assert (cfg.peers, cfg.rounds, cfg.alpha, cfg.retrain_epochs, cfg.data_dir, cfg.learners) == (
+        4, 3, 1.0, 0, None, "mlp")
     with pytest.raises(UsageError, match="run config rounds = '2' should be int"):
         experiment_config({"rounds": "2"}, 4)
     with pytest.raises(UsageError, match="unknown learner kind 'svm'"):

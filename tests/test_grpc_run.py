@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import main
-from tests.results_compare import assert_same_results
 from peer.config import ExperimentConfig
-from peer.inprocess import run_experiment
 from peer.grpc.node import Node, NodeConfig
-from server.results import summarise
 from peer.grpc.tls import Security, make_certs
 from peer.grpc.wire import decode_batch
+from peer.inprocess import run_experiment
 from protos.ckd.v1 import coordinator_pb2, peer_pb2, wire_pb2
+from server.cli import main
 from server.coordinator import Coordinator, serve_coordinator
+from server.results import summarise
+from tests.results_compare import assert_same_results
 
 pytestmark = pytest.mark.grpc
 
@@ -224,7 +224,8 @@ def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_d
     write_idx(tiny_idx_dir / "t10k-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8))  # labels out of range
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--peers", "2", "--data-dir", str(tiny_idx_dir),
+    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--peers", "2",
+                           "--data-dir", str(tiny_idx_dir),
                            "--out", str(out), "--state-dir", str(tmp_path / "state"), "--insecure", "--quiet"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

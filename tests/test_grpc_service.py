@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import re
 
+import grpc
 import numpy as np
 import pytest
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.grpc.transport import GrpcTransport, PeerUnreachable
-from peer.learners import TrainConfig, learner_from_blob, make_learner
 from peer.core.peer import Peer
-from peer.grpc.service import PeerServicer, serve_peer
 from peer.core.sqlstore import SqliteExampleStore
+from peer.grpc.service import PeerServicer, serve_peer
 from peer.grpc.tls import Security, make_certs
+from peer.grpc.transport import GrpcTransport, PeerUnreachable
 from peer.grpc.wire import Limits, decode_batch, decode_blob, encode_batch, encode_blob
+from peer.learners import TrainConfig, learner_from_blob, make_learner
 from protos.ckd.v1 import peer_pb2_grpc, wire_pb2
 
 pytestmark = pytest.mark.grpc

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from peer.errors import UsageError
 from peer.data.partition import dirichlet, iid, keep_fraction, miss_class, split
+from peer.errors import UsageError
 
 LABELS = np.repeat(np.arange(10), 100)
 

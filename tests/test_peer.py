@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from peer.core.blob import ExampleBatch, InvalidPayload
-from peer.learners import TrainConfig, make_learner
 from peer.core.peer import Peer, TeachConfig
 from peer.core.store import ExampleStore
 from peer.inprocess import InProcessTransport
+from peer.learners import TrainConfig, make_learner
 from peer.round import RunLog, UnknownPeer, teach_students, train_step
 
 CLASSES = tuple(f"c{i}" for i in range(3))
@@ -50,12 +50,14 @@ def test_absorb_refuses_batches_that_do_not_fit():
     assert p.absorb(ok) is True
     assert p.absorb(ok) is False  # same id: acknowledged, not stored twice
     assert len(p.store) == 2
+    d = np.zeros(2, np.float32)
     bad = [
-        (ExampleBatch("b", "a", 1, 1, np.zeros((2, 7, 8), np.uint8), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "shape"),
-        (ExampleBatch("b", "a", 1, 2, np.zeros((2, 8, 8), np.uint8), np.array([0, 5]), CLASSES, np.zeros(2, np.float32)), "out of range"),
-        (ExampleBatch("b", "a", 1, 3, np.full((2, 8, 8), np.nan, np.float32), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "NaN"),
-        (ExampleBatch("b", "a", 1, 4, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), ("x", "y"), np.zeros(2, np.float32)), "unknown class"),
-        (ExampleBatch("b", "a", 1, 5, np.zeros((2, 8, 8), np.float64), np.array([0, 1]), CLASSES, np.zeros(2, np.float32)), "uint8 or float32"),
+        (ExampleBatch("b", "a", 1, 1, np.zeros((2, 7, 8), np.uint8), np.array([0, 1]), CLASSES, d), "shape"),
+        (ExampleBatch("b", "a", 1, 2, np.zeros((2, 8, 8), np.uint8), np.array([0, 5]), CLASSES, d), "out of range"),
+        (ExampleBatch("b", "a", 1, 3, np.full((2, 8, 8), np.nan, np.float32), np.array([0, 1]), CLASSES, d), "NaN"),
+        (ExampleBatch("b", "a", 1, 4, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), ("x", "y"), d), "unknown class"),
+        (ExampleBatch("b", "a", 1, 5, np.zeros((2, 8, 8), np.float64), np.array([0, 1]), CLASSES, d),
+         "uint8 or float32"),
     ]
     for batch, message in bad:
         with pytest.raises(InvalidPayload, match=message):

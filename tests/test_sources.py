@@ -1,10 +1,12 @@
 """Data sources from small files written here: CSV, Parquet, .npz, image folders; bad input refused."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from peer.errors import UsageError
 from peer.data.sources import holdout, infer_kind, load_source
+from peer.errors import UsageError
 
 CSV = """age,colour,income,target
 30,red,1000.5,yes
@@ -54,9 +56,6 @@ def test_kind_can_be_given_when_the_suffix_does_not_tell(tmp_path):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"f": [1.0, 2.0, 3.0], "kind": ["a", "b", "a"], "label": [0, 1, 1]}), path)
     train, _ = load_source(path, label="label")

@@ -4,14 +4,14 @@ a forest teaching an MLP and back on real data with different columns."""
 import numpy as np
 import pytest
 
-from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.data.fashion import Dataset
 from peer.config import ExperimentConfig
-from peer.experiment import build_peers, peer_feature_sets
-from peer.errors import UsageError
+from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.core.features import map_columns, shared
-from peer.learners import TrainConfig, learner_from_blob, make_learner
 from peer.core.peer import Peer, TeachConfig
+from peer.data.fashion import Dataset
+from peer.errors import UsageError
+from peer.experiment import build_peers, peer_feature_sets
+from peer.learners import TrainConfig, learner_from_blob, make_learner
 
 
 def test_map_columns_overlapping_disjoint_and_reordered():

@@ -128,7 +128,8 @@ class ExampleBatch:
             )
         n = len(self.x)
         if self.y.shape != (n,) or self.distance.shape != (n,):
-            raise InvalidPayload(f"batch {self.id}: {n} inputs but labels {self.y.shape}, distances {self.distance.shape}")
+            raise InvalidPayload(f"batch {self.id}: {n} inputs but labels {self.y.shape}, "
+                                 f"distances {self.distance.shape}")
         if self.y.dtype.kind not in "iu":
             raise InvalidPayload(f"batch {self.id}: labels are {self.y.dtype}, expected integers")
         if n and (self.y.min() < 0 or self.y.max() >= len(self.classes)):

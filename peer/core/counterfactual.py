@@ -18,14 +18,13 @@ whose gap did not shrink to the tolerance, is a failure and is not sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from peer.errors import UsageError
-
 
 METHODS = ("newton", "adam")
 

@@ -7,29 +7,36 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.errors import UsageError
-from peer.core.counterfactual import (CounterfactualConfig, dedupe, gradient_counterfactuals, qualified_mask,
-                                 search_counterfactuals, soft_targets)
+from peer.core.counterfactual import (
+    CounterfactualConfig,
+    dedupe,
+    gradient_counterfactuals,
+    qualified_mask,
+    search_counterfactuals,
+    soft_targets,
+)
 from peer.core.features import map_columns, shared
-from peer.learners import Learner, learner_from_blob
 from peer.core.store import ExampleStore
-from peer.privacy.measures import measure_leakage
-from peer.privacy.release import nearest, nearest_ratio, release_noise, start_points
-
+from peer.errors import UsageError
+from peer.learners import Learner, learner_from_blob
+from peer.learners.neural import TorchLearner
+from peer.privacy.measures import measure_leakage, nearest
+from peer.privacy.release import nearest_ratio, release_noise, start_points
 
 LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
 
 
 def _rounded(values: np.ndarray) -> list[float]:
-    return [round(float(v), 4) if np.isfinite(v) else float("nan") for v in values]
+    """Finite values rounded for JSON (a missing measure, NaN, is left out)."""
+    return [round(float(v), 4) for v in values if np.isfinite(v)]
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class TeachReport:
                 "leakage": dict(self.leakage), "leakage_sample": {k: list(v) for k, v in self.leakage_sample.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TeachReport":
+    def from_dict(cls, data: dict) -> TeachReport:
         """The report back from to_dict; KeyError or TypeError on a malformed one."""
         report = cls(str(data["teacher"]), str(data["student"]), int(data["round"]))
         for k in cls.NUMBERS:
@@ -275,7 +282,7 @@ class Peer:
         predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
             else self.learner.predict_proba
         module = None
-        if self.learner.differentiable:
+        if self.learner.differentiable and isinstance(self.learner, TorchLearner):
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
         unstarted = 0
         if cc.start == "instance":  # the paper: the search starts at the instance itself

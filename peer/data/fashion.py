@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from peer.errors import UsageError
 
@@ -20,7 +21,8 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+                                         0x0E: ">f8"}
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class Dataset:
     def tabular(self) -> bool:
         return bool(self.features)
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.x[idx], self.y[idx], self.classes, self.features)
 
-    def columns(self, names: tuple[str, ...]) -> "Dataset":
+    def columns(self, names: tuple[str, ...]) -> Dataset:
         """This table restricted to the named columns, in that order."""
         lookup = {name: i for i, name in enumerate(self.features)}
         missing = [n for n in names if n not in lookup]

@@ -190,7 +190,7 @@ class TableEncoding:
     classes: tuple[str, ...]
 
     @classmethod
-    def fit(cls, table: Table, label: str | None, path: Path) -> "TableEncoding":
+    def fit(cls, table: Table, label: str | None, path: Path) -> TableEncoding:
         names = list(table.columns)
         if not label:
             raise UsageError(f"{path} is a table: pass --label COLUMN (columns: {', '.join(names)})")
@@ -262,7 +262,8 @@ class TableEncoding:
         labels = [_label_name(v) for v in table.columns[self.label]]
         for r, (v, name) in enumerate(zip(table.columns[self.label], labels)):
             if _is_missing(v):
-                raise UsageError(f"{path}: label column {self.label!r} has a missing value (NaN or empty) in row {r + 1}")
+                raise UsageError(f"{path}: label column {self.label!r} has a missing value (NaN or empty) "
+                                 f"in row {r + 1}")
             if name not in lookup:
                 raise UsageError(f"{path}: label {name!r} in row {r + 1} is not a class of the training data")
         y = np.array([lookup[n] for n in labels], dtype=np.int64)
@@ -356,7 +357,7 @@ def load_image_folder(path: Path, min_classes: int = 2) -> Dataset:
     if len(files) < min_classes:
         raise UsageError(f"{path} has only one class folder ({folders[0].name}); need two or more")
     images, labels, size, first = [], [], None, None
-    for c, (name, fs) in enumerate(files.items()):
+    for c, fs in enumerate(files.values()):
         for f in fs:
             try:
                 with Image.open(f) as img:

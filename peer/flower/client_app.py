@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from peer.flower import records as rec
 from peer.config import from_run_config
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.errors import UsageError
+from peer.flower import records as rec
 from peer.round import Transport, UnknownPeer
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
 
 
 def _test_set(cfg: ExperimentConfig, peer: Peer):
-    import numpy as np
-
     from peer.experiment import limit_test, test_inputs
 
     _, test = _dataset(cfg)
@@ -133,7 +131,8 @@ def peer_id(k: int) -> str:
 
 def _trained_round(context: Context) -> int:
     state = context.state.get(STATE)
-    return int(state["round"]) if isinstance(state, ConfigRecord) and "round" in state else -1
+    r = state.get("round") if isinstance(state, ConfigRecord) else None
+    return r if isinstance(r, int) else -1
 
 
 def _save(context: Context, peer: Peer, round: int) -> None:
@@ -159,9 +158,10 @@ def query_model(msg: Message, context: Context) -> Message:
 
 def _round_of(msg: Message) -> int:
     cfg = msg.content.get("round")
-    if not isinstance(cfg, ConfigRecord) or not isinstance(cfg.get("round"), int):
+    r = cfg.get("round") if isinstance(cfg, ConfigRecord) else None
+    if not isinstance(r, int):
         raise InvalidPayload(f"{msg.metadata.message_type} message carries no round number")
-    return int(cfg["round"])
+    return int(r)
 
 
 def _train_and_report(msg: Message, context: Context, peer: Peer, cfg: ExperimentConfig, round: int,

@@ -20,14 +20,15 @@ import numpy as np
 
 from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import ModelBlob
+from peer.core.sqlstore import SqliteExampleStore
 from peer.errors import UsageError
 from peer.experiment import build_own_peer, limit_test, load_data, test_inputs
-from peer.grpc.transport import GrpcTransport
-from peer.round import PeerRound, teach_students, train_step
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
-from peer.core.sqlstore import SqliteExampleStore
 from peer.grpc.tls import Security
+from peer.grpc.transport import GrpcTransport
 from peer.grpc.wire import Limits
+from peer.learners.neural import TorchLearner
+from peer.round import PeerRound, teach_students, train_step
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
@@ -51,7 +52,7 @@ def save_checkpoint(directory: Path, round: int, blob: ModelBlob) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"round-{round}.npz"
     tmp = directory / f".round-{round}.tmp.npz"
-    np.savez(tmp, **blob.arrays)
+    np.savez(tmp, allow_pickle=False, **blob.arrays)
     (directory / f"round-{round}.json").write_text(blob.spec_json())
     tmp.replace(path)
     return path
@@ -69,10 +70,10 @@ class Membership:
     """Who takes part in a stage of a round: wait until every peer reached it (the coordinator's
     WaitRound, or Status polling) and return those that did; the others are skipped."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
-    def wait(self, round: int, stage: int) -> list[str]:
+    def wait(self, round: int, stage: cpb.Stage) -> list[str]:
         node = self.node
         if node.coord is not None:
             request = cpb.WaitRoundRequest(peer=node.id, round=round, stage=stage)
@@ -122,7 +123,8 @@ class Node:
         self.classes = train.classes
         self.missing = self.peer.missing_classes()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.peer.store = SqliteExampleStore(cfg.state_dir / "examples.sqlite")
+        self.examples = SqliteExampleStore(cfg.state_dir / "examples.sqlite")
+        self.peer.store = self.examples
         self.servicer = PeerServicer(self.peer, security, limits, self.meter)
         self.server, self.port = serve_peer(self.servicer, cfg.listen, workers=16)
         host = cfg.listen.rsplit(":", 1)[0]
@@ -140,6 +142,7 @@ class Node:
         self._stopped = threading.Event()
 
     def _register(self) -> None:
+        assert self.coord is not None, "registers only with a coordinator"
         request = cpb.RegisterRequest(peer=self.id, address=self.address)
         self.meter.record("control", request)
         for attempt in range(60):
@@ -156,6 +159,7 @@ class Node:
 
     def _heartbeat(self, every: float = 5.0) -> None:
         """Tell the coordinator this peer is alive, also while it trains (a daemon thread)."""
+        assert self.coord is not None, "heartbeats go to a coordinator"
         while not self._stopped.wait(every):
             request = cpb.HeartbeatRequest(peer=self.id)
             self.meter.record("control", request)
@@ -205,7 +209,8 @@ class Node:
         last = done[-1]
         restored = learner_from_blob(load_checkpoint(ckpt, last))
         current = self.peer.learner
-        if hasattr(current, "module"):  # torch: same module, device and train config, saved weights
+        if isinstance(current, TorchLearner) and isinstance(restored, TorchLearner):
+            # torch: same module, device and train config, saved weights
             current.module.load_state_dict(restored.module.state_dict())
         else:
             restored.train_config = current.train_config
@@ -274,4 +279,4 @@ class Node:
         self._stopped.set()
         self.transport.close()
         self.server.stop(grace=2).wait()
-        self.peer.store.close()
+        self.examples.close()

@@ -8,9 +8,9 @@ problem; nothing is stored and the server keeps serving.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -104,6 +104,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if blob is None:
             self._refuse(context, grpc.StatusCode.NOT_FOUND,
                          f"{self.peer.id} has not published a model for round {request.round}")
+            return
         self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
 

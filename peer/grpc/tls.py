@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def subject_alt_names(name: str, hosts: list[str]) -> list:
 
     from cryptography import x509
 
-    out = [x509.DNSName(name)]
+    out: list[x509.GeneralName] = [x509.DNSName(name)]
     for host in hosts:
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -44,7 +45,7 @@ def subject_alt_names(name: str, hosts: list[str]) -> list:
     return out
 
 
-def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = ()) -> list[Path]:
+def make_certs(out: Path, names: list[str], days: int = 365, hosts: Sequence[str] = ()) -> list[Path]:
     """A new CA in `out` (kept if it already exists) and a key and certificate for each name.
 
     Each certificate names its holder as common name and DNS name; `hosts` (IP addresses or DNS
@@ -53,7 +54,7 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = 
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     for n in names:
@@ -61,7 +62,7 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = 
     alt_names = {n: subject_alt_names(n, list(hosts)) for n in names}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def write(path: Path, data: bytes, private: bool) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -77,6 +78,9 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: list[str] = 
     ca_cert_path, ca_key_path = out / "ca.pem", out / "ca.key"
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
+                                   ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            raise UsageError(f"{ca_key_path}: a {type(ca_key).__name__} cannot sign certificates")
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -121,7 +125,7 @@ class Security:
         return self.ca is None
 
     @classmethod
-    def from_dir(cls, name: str, certs: Path | None, insecure: bool) -> "Security":
+    def from_dir(cls, name: str, certs: Path | None, insecure: bool) -> Security:
         if insecure:
             if certs:
                 raise UsageError("give either --certs or --insecure, not both")

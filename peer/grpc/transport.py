@@ -8,7 +8,6 @@ import time
 import grpc
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.errors import UsageError
 from peer.grpc.service import Meter, grpc_options
 from peer.grpc.tls import Security
 from peer.grpc.wire import Limits, decode_blob, encode_batch

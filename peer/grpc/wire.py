@@ -9,8 +9,8 @@ a cap each raise InvalidPayload (or PayloadTooLarge) naming the problem.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 

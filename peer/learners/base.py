@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,12 +53,12 @@ class Learner(ABC):
         self.neutral = np.median(np.asarray(x, dtype=np.float64), axis=0).astype(np.float32)
         self.fit_scaling(np.asarray(x, dtype=np.float32))
 
-    def fit_scaling(self, x: np.ndarray) -> None:
+    def fit_scaling(self, x: np.ndarray) -> None:  # noqa: B027 (optional hook, a no-op by default)
         """Fit input scaling on private data (learners that are scale-invariant need none)."""
 
     @abstractmethod
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None,
-            progress: Callable[[int], None] | None = None, seed: int | None = None) -> "Learner":
+            progress: Callable[[int], None] | None = None, seed: int | None = None) -> Learner:
         """Train on (x, y); neural learners continue from their current weights.
 
         `seed` fixes this fit's randomness (shuffling, bootstrap) on its own, so a learner rebuilt
@@ -74,7 +75,7 @@ class Learner(ABC):
 
     @classmethod
     @abstractmethod
-    def from_blob(cls, blob: ModelBlob) -> "Learner":
+    def from_blob(cls, blob: ModelBlob) -> Learner:
         """Rebuild a learner from a (validated) blob; raise InvalidPayload if it does not fit."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
@@ -32,7 +32,8 @@ class ForestLearner(Learner):
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         forest = RandomForestClassifier(
             n_estimators=int(self.arch["trees"]), max_depth=self.arch["max_depth"],
-            min_samples_leaf=int(self.arch["min_samples_leaf"]), random_state=self.train_config.seed if seed is None else seed % 2**31, n_jobs=1,
+            min_samples_leaf=int(self.arch["min_samples_leaf"]),
+            random_state=self.train_config.seed if seed is None else seed % 2**31, n_jobs=1,
         ).fit(flat, y)
         self.arrays = _flatten_forest(forest, len(self.classes))
         if progress:
@@ -50,7 +51,7 @@ class ForestLearner(Learner):
         return ModelBlob({**self.base_spec(), "arch": self.arch}, dict(self.arrays))
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> "ForestLearner":
+    def from_blob(cls, blob: ModelBlob) -> ForestLearner:
         learner = cls(tuple(blob.spec["input_shape"]), tuple(blob.spec["classes"]), TrainConfig(),
                       blob.spec.get("arch") if isinstance(blob.spec.get("arch"), dict) else None)
         roots = blob.arrays.get("roots")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class TorchLearner(Learner):
             # carries no evidence yet: its weights start at zero, so an unseen value does not sway
             # predictions at random. Examples that vary it (counterfactuals) still train them.
             constant = torch.from_numpy(np.asarray(x).std(axis=0) <= 1e-6)
-            layer = next(m for m in self.module if isinstance(m, nn.Linear))
+            layer = next(m for m in self.module.children() if isinstance(m, nn.Linear))
             with torch.no_grad():
                 layer.weight[:, constant] = 0.0
 
@@ -72,7 +72,8 @@ class TorchLearner(Learner):
                 loss = nn.functional.cross_entropy(self.module(xs[idx]), ys[idx])
                 loss.backward()
                 opt.step()
-                sched.step()
+                if sched is not None:
+                    sched.step()
                 if progress:
                     progress(len(idx))
         self.module.eval()
@@ -95,7 +96,7 @@ class TorchLearner(Learner):
         return ModelBlob({**self.base_spec(), "arch": self.arch}, arrays)
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> "TorchLearner":
+    def from_blob(cls, blob: ModelBlob) -> TorchLearner:
         arch = blob.spec.get("arch", {})
         if not isinstance(arch, dict):
             raise InvalidPayload(f"{blob.kind} blob arch is not an object")
@@ -113,6 +114,9 @@ class TorchLearner(Learner):
 
 class Standardize(nn.Module):
     """(x - mean) / std per feature, fitted on the peer's private data; travels as two arrays."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, width: int):
         super().__init__()

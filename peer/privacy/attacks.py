@@ -21,17 +21,18 @@ Attacks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol, Union
+from typing import NamedTuple, Protocol, overload
 
 import numpy as np
 import torch
 
 from peer.privacy.measures import nearest
 
-Array = Union[np.ndarray, torch.Tensor]
-ShadowFn = Callable[[np.ndarray, Union[np.ndarray, None]], Union[np.ndarray, tuple[np.ndarray, np.ndarray]]]
+Array = np.ndarray | torch.Tensor
+ShadowFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray | tuple[np.ndarray, np.ndarray]]
 _TINY = 1e-12  # distances are floored here before taking logs (an exact copy scores very high, not inf)
 
 
@@ -39,7 +40,7 @@ class _HasProba(Protocol):
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
 
-Model = Union[Callable[[np.ndarray], np.ndarray], torch.nn.Module, _HasProba]
+Model = Callable[[np.ndarray], np.ndarray] | torch.nn.Module | _HasProba
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -124,6 +125,10 @@ def _inputs(x: Array, name: str, allow_empty: bool = False) -> np.ndarray:
     return arr
 
 
+@overload
+def _labels(y: Array, n: int, name: str) -> np.ndarray: ...
+@overload
+def _labels(y: Array | None, n: int, name: str) -> np.ndarray | None: ...
 def _labels(y: Array | None, n: int, name: str) -> np.ndarray | None:
     if y is None:
         return None
@@ -263,7 +268,7 @@ def calibrated_attack(received: Array, members: Array, non_members: Array, refer
         _same_width(rec, arr, "received", name)
     ry, my = _labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y")
     ny, fy = _labels(non_members_y, len(non), "non_members_y"), _labels(reference_y, len(ref), "reference_y")
-    if _all_or_none(received_y=ry, members_y=my, non_members_y=ny, reference_y=fy):
+    if _all_or_none(received_y=ry, members_y=my, non_members_y=ny, reference_y=fy) and fy is not None:
         _check_classes(fy, np.concatenate([my, ny]))
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     scores = calibrated_scores(rec, np.concatenate([mem, non]), ref, ry,
@@ -353,11 +358,11 @@ def run_attacks(received: Array, received_y: Array | None, members: Array, membe
     results = {"distance": distance_attack(rec, mem, non, ry, my, ny)}
     cand = np.concatenate([mem, non])
     cand_y = np.concatenate([my, ny]) if labelled else None
-    if labelled:
+    if fy is not None and cand_y is not None:  # labelled
         _check_classes(fy, cand_y)
     dist_scores = calibrated_scores(rec, cand, ref, ry, cand_y, fy, shadow_fn, n_shadow, gen)
     results["calibrated"] = roc(dist_scores[:len(mem)], dist_scores[len(mem):])
-    if model is not None and labelled:
+    if model is not None and fy is not None and cand_y is not None:  # labelled
         conf = confidence_scores(model, cand, cand_y, ref, fy)
         results["confidence"] = roc(conf[:len(mem)], conf[len(mem):])
         both = dist_scores + conf

@@ -37,8 +37,8 @@ an exact copy is a near-copy whatever the private set looks like.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def _nearest_chunk(rows: torch.Tensor, ref: _Reference, own: torch.Tensor | None
     unsure = best_d.square() > vals[:, -1].double() - err
     if unsure.any():
         own_u = None if own is None else own[unsure]
-        cand64 = _candidates(centred[unsure], ref.f64, ref.sq64, own_u, k).indices
+        _, cand64 = _candidates(centred[unsure], ref.f64, ref.sq64, own_u, k)
         best_d[unsure], best_i[unsure] = _refine(rows[unsure], ref.raw, cand64)
     return best_d, best_i
 
@@ -319,7 +319,7 @@ class LeakageStats:
         return len(self.to_nearest)
 
     @classmethod
-    def merge(cls, stats: Sequence["LeakageStats"]) -> "LeakageStats":
+    def merge(cls, stats: Sequence[LeakageStats]) -> LeakageStats:
         """One LeakageStats holding the examples of all of `stats`, in order."""
         if not stats:
             return cls()

@@ -22,13 +22,11 @@ search space (images in [0, 1]; a table's columns scaled to its own [min, max], 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
-
-from peer.privacy.measures import nearest
 
 START_MODES = ("instance", "mix", "prototype", "noise")
 PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
@@ -143,7 +141,7 @@ def steer(module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int
     if len(x) == 0:
         return x
     device = next(module.parameters()).device
-    grads = [p.requires_grad for p in module.parameters()]
+    wanted = [p.requires_grad for p in module.parameters()]
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
@@ -163,8 +161,8 @@ def steer(module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int
                 xs = torch.where(todo.view(shape), (xs + step * g).clamp_(0.0, 1.0), xs)
         return xs.detach().cpu().numpy()
     finally:
-        for p, g in zip(module.parameters(), grads):
-            p.requires_grad_(g)
+        for p, w in zip(module.parameters(), wanted):
+            p.requires_grad_(w)
 
 
 def noise_starts(shape: tuple[int, ...], labels: np.ndarray, rng: np.random.Generator,

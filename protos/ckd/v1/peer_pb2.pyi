@@ -1,4 +1,4 @@
-from ckd.v1 import wire_pb2 as _wire_pb2
+from protos.ckd.v1 import wire_pb2 as _wire_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Optional as _Optional
