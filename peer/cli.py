@@ -34,8 +34,9 @@ DEMO_OPTIONS = [
     ("augment_copies", "augmented copies (shift, rotation, noise) sent with each counterfactual"),
     ("max_per_student", "most instances a teacher teaches one student per round (0: all qualified)"),
     ("privacy", "preset of what a teacher may release: paper (the search starts at the private instance, "
-                "nothing filtered: sends near-copies of private data) or custom; a preset sets --cf-start, "
-                "--cf-start-k, --min-distance and --noise-scale unless given"),
+                "nothing filtered: sends near-copies of private data), guarded (starts at the mean of 4 "
+                "instances of the class, --min-distance 1: no near-copies) or custom; a preset sets "
+                "--cf-start, --cf-start-k, --min-distance and --noise-scale unless given"),
     ("cf_start", "where the counterfactual search starts: instance (the private x, the paper), mix (mean of "
                  "x and k-1 others of its class), prototype (class mean plus jitter), noise (steered "
                  "uniform noise, data-free)"),

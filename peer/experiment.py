@@ -23,6 +23,9 @@ from peer.transport import InProcessTransport
 # "What leaves a peer"). A preset sets each of its knobs the user did not give; "custom" none.
 PRIVACY_PRESETS: dict[str, dict] = {
     "paper": {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0},
+    # starts at the mean of 4 same-class instances, sends nothing nearer a private example than its
+    # nearest other one (reduced-scale fmnist-10: no near-copies, attack AUC 0.53, ~80% of the gain)
+    "guarded": {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.0},
 }
 
 
@@ -57,7 +60,7 @@ class ExperimentConfig:
     cf_rel_tol: float = 0.3
     augment_copies: int = 1
     max_per_student: int = 0
-    privacy: str = "paper"       # preset of the four knobs below: paper, or custom (set them yourself)
+    privacy: str = "paper"       # preset of the four knobs below: paper, guarded, or custom (set them yourself)
     cf_start: str = "instance"   # where the search starts: instance (paper), mix, prototype, noise
     cf_start_k: int = 4          # with cf_start mix: instances averaged
     min_distance: float = 0.0    # release nothing nearer a private p than this x p's nearest-other distance
