@@ -36,16 +36,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
+from peer.config import ExperimentConfig  # noqa: E402
+from peer.core.peer import Peer  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
-from peer.experiment import ExperimentConfig, build_peers  # noqa: E402
-from peer.inprocess import (  # noqa: E402
-    InProcessTransport,  # noqa: E402
-    RunLog,
-    evaluate_all,
-    teach_round,
-    train_all,
-)
-from peer.privacy.release import nearest, nearest_ratio  # noqa: E402
+from peer.experiment import build_peers  # noqa: E402
+from peer.inprocess import InProcessTransport  # noqa: E402
+from peer.privacy.measures import nearest  # noqa: E402
+from peer.privacy.release import nearest_ratio  # noqa: E402
+from peer.round import RunLog, teach_students, train_step  # noqa: E402
 
 KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")
 PAPER = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
@@ -86,70 +84,70 @@ class RecordingTransport(InProcessTransport):
         return super().push_examples(peer_id, batch)
 
 
-def roc(member: np.ndarray, nonmember: np.ndarray) -> tuple[float, float]:
-    """(AUC, TPR at 1% FPR) of scores where higher means 'member'."""
-    scores = np.concatenate([member, nonmember])
-    truth = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each tie group
-    tps, fps = np.cumsum(t)[distinct], np.cumsum(1 - t)[distinct]
-    tpr, fpr = np.r_[0, tps / len(member)], np.r_[0, fps / len(nonmember)]
-    auc = float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
-    tpr_at = float(tpr[fpr <= 0.01].max())
-    return auc, tpr_at
+REFERENCE = 3000  # most attacker reference images per teacher (shadow sets, confidence calibration)
+ON_SENT = ("distance", "calibrated")  # attacks on what was sent; "confidence" reads the teacher's model
 
 
-def attack_scores(released: np.ndarray, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, tuple]:
-    """Each attack's (member scores, non-member scores); higher means member."""
-    try:  # the fuller attack set, where present
-        from peer.privacy import attacks  # type: ignore
-
-        if hasattr(attacks, "attack_scores"):
-            return attacks.attack_scores(released, members, nonmembers)
-    except ImportError:
-        pass
-    if len(released) == 0:
-        return {"distance": (np.zeros(len(members)), np.zeros(len(nonmembers)))}
-    return {"distance": (-nearest(members, released)[0], -nearest(nonmembers, released)[0])}
-
-
-def measure(peers, transport: RecordingTransport, test_x: np.ndarray, test_y: np.ndarray, sample: int,
+def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y: np.ndarray, sample: int,
             seed: int) -> dict:
-    """Near-copies, ratio median and attacks over everything each teacher sent."""
-    by_teacher: dict[str, list[np.ndarray]] = {}
+    """Near-copies, ratio median and attacks over everything each teacher sent.
+
+    Per teacher: members = `sample` of its private instances; non-members = `sample` images of
+    `attack_x` (test images) of the classes it holds; the attacker's reference data = the other
+    test images of those classes. An attack's AUC and TPR are the median over teachers; the best
+    attack is the one with the highest median AUC among those on what was sent.
+    """
+    from peer.privacy.attacks import run_attacks
+
+    by_teacher: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for b in transport.batches:
         x = b.x.astype(np.float32) / 255.0 if b.x.dtype == np.uint8 else b.x.astype(np.float32)
-        by_teacher.setdefault(b.sender, []).append(x)
-    ratios, near, scores = [], [], {}
+        by_teacher.setdefault(b.sender, []).append((x, b.y))
+    ratios, near, results = [], [], {}
     rng = np.random.default_rng(seed)
     for p in peers:
-        sent = np.concatenate(by_teacher.get(p.id, [np.zeros((0, *p.input_shape), np.float32)]))
+        got = by_teacher.get(p.id, [])
+        if not got:
+            continue
+        sent, sent_y = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
         nn = p.private_nn()
-        if len(sent):
-            d, i = nearest(sent, p.x)
-            ratios.append(d / np.maximum(nn[i], 1e-6))
-            near.append(nearest_ratio(sent, p.x, nn) < 1.0)
-        members = p.x[rng.choice(len(p.x), min(sample, len(p.x)), replace=False)]
-        pool = np.flatnonzero(np.isin(test_y, np.unique(p.y)))
-        nonmembers = test_x[rng.choice(pool, min(sample, len(pool)), replace=False)]
-        for name, (m, n) in attack_scores(sent, members, nonmembers).items():
-            scores.setdefault(name, ([], []))
-            scores[name][0].append(m)
-            scores[name][1].append(n)
+        d, i = nearest(sent, p.x)
+        ratios.append(d / np.maximum(nn[i], 1e-6))
+        near.append(nearest_ratio(sent, p.x, nn) < 1.0)
+        mem = rng.choice(len(p.x), min(sample, len(p.x)), replace=False)
+        pool = rng.permutation(np.flatnonzero(np.isin(attack_y, np.unique(p.y))))
+        non, ref = pool[:sample], pool[sample:sample + REFERENCE]
+        flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+        res = run_attacks(flat(sent), sent_y, flat(p.x[mem]), p.y[mem], flat(attack_x[non]), attack_y[non],
+                          flat(attack_x[ref]), attack_y[ref], rng=rng,
+                          model=lambda a, p=p: p.learner.predict_proba(a.reshape(-1, *p.input_shape)))
+        for name, r in res.items():
+            results.setdefault(name, []).append((r.auc, r.tpr_at_1pct_fpr))
     ratios_all = np.concatenate(ratios) if ratios else np.zeros(0)
     near_all = np.concatenate(near) if near else np.zeros(0, bool)
-    attacks = {name: roc(np.concatenate(m), np.concatenate(n)) for name, (m, n) in scores.items()}
-    best = max(attacks, key=lambda k: (attacks[k][0], attacks[k][1]))
+    attacks = {k: {"auc": float(np.median([a for a, _ in v])), "tpr_at_1pct_fpr": float(np.median([t for _, t in v])),
+                   "auc_max": float(max(a for a, _ in v)), "tpr_at_1pct_fpr_max": float(max(t for _, t in v))}
+               for k, v in results.items()}
+    on_sent = [k for k in attacks if k in ON_SENT]
+    best = max(on_sent, key=lambda k: (attacks[k]["auc"], attacks[k]["tpr_at_1pct_fpr"])) if on_sent else None
     return {
         "sent": int(len(ratios_all)),
         "near_copy_share": float(near_all.mean()) if near_all.size else 0.0,
         "median_nearest_private_ratio": float(np.median(ratios_all)) if ratios_all.size else None,
-        "mia_auc": attacks[best][0],
-        "tpr_at_1pct_fpr": attacks[best][1],
+        "mia_auc": attacks[best]["auc"] if best else None,
+        "tpr_at_1pct_fpr": attacks[best]["tpr_at_1pct_fpr"] if best else None,
         "best_attack": best,
-        "attacks": {k: {"auc": a, "tpr_at_1pct_fpr": t} for k, (a, t) in attacks.items()},
+        "attacks": attacks,
     }
+
+
+def fresh_copy(p: Peer, teach) -> Peer:
+    """Peer p as trained in round 0 (its learner copied, its data and cached predictions shared),
+    with `teach` and an empty store."""
+    q = Peer(p.id, p.x, p.y, p.classes, copy.deepcopy(p.learner), teach, seed=p.seed, image=p.image,
+             features=p.features)
+    q._own_proba, q._private_nn = p.own_proba(), p.private_nn()
+    return q
 
 
 def machine() -> dict:
@@ -180,15 +178,15 @@ def main() -> int:
     base = ExperimentConfig(rounds=args.rounds, train_per_peer=args.train_per_peer, test_limit=args.test_limit,
                             privacy="custom", device=args.device)
     train, test = load_fashion_mnist(base.data_dir)
+    attack_x, attack_y = test.float_inputs(), test.y  # non-members and attacker reference: all test images
     if base.test_limit:
         test = test.subset(np.arange(min(base.test_limit, len(test))))
     test_x = test.float_inputs()
-    quiet = not sys.stderr.isatty()
     t = time.perf_counter()
     peers0 = build_peers(base, train)
-    log0 = RunLog()
-    train_all(peers0, base.epochs, "train", quiet, log0)
-    evaluate_all(peers0, test_x, test.y, log0)
+    ids = [p.id for p in peers0]
+    records0 = [train_step(p, 0, base.epochs, test_x, test.y) for p in peers0]
+    log0 = RunLog.from_records(records0, ids)
     for p in peers0:
         p.own_proba(), p.private_nn()  # cached once, shared by every copy
     before = median_accuracy(log0, 0)
@@ -201,26 +199,22 @@ def main() -> int:
     for knob, value, knobs in chosen:
         t = time.perf_counter()
         cfg = replace(base, **{**PAPER, **knobs})
-        peers = copy.deepcopy(peers0)
-        for p in peers:
-            p.teach_config = cfg.teach()
+        peers = [fresh_copy(p, cfg.teach()) for p in peers0]
         transport = RecordingTransport({p.id: p for p in peers})
-        log = copy.deepcopy(log0)
-        ids = [p.id for p in peers]
+        records = list(records0)
         for r in range(1, cfg.rounds + 1):
             for p in peers:
                 p.snapshot(r)
-            for p in peers:
-                log.teach += teach_round(p, ids, transport, r)
-            train_all(peers, cfg.retrain_epochs, f"round {r}", quiet, log, round=r)
-            evaluate_all(peers, test_x, test.y, log)
+            taught = {p.id: teach_students(p, r, ids, transport) for p in peers}
+            records += [train_step(p, r, cfg.retrain_epochs, test_x, test.y).merge(taught[p.id]) for p in peers]
+        log = RunLog.from_records(records, ids)
         after = median_accuracy(log, cfg.rounds)
         gain = after - before
         if knob == "paper":
             paper_gain = gain
         row = {"knob": knob, "value": value, "median_accuracy_before": before, "median_accuracy_after": after,
                "accuracy_gain": gain, "gain_ratio": gain / paper_gain if paper_gain else None,
-               **measure(peers, transport, test_x, test.y, args.sample, cfg.seed),
+               **measure(peers, transport, attack_x, attack_y, args.sample, cfg.seed),
                "filtered": sum(rep.filtered for rep in log.teach), "failed": sum(rep.failed for rep in log.teach),
                "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
                "seconds": round(time.perf_counter() - t, 1), "config": asdict(cfg)}

@@ -167,3 +167,15 @@ def test_privacy_preset_sets_only_knobs_not_given():
         ExperimentConfig(privacy="nope")
     with pytest.raises(Exception, match="unknown counterfactual start"):
         ExperimentConfig(cf_start="nope")
+
+
+def test_privacy_preset_through_cli_and_flower():
+    from peer.cli import with_data
+    from peer.flower.client_app import experiment_config
+
+    values = {name: f.default for f in fields(ExperimentConfig) for name in [f.name]}
+    resolved, _ = with_data({**values, "privacy": "guarded", "noise_scale": 0.1}, {"privacy", "noise_scale"})
+    assert (resolved["cf_start"], resolved["min_distance"], resolved["noise_scale"]) == ("mix", 1.0, 0.1)
+    cfg = experiment_config({"privacy": "guarded", "min-distance": 0.5}, 3)
+    assert (cfg.cf_start, cfg.cf_start_k, cfg.min_distance) == ("mix", 4, 0.5)
+    assert experiment_config({"privacy": "paper"}, 3).cf_start == "instance"
