@@ -54,6 +54,11 @@ flower: venv data
 	$(VENV)/bin/flwr run . --stream -c "out='$(CURDIR)/runs/flower' $(FLOWER_CONFIG)" \
 	  --federation-config "num-supernodes=10 client-resources-num-cpus=1 init-args-num-cpus=$(FLOWER_CPUS)"
 
+# The privacy sweep on fmnist-10 (every release knob against the attacks; hours on 2 cores).
+# Add e.g. ARGS="--only 0,22" for some settings; writes bench/results/privacy.json.
+bench-privacy: venv data
+	$(PY) bench/privacy.py $(ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from fmnist10 import machine  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 from peer.config import ExperimentConfig  # noqa: E402
 from peer.core.peer import Peer  # noqa: E402
@@ -148,14 +148,6 @@ def fresh_copy(p: Peer, teach) -> Peer:
              features=p.features)
     q._own_proba, q._private_nn = p.own_proba(), p.private_nn()
     return q
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def median_accuracy(log: RunLog, r: int) -> float:
