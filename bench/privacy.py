@@ -41,8 +41,7 @@ from peer.core.peer import Peer  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.experiment import build_peers  # noqa: E402
 from peer.inprocess import InProcessTransport  # noqa: E402
-from peer.privacy.measures import nearest  # noqa: E402
-from peer.privacy.release import nearest_ratio  # noqa: E402
+from peer.privacy.measures import nearest, nearest_ratio  # noqa: E402
 from peer.round import RunLog, teach_students, train_step  # noqa: E402
 
 KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
 from peer.core.augment import AugmentConfig
@@ -158,10 +158,6 @@ class ExperimentConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            seed=self.seed * 1000 + peer_index, device=self.device)
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 # --privacy: named settings of the knobs that bound what a teacher releases. A preset sets each of
 # its knobs the user did not give; "custom" sets none.
@@ -198,10 +194,6 @@ def kind_of(f: Field) -> type:
     return str if f.default is None else type(f.default)
 
 
-def default_of(f: Field) -> Any:
-    return None if f.default is MISSING else f.default
-
-
 def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: str) -> None:
     """--name (dashes), defaulting to $CKD_NAME when set, else `default`; the help names the variable."""
     flag = "--" + name.replace("_", "-")
@@ -219,7 +211,7 @@ def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: s
 def add_experiment_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for f in options():
         if f.name not in skip:
-            add_option(parser, f.name, default_of(f), f.metadata["help"])
+            add_option(parser, f.name, f.default, f.metadata["help"])
 
 
 def from_args(args: argparse.Namespace, **override: Any) -> dict[str, Any]:
@@ -259,12 +251,11 @@ def from_run_config(run_config: dict[str, Any], **override: Any) -> ExperimentCo
             raise UsageError(f"run config {key} = {value!r} should be {kind.__name__}")
         kwargs[f.name] = value
     # Flower fills every key from the app config: a knob counts as given where it differs from its default
-    kwargs = with_privacy(kwargs, {k for k, v in kwargs.items() if v != default_of(_FIELDS[k])})
+    defaults = {f.name: f.default for f in options()}
+    kwargs = with_privacy(kwargs, {k for k, v in kwargs.items() if v != defaults[k]})
     return ExperimentConfig(**{**kwargs, **override})
 
 
 def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return asdict(cfg)
 
-
-_FIELDS = {f.name: f for f in fields(ExperimentConfig)}

@@ -155,6 +155,12 @@ def teach_students(peer: Peer, round: int, students: Sequence[str], transport: T
     return record
 
 
+
+# What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
+# runtime ran them (peers working in parallel add up to more than the wall time).
+TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")
+
+
 @dataclass
 class RunLog:
     """A run's records added up: evaluations and training-set sizes per peer and round, every
@@ -191,8 +197,3 @@ class RunLog:
             log.add(record)
         log.teach.sort(key=lambda t: (t.round, rank.get(t.teacher, -1), rank.get(t.student, -1)))
         return log
-
-
-# What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
-# runtime ran them (peers working in parallel add up to more than the wall time).
-TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")

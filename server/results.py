@@ -16,6 +16,7 @@ import numpy as np
 from peer.config import ExperimentConfig, config_dict, options
 from peer.errors import UsageError
 from peer.experiment import Experiment
+from peer.privacy.measures import LeakageStats
 from peer.round import PeerRound, RunLog
 
 
@@ -90,20 +91,7 @@ def leakage_summary(teach: list) -> dict:
     measured = [r for r in teach if r.leakage]
     count = sum(int(r.leakage["count"]) for r in measured)
     near = sum(int(r.leakage["near_copies"]) for r in measured)
-
-    def pooled(key: str) -> np.ndarray:
-        values = np.concatenate([np.asarray(r.leakage_sample.get(key, []), np.float64) for r in measured]
-                                or [np.zeros(0)])
-        return values[np.isfinite(values)]
-
-    def stat(values: np.ndarray, how: str) -> float | None:
-        if not values.size:
-            return None
-        value = {"median": np.median(values), "min": values.min(), "max": values.max(),
-                 "p05": np.percentile(values, 5)}[how]
-        return round(float(value), 4)
-
-    ratio, to_nearest, to_source, ssim = (pooled(k) for k in ("ratio", "to_nearest", "to_source", "ssim"))
+    sampled = LeakageStats.merge([r.sampled_leakage() for r in measured]).to_dict()
     return {
         "what": "each example sent against the sender's private data (inputs in [0,1]; a table's columns scaled by "
                 "the sender's own min and max): L2 distance to the nearest private example, that distance over "
@@ -112,13 +100,8 @@ def leakage_summary(teach: list) -> dict:
         "sent": count,
         "near_copies": near,
         "near_copy_share": round(near / count, 6) if count else None,
-        "nearest_private_ratio_median": stat(ratio, "median"),
-        "nearest_private_ratio_p05": stat(ratio, "p05"),
-        "to_nearest_median": stat(to_nearest, "median"),
-        "to_nearest_min": stat(to_nearest, "min"),
-        "to_source_median": stat(to_source, "median"),
-        "ssim_median": stat(ssim, "median"),
-        "ssim_max": stat(ssim, "max"),
+        **{k: None if v is None else round(float(v), 4) for k, v in sampled.items()
+           if k not in ("count", "near_copies", "near_copy_share")},
     }
 
 

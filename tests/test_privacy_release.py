@@ -14,8 +14,8 @@ from peer.config import ExperimentConfig, with_privacy
 from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
 from peer.learners import TrainConfig, make_learner
-from peer.privacy.measures import nearest
-from peer.privacy.release import START_MODES, min_distance_keep, nearest_ratio, release_noise, start_points
+from peer.privacy.measures import nearest, nearest_ratio
+from peer.privacy.release import START_MODES, min_distance_keep, release_noise, start_points
 
 KNOBS = {"privacy": "paper", "cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
 

@@ -28,15 +28,18 @@ from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
 from peer.learners.neural import TorchLearner
-from peer.privacy.measures import measure_leakage, nearest
-from peer.privacy.release import nearest_ratio, release_noise, start_points
+from peer.privacy.measures import LeakageStats, measure_leakage, nearest, nearest_ratio
+from peer.privacy.release import release_noise, start_points
 
 LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
 
 
-def _rounded(values: np.ndarray) -> list[float]:
-    """Finite values rounded for JSON (a missing measure, NaN, is left out)."""
-    return [round(float(v), 4) for v in values if np.isfinite(v)]
+SAMPLED = {"to_source": "to_source", "to_nearest": "to_nearest", "ratio": "ratio", "ssim": "ssim_nearest"}
+
+
+def _rounded(values: np.ndarray) -> list[float | None]:
+    """Values rounded for JSON, None where a measure is missing (NaN: no source, not an image)."""
+    return [round(float(v), 4) if np.isfinite(v) else None for v in values]
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class TeachReport:
     # what was sent against my private data (peer.privacy.measures.LeakageStats.to_dict, near-copies
     # counted over everything sent), and a seeded sample of per-example values for run-level figures
     leakage: dict = field(default_factory=dict)
-    leakage_sample: dict[str, list[float]] = field(default_factory=dict)
+    leakage_sample: dict[str, list[float | None]] = field(default_factory=dict)
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
 
     NUMBERS = ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "near_copies", "filtered",
@@ -96,8 +99,18 @@ class TeachReport:
         for k in cls.NUMBERS:
             setattr(report, k, type(getattr(report, k))(data[k]))
         report.leakage = dict(data.get("leakage", {}))
-        report.leakage_sample = {str(k): [float(x) for x in v] for k, v in data.get("leakage_sample", {}).items()}
+        report.leakage_sample = {str(k): [None if x is None else float(x) for x in v]
+                                 for k, v in data.get("leakage_sample", {}).items()}
         return report
+
+    def sampled_leakage(self) -> LeakageStats:
+        """The measured sample of what was sent, per example (NaN where a measure is missing)."""
+        if not self.leakage_sample:
+            return LeakageStats()
+        def column(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in self.leakage_sample.get(key, [])], np.float32)
+
+        return LeakageStats(**{name: column(key) for key, name in SAMPLED.items()})
 
     def summary(self) -> dict:
         """The pair as one row of results.json's "pairs"."""
@@ -140,6 +153,7 @@ class Peer:
             self.low, self.high = self.x.min(axis=0), self.x.max(axis=0)
         self.seed = seed
         self._own_proba: np.ndarray | None = None
+        self._space: np.ndarray | None = None
         self._private_nn: np.ndarray | None = None
         self._published: dict[int, ModelBlob] = {}
 
@@ -186,7 +200,9 @@ class Peer:
 
     def search_space(self) -> np.ndarray:
         """My private inputs where counterfactuals are searched: images as they are, a table in [0, 1]."""
-        return self.to_unit(self.x) if self.features else self.x
+        if self._space is None:
+            self._space = self.to_unit(self.x) if self.features else self.x
+        return self._space
 
     def private_nn(self) -> np.ndarray:
         """Per private example, the L2 distance (search space) to its nearest other private example."""
@@ -354,8 +370,7 @@ class Peer:
         report.leakage = {**stats.to_dict(), "count": int(len(out_x)), "near_copies": report.near_copies,
                           "near_copy_share": report.near_copies / len(out_x), "sampled": int(len(pick)),
                           "nearest_any_ratio_min": float(ratio.min())}
-        report.leakage_sample = {"ratio": _rounded(stats.ratio), "to_nearest": _rounded(stats.to_nearest),
-                                 "to_source": _rounded(stats.to_source), "ssim": _rounded(stats.ssim_nearest)}
+        report.leakage_sample = {key: _rounded(getattr(stats, name)) for key, name in SAMPLED.items()}
 
     def _encode(self, student_id: str, round: int, student: Learner, out_x: np.ndarray, out_y: np.ndarray,
                 out_src: np.ndarray, report: TeachReport) -> list[ExampleBatch]:

@@ -187,35 +187,48 @@ def _ratio(to_nearest: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return ratio
 
 
-def near_copy_mask(sent: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor, private_nn: np.ndarray,
-                   fraction: float = 1.0, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-    """Bool (M,): sent examples closer to some private example j than fraction * private_nn[j].
+def nearest_ratio(points: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor, private_nn: np.ndarray,
+                  chunk: int = DEFAULT_CHUNK, exact: bool = False) -> np.ndarray:
+    """Per point, min over private examples j of |point - x_j| / private_nn[j]: below 1, the point
+    is a near-copy of some x_j (closer to it than any other private example is).
 
-    Every private example is checked, not only the nearest one: a sent example may sit a bit
-    further from a private example in a sparse region yet be far closer than that example's own
-    neighbours. Distances are computed in float64; an exact copy (distance 0) always counts.
+    Every private example is checked, not only the nearest one: a point may sit a bit further from
+    a private example in a sparse region yet be far closer than that example's own neighbours. An
+    exact copy (distance 0) has ratio 0, also of a private example with a duplicate (0/0); any
+    other distance over a scale of 0 is inf. Centred float32 (fast) unless `exact` (float64).
     """
     _check_chunk(chunk)
-    if fraction < 0:
-        raise ValueError(f"fraction must be >= 0, got {fraction}")
-    a, b = _as_2d(sent, "sent").double(), _as_2d(private, "private").double()
-    _check_dims(a, b, "sent", "private")
+    dtype = torch.float64 if exact else torch.float32
+    copy_rtol = _COPY_RTOL if exact else 64 * 2.0 ** -23
+    a, b = _as_2d(points, "points").double(), _as_2d(private, "private").double()
+    _check_dims(a, b, "points", "private")
     scale = torch.as_tensor(np.asarray(private_nn, np.float64))
     if scale.shape != (len(b),):
         raise ValueError(f"private_nn must have shape ({len(b)},), got {tuple(scale.shape)}")
-    limit2 = (fraction * scale).square()
     centre = b.mean(dim=0)
-    a, b = a - centre, b - centre
+    a, b, scale = (a - centre).to(dtype), (b - centre).to(dtype), scale.to(dtype)
     b_sq = b.square().sum(dim=1)
-    mask = np.zeros(len(a), bool)
+    out = np.full(len(a), np.inf)
     with torch.no_grad():
         for start in range(0, len(a), chunk):
             rows = a[start:start + chunk]
             rows_sq = rows.square().sum(dim=1)
             d2 = _sq_dist_chunk(rows, b, rows_sq, b_sq)
-            copy = d2 <= _COPY_RTOL * (rows_sq[:, None] + b_sq[None, :])
-            mask[start:start + len(rows)] = ((d2 < limit2[None, :]) | copy).any(dim=1).numpy()
-    return mask
+            copy = d2 <= copy_rtol * (rows_sq[:, None] + b_sq[None, :])
+            ratio = d2.sqrt_().div_(scale[None, :]).masked_fill_(copy, 0.0)
+            if len(b):
+                out[start:start + len(rows)] = ratio.min(dim=1).values.double().numpy()
+    return out
+
+
+def near_copy_mask(sent: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor, private_nn: np.ndarray,
+                   fraction: float = 1.0, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Bool (M,): sent examples closer to some private example j than fraction * private_nn[j]
+    (nearest_ratio below `fraction`, in float64); an exact copy (distance 0) always counts."""
+    if fraction < 0:
+        raise ValueError(f"fraction must be >= 0, got {fraction}")
+    ratio = nearest_ratio(sent, private, private_nn, chunk, exact=True)
+    return (ratio < fraction) | (ratio == 0)
 
 
 # --- SSIM -------------------------------------------------------------------------------------

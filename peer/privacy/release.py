@@ -17,7 +17,7 @@ search space (images in [0, 1]; a table's columns scaled to its own [min, max], 
   fraction 1)
 - release noise (`release_noise`): Gaussian noise of a recorded scale added to what is sent,
   clipped to [0, 1] and, for images, quantised to the uint8 levels that go on the wire
-- nearest-neighbour machinery (`nearest`, `nearest_ratio`): chunked L2 in torch
+(distances come from peer.privacy.measures: `nearest`, `nearest_ratio`)
 """
 
 from __future__ import annotations
@@ -28,39 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from peer.privacy.measures import nearest_ratio
+
 START_MODES = ("instance", "mix", "prototype", "noise")
 PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
 STEER_STEPS = 10         # gradient steps that steer a noise start toward its class
 STEER_STEP = 0.1         # largest change of one input in one steering step
 
 
-# -- nearest neighbours -----------------------------------------------------------------------
-def _flat(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a)
-    return t.reshape(len(t), -1).to(torch.float32)
-
-
-@torch.no_grad()
-def nearest_ratio(points: np.ndarray, reference: np.ndarray, reference_nn: np.ndarray,
-                  chunk: int = 1024) -> np.ndarray:
-    """min over reference rows p of ||point - p|| / nn(p), where nn(p) is p's distance to its
-    nearest other reference row. Below 1: the point is a near-copy of some p (closer to p than
-    any other private example is). Rows with nn(p) = 0 (exact duplicates) count as nn = 1e-6."""
-    n = len(points)
-    if n == 0 or len(reference) == 0:
-        return np.full(n, np.inf, dtype=np.float32)
-    ref = _flat(reference)
-    ref_sq = (ref * ref).sum(dim=1)
-    scale = torch.from_numpy(np.maximum(np.asarray(reference_nn, dtype=np.float32), 1e-6))
-    pts = _flat(points)
-    out = []
-    for s in range(0, n, chunk):
-        q = pts[s:s + chunk]
-        d2 = (q * q).sum(dim=1, keepdim=True) + ref_sq[None, :] - 2.0 * q @ ref.T
-        out.append((d2.clamp_(min=0).sqrt() / scale[None, :]).min(dim=1).values)
-    return torch.cat(out).numpy().astype(np.float32)
-
-
+# -- minimum distance -------------------------------------------------------------------------
 def min_distance_keep(candidates: np.ndarray, private: np.ndarray, private_nn: np.ndarray,
                       fraction: float, chunk: int = 1024) -> np.ndarray:
     """Boolean mask of the candidates that may be released: none closer to a private example p
