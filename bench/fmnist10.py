@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def main() -> int:
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
+    parser.add_argument("--load", default="nothing else",
+                        help="what else ran on the machine during the measurement (recorded in the JSON)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,9 +78,9 @@ def main() -> int:
     exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test))
     summary = summarise(exp)
     result = {
-        "command": "python bench/fmnist10.py" + (" --hetero" if args.hetero else ""),
+        "command": "python bench/fmnist10.py " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "concurrent_load": args.load},
         "median_accuracy_before": summary["median_accuracy_before"],
         "median_accuracy_after": summary["median_accuracy_after"],
         "missing_class_accuracy_before": summary["missing_class_accuracy_before"],

@@ -90,6 +90,8 @@ def pooled(train: Dataset, test: Dataset, cfg: ExperimentConfig) -> dict[str, fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("digits", "wine"), default="digits")
+    parser.add_argument("--load", default="nothing else",
+                        help="what else ran on the machine during the measurement (recorded in the JSON)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("CKD_THREADS", "1")))
     cfg = CONFIG
@@ -135,7 +137,7 @@ def main() -> int:
         "wall_seconds": round(wall, 2),
         "config": {k: v for k, v in vars(cfg).items() if v not in (None, "")},
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "concurrent_load": args.load},
     }
     name = "tabular.json" if args.dataset == "digits" else f"tabular_{args.dataset}.json"
     write_json(ROOT / "bench" / "results" / name, result)
