@@ -58,6 +58,7 @@ flower: venv data
 # Add e.g. ARGS="--only 0,22" for some settings; writes bench/results/privacy.json.
 bench-privacy: venv data
 	$(PY) bench/privacy.py $(ARGS)
+	$(PY) bench/plot_privacy.py
 
 clean:
 	rm -rf runs .pytest_cache

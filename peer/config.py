@@ -164,7 +164,8 @@ class ExperimentConfig:
 PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0},
     # starts at the mean of 4 same-class instances, sends nothing nearer a private example than its
-    # nearest other one (reduced-scale fmnist-10: no near-copies, attack AUC 0.53, ~80% of the gain)
+    # nearest other one (fmnist-10, 1 round, bench/results/privacy.json: no near-copies, best attack
+    # AUC 0.50, 71% of the paper setting's accuracy gain)
     "guarded": {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.0},
 }
 
