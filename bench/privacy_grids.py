@@ -5,7 +5,8 @@
 A small fmnist-10 slice (the fixed split, 600 images per peer, 2 epochs): peer-1 teaches peer-0,
 which never saw class 0. For each --privacy preset (and --min-distance 1 alone) the grid shows the
 8 examples peer-1 sends that sit closest to one of its private images (top row), that private
-image (bottom row) and their L2 distance (pixels in [0, 1]; two distinct private images of this set sit about 3.5 apart).
+image (bottom row) and their L2 distance (pixels in [0, 1]; two distinct private images of this
+set sit about 3.5 apart).
 """
 
 from __future__ import annotations
