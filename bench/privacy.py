@@ -9,6 +9,8 @@ setting: median accuracy after and its gain over round 0, the gain as a share of
 setting's gain, and what the sent examples reveal about each teacher's private data:
 - near_copy_share: share of sent inputs closer to some private example p than p's nearest other
   private example (nearest_ratio < 1)
+- aligned_near_copy_share: the same over a sample of what was sent, each image at its closest
+  whole-pixel shift within 2 pixels (aligned_nearest_ratio < 1): a shifted private image is a copy
 - median_nearest_private_ratio: median of (distance to the nearest private example) / (that
   example's distance to its nearest other private example)
 - mia_auc, tpr_at_1pct_fpr: the best membership-inference attack a receiver could mount from
@@ -41,7 +43,7 @@ from peer.core.peer import Peer  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.experiment import build_peers  # noqa: E402
 from peer.inprocess import InProcessTransport  # noqa: E402
-from peer.privacy.measures import nearest, nearest_ratio  # noqa: E402
+from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio  # noqa: E402
 from peer.round import RunLog, teach_students, train_step  # noqa: E402
 
 KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")
@@ -83,8 +85,9 @@ class RecordingTransport(InProcessTransport):
         return super().push_examples(peer_id, batch)
 
 
+ALIGNED_SAMPLE = 300  # sent images per teacher checked at every shift (25 shifts each)
 REFERENCE = 3000  # most attacker reference images per teacher (shadow sets, confidence calibration)
-ON_SENT = ("distance", "calibrated")  # attacks on what was sent; "confidence" reads the teacher's model
+ON_SENT = ("distance", "aligned", "calibrated")  # attacks on what was sent; "confidence" reads the teacher's model
 
 
 def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y: np.ndarray, sample: int,
@@ -102,7 +105,7 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
     for b in transport.batches:
         x = b.x.astype(np.float32) / 255.0 if b.x.dtype == np.uint8 else b.x.astype(np.float32)
         by_teacher.setdefault(b.sender, []).append((x, b.y))
-    ratios, near, results = [], [], {}
+    ratios, near, aligned, results = [], [], [], {}
     rng = np.random.default_rng(seed)
     for p in peers:
         got = by_teacher.get(p.id, [])
@@ -113,12 +116,16 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
         d, i = nearest(sent, p.x)
         ratios.append(d / np.maximum(nn[i], 1e-6))
         near.append(nearest_ratio(sent, p.x, nn) < 1.0)
+        if p.image:
+            pick = rng.choice(len(sent), min(ALIGNED_SAMPLE, len(sent)), replace=False)
+            aligned.append(aligned_nearest_ratio(sent[pick], p.x, nn) < 1.0)
         mem = rng.choice(len(p.x), min(sample, len(p.x)), replace=False)
         pool = rng.permutation(np.flatnonzero(np.isin(attack_y, np.unique(p.y))))
         non, ref = pool[:sample], pool[sample:sample + REFERENCE]
         flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
         res = run_attacks(flat(sent), sent_y, flat(p.x[mem]), p.y[mem], flat(attack_x[non]), attack_y[non],
                           flat(attack_x[ref]), attack_y[ref], rng=rng,
+                          image_shape=tuple(p.input_shape) if p.image else None,
                           model=lambda a, p=p: p.learner.predict_proba(a.reshape(-1, *p.input_shape)))
         for name, r in res.items():
             results.setdefault(name, []).append((r.auc, r.tpr_at_1pct_fpr))
@@ -132,6 +139,7 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
     return {
         "sent": int(len(ratios_all)),
         "near_copy_share": float(near_all.mean()) if near_all.size else 0.0,
+        "aligned_near_copy_share": float(np.concatenate(aligned).mean()) if aligned else None,
         "median_nearest_private_ratio": float(np.median(ratios_all)) if ratios_all.size else None,
         "mia_auc": attacks[best]["auc"] if best else None,
         "tpr_at_1pct_fpr": attacks[best]["tpr_at_1pct_fpr"] if best else None,
@@ -212,7 +220,8 @@ def main() -> int:
         rows.append(row)
         print(f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio "
               f"{row['gain_ratio'] if row['gain_ratio'] is None else round(row['gain_ratio'], 2)} "
-              f"near {row['near_copy_share']:.3f} med-ratio {row['median_nearest_private_ratio']} "
+              f"near {row['near_copy_share']:.3f} aligned {row['aligned_near_copy_share']} "
+              f"med-ratio {row['median_nearest_private_ratio']} "
               f"auc {row['mia_auc']:.3f} tpr1 {row['tpr_at_1pct_fpr']:.3f} sent {row['sent']} "
               f"({row['seconds']:.0f} s)", flush=True)
         result = [{**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()}

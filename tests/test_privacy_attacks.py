@@ -8,6 +8,7 @@ import torch
 
 from peer.privacy import (
     AttackResult,
+    aligned_distance_attack,
     best,
     calibrated_attack,
     confidence_attack,
@@ -17,6 +18,7 @@ from peer.privacy import (
     roc,
     run_attacks,
     save_reconstruction_grid,
+    shifted,
 )
 
 torch.set_num_threads(1)
@@ -235,3 +237,21 @@ def test_reconstruction_pairs_closest_first_and_grid(tmp_path):
     twice = np.concatenate([received, private[[8]] + 0.001])
     assert [p.distance for p in reconstruction_pairs(twice, private, k=2)] == [0.0, pairs[1].distance]
     assert reconstruction_pairs(twice, private, k=2, distinct=False)[1].distance == pytest.approx(0.006, rel=1e-3)
+
+
+def test_aligned_attack_sees_shifted_copies_that_plain_distance_misses():
+    rng = np.random.default_rng(5)
+    images = rng.random((400, 10, 10), dtype=np.float32) ** 4  # sparse bright pixels: shifts move far
+    members, non = images[:200], images[200:]
+    received = shifted(members, 2)[0]  # every member sent, shifted by (-2, -2)
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    plain = distance_attack(flat(received), flat(members), flat(non))
+    aligned = aligned_distance_attack(flat(received), flat(members), flat(non), (10, 10))
+    assert aligned.auc > 0.99 and aligned.tpr_at_1pct_fpr > 0.95
+    assert plain.auc < aligned.auc and plain.tpr_at_1pct_fpr < 0.5
+    unrelated = rng.random((200, 10, 10), dtype=np.float32) ** 4
+    assert abs(aligned_distance_attack(flat(unrelated), flat(members), flat(non), (10, 10)).auc - 0.5) < 0.1
+    assert "aligned" in run_attacks(flat(received), None, flat(members), None, flat(non), None, flat(non), None,
+                                    image_shape=(10, 10))
+    with pytest.raises(ValueError):
+        aligned_distance_attack(flat(received), flat(members), flat(non), (9, 10))

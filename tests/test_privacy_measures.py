@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from peer.privacy import LeakageStats, measure_leakage, near_copy_mask, nearest, private_nn, ssim
+from peer.privacy.measures import aligned_nearest_ratio, nearest_ratio, shifted
 
 torch.set_num_threads(1)
 
@@ -175,3 +176,30 @@ def test_nearest_is_exact_for_tight_clusters_far_apart():
     np.testing.assert_allclose(dist, want_d, rtol=1e-9)
     own_d, _ = nearest(reference, reference, exclude_self=True)
     np.testing.assert_allclose(own_d, brute(reference, reference, exclude_self=True)[0], rtol=1e-9)
+
+
+def test_shifted_moves_whole_pixels_with_zero_fill():
+    x = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5)
+    moved = shifted(x, 1)
+    assert moved.shape == (9, 2, 4, 5)
+    np.testing.assert_array_equal(moved[4], x)  # the middle one is unshifted
+    down_right = moved[8]  # dy = dx = +1
+    np.testing.assert_array_equal(down_right[:, 1:, 1:], x[:, :-1, :-1])
+    assert (down_right[:, 0, :] == 0).all() and (down_right[:, :, 0] == 0).all()
+    with pytest.raises(ValueError):
+        shifted(x[0], 1)
+
+
+def test_aligned_ratio_finds_a_shifted_copy_the_pixel_ratio_misses():
+    rng = np.random.default_rng(0)
+    private = np.zeros((20, 12, 12), np.float32)
+    for i in range(20):  # a bright bar per image, in distinct places
+        r, c = divmod(i, 5)
+        private[i, 2 + 2 * r:4 + 2 * r, 1 + 2 * c:3 + 2 * c] = 1.0
+    private += rng.random(private.shape, dtype=np.float32) * 0.05
+    nn = private_nn(private)
+    copy = shifted(private[3:4], 2)[0]  # shifted by (-2, -2): still the same image
+    assert nearest_ratio(copy, private, nn)[0] > 1.0
+    assert aligned_nearest_ratio(copy, private, nn, radius=2)[0] < 0.5
+    far = rng.random((1, 12, 12), dtype=np.float32)
+    assert aligned_nearest_ratio(far, private, nn, radius=2)[0] > 1.0

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from peer.config import ExperimentConfig, with_privacy
+from peer.core.augment import AugmentConfig
 from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
 from peer.learners import TrainConfig, make_learner
-from peer.privacy.measures import nearest, nearest_ratio
+from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio
 from peer.privacy.release import START_MODES, min_distance_keep, release_noise, start_points
 
 KNOBS = {"privacy": "paper", "cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
@@ -87,8 +88,20 @@ def test_release_noise_scale_zero_is_identity_and_quantises_otherwise():
     np.testing.assert_allclose(noisy * 255, np.round(noisy * 255), atol=1e-4)
 
 
-def _image_peer(teach: TeachConfig, drop_class: int | None = None, seed: int = 0) -> Peer:
-    x, y = blobs(40, seed=seed)
+def bars(n_per_class: int = 40, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images: class c is a bright bar in row band c, at a column of its own per image, plus
+    a little noise (a mean of several images of a class is a blur, far from each of them)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_per_class * classes, 8, 8), dtype=np.float32) * 0.1
+    y = np.repeat(np.arange(classes), n_per_class)
+    for i, c in enumerate(y):
+        col = rng.integers(0, 7)
+        x[i, 2 * c:2 * c + 3, col:col + 2] += 0.8
+    return np.clip(x, 0, 1), y
+
+
+def _image_peer(teach: TeachConfig, drop_class: int | None = None, seed: int = 0, data=blobs) -> Peer:
+    x, y = data(40, seed=seed)
     if drop_class is not None:
         x, y = x[y != drop_class], y[y != drop_class]
     learner = make_learner("mlp", (8, 8), ("a", "b", "c"), TrainConfig(epochs=30, lr=3e-3, seed=seed))
@@ -99,15 +112,15 @@ def _image_peer(teach: TeachConfig, drop_class: int | None = None, seed: int = 0
 
 def test_teach_with_mix_and_the_filter_sends_no_near_copy():
     teach = TeachConfig(CounterfactualConfig(start="mix", start_k=4), min_distance=1.0)
-    teacher = _image_peer(teach)
-    student = _image_peer(TeachConfig(), drop_class=2, seed=1)
+    teacher = _image_peer(teach, data=bars)
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1, data=bars)
     batches, report = teacher.teach(student.id, student.snapshot(1), 1)
     assert report.qualified > 0 and report.sent > 0
     sent = np.concatenate([b.x for b in batches]).astype(np.float32) / 255
     assert (nearest_ratio(sent, teacher.x, teacher.private_nn()) >= 1.0).all()
     assert report.near_copies == 0 and report.leakage["nearest_any_ratio_min"] >= 1.0
     # the paper's setting sends near-copies of the very same instances
-    paper_batches, paper = _image_peer(TeachConfig()).teach(student.id, student.snapshot(1), 1)
+    paper_batches, paper = _image_peer(TeachConfig(), data=bars).teach(student.id, student.snapshot(1), 1)
     assert paper.near_copies > 0 and paper.filtered == 0
 
 
@@ -179,3 +192,20 @@ def test_privacy_preset_through_cli_and_flower():
     cfg = experiment_config({"privacy": "guarded", "min-distance": 0.5}, 3)
     assert (cfg.cf_start, cfg.cf_start_k, cfg.min_distance) == ("mix", 4, 0.5)
     assert experiment_config({"privacy": "paper"}, 3).cf_start == "instance"
+
+
+def test_shifted_copies_of_near_copies_count_and_are_filtered_with_their_source():
+    """Augmentation shifts x' by whole pixels: far from every private image in pixels, yet the same
+    image. Each copy counts as near as the x' it was made from, and leaves or stays with it."""
+    aug = AugmentConfig(copies=2, translate=0.25, degrees=0.0, noise=0.0)
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1)
+    teacher = _image_peer(TeachConfig(augment=aug))
+    batches, report = teacher.teach(student.id, student.snapshot(1), 1)
+    sent = np.concatenate([b.x for b in batches]).astype(np.float32) / 255
+    in_pixels = nearest_ratio(sent, teacher.x, teacher.private_nn()) < 1
+    aligned = aligned_nearest_ratio(sent, teacher.x, teacher.private_nn(), radius=2) < 1
+    assert report.sent == len(sent) > 0 and report.near_copies == report.sent
+    assert in_pixels.sum() < aligned.sum() <= report.near_copies  # the pixel test alone misses shifted copies
+    filtered = _image_peer(TeachConfig(augment=aug, min_distance=1.0))
+    _, guarded = filtered.teach(student.id, student.snapshot(1), 1)
+    assert guarded.sent == 0 and guarded.filtered == report.sent

@@ -352,6 +352,10 @@ class Peer:
             return out_x, out_y, out_src
         space, nn = self.search_space(), self.private_nn()
         ratio = nearest_ratio(out_x, space, nn)  # below 1: a near-copy of some private example
+        # an augmented copy reveals what its x' reveals (a public shift or rotation can be undone):
+        # it counts as near as its x', so the filter drops x' and all its copies together
+        parent = np.arange(len(cx), len(out_x)) % max(len(cx), 1)
+        ratio[len(cx):] = np.minimum(ratio[len(cx):], ratio[parent])
         if cfg.min_distance > 0:
             keep = ratio >= cfg.min_distance
             report.filtered = int((~keep).sum())

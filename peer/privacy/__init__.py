@@ -3,6 +3,8 @@
 from peer.privacy.attacks import (
     AttackResult,
     ReconstructionPair,
+    aligned_distance_attack,
+    aligned_min_distance,
     best,
     calibrated_attack,
     calibrated_scores,
@@ -18,10 +20,21 @@ from peer.privacy.attacks import (
     save_reconstruction_grid,
     tpr_at_fpr,
 )
-from peer.privacy.measures import LeakageStats, measure_leakage, near_copy_mask, nearest, private_nn, ssim
+from peer.privacy.measures import (
+    LeakageStats,
+    aligned_nearest_ratio,
+    measure_leakage,
+    near_copy_mask,
+    nearest,
+    nearest_ratio,
+    private_nn,
+    shifted,
+    ssim,
+)
 
 __all__ = [
-    "AttackResult", "LeakageStats", "ReconstructionPair", "best", "calibrated_attack", "calibrated_scores",
+    "AttackResult", "LeakageStats", "ReconstructionPair", "aligned_distance_attack", "aligned_min_distance",
+    "aligned_nearest_ratio", "nearest_ratio", "shifted", "best", "calibrated_attack", "calibrated_scores",
     "confidence_attack", "confidence_scores", "distance_attack", "logit_confidence", "measure_leakage",
     "min_distance", "near_copy_mask", "nearest", "predict_proba", "private_nn", "reconstruction_pairs", "roc",
     "run_attacks", "save_reconstruction_grid", "ssim", "tpr_at_fpr",

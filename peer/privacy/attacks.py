@@ -8,6 +8,9 @@ turns the two score sets into an `AttackResult` (AUC, TPR at 1% and 0.1% FPR).
 Attacks:
 - `distance_attack`: minus the L2 distance to the closest received example (of the candidate's
   label when labels are given). Sent examples that are near-copies of private ones betray them.
+- `aligned_distance_attack` (images): the same distance, minimised over small whole-pixel shifts
+  of the candidate, so that shifted copies of private images (what augmentation sends) betray
+  them as plain copies do.
 - `calibrated_attack`: the same distance, calibrated per candidate against shadow "received"
   sets the attacker builds from its own reference data (offline LiRA). Plain distance confuses
   "z sits in a dense part of its class" with "z was sent": calibration asks how much closer the
@@ -29,7 +32,7 @@ from typing import NamedTuple, Protocol, overload
 import numpy as np
 import torch
 
-from peer.privacy.measures import nearest
+from peer.privacy.measures import nearest, shifted
 
 Array = np.ndarray | torch.Tensor
 ShadowFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray | tuple[np.ndarray, np.ndarray]]
@@ -177,6 +180,32 @@ def distance_attack(received: Array, members: Array, non_members: Array, receive
                   _labels(non_members_y, len(non), "non_members_y"))
     _all_or_none(received_y=ry, members_y=my, non_members_y=ny)
     return roc(-min_distance(mem, rec, my, ry), -min_distance(non, rec, ny, ry))
+
+
+def aligned_min_distance(candidates: np.ndarray, pool: np.ndarray, image_shape: tuple[int, ...], radius: int = 2,
+                         candidates_y: np.ndarray | None = None, pool_y: np.ndarray | None = None) -> np.ndarray:
+    """`min_distance` minimised over the whole-pixel shifts of each candidate image within `radius`."""
+    moved = shifted(candidates.reshape(len(candidates), *image_shape), radius)
+    flat = moved.reshape(len(moved) * len(candidates), -1)
+    labels = None if candidates_y is None else np.tile(candidates_y, len(moved))
+    return min_distance(flat, pool, labels, pool_y).reshape(len(moved), len(candidates)).min(axis=0)
+
+
+def aligned_distance_attack(received: Array, members: Array, non_members: Array, image_shape: tuple[int, ...],
+                            received_y: Array | None = None, members_y: Array | None = None,
+                            non_members_y: Array | None = None, radius: int = 2) -> AttackResult:
+    """Score = minus the L2 distance from any whole-pixel shift (within `radius`) of the candidate
+    image to the closest received example (of the same label when labels given)."""
+    rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
+    _same_width(rec, mem, "received", "members")
+    _same_width(rec, non, "received", "non_members")
+    if int(np.prod(image_shape)) != rec.shape[1]:
+        raise ValueError(f"image_shape {tuple(image_shape)} does not hold {rec.shape[1]} inputs")
+    ry, my, ny = (_labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y"),
+                  _labels(non_members_y, len(non), "non_members_y"))
+    _all_or_none(received_y=ry, members_y=my, non_members_y=ny)
+    return roc(-aligned_min_distance(mem, rec, image_shape, radius, my, ry),
+               -aligned_min_distance(non, rec, image_shape, radius, ny, ry))
 
 
 def _shadow_subset(reference: np.ndarray, reference_y: np.ndarray | None, received_y: np.ndarray | None,
@@ -346,9 +375,11 @@ def confidence_attack(model: Model, members: Array, members_y: Array, non_member
 def run_attacks(received: Array, received_y: Array | None, members: Array, members_y: Array | None,
                 non_members: Array, non_members_y: Array | None, reference: Array, reference_y: Array | None,
                 model: Model | None = None, shadow_fn: ShadowFn | None = None, n_shadow: int = 4,
-                rng: np.random.Generator | int | None = 0) -> dict[str, AttackResult]:
-    """Every attack the inputs allow, by name: "distance", "calibrated", and with a model and
-    labels "confidence" and "combined" (calibrated distance score + calibrated confidence score)."""
+                rng: np.random.Generator | int | None = 0,
+                image_shape: tuple[int, ...] | None = None) -> dict[str, AttackResult]:
+    """Every attack the inputs allow, by name: "distance", "calibrated", with `image_shape`
+    "aligned" (distance over shifts), and with a model and labels "confidence" and "combined"
+    (calibrated distance score + calibrated confidence score)."""
     rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
     ref = _inputs(reference, "reference")
     ry, my = _labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y")
@@ -356,6 +387,8 @@ def run_attacks(received: Array, received_y: Array | None, members: Array, membe
     labelled = _all_or_none(received_y=ry, members_y=my, non_members_y=ny, reference_y=fy)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     results = {"distance": distance_attack(rec, mem, non, ry, my, ny)}
+    if image_shape is not None:
+        results["aligned"] = aligned_distance_attack(rec, mem, non, image_shape, ry, my, ny)
     cand = np.concatenate([mem, non])
     cand_y = np.concatenate([my, ny]) if labelled else None
     if fy is not None and cand_y is not None:  # labelled

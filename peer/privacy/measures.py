@@ -14,6 +14,8 @@ sent examples give away:
   (images) the SSIM to that private example.
 - `near_copy_mask`: sent examples closer to some private example than `fraction` times that
   example's `private_nn`.
+- `shifted` / `aligned_nearest_ratio`: the same ratio, minimised over small whole-pixel shifts of
+  each sent image: a shifted private image is far from it in pixels yet reveals it just as much.
 
 `LeakageStats.to_dict()` has these stable keys (floats, or None where undefined: no examples,
 no sources, no SSIM, or a non-finite value):
@@ -229,6 +231,37 @@ def near_copy_mask(sent: np.ndarray | torch.Tensor, private: np.ndarray | torch.
         raise ValueError(f"fraction must be >= 0, got {fraction}")
     ratio = nearest_ratio(sent, private, private_nn, chunk, exact=True)
     return (ratio < fraction) | (ratio == 0)
+
+
+def shifted(images: np.ndarray, radius: int) -> np.ndarray:
+    """Every whole-pixel shift of each image by (dy, dx) in [-radius, radius]^2, zero-filled:
+    shape ((2 radius + 1)^2, N, ..., H, W), the unshifted images at index (2 radius + 1)^2 // 2."""
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    x = np.asarray(images)
+    if x.ndim < 3:
+        raise ValueError(f"images must be (N, [C,] H, W), got shape {x.shape}")
+    h, w = x.shape[-2:]
+    out = np.zeros(((2 * radius + 1) ** 2, *x.shape), dtype=x.dtype)
+    k = 0
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+            src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+            out[k][..., dst_y, dst_x] = x[..., src_y, src_x]
+            k += 1
+    return out
+
+
+def aligned_nearest_ratio(sent: np.ndarray, private: np.ndarray, private_nn: np.ndarray, radius: int = 2,
+                          chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """`nearest_ratio` of each sent image, minimised over its whole-pixel shifts within `radius`
+    (`shifted`): below 1, some shift of the image is a near-copy of a private image. Images
+    (N, [C,] H, W), private of the same shape."""
+    moved = shifted(np.asarray(sent, np.float32), radius)
+    flat = moved.reshape(len(moved) * len(sent), -1)
+    ratio = nearest_ratio(flat, np.asarray(private, np.float32).reshape(len(private), -1), private_nn, chunk)
+    return ratio.reshape(len(moved), len(sent)).min(axis=0)
 
 
 # --- SSIM -------------------------------------------------------------------------------------
