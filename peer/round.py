@@ -75,9 +75,18 @@ class PeerRound:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeerRound:
-        known = {k: data[k] for k in ("peer", "round", "train_size", "train_seconds", "evaluation",
-                                      "evaluate_seconds", "teach_seconds", "errors", "skipped") if k in data}
-        record = cls(**known)
+        """The record back from to_dict (as another process sent it): every field converted to its
+        type, so a malformed record raises ValueError, TypeError or KeyError here, not later."""
+        record = cls(str(data["peer"]), int(data["round"]))
+        record.train_size = int(data.get("train_size", 0))
+        for name in ("train_seconds", "evaluate_seconds", "teach_seconds"):
+            setattr(record, name, float(data.get(name, 0.0)))
+        evaluation = dict(data.get("evaluation") or {})
+        if evaluation:
+            record.evaluation = {**evaluation, "accuracy": float(evaluation["accuracy"]),
+                                 "per_class": [None if v is None else float(v) for v in evaluation["per_class"]]}
+        record.errors = [{**dict(e), "error": str(e["error"])} for e in data.get("errors", [])]
+        record.skipped = [str(p) for p in data.get("skipped", [])]
         record.teach = [TeachReport.from_dict(t) for t in data.get("teach", [])]
         return record
 

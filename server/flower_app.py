@@ -34,7 +34,8 @@ from peer.experiment import Experiment, peer_ids
 from peer.flower import records as rec
 from peer.flower.client_app import experiment_config, round_message, run_option
 from peer.round import PeerRound, RunLog
-from server.results import staged_output, summarise, table, write_figures, write_json
+from server import results
+from server.results import staged_output, table, write_json
 
 app = ServerApp()
 
@@ -246,16 +247,16 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
 
 
 def write_results(out: Path, exp: Experiment, flower: dict) -> dict:
+    """results.json and the figures as every runtime writes them, plus counterfactuals.png."""
     gallery = flower.pop("gallery", [])
-    summary = summarise(exp)
-    summary["transport"] = "flower"
-    summary["flower"] = flower
-    with staged_output(out) as stage:
-        write_json(stage / "results.json", summary)
-        write_figures(exp, summary, stage)
+
+    def also(stage: Path) -> list[str]:
         if gallery and np.asarray(gallery[0][2]).ndim >= 2:  # images
             write_gallery(gallery, stage / "counterfactuals.png")
-    return summary
+            return ["counterfactuals.png"]
+        return []
+
+    return results.write_results(out, exp, "flower", {"flower": flower}, quiet=True, also=also)
 
 
 def write_gallery(gallery: list, path: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -244,8 +244,9 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
 
 
 def write_results(out: Path, exp: Experiment, transport: str, extra: dict | None = None,
-                  quiet: bool = False) -> dict:
-    """results.json and the figures into `out` (replaced only when all is written); prints the table."""
+                  quiet: bool = False, also: Callable[[Path], list[str]] | None = None) -> dict:
+    """results.json and the figures into `out` (replaced only when all is written); prints the table
+    unless `quiet`. `also(stage)` writes a runtime's own files beside them and names them."""
     summary = summarise(exp)
     summary["transport"] = transport
     summary.update(extra or {})
@@ -254,6 +255,8 @@ def write_results(out: Path, exp: Experiment, transport: str, extra: dict | None
     with staged_output(out) as stage:
         write_json(stage / "results.json", summary)
         figures = write_figures(exp, summary, stage)
+        if also is not None:
+            figures += also(stage)
     if not quiet:
         print(table(summary))
         if "wire" in summary:

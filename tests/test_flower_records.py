@@ -1,5 +1,7 @@
 """Models, example batches and run configs as Flower records: exact round trips, clear refusals."""
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -59,6 +61,13 @@ def test_round_records_round_trip_with_their_teach_reports():
         rec.get_record(content, "reply")
     with pytest.raises(InvalidPayload, match="reply: no round record"):
         rec.get_record(RecordDict(), "reply")
+    good = record.to_dict()
+    for bad in ({"evaluation": {"accuracy": "high", "per_class": []}}, {"evaluation": {"accuracy": 0.5}},
+                {"train_size": "many"}, {"teach_seconds": None}, {"errors": [{"student": "peer-2"}]},
+                {"teach": [{"teacher": "peer-0"}]}):
+        content = RecordDict({rec.RECORD: ConfigRecord({"json": json.dumps({**good, **bad})})})
+        with pytest.raises(InvalidPayload, match="reply: malformed round record"):
+            rec.get_record(content, "reply")
 
 
 def test_malformed_records_are_refused_by_name():
