@@ -9,8 +9,9 @@ setting: median accuracy after and its gain over round 0, the gain as a share of
 setting's gain, and what the sent examples reveal about each teacher's private data:
 - near_copy_share: share of sent inputs closer to some private example p than p's nearest other
   private example (nearest_ratio < 1)
-- aligned_near_copy_share: the same over a sample of what was sent, each image at its closest
-  whole-pixel shift within 2 pixels (aligned_nearest_ratio < 1): a shifted private image is a copy
+- aligned_near_copy_share: the same over a sample of what was sent with shifts allowed: some
+  whole-pixel shift (within 2 pixels) of the sent image is nearer a private image p than any
+  shift of any other private image is to p (aligned_nearest_ratio < 1): a shifted copy counts
 - median_nearest_private_ratio: median of (distance to the nearest private example) / (that
   example's distance to its nearest other private example)
 - mia_auc, tpr_at_1pct_fpr: the best membership-inference attack a receiver could mount from
@@ -118,7 +119,7 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
         near.append(nearest_ratio(sent, p.x, nn) < 1.0)
         if p.image:
             pick = rng.choice(len(sent), min(ALIGNED_SAMPLE, len(sent)), replace=False)
-            aligned.append(aligned_nearest_ratio(sent[pick], p.x, nn) < 1.0)
+            aligned.append(aligned_nearest_ratio(sent[pick], p.x) < 1.0)
         mem = rng.choice(len(p.x), min(sample, len(p.x)), replace=False)
         pool = rng.permutation(np.flatnonzero(np.isin(attack_y, np.unique(p.y))))
         non, ref = pool[:sample], pool[sample:sample + REFERENCE]

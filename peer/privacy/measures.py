@@ -253,15 +253,33 @@ def shifted(images: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def aligned_nearest_ratio(sent: np.ndarray, private: np.ndarray, private_nn: np.ndarray, radius: int = 2,
-                          chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-    """`nearest_ratio` of each sent image, minimised over its whole-pixel shifts within `radius`
-    (`shifted`): below 1, some shift of the image is a near-copy of a private image. Images
-    (N, [C,] H, W), private of the same shape."""
-    moved = shifted(np.asarray(sent, np.float32), radius)
-    flat = moved.reshape(len(moved) * len(sent), -1)
-    ratio = nearest_ratio(flat, np.asarray(private, np.float32).reshape(len(private), -1), private_nn, chunk)
-    return ratio.reshape(len(moved), len(sent)).min(axis=0)
+def aligned_nearest_ratio(sent: np.ndarray, private: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Per sent image: its distance to the nearest private image p at the best whole-pixel shift
+    within `radius`, over p's own distance to its nearest other private image at the best shift.
+    Below 1, some shift of the sent image is nearer to p than any shift of any other private image
+    is: a (shifted) near-copy. Images (N, [C,] H, W), private of the same shape."""
+    sent, private = np.asarray(sent, np.float32), np.asarray(private, np.float32)
+    if len(sent) == 0:
+        return np.zeros(0)
+    if len(private) < 2:
+        raise ValueError("aligned_nearest_ratio needs at least 2 private images")
+    flat_private = private.reshape(len(private), -1)
+    moved = shifted(sent, radius)
+    d, i = nearest(moved.reshape(len(moved) * len(sent), -1), flat_private)
+    d, i = d.reshape(len(moved), len(sent)), i.reshape(len(moved), len(sent))
+    best = d.argmin(axis=0)
+    to_nearest, index = d[best, np.arange(len(sent))], i[best, np.arange(len(sent))]
+    # the scale: each nearest private image's own nearest other private image, at the best shift
+    used = np.unique(index)
+    own = shifted(private[used], radius).reshape(-1, len(used), flat_private.shape[1])
+    reference = torch.from_numpy(flat_private)
+    scale = np.full(len(used), np.inf)
+    with torch.no_grad():
+        for k in range(len(own)):
+            dist = torch.cdist(torch.from_numpy(own[k]), reference)
+            dist[torch.arange(len(used)), torch.from_numpy(used)] = torch.inf  # not itself
+            scale = np.minimum(scale, dist.min(dim=1).values.double().numpy())
+    return _ratio(to_nearest, scale[np.searchsorted(used, index)])
 
 
 # --- SSIM -------------------------------------------------------------------------------------
