@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test lint bench flower venv data clean protos
+.PHONY: demo test lint bench $(BENCHES) flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,23 @@ lint: venv
 test: venv data lint
 	$(PY) -m pytest -q
 
-bench: venv data
+# Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
+# README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-grpc bench-flower bench-privacy
+bench: $(BENCHES)
+	$(PY) bench/readme.py
+
+bench-fmnist10: venv data
 	$(PY) bench/fmnist10.py
+bench-hetero: venv data
 	$(PY) bench/fmnist10.py --hetero
+bench-tabular: venv
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
+bench-grpc: venv data
+	$(PY) bench/grpc_fmnist10.py
+bench-flower: venv data
+	$(PY) bench/flower_fmnist10.py --compare
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

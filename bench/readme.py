@@ -1,0 +1,142 @@
+"""The README's results tables, rendered from the JSON under bench/results/.
+
+    python bench/readme.py           # rewrite the tables in README.md from the JSON
+    python bench/readme.py --check   # exit 1 (and show the difference) when README.md disagrees
+
+Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
+outside the markers is left alone. Tables: `results` (the headline runs) and `privacy` (the sweep
+of bench/privacy.py). A test runs the check, so a README that disagrees with its JSON fails CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _load(name: str, results: Path) -> dict | list | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _when(d: dict) -> str:
+    load = (d.get("machine") or {}).get("concurrent_load")
+    return "; ".join(x for x in (d.get("date", "")[:10], "beside other work" if load else "") if x) or "n/a"
+
+
+def _fmnist_row(name: str, d: dict) -> str:
+    base = d.get("baselines") or {}
+    baselines = (f"local {_pct(base.get('local_only'))}, FedAvg {_pct(base.get('fedavg'))}, "
+                 f"pooled {_pct(base.get('pooled'))}" if base else "")
+    cf = d.get("counterfactuals") or {}
+    leak = d.get("leakage") or {}
+    near = f"{_pct(leak['near_copy_share'], 0)} of what was sent near-copies" if "near_copy_share" in leak else ""
+    wire = f"{d['bytes_over_payload']}x payload bytes on the wire" if "bytes_over_payload" in d else ""
+    notes = "; ".join(x for x in (baselines, near, wire) if x)
+    return (f"| {name} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | {notes} | "
+            f"{d['wall_seconds']:.0f} s | {cf.get('per_second', d.get('counterfactuals_per_second', 'n/a'))} | "
+            f"{_when(d)} | `{d['command']}` |")
+
+
+def _tabular_row(name: str, d: dict) -> str:
+    before = " / ".join(_pct(p["accuracy_before"]) for p in d["peers"])
+    after = " / ".join(_pct(p["accuracy_after"]) for p in d["peers"])
+    learners = ", ".join(p["learner"] for p in d["peers"])
+    return (f"| {name} ({learners}) | {before} -> {after} | pooled {_pct(d['pooled_accuracy'])}; "
+            f"every peer improved: {'yes' if d['every_peer_improved'] else 'no'} | {d['wall_seconds']:.0f} s | n/a | "
+            f"{_when(d)} | `{d['command']}` |")
+
+
+RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
+    ("fmnist10", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
+    ("fmnist10_hetero", "fmnist-10, 4 CNN + 3 MLP + 3 forest", _fmnist_row),
+    ("grpc_fmnist10", "fmnist-10 over gRPC, 10 processes, mutual TLS", _fmnist_row),
+    ("flower_fmnist10", "fmnist-10 through Flower simulation", _fmnist_row),
+    ("tabular", "digits as a table, 3 peers", _tabular_row),
+    ("tabular_wine", "wine, 3 peers", _tabular_row),
+]
+
+
+def results_table(results: Path = RESULTS) -> str:
+    lines = ["| run | median accuracy before -> after | notes | wall time | counterfactuals/s | measured | command |",
+             "|---|---|---|---|---|---|---|"]
+    for name, title, row in RUNS:
+        d = _load(name, results)
+        if isinstance(d, dict):
+            lines.append(row(title, d))
+    return "\n".join(lines)
+
+
+def _setting(r: dict) -> str:
+    if r["knob"] == "paper":
+        return "paper (`--privacy paper`)"
+    if r["knob"] == "combination":
+        return r["value"]
+    return f"`{r['knob']}` {r['value']}"
+
+
+def privacy_table(results: Path = RESULTS) -> str:
+    rows = _load("privacy", results)
+    lines = ["| setting | median accuracy after (1 round) | gain | share of the paper's gain | near-copies sent | "
+             "shifted near-copies (sample) | nearest-private ratio (median) | best attack | AUC | TPR at 1% FPR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows if isinstance(rows, list) else []:
+        aligned = r.get("aligned_near_copy_share")
+        ratio = r.get("median_nearest_private_ratio")
+        lines.append(
+            f"| {_setting(r)} | {_pct(r['median_accuracy_after'])} | {100 * r['accuracy_gain']:+.1f} | "
+            f"{_pct(r['gain_ratio'], 0)} | {_pct(r['near_copy_share'])} | "
+            f"{'not measured' if aligned is None else _pct(aligned)} | "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {r.get('best_attack') or 'n/a'} | "
+            f"{r['mia_auc']:.3f} | {_pct(r['tpr_at_1pct_fpr'])} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"results": results_table, "privacy": privacy_table}
+
+
+def render(readme: str, results: Path = RESULTS) -> str:
+    """`readme` with every marked table replaced by its rendering; ValueError on a missing marker."""
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
+        if not pattern.search(readme):
+            raise ValueError(f"README has no <!-- bench:{name} --> ... <!-- /bench:{name} --> block")
+        table = make(results)
+        readme = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md disagrees")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    current = args.readme.read_text()
+    wanted = render(current)
+    if args.check:
+        if current != wanted:
+            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True),
+                                                       "README.md", "rendered from bench/results"))
+            print("README.md disagrees with bench/results: run python bench/readme.py", file=sys.stderr)
+            return 1
+        return 0
+    if current != wanted:
+        args.readme.write_text(wanted)
+        print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
