@@ -91,6 +91,48 @@ def align_classes(test: Dataset, train: Dataset, path: Path) -> Dataset:
     return Dataset(test.x, mapping[test.y], train.classes, test.features)
 
 
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """--class-map 'M=malignant,B=benign': this peer's spelling of a class -> the name peers share."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        mine, sep, shared_name = item.partition("=")
+        mine, shared_name = mine.strip(), shared_name.strip()
+        if not sep or not mine or not shared_name:
+            raise UsageError(f"bad --class-map entry {item.strip()!r}; write MINE=SHARED,MINE=SHARED,...")
+        if mine in out:
+            raise UsageError(f"--class-map maps class {mine!r} twice")
+        out[mine] = shared_name
+    return out
+
+
+def class_order(names: set[str]) -> tuple[str, ...]:
+    """Class names in a fixed order: by number when all are numbers, else alphabetically."""
+    nums = [_number(n) for n in names]
+    if all(v is not None for v in nums):
+        return tuple(n for _, n in sorted(zip(nums, names)))
+    return tuple(sorted(names))
+
+
+def name_classes(data: Dataset, mapping: dict[str, str], extra: tuple[str, ...], where: str,
+                 check: bool = True) -> Dataset:
+    """`data` with its classes renamed by `mapping` (two spellings may become one class), plus the
+    `extra` class names it has no examples of, in class_order. `check`: a mapped name must be a class."""
+    if check:
+        unknown = [m for m in mapping if m not in data.classes]
+        if unknown:
+            raise UsageError(f"--class-map names class(es) {', '.join(repr(u) for u in unknown)}, which {where} "
+                             f"does not have (its classes: {', '.join(data.classes)})")
+    if not mapping and not extra:
+        return data
+    renamed = [mapping.get(c, c) for c in data.classes]
+    classes = class_order(set(renamed) | set(extra))
+    lookup = {name: i for i, name in enumerate(classes)}
+    index = np.array([lookup[n] for n in renamed], dtype=np.int64)
+    return Dataset(data.x, index[data.y] if len(data.y) else data.y, classes, data.features)
+
+
 # -- tables -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
