@@ -93,3 +93,17 @@ def test_results_put_peers_own_classes_side_by_side():
     assert log.evaluations["site-b"][0]["per_class"] == [0.9, 0.5, None]
     assert missing == {"site-a": [], "site-b": [0]}  # site-b's class 1 is benign
     assert own == {"site-b": ("malignant", "benign")}
+
+
+def test_an_image_peer_is_its_npz_with_its_own_class_names(tmp_path):
+    rng = np.random.default_rng(1)
+    y = np.array(["cat", "dog"] * 20)
+    x = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "pets.npz", x=x, y=y)
+    cfg = ExperimentConfig(data=str(tmp_path / "pets.npz"), class_map="cat=felis,dog=canis", classes="bird",
+                           learners="mlp", epochs=1)
+    train, test = load_data(cfg)
+    assert train.classes == test.classes == ("bird", "canis", "felis")
+    peer = build_whole_peer(cfg, "clinic-7", "mlp", train)
+    assert peer.id == "clinic-7" and peer.input_shape == (8, 8) and peer.missing_classes() == [0]
+    assert len(peer.y) + len(test) == 40 and peer.x.max() <= 1.0
