@@ -63,8 +63,9 @@ def security(name: str, args: argparse.Namespace):
 def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add `ckd peer` and `ckd certs` to a sub-parser set; returns command name -> function."""
     peer = sub.add_parser("peer", formatter_class=formatter, help="run one peer as a gRPC service",
-                          description="One peer: loads its part of the data, serves its models and inbox over "
-                                      "gRPC, and\ntakes part in the rounds. " + NET_HELP + ".")
+                          description="One peer: loads its data (its own --data file, or --part K of a shared "
+                                      "split), serves\nits models and inbox over gRPC, and takes part in the rounds. "
+                                      + NET_HELP + ".")
     add_experiment_options(peer, skip=("peers",))
     add_option(peer, "peers", "10", "number of parts of the split, or a static peer list id=host:port,... "
                                     "(then no coordinator)")
