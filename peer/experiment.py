@@ -47,11 +47,13 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
         return load_fashion_mnist(cfg.data_dir)
     from peer.data.sources import holdout, load_source, name_classes, parse_class_map
 
-    train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data)
-    if test is None:  # held out by the file's own classes: a --class-map does not move the test slice
-        train, test = holdout(train, HOLDOUT, cfg.split_seed)
     mapping = parse_class_map(cfg.class_map)
     extra = tuple(dict.fromkeys(c.strip() for c in (cfg.classes or "").split(",") if c.strip()))
+    # a --test-data file may hold the classes named by --classes, spelled as this peer's files spell them
+    spelled = tuple(dict.fromkeys([*(m for m, s in mapping.items() if s in extra), *extra]))
+    train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data, spelled if cfg.test_data else ())
+    if test is None:  # held out by the file's own classes: a --class-map does not move the test slice
+        train, test = holdout(train, HOLDOUT, cfg.split_seed)
     train = name_classes(train, mapping, extra, f"--data {cfg.data}")
     test = name_classes(test, mapping, extra, f"--test-data {cfg.test_data}", check=False)
     return train, test

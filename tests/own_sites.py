@@ -39,6 +39,7 @@ class Site:
     rows: int
     has: tuple[str, ...] = CLASSES  # classes in its rows
     ward: bool = False         # a categorical column
+    test_rows: int = 0         # > 0: a test file of its own (--test-data, every class), else 20% held out
 
     def class_map(self) -> str:
         return ",".join(f"{mine}={shared}" for shared, mine in self.spelling.items() if mine != shared)
@@ -48,13 +49,15 @@ class Site:
         if self.class_map():
             args += ["--class-map", self.class_map()]
         missing = [c for c in CLASSES if c not in self.has]
-        return args + (["--classes", ",".join(missing)] if missing else [])
+        if missing:
+            args += ["--classes", ",".join(missing)]
+        return args + (["--test-data", str(path.with_name(f"{self.id}-test.csv"))] if self.test_rows else [])
 
 
 SITES = (
     Site("site-a", ("radius", "texture", "area"), "diagnosis", {"benign": "B", "malignant": "M", "normal": "N"}, 150),
     Site("site-b", ("texture", "area", "smoothness"), "outcome", {c: c for c in CLASSES}, 120,
-         has=("benign", "malignant")),
+         has=("benign", "malignant"), test_rows=60),
     Site("site-c", ("smoothness", "radius", "area"), "Diagnosis",
          {"benign": "Benign", "malignant": "Malignant", "normal": "Normal"}, 130, ward=True),
 )
@@ -66,19 +69,23 @@ def write_sites(directory: Path, seed: int = 0) -> dict[str, Path]:
     paths = {}
     directory.mkdir(parents=True, exist_ok=True)
     for site in SITES:
-        allowed = [CLASSES.index(c) for c in site.has]
-        y = rng.choice(allowed, site.rows)
-        x = CENTRES[y] + rng.normal(0, 1.1, (site.rows, len(MEASURES)))
-        header = [*site.columns, *(["ward"] if site.ward else []), site.label]
-        lines = [",".join(header)]
-        for row, c in zip(x, y):
-            cells = [f"{row[MEASURES.index(m)]:.3f}" for m in site.columns]
-            if site.ward:
-                cells.append(str(rng.choice(["east", "west", "north"])))
-            lines.append(",".join([*cells, site.spelling[CLASSES[c]]]))
         paths[site.id] = directory / f"{site.id}.csv"
-        paths[site.id].write_text("\n".join(lines) + "\n")
+        _write_table(paths[site.id], site, [CLASSES.index(c) for c in site.has], site.rows, rng)
+        if site.test_rows:  # its own test file holds the class its training data lacks
+            _write_table(directory / f"{site.id}-test.csv", site, list(range(len(CLASSES))), site.test_rows, rng)
     return paths
+
+
+def _write_table(path: Path, site: Site, allowed: list[int], rows: int, rng: np.random.Generator) -> None:
+    y = rng.choice(allowed, rows)
+    x = CENTRES[y] + rng.normal(0, 1.1, (rows, len(MEASURES)))
+    lines = [",".join([*site.columns, *(["ward"] if site.ward else []), site.label])]
+    for row, c in zip(x, y):
+        cells = [f"{row[MEASURES.index(m)]:.3f}" for m in site.columns]
+        if site.ward:
+            cells.append(str(rng.choice(["east", "west", "north"])))
+        lines.append(",".join([*cells, site.spelling[CLASSES[c]]]))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def env() -> dict[str, str]:

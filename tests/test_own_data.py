@@ -42,11 +42,15 @@ def test_each_site_reads_its_own_file_into_the_shared_class_names(files):
         assert train.classes == test.classes == ("benign", "malignant", "normal"), site.id
         assert set(train.features) == set(site.columns) | ({"ward=east", "ward=north", "ward=west"} if site.ward
                                                            else set())
-        assert len(train) + len(test) == site.rows  # the whole file, a seeded 20% held out
+        # the whole file; a seeded 20% held out unless the site has a test file of its own
+        assert (len(train), len(test)) == ((site.rows, site.test_rows) if site.test_rows else
+                                           (site.rows - len(test), round(0.2 * site.rows)))
         again = load_data(_cfg(site, files[site.id]))
         np.testing.assert_array_equal(again[1].y, test.y)
     b_train, b_test = load_data(_cfg(SITES[1], files["site-b"]))
-    assert 2 not in set(b_train.y.tolist()) | set(b_test.y.tolist())  # site-b: `normal` named, no rows
+    assert 2 not in set(b_train.y.tolist()) and 2 in set(b_test.y.tolist())  # site-b: `normal` named, no rows
+    with pytest.raises(UsageError, match="label 'normal' in row .* is not a class of the training data"):
+        load_data(_cfg(SITES[1], files["site-b"], classes=None))  # its test file's `normal`: name it first
 
 
 def test_class_map_may_merge_spellings_and_must_name_real_classes(files, tmp_path):
@@ -65,7 +69,7 @@ def test_a_teacher_sends_nothing_of_a_class_its_student_does_not_predict(files):
     refuse the batch), only the classes it predicts."""
     cfg_a = _cfg(SITES[0], files["site-a"])
     a = build_whole_peer(cfg_a, "site-a", "mlp", load_data(cfg_a)[0])
-    cfg_b = _cfg(SITES[1], files["site-b"], classes=None)
+    cfg_b = _cfg(SITES[1], files["site-b"], classes=None, test_data=None)
     b = build_whole_peer(cfg_b, "site-b", "mlp", load_data(cfg_b)[0])
     assert b.classes == ("benign", "malignant") and a.classes == ("benign", "malignant", "normal")
     a.train(5)

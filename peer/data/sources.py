@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,10 @@ def infer_kind(path: Path) -> str:
 
 
 def load_source(path: str | os.PathLike, kind: str | None = None, label: str | None = None,
-                test_path: str | os.PathLike | None = None) -> tuple[Dataset, Dataset | None]:
-    """(train, test or None) from `path` (and `test_path`, read the same way and encoded alike)."""
+                test_path: str | os.PathLike | None = None, extra: tuple[str, ...] = ()
+                ) -> tuple[Dataset, Dataset | None]:
+    """(train, test or None) from `path` (and `test_path`, read the same way and encoded alike).
+    `extra`: class names (as the files spell them) beyond those in `path`, which the test set may hold."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"--data {path} does not exist")
@@ -54,10 +56,12 @@ def load_source(path: str | os.PathLike, kind: str | None = None, label: str | N
         read = read_csv if kind == "csv" else read_parquet
         table = read(path)
         encoding = TableEncoding.fit(table, label, path)
+        encoding = replace(encoding, classes=encoding.classes + tuple(c for c in extra if c not in encoding.classes))
         train = encoding.encode(table, path)
         return train, (encoding.encode(read(test), test) if test else None)
     load = load_npz if kind == "npz" else load_image_folder
     train = load(path)
+    train = Dataset(train.x, train.y, train.classes + tuple(c for c in extra if c not in train.classes), train.features)
     return train, (align_classes(load(test, min_classes=1), train, test) if test else None)
 
 
