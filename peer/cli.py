@@ -63,13 +63,15 @@ def security(name: str, args: argparse.Namespace):
 def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add `ckd peer` and `ckd certs` to a sub-parser set; returns command name -> function."""
     peer = sub.add_parser("peer", formatter_class=formatter, help="run one peer as a gRPC service",
-                          description="One peer: loads its part of the data, serves its models and inbox over "
-                                      "gRPC, and\ntakes part in the rounds. " + NET_HELP + ".")
+                          description="One peer: loads its data (its own --data file, or --part K of a shared "
+                                      "split), serves\nits models and inbox over gRPC, and takes part in the rounds. "
+                                      + NET_HELP + ".")
     add_experiment_options(peer, skip=("peers",))
     add_option(peer, "peers", "10", "number of parts of the split, or a static peer list id=host:port,... "
                                     "(then no coordinator)")
-    add_option(peer, "part", 0, "which part of the split is this peer's private data")
-    add_option(peer, "id", "", "peer id (default peer-PART; also its certificate name)")
+    add_option(peer, "part", 0, "which part of a shared split is this peer's private data (simulations); with "
+                                "--data and no --part, the whole of --data is this peer's own data")
+    add_option(peer, "id", "", "peer id, also its certificate name (default peer-PART; needed on own data)")
     add_option(peer, "learner", "", "this peer's learner kind (default: from --learners)")
     add_option(peer, "listen", "127.0.0.1:0", "address to listen on (port 0: any free port)")
     add_option(peer, "advertise", "", "host:port other peers use to reach this one (default: the listen address)")
@@ -77,6 +79,8 @@ def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Ca
     add_option(peer, "round_deadline", 600.0, "without a coordinator: seconds to wait for slow peers")
     add_option(peer, "state_dir", "state/peer", "model checkpoints and the SQLite store of received examples")
     add_option(peer, "threads", 1, "torch CPU threads")
+    add_option(peer, "connect_timeout", 30.0, "seconds to wait at start for the coordinator to answer, "
+                                              "then exit with an error")
     security_options(peer)
 
     certs = sub.add_parser("certs", formatter_class=formatter, help="make a CA and certificates for peers",
@@ -117,14 +121,17 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
-    import torch
-
-    from peer.grpc.node import Node, NodeConfig
+    """One peer. Everything that can be wrong at start (flags, addresses, certificate files, the data,
+    a coordinator that does not answer) is a one-line error here, before round 0."""
+    from peer.grpc.node import Node, NodeConfig, check_address, wait_for_coordinator
     from peer.learners import learner_kinds
 
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    if args.connect_timeout <= 0:
+        raise UsageError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+    given = set(getattr(args, "_given", ()))
+    own = bool(args.data) and "part" not in given  # --data without --part: the whole file is this peer's
     static = {}
     if str(args.peers).isdigit():
         n = int(args.peers)
@@ -135,18 +142,31 @@ def cmd_peer(args: argparse.Namespace) -> int:
         raise UsageError("give --coordinator HOST:PORT or a static --peers id=host:port,...")
     if static and args.coordinator:
         raise UsageError("give --coordinator or a static --peers list, not both")
-    knobs, data = with_data(from_args(args, peers=n), set(getattr(args, "_given", ())))
-    cfg = ExperimentConfig(**knobs)
+    if args.coordinator:
+        check_address(args.coordinator, "--coordinator")
+    if own and not args.id:
+        raise UsageError("a peer on its own data (--data without --part) needs --id NAME, the name in its certificate")
     peer_id = args.id or f"peer-{args.part}"
     if args.learner and args.learner not in learner_kinds():
         raise UsageError(f"unknown --learner {args.learner!r}; choose from {', '.join(learner_kinds())}")
     if static and peer_id not in static:
         raise UsageError(f"the static --peers list does not name this peer ({peer_id})")
+    check_address(args.listen, "--listen", any_port=True)
+    if args.advertise:
+        check_address(args.advertise, "--advertise")
     if args.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "") and not args.advertise:
         raise UsageError(f"--listen {args.listen} is not an address other peers can reach; give --advertise HOST:PORT")
-    node = Node(NodeConfig(cfg, args.part, Path(args.state_dir), args.id, args.listen, args.advertise,
-                           args.coordinator, static, args.learner, args.round_deadline),
-                security(peer_id, args), data=data)
+    sec = security(peer_id, args)  # certificate files checked before the data is read
+    import torch
+
+    torch.set_num_threads(args.threads)
+    knobs, data = with_data(from_args(args, peers=n), given)
+    cfg = ExperimentConfig(**knobs)
+    if args.coordinator:
+        wait_for_coordinator(sec, args.coordinator, args.connect_timeout)
+    node = Node(NodeConfig(cfg, None if own else args.part, Path(args.state_dir), args.id, args.listen,
+                           args.advertise, args.coordinator, static, args.learner, args.round_deadline),
+                sec, data=data)
     print(f"{node.id} serving on {node.address}", flush=True)
     try:
         node.run()
@@ -161,6 +181,8 @@ def run_command(commands: dict[str, Callable[[argparse.Namespace], int]], parser
     """Parse, run the chosen command; a UsageError is one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     args._given = given_options(sys.argv[1:] if argv is None else argv)
+    # gRPC's own log lines (a failed TLS handshake, say) would break the one-line errors; ours say why
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         return commands[args.command](args)
     except UsageError as exc:

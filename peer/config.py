@@ -105,6 +105,12 @@ class ExperimentConfig:
         "with a table: the label column")
     test_data: str | None = option(None,
         "a separate test set in the same form as --data (default: hold out 20%% of --data)")
+    class_map: str | None = option(None,
+        "with --data: this data's spelling of classes -> the names peers share, e.g. 'M=malignant,B=benign' "
+        "(peers match classes by name; two spellings may map to one class)")
+    classes: str | None = option(None,
+        "with --data: class names to predict beyond those in the data (comma-separated), to learn them from "
+        "peers whose data has them")
     peer_features: str = option("",
         "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' "
         "(default: every peer has every column)")

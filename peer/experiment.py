@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,10 +45,18 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
     """(train, test): the user's --data (and --test-data, else a seeded 20% held out), else Fashion-MNIST."""
     if not cfg.data:
         return load_fashion_mnist(cfg.data_dir)
-    from peer.data.sources import holdout, load_source
+    from peer.data.sources import holdout, load_source, name_classes, parse_class_map
 
-    train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data)
-    return (train, test) if test is not None else holdout(train, HOLDOUT, cfg.split_seed)
+    mapping = parse_class_map(cfg.class_map)
+    extra = tuple(dict.fromkeys(c.strip() for c in (cfg.classes or "").split(",") if c.strip()))
+    # a --test-data file may hold the classes named by --classes, spelled as this peer's files spell them
+    spelled = tuple(dict.fromkeys([*(m for m, s in mapping.items() if s in extra), *extra]))
+    train, test = load_source(cfg.data, cfg.data_kind, cfg.label, cfg.test_data, spelled if cfg.test_data else ())
+    if test is None:  # held out by the file's own classes: a --class-map does not move the test slice
+        train, test = holdout(train, HOLDOUT, cfg.split_seed)
+    train = name_classes(train, mapping, extra, f"--data {cfg.data}")
+    test = name_classes(test, mapping, extra, f"--test-data {cfg.test_data}", check=False)
+    return train, test
 
 
 def peer_feature_sets(cfg: ExperimentConfig, train: Dataset) -> list[tuple[str, ...]]:
@@ -106,6 +115,25 @@ def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> 
     return build_peer(cfg, k, kind, train, partition(cfg, train)[k], peer_feature_sets(cfg, train)[k])
 
 
+def seed_index(peer_id: str) -> int:
+    """A peer on its own data has no part number: its seeds come from its id (0..999)."""
+    return zlib.crc32(peer_id.encode()) % 1000
+
+
+def build_whole_peer(cfg: ExperimentConfig, peer_id: str, kind: str, train: Dataset) -> Peer:
+    """A peer whose private data is the whole of `train` (its own file, its test slice held out):
+    its own columns and its own class names, matched to other peers' by name. --train-per-peer
+    still caps its rows."""
+    data = train.subset(np.arange(min(cfg.train_per_peer, len(train)))) if cfg.train_per_peer else train
+    k = seed_index(peer_id)
+    try:
+        learner = make_learner(kind, data.x.shape[1:], data.classes, cfg.train(k))
+    except ValueError as exc:
+        raise UsageError(f"{peer_id}: learner {kind} cannot take this data: {exc}") from exc
+    return Peer(peer_id, data.float_inputs(), data.y, data.classes, learner, cfg.teach(), seed=cfg.seed * 1000 + k,
+                image=True, features=data.features)
+
+
 def test_inputs(peer: Peer, test: Dataset) -> np.ndarray:
     """The test inputs a peer is evaluated on: images scaled, a table in the peer's own columns."""
     return test.columns(peer.features).x if test.tabular else test.float_inputs()
@@ -130,3 +158,5 @@ class Experiment:
     classes: tuple[str, ...]
     test_y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tables: each peer's columns
+    # peers on their own data: each peer's class names where they differ from `classes` (their union)
+    peer_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -117,11 +117,34 @@ def train_step(peer: Peer, round: int, epochs: int, test_x: np.ndarray, test_y: 
 
 
 def teach_one(peer: Peer, student: str, round: int, transport: Transport) -> TeachReport:
-    """Pull the student's model of this round, teach it, push the batches."""
-    batches, report = peer.teach(student, transport.get_model(student, round), round)
+    """Pull the student's model of this round, teach it, push the batches.
+
+    Peers on their own data may name different classes: examples of a class the student's model
+    does not predict are not sent (it could not learn them and would refuse the batch)."""
+    blob = transport.get_model(student, round)
+    batches, report = peer.teach(student, blob, round)
     for batch in batches:
-        transport.push_examples(student, batch)
+        kept = known_classes_only(batch, blob.classes)
+        report.sent -= kept.dropped
+        if len(kept.batch):
+            transport.push_examples(student, kept.batch)
     return report
+
+
+@dataclass
+class Kept:
+    batch: ExampleBatch
+    dropped: int = 0
+
+
+def known_classes_only(batch: ExampleBatch, classes: tuple[str, ...]) -> Kept:
+    """`batch` without the examples whose class name is not among `classes`."""
+    known = np.array([name in set(classes) for name in batch.classes], dtype=bool)
+    keep = known[batch.y] if len(batch.y) else np.zeros(0, dtype=bool)
+    if keep.all():
+        return Kept(batch)
+    return Kept(replace(batch, x=batch.x[keep], y=batch.y[keep], distance=batch.distance[keep]),
+                int((~keep).sum()))
 
 
 def teach_students(peer: Peer, round: int, students: Sequence[str], transport: Transport,

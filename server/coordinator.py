@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from peer.grpc.tls import Security, caller
 from protos.ckd.v1 import coordinator_pb2 as pb
@@ -163,6 +164,7 @@ def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
 
     workers = 2 * coordinator.min_peers + 16
     service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]
-    server, port, _ = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer), coordinator)],
-                            coordinator.security, address, limits or Limits(), workers)
+    server, port, health = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer),
+                                   coordinator)], coordinator.security, address, limits or Limits(), workers)
+    health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)  # what a peer checks before it starts
     return server, port

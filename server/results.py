@@ -31,6 +31,7 @@ def summarise(exp: Experiment) -> dict:
             "id": pid,
             "learner": exp.learners[k],
             **({"features": list(exp.features[pid])} if exp.features.get(pid) else {}),
+            **({"classes": list(exp.peer_classes[pid])} if exp.peer_classes.get(pid) else {}),
             "missing_classes": [exp.classes[c] for c in missing],
             "train_size": log.train_sizes[pid][0],
             "accuracy_before": round(before["accuracy"], 4),
@@ -275,11 +276,16 @@ def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wa
 
     Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers).
     """
-    ids = sorted(metrics, key=lambda p: metrics[p].get(0, {}).get("about", {}).get("part", 0))
+    def order(p: str) -> tuple[int, str]:
+        part = metrics[p].get(0, {}).get("about", {}).get("part", 0)
+        return (part if isinstance(part, int) else 1 << 30, p)  # peers on their own data (no part) by id
+
+    ids = sorted(metrics, key=order)
     incomplete = [p for p in ids if sorted(metrics[p]) != list(range(rounds + 1))]
     if incomplete:
         raise UsageError(f"no metrics for every round from {', '.join(incomplete)}")
     about = {p: metrics[p][0]["about"] for p in ids}
+    own_data = any(a.get("own_data") for a in about.values())
     kinds = [about[p]["learner"] for p in ids]
     names = {f.name for f in options()}
     config = {k: v for k, v in about[ids[0]]["config"].items() if k in names}
@@ -290,9 +296,38 @@ def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wa
     log = RunLog.from_records(records, ids)
     log.skipped += [s for s in skipped if s["skipped"]]
     _attach_galleries(log, state_dirs or {})
-    exp = Experiment(ExperimentConfig(**config), kinds, {p: about[p]["missing"] for p in ids}, log, wall or 0.0,
-                     tuple(about[ids[0]]["classes"]))
-    return exp, {"wire": wire_summary(metrics, ids, rounds)}
+    classes, missing, peer_classes = union_classes(log, {p: tuple(about[p]["classes"]) for p in ids},
+                                                   {p: about[p]["missing"] for p in ids})
+    exp = Experiment(ExperimentConfig(**config), kinds, missing, log, wall or 0.0, classes,
+                     peer_classes=peer_classes)
+    extra: dict = {"wire": wire_summary(metrics, ids, rounds)}
+    if own_data:
+        extra["experiment"] = "own-data"
+    return exp, extra
+
+
+def union_classes(log: RunLog, classes: dict[str, tuple[str, ...]], missing: dict[str, list[int]]
+                  ) -> tuple[tuple[str, ...], dict[str, list[int]], dict[str, tuple[str, ...]]]:
+    """Peers on their own data name their own classes. Returns every class named (the first peer's,
+    then the others' new ones), each peer's missing classes as indices into it, and each peer's own
+    class names where they differ; the log's per-class accuracies are re-indexed in place (None
+    where a peer has no such class)."""
+    ids = list(classes)
+    union = list(classes[ids[0]])
+    for p in ids[1:]:
+        union += [c for c in classes[p] if c not in union]
+    if all(classes[p] == tuple(union) for p in ids):
+        return tuple(union), missing, {}
+    at = {c: i for i, c in enumerate(union)}
+    for p in ids:
+        for evaluation in log.evaluations.get(p, []):
+            per_class = evaluation.get("per_class", [])
+            mapped: list[float | None] = [None] * len(union)
+            for c, v in zip(classes[p], per_class):
+                mapped[at[c]] = v
+            evaluation["per_class"] = mapped
+    missing = {p: [at[classes[p][c]] for c in missing[p]] for p in ids}
+    return tuple(union), missing, {p: classes[p] for p in ids if classes[p] != tuple(union)}
 
 
 def _attach_galleries(log: RunLog, state_dirs: dict[str, Path]) -> None:

@@ -84,8 +84,8 @@ def test_flower_client_app_builds_the_peer_demo_builds(table):
 def test_peer_refuses_a_table_it_cannot_read(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,kind\n1,x\nabc,y\n")
-    assert main(["peer", "--insecure", "--coordinator", "127.0.0.1:1", "--data", str(bad), "--label", "kind",
-                 "--state-dir", str(tmp_path / "state")]) == 2
+    assert main(["peer", "--insecure", "--coordinator", "127.0.0.1:1", "--id", "site-a", "--data", str(bad),
+                 "--label", "kind", "--state-dir", str(tmp_path / "state")]) == 2
     err = capsys.readouterr().err.strip()
     assert "non-numeric value 'abc'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "state").exists()

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,8 @@ def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.ran
     """`cfg.copies` randomly shifted, rotated and noised copies of each image in x (N, [C,] H, W)."""
     if cfg.copies <= 0 or len(x) == 0:
         return x[:0], y[:0]
+    from torchvision.transforms.v2 import functional as TF  # here: a peer on a table never loads torchvision
+
     squeeze = x.ndim == 3
     imgs = torch.from_numpy(np.ascontiguousarray(x[:, None] if squeeze else x, dtype=np.float32))
     height, width = imgs.shape[-2:]

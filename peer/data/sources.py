@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,10 @@ def infer_kind(path: Path) -> str:
 
 
 def load_source(path: str | os.PathLike, kind: str | None = None, label: str | None = None,
-                test_path: str | os.PathLike | None = None) -> tuple[Dataset, Dataset | None]:
-    """(train, test or None) from `path` (and `test_path`, read the same way and encoded alike)."""
+                test_path: str | os.PathLike | None = None, extra: tuple[str, ...] = ()
+                ) -> tuple[Dataset, Dataset | None]:
+    """(train, test or None) from `path` (and `test_path`, read the same way and encoded alike).
+    `extra`: class names (as the files spell them) beyond those in `path`, which the test set may hold."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"--data {path} does not exist")
@@ -54,10 +56,12 @@ def load_source(path: str | os.PathLike, kind: str | None = None, label: str | N
         read = read_csv if kind == "csv" else read_parquet
         table = read(path)
         encoding = TableEncoding.fit(table, label, path)
+        encoding = replace(encoding, classes=encoding.classes + tuple(c for c in extra if c not in encoding.classes))
         train = encoding.encode(table, path)
         return train, (encoding.encode(read(test), test) if test else None)
     load = load_npz if kind == "npz" else load_image_folder
     train = load(path)
+    train = Dataset(train.x, train.y, train.classes + tuple(c for c in extra if c not in train.classes), train.features)
     return train, (align_classes(load(test, min_classes=1), train, test) if test else None)
 
 
@@ -89,6 +93,48 @@ def align_classes(test: Dataset, train: Dataset, path: Path) -> Dataset:
     lookup = {name: i for i, name in enumerate(train.classes)}
     mapping = np.array([lookup.get(name, -1) for name in test.classes], dtype=np.int64)
     return Dataset(test.x, mapping[test.y], train.classes, test.features)
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """--class-map 'M=malignant,B=benign': this peer's spelling of a class -> the name peers share."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        mine, sep, shared_name = item.partition("=")
+        mine, shared_name = mine.strip(), shared_name.strip()
+        if not sep or not mine or not shared_name:
+            raise UsageError(f"bad --class-map entry {item.strip()!r}; write MINE=SHARED,MINE=SHARED,...")
+        if mine in out:
+            raise UsageError(f"--class-map maps class {mine!r} twice")
+        out[mine] = shared_name
+    return out
+
+
+def class_order(names: set[str]) -> tuple[str, ...]:
+    """Class names in a fixed order: by number when all are numbers, else alphabetically."""
+    nums = [_number(n) for n in names]
+    if all(v is not None for v in nums):
+        return tuple(n for _, n in sorted(zip(nums, names)))
+    return tuple(sorted(names))
+
+
+def name_classes(data: Dataset, mapping: dict[str, str], extra: tuple[str, ...], where: str,
+                 check: bool = True) -> Dataset:
+    """`data` with its classes renamed by `mapping` (two spellings may become one class), plus the
+    `extra` class names it has no examples of, in class_order. `check`: a mapped name must be a class."""
+    if check:
+        unknown = [m for m in mapping if m not in data.classes]
+        if unknown:
+            raise UsageError(f"--class-map names class(es) {', '.join(repr(u) for u in unknown)}, which {where} "
+                             f"does not have (its classes: {', '.join(data.classes)})")
+    if not mapping and not extra:
+        return data
+    renamed = [mapping.get(c, c) for c in data.classes]
+    classes = class_order(set(renamed) | set(extra))
+    lookup = {name: i for i, name in enumerate(classes)}
+    index = np.array([lookup[n] for n in renamed], dtype=np.int64)
+    return Dataset(data.x, index[data.y] if len(data.y) else data.y, classes, data.features)
 
 
 # -- tables -------------------------------------------------------------------------------------

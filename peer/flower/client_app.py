@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 SELF = "self"          # name of this peer's own model inside context.state
 STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
 # node-config keys that say where this machine keeps the data; they override the run config's
-NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data")
+NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data", "class-map", "classes")
 # run-config keys that are not ExperimentConfig fields
 RUN_ONLY = {"peers": 10, "out": "runs/flower", "threads": 1, "timeout": 3600.0, "wait-nodes": 120.0}
 

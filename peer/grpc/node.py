@@ -22,7 +22,7 @@ from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import ModelBlob
 from peer.core.sqlstore import SqliteExampleStore
 from peer.errors import UsageError
-from peer.experiment import build_own_peer, limit_test, load_data, test_inputs
+from peer.experiment import build_own_peer, build_whole_peer, limit_test, load_data, test_inputs
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.grpc.tls import Security
 from peer.grpc.transport import GrpcTransport
@@ -32,11 +32,13 @@ from peer.round import PeerRound, teach_students, train_step
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
+COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
+
 
 @dataclass
 class NodeConfig:
     experiment: ExperimentConfig
-    part: int
+    part: int | None                     # part of a shared split; None: the whole of --data is this peer's own
     state_dir: Path
     peer_id: str = ""
     listen: str = "127.0.0.1:0"
@@ -64,6 +66,53 @@ def load_checkpoint(directory: Path, round: int) -> ModelBlob:
         blob = ModelBlob(spec, {k: data[k] for k in data.files})
     blob.validate()
     return blob
+
+
+def check_address(address: str, flag: str, any_port: bool = False) -> str:
+    """HOST:PORT with a port in 1..65535 (0 too with `any_port`), or a one-line error naming the flag."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
+        raise UsageError(f"{flag} {address!r} is not HOST:PORT")
+    return address
+
+
+def wait_for_coordinator(security: Security, address: str, timeout: float, limits: Limits = Limits()) -> None:
+    """Return once the coordinator at `address` answers its health check (over this peer's mTLS),
+    or raise a one-line UsageError after `timeout` seconds naming the last reason it did not."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    check_address(address, "--coordinator")
+    channel = security.channel(address, "coordinator", grpc_options(limits))
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=COORDINATOR_SERVICE)
+    end = time.monotonic() + timeout
+    why = "no answer"
+    try:
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                reply = stub.Check(request, timeout=min(left, 5.0))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                why = f"{code.name}: {exc.details()}"
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise UsageError(f"--coordinator {address} answers but is not a ckd coordinator "
+                                     f"(no {COORDINATOR_SERVICE})") from None
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    break
+                time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
+                continue
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            why = f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            time.sleep(0.5)
+    finally:
+        channel.close()
+    why = " ".join(why.split())
+    raise UsageError(f"coordinator {address} did not answer within {timeout:g} s ({why}); check --coordinator, "
+                     "that `ckd server` runs there, and --certs")
 
 
 class Membership:
@@ -103,7 +152,12 @@ class Membership:
 class Node:
     def __init__(self, cfg: NodeConfig, security: Security, limits: Limits = Limits(), data=None) -> None:
         exp = cfg.experiment
-        if not 0 <= cfg.part < exp.peers:
+        if cfg.part is None:
+            if not exp.data:
+                raise UsageError("a peer on its own data needs --data (or --part K of a shared split)")
+            if not cfg.peer_id:
+                raise UsageError("a peer on its own data needs --id NAME (the name in its certificate)")
+        elif not 0 <= cfg.part < exp.peers:
             raise UsageError(f"--part {cfg.part} outside 0..{exp.peers - 1} (the split has {exp.peers} parts)")
         self.cfg = cfg
         self.security = security
@@ -111,8 +165,15 @@ class Node:
         self.meter = Meter()
         train, test = data or load_data(exp)
         test = limit_test(exp, test)
-        kind = cfg.learner or exp.learner_list()[cfg.part]
-        self.peer = build_own_peer(exp, cfg.part, kind, train)
+        if cfg.part is None:
+            kinds = sorted(set(exp.learner_list()))
+            if not cfg.learner and len(kinds) > 1:
+                raise UsageError(f"--learners names several kinds ({', '.join(kinds)}); give this peer's --learner")
+            kind = cfg.learner or kinds[0]
+            self.peer = build_whole_peer(exp, cfg.peer_id, kind, train)
+        else:
+            kind = cfg.learner or exp.learner_list()[cfg.part]
+            self.peer = build_own_peer(exp, cfg.part, kind, train)
         self.test_x, self.test_y = test_inputs(self.peer, test), test.y
         if cfg.peer_id:
             self.peer.id = cfg.peer_id
@@ -231,8 +292,13 @@ class Node:
             self.transport.addresses = dict(self.addresses)
         everyone = self.membership.wait(0, cpb.STAGE_READY)
         self._peer_list()
-        about = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
-                 "config": config_dict(exp), "part": self.cfg.part}
+        config = config_dict(exp)
+        if self.cfg.part is None:  # its own data: the coordinator hears how it did, not where its files are
+            config.update(data=None, test_data=None, data_dir=None)
+        about: dict = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
+                       "config": config, "part": self.cfg.part}
+        if self.cfg.part is None:
+            about["own_data"] = True
         if done < 0:
             self._report(0, {"about": about, "record": self._train(exp.epochs, 0).to_dict()})
         for r in range(max(done, 0) + 1, self.rounds + 1):

@@ -139,7 +139,47 @@ class Security:
         if missing:
             raise UsageError(f"missing certificate file(s) {', '.join(missing)}; run `ckd certs --out {certs} "
                              f"--names {name}`")
-        return cls(name, *(p.read_bytes() for p in paths))
+        try:
+            security = cls(name, *(p.read_bytes() for p in paths))
+        except OSError as exc:
+            raise UsageError(f"cannot read certificate files in {certs}: {exc}") from exc
+        security.check(certs)
+        return security
+
+    def check(self, where: Path) -> None:
+        """Refuse, before any connection, files that are not PEM, a certificate for another name, one
+        the CA did not sign, or a key that is not the certificate's."""
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.x509.oid import NameOID
+
+        assert self.ca is not None and self.cert is not None and self.key is not None
+        try:
+            ca = x509.load_pem_x509_certificate(self.ca)
+        except ValueError:
+            raise UsageError(f"{where / 'ca.pem'} is not a PEM certificate") from None
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert)
+        except ValueError:
+            raise UsageError(f"{where / (self.name + '.pem')} is not a PEM certificate") from None
+        try:
+            key = serialization.load_pem_private_key(self.key, password=None)
+        except (ValueError, TypeError):
+            raise UsageError(f"{where / (self.name + '.key')} is not an unencrypted PEM private key") from None
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if names != [self.name]:
+            raise UsageError(f"{where / (self.name + '.pem')} is a certificate for {', '.join(map(str, names))!r}, "
+                             f"not {self.name!r}")
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise UsageError(f"{where / (self.name + '.pem')} was not signed by the CA in {where / 'ca.pem'} "
+                             f"({type(exc).__name__}); copy the ca.pem it was made with") from None
+        pub = serialization.PublicFormat.SubjectPublicKeyInfo
+        if (key.public_key().public_bytes(serialization.Encoding.PEM, pub)
+                != cert.public_key().public_bytes(serialization.Encoding.PEM, pub)):
+            raise UsageError(f"{where / (self.name + '.key')} is not the key of {where / (self.name + '.pem')}")
 
     def add_port(self, server: grpc.Server, address: str) -> int:
         if self.insecure:

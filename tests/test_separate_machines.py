@@ -1,0 +1,143 @@
+"""Peers on separate machines, each on its own file: a coordinator and three peers in network
+namespaces of their own, joined by veth pairs to a bridge inside a namespace of this test's, on
+10.77.0.0/24 with mutual TLS; the run equals the same run on loopback (which runs everywhere).
+
+The namespaces need root and `ip netns` (iproute2); that test is skipped otherwise. Nothing is added to the host's own
+network: every link, the bridge included, lives in a namespace the test creates, and all of them
+are deleted at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.own_sites import CLASSES, SITES, accuracies, make_host_certs, run_sites, write_sites
+
+SUBNET = "10.77.0"
+ADDRESSES = {"coordinator": f"{SUBNET}.1", **{s.id: f"{SUBNET}.{11 + k}" for k, s in enumerate(SITES)}}
+COORDINATOR_PORT, PEER_PORT = 50051, 50052
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+class Lan:
+    """Hosts in network namespaces on one bridge; the bridge is in a namespace of its own."""
+
+    def __init__(self) -> None:
+        self.prefix = f"ckd-{secrets.token_hex(3)}"  # unique per run: parallel runs never meet
+        self.bridge = f"{self.prefix}-lan"
+        self.namespaces: list[str] = []
+
+    def start(self) -> None:
+        self._add(self.bridge)
+        _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.bridge, "link", "set", "br0", "up")
+
+    def _add(self, ns: str) -> None:
+        _ip("netns", "add", ns)
+        self.namespaces.append(ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+
+    def host(self, name: str, address: str) -> list[str]:
+        """A machine called `name` at `address`/24 on the bridge; returns the prefix that runs a command on it."""
+        ns = f"{self.prefix}-{name}"
+        self._add(ns)
+        port = f"v{len(self.namespaces) - 1}"
+        # the veth pair is made inside the bridge's namespace with its other end straight in the host's
+        _ip("-n", self.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
+        _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        return ["ip", "netns", "exec", ns]
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.namespaces = []
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (ip netns add); run as root to test separate machines")
+    if shutil.which("ip") is None:
+        pytest.skip("no `ip` command (Debian's iproute2) to make network namespaces")
+    net = Lan()
+    try:
+        try:
+            net.start()
+        except RuntimeError as exc:
+            pytest.skip(f"cannot make network namespaces here: {exc}")
+        yield net
+    finally:
+        net.close()
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert net.prefix not in left, f"namespaces left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> tuple[Path, dict[str, Path], dict[str, Path]]:
+    """Each site's CSV, and certificates made once (naming the LAN addresses) and copied to each host."""
+    tmp = tmp_path_factory.mktemp("sites")
+    return tmp, write_sites(tmp / "data"), make_host_certs(tmp, sorted(ADDRESSES.values()))
+
+
+@pytest.fixture(scope="module")
+def loopback(sites) -> dict:
+    """The three sites as processes on one machine: coordinator on port 0, peers on 127.0.0.1:0."""
+    tmp, data, certs = sites
+    t = time.monotonic()
+    results = run_sites(tmp / "loopback", data, certs, "127.0.0.1:0", None, {s.id: "127.0.0.1:0" for s in SITES})
+    print(f"loopback: {accuracies(results)} in {time.monotonic() - t:.1f} s")
+    return results
+
+
+def _check_own_data_run(results: dict) -> None:
+    assert results["status"] == "ok" and results["transport"] == "grpc", results["errors"]
+    assert results["experiment"] == "own-data" and results["classes"] == list(CLASSES)
+    assert [p["id"] for p in results["peers"]] == [s.id for s in SITES]
+    assert all(p["received"] > 0 for p in results["peers"])
+    # the coordinator learnt how each peer did on its own test slice, never where its files are
+    assert results["config"]["data"] is None and results["config"]["test_data"] is None
+    # site-b holds no `normal` rows and named the class with --classes; its own test file has them:
+    # it knows none before the round and learns them from the counterfactuals of the others
+    site_b = next(p for p in results["peers"] if p["id"] == "site-b")
+    assert site_b["missing_classes"] == ["normal"]
+    assert site_b["per_class_before"][2] == 0.0 and site_b["per_class_after"][2] > 0.5
+
+
+@pytest.mark.grpc
+def test_peers_on_their_own_files_run_over_grpc(loopback):
+    """Own columns, own label column, own class spellings (--class-map), a class one peer lacks."""
+    _check_own_data_run(loopback)
+
+
+@pytest.mark.netns
+def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback, tmp_path):
+    _, data, certs = sites
+    prefix = {name: lan.host(name, address) for name, address in ADDRESSES.items()}
+    coordinator = f"{ADDRESSES['coordinator']}:{COORDINATOR_PORT}"
+    t = time.monotonic()
+    on_lan = run_sites(tmp_path, data, certs, coordinator, coordinator,
+                       {s.id: f"{ADDRESSES[s.id]}:{PEER_PORT}" for s in SITES}, prefix)
+    print(f"separate machines: {accuracies(on_lan)} in {time.monotonic() - t:.1f} s")
+    _check_own_data_run(on_lan)
+    assert accuracies(on_lan) == accuracies(loopback)
+    assert [p["received"] for p in on_lan["peers"]] == [p["received"] for p in loopback["peers"]]
+    assert on_lan["wire"]["payload_bytes"] == loopback["wire"]["payload_bytes"]
+    # the peers really were apart: each served on its own LAN address
+    for site in SITES:
+        log = (tmp_path / "logs" / f"{site.id}.log").read_text()
+        assert f"serving on {ADDRESSES[site.id]}:{PEER_PORT}" in log, log
