@@ -154,6 +154,7 @@ def test_compose_up_runs_fmnist10_small_to_the_end(tmp_path):
         "CKD_BASE_IMAGE", "CKD_FMNIST_DIR", "CKD_DOCKER_WORK", "CKD_DOCKER_CACHE", "CKD_TORCH_INDEX_URL")}
     env |= {"CKD_RESULTS": str(out), "CKD_IMAGE": "ckd:test", "COMPOSE_PROJECT_NAME": "ckdpytest"}
     proc = subprocess.run([str(SCRIPT), "all"], env=env, capture_output=True, text=True, timeout=3600)
+    print(proc.stderr, proc.stdout)  # build and run times (pytest -s shows them)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "compose-test: ok: 10 peers" in proc.stdout
     run = out / "fmnist-10"  # the coordinator's --out inside the mounted directory
