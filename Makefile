@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,19 @@ lint: venv
 
 test: venv data lint
 	$(PY) -m pytest -q
+
+# docker-compose.yml for real (README, "Docker"): as root, installs docker.io, docker-compose and
+# debootstrap with apt where missing, starts dockerd without bridge or iptables where no engine
+# runs, builds the image, runs 10 peers small on loopback, checks results.json, stops that dockerd.
+compose-test: data
+	docker/compose-test.sh tools
+	docker/compose-test.sh all
+
+# the tests marked `docker` (`make test` leaves them out: the first image build takes minutes)
+test-docker: venv data
+	docker/compose-test.sh tools
+	$(PY) -m pytest -q -m docker
+
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
