@@ -155,6 +155,8 @@ def test_compose_up_runs_fmnist10_small_to_the_end(tmp_path):
     env |= {"CKD_RESULTS": str(out), "CKD_IMAGE": "ckd:test", "COMPOSE_PROJECT_NAME": "ckdpytest"}
     proc = subprocess.run([str(SCRIPT), "all"], env=env, capture_output=True, text=True, timeout=3600)
     print(proc.stderr, proc.stdout)  # build and run times (pytest -s shows them)
+    if proc.returncode != 0 and ("dockerd exited" in proc.stderr or "dockerd did not answer" in proc.stderr):
+        pytest.skip(f"this machine cannot run a Docker engine: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "compose-test: ok: 10 peers" in proc.stdout
     run = out / "fmnist-10"  # the coordinator's --out inside the mounted directory
