@@ -22,6 +22,23 @@ class InvalidPayload(UsageError):
     """A model blob or example batch that does not match its own description."""
 
 
+class PayloadTooLarge(InvalidPayload):
+    """A blob or batch over one of the size caps."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what a peer accepts, the same over gRPC and Flower; a sender over them is refused
+    before anything is stored."""
+
+    max_message_bytes: int = 4 << 20        # one gRPC message (a chunk plus its framing)
+    max_blob_bytes: int = 256 << 20         # all arrays of one model blob
+    max_batch_bytes: int = 64 << 20         # all arrays of one example batch
+    max_batch_examples: int = 65536
+    max_arrays: int = 4096
+    max_spec_bytes: int = 1 << 20
+
+
 def _check_array(name: str, arr: Any) -> None:
     if not isinstance(arr, np.ndarray):
         raise InvalidPayload(f"array {name!r} is {type(arr).__name__}, not an ndarray")
