@@ -44,10 +44,10 @@ def _numpy(record: Any, what: str, cap: int, max_arrays: int) -> dict[str, np.nd
         out = {k: a.numpy() for k, a in record.items()}
     except Exception as exc:  # noqa: BLE001  (numpy's reader raises many kinds on forged bytes)
         raise InvalidPayload(f"{what}: unreadable array: {type(exc).__name__}: {exc}") from None
-    for name, arr in out.items():
-        _check_array(f"{what}/{name}", arr)
-        if arr.nbytes > cap:
-            raise PayloadTooLarge(f"{what}: array {name!r} of {arr.nbytes} bytes exceeds the cap of {cap} bytes")
+    for name, value in out.items():
+        _check_array(f"{what}/{name}", value)
+        if value.nbytes > cap:
+            raise PayloadTooLarge(f"{what}: array {name!r} of {value.nbytes} bytes exceeds the cap of {cap} bytes")
     return out
 
 
