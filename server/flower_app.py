@@ -98,7 +98,7 @@ def reply_of(fed: Federation, node: int, phase: str) -> Iterator[None]:
     """Turn a reply that lacks a field or has a wrong type into RunFailed naming the sender."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidPayload) as exc:
         raise RunFailed(f"{fed.name(node)} sent a malformed reply to {phase}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -163,6 +163,7 @@ class Collector:
                 about = _config_of(content, "about")
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
                 self.classes = tuple(str(c) for c in about["classes"])
+                rec.get_blob(content, pid)  # a forged model is refused here, not relayed to every peer
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
             self.add(record)
             self.learners[pid], self.missing[pid] = learner, missing

@@ -111,7 +111,7 @@ def _collect(chunks: Iterator, expected: int, limits: Limits, what: str) -> byte
         if isinstance(msg, Malformed):
             raise InvalidPayload(msg.problem(what))
         part = msg.WhichOneof("part")
-        if part != "data":
+        if part != "data" or not msg.data:
             raise InvalidPayload(f"{what}: malformed stream, a second header or an empty chunk after the header")
         if len(msg.data) > limits.max_message_bytes:
             raise PayloadTooLarge(f"{what}: chunk of {len(msg.data)} bytes over the cap of {limits.max_message_bytes}")
