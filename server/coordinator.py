@@ -25,6 +25,7 @@ from protos.ckd.v1 import coordinator_pb2_grpc
 STAGES: dict[int, str] = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
           pb.STAGE_DONE: "done"}
 MAX_METRICS_BYTES = 64 << 20
+MAX_ADDRESS_CHARS = 300
 log = logging.getLogger("ckd.coordinator")
 
 
@@ -78,6 +79,11 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         peer = self._identity(context, request.peer, must_be_registered=False)
         if not request.address:
             self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} registered without an address")
+        host, _, port = request.address.rpartition(":")
+        if len(request.address) > MAX_ADDRESS_CHARS or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"peer {peer!r} registered the address {request.address[:80]!r}, not host:port "
+                        f"(at most {MAX_ADDRESS_CHARS} characters)")
         with self._cond:
             if self.participants is not None and peer not in self.participants:
                 self.refuse(context, grpc.StatusCode.FAILED_PRECONDITION,

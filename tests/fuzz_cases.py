@@ -25,8 +25,10 @@ RECEIVER, SENDER, OTHER = "peer-0", "peer-1", "peer-2"
 # small caps, so oversized cases are cheap to make and a refusal by size is exercised
 LIMITS = Limits(max_message_bytes=64 << 10, max_blob_bytes=1 << 20, max_batch_bytes=256 << 10,
                 max_batch_examples=200, max_arrays=64, max_spec_bytes=8 << 10)
-# reproducible in CI: the same examples every run; CKD_FUZZ_EXAMPLES scales every property
-FUZZ = settings(max_examples=int(os.environ.get("CKD_FUZZ_EXAMPLES", "150")), derandomize=True, deadline=None,
+# reproducible in CI: the same examples every run; CKD_FUZZ_EXAMPLES=N runs N per property and
+# CKD_FUZZ_RANDOM=1 draws new ones each run (to explore; a failure prints how to reproduce it)
+FUZZ = settings(max_examples=int(os.environ.get("CKD_FUZZ_EXAMPLES", "150")),
+                derandomize=not os.environ.get("CKD_FUZZ_RANDOM"), deadline=None,
                 database=None, suppress_health_check=list(HealthCheck), print_blob=True)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(max_size=12)
@@ -220,14 +222,21 @@ def hostile_coordinator(draw) -> tuple[str, bytes, str]:
     if method == "ListPeers":  # no fields; only bytes that do not parse are hostile
         return method, b"\x0a\x05" + draw(st.binary(max_size=3)), "bytes"
     kind = draw(st.sampled_from(["bytes", "claims another", "unexpected", "no name"]
-                                + {"Register": ["no address"], "WaitRound": ["stage", "round"],
+                                + {"Register": ["no address", "bad address"], "WaitRound": ["stage", "round"],
                                    "ReportMetrics": ["not json", "not an object", "nested", "round", "oversize"]}
                                 .get(method, [])))
     if kind == "bytes":
         return method, b"\x0a\x09" + draw(st.binary(max_size=4)), kind
     peer = {"claims another": RECEIVER, "unexpected": "mallory", "no name": ""}.get(kind, SENDER)
     if method == "Register":
-        msg = cpb.RegisterRequest(peer=peer, address="" if kind == "no address" else draw(TEXT) + ":1")
+        address = draw(TEXT) + ":1"
+        if kind == "no address":
+            address = ""
+        elif kind == "bad address":
+            address = draw(st.one_of(st.just("x" * 301 + ":1"), st.just("host"), st.just(":80"),
+                                     st.builds(lambda h, p: f"{h}:{p}", TEXT.filter(bool),
+                                               st.one_of(st.integers(65536, 10**9), st.just("http"), st.just("")))))
+        msg = cpb.RegisterRequest(peer=peer, address=address)
     elif method == "Heartbeat":
         msg = cpb.HeartbeatRequest(peer=peer)
     elif method == "WaitRound":

@@ -34,7 +34,7 @@ from server.coordinator import Coordinator, serve_coordinator
 from tests import fuzz_cases as fc
 from tests.fuzz_cases import CLASSES, FUZZ, LIMITS, RECEIVER, SENDER, SHAPE
 
-pytestmark = [pytest.mark.grpc, pytest.mark.fuzz]
+pytestmark = pytest.mark.fuzz
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION}
@@ -82,6 +82,7 @@ def _refused(call) -> grpc.RpcError:
     return err.value
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(case=fc.hostile_push())
 def test_push_examples_refuses_every_hostile_stream(peer_server, case):
@@ -94,6 +95,7 @@ def test_push_examples_refuses_every_hostile_stream(peer_server, case):
     _still_serving(channel, "ckd.v1.PeerService")
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(case=fc.hostile_get_model())
 def test_get_model_refuses_every_hostile_request(peer_server, case):
@@ -108,6 +110,7 @@ def test_get_model_refuses_every_hostile_request(peer_server, case):
     assert status.peer == RECEIVER and status.batches_stored == 0
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(raw=st.binary(max_size=64))
 def test_status_answers_or_refuses_any_bytes(peer_server, raw):
@@ -140,6 +143,7 @@ def _coordinator_state(c: Coordinator):
     return copy.deepcopy((c.peers, c.metrics, sorted(c.barriers), c.participants))
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(case=fc.hostile_coordinator())
 def test_coordinator_refuses_every_hostile_request(coordinator, case):
@@ -202,6 +206,7 @@ def _chunks(raw: list[bytes]):
     return [wire_pb2.ModelChunk.FromString(r) for r in raw]
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(case=fc.forged_blob(BLOBS))
 def test_forged_blob_pulled_over_grpc_is_refused_before_use(hostile_peer, case):
@@ -224,6 +229,7 @@ def test_forged_blob_in_a_flower_record_is_refused_before_use(case):
         learner_from_blob(rec.get_blob(content, fc.OTHER, LIMITS))
 
 
+@pytest.mark.grpc
 @FUZZ
 @given(st.data())
 def test_hostile_streams_from_a_peer_are_refused_whole(hostile_peer, data):
