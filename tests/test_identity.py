@@ -234,3 +234,32 @@ def test_server_command_takes_the_names_to_expect(capsys):
     assert "--expect-peers names 2 peers, fewer than --min-peers 3" in capsys.readouterr().err
     assert ckd(["server", "--insecure", "--expect-peers", "peer-0,bad name!"]) == 2
     assert "bad peer name 'bad name!'" in capsys.readouterr().err
+
+
+def test_over_plaintext_the_claimed_sender_must_be_known(tmp_path):
+    """--insecure runs have no certificates: a known sender's batch is stored, an unknown one refused."""
+    import numpy as np
+
+    from peer.core.peer import Peer
+    from peer.core.sqlstore import SqliteExampleStore
+    from peer.grpc.service import PeerServicer, serve_peer
+    from peer.grpc.transport import GrpcTransport, PeerUnreachable
+    from peer.learners import TrainConfig, make_learner
+    from tests.fuzz_cases import CLASSES, SHAPE
+
+    learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
+    peer = Peer("peer-0", np.zeros((4, *SHAPE), np.float32), np.arange(4) % 4, CLASSES, learner,
+                store=SqliteExampleStore(tmp_path / "examples.sqlite"))
+    servicer = PeerServicer(peer, Security("peer-0"), known={"peer-0", "peer-1"})
+    server, port = serve_peer(servicer, "127.0.0.1:0", workers=2)
+    try:
+        client = GrpcTransport("peer-1", {"peer-0": f"127.0.0.1:{port}"}, Security("peer-1"), retries=0)
+        assert client.push_examples("peer-0", good_batch(3, 0)) is True
+        with pytest.raises(PeerUnreachable, match="PERMISSION_DENIED: unknown peer 'mallory'"):
+            client.push_examples("peer-0", good_batch(3, 1).__class__(**{**good_batch(3, 1).__dict__,
+                                                                          "sender": "mallory"}))
+        assert peer.store.batch_count() == 1
+        client.close()
+    finally:
+        server.stop(grace=0).wait()
+        peer.store.close()

