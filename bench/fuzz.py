@@ -58,10 +58,10 @@ from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, SENDER, SHAPE  # noqa: E
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION}
-# cases per target at --scale 1 (13,000 in all)
+# cases per target at --scale 1 (14,000 in all)
 PLAN = {"PushExamples": 4000, "GetModel": 1500, "Status": 500, "coordinator": 2500, "forged blob over gRPC": 1500,
         "hostile model stream": 500, "Flower model record": 1000, "Flower batch record": 1000,
-        "Flower round record": 500}
+        "Flower round record": 500, "ServerApp relay": 500, "ServerApp model reply": 500}
 
 
 class Tally:
@@ -257,6 +257,50 @@ def main(argv: list[str] | None = None) -> int:
                                        st.builds(json.dumps, st.dictionaries(st.text(max_size=6), fc.WEIRD,
                                                                              max_size=4))), st.booleans()),
                    flower_record, tally)
+
+        from peer.round import PeerRound
+        from server.flower_app import Collector, RunFailed, relay
+        from tests.test_fuzz import _federation
+
+        def server_relay(case, t: Tally) -> None:
+            nonlocal flower_stored
+            content, _, _ = case
+            rec.put_record(content, PeerRound(SENDER, 1))
+            try:
+                inbox = relay({11: content}, _federation(), 1, Collector([RECEIVER, SENDER, fc.OTHER]))
+            except RunFailed as exc:
+                t.count("ServerApp relay", "refused", str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001
+                t.count("ServerApp relay", "crash", f"{type(exc).__name__}: {exc}")
+                return
+            # relayed: the receiving ClientApp must refuse it (it does not fit the receiver)
+            outcomes = [payload_outcome(lambda b=box, k=k: rec.get_batch(b, k, LIMITS).validate(SHAPE, CLASSES))
+                        for box in inbox.values() for k in rec.batch_keys(box)]
+            worst = next((o for o in outcomes if o[0] != "refused"), ("refused by the receiver", ""))
+            flower_stored += worst[0] == "accepted"
+            t.count("ServerApp relay", *worst)
+        run_target("ServerApp relay", plan["ServerApp relay"], hostile_batch_record(), server_relay, tally)
+
+        def server_model(case, t: Tally) -> None:
+            blob = case[0]
+            content = RecordDict()
+            content[f"model.{SENDER}"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                       for k, v in blob.arrays.items()})
+            content[f"model.{SENDER}.spec"] = ConfigRecord({"spec": json.dumps(blob.spec)})
+            content["about"] = ConfigRecord({"learner": "mlp", "missing": [], "classes": list(CLASSES)})
+            rec.put_record(content, PeerRound(SENDER, 0))
+            try:
+                Collector([RECEIVER, SENDER, fc.OTHER]).trained({11: content}, _federation(), "train.local")
+            except RunFailed as exc:
+                t.count("ServerApp model reply", "refused", str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001
+                t.count("ServerApp model reply", "crash", f"{type(exc).__name__}: {exc}")
+                return
+            t.count("ServerApp model reply", *payload_outcome(lambda: learner_from_blob(
+                rec.get_blob(content, SENDER))))  # passed on: every peer rebuilding it must refuse it
+        run_target("ServerApp model reply", plan["ServerApp model reply"], fc.forged_blob(blobs), server_model, tally)
 
         alive = proc.poll() is None and healthy(peer, "ckd.v1.PeerService") and healthy(coord)
         end = stats() if alive else {}

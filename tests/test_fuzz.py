@@ -375,3 +375,56 @@ def test_flower_caps_are_the_grpc_caps():
     with pytest.raises(PayloadTooLarge, match="spec of"):
         rec.get_blob(content, "p", LIMITS)
     assert Limits() == rec.get_blob.__defaults__[0] == rec.get_batch.__defaults__[0]  # the same defaults as gRPC
+
+
+def _federation():
+    from server.flower_app import Federation
+
+    fed = Federation(grid=None, timeout=1)
+    for node, pid in ((10, RECEIVER), (11, SENDER), (12, fc.OTHER)):
+        fed.peer_of[node], fed.node_of[pid] = pid, node
+    return fed
+
+
+@FUZZ
+@given(case=hostile_batch_record())
+def test_the_server_app_relays_no_hostile_batch_a_peer_would_store(case):
+    """relay() refuses the reply (RunFailed naming the node), or the receiving ClientApp refuses the batch."""
+    from peer.round import PeerRound
+    from server.flower_app import Collector, RunFailed, relay
+
+    content, key, kind = case
+    rec.put_record(content, PeerRound(SENDER, 1))
+    try:
+        inbox = relay({11: content}, _federation(), 1, Collector([RECEIVER, SENDER, fc.OTHER]))
+    except RunFailed as exc:
+        assert "peer-1 (node 11)" in str(exc), kind
+        return
+    for box in inbox.values():
+        for k in rec.batch_keys(box):
+            with pytest.raises(InvalidPayload):
+                rec.get_batch(box, k, LIMITS).validate(SHAPE, CLASSES)
+
+
+@FUZZ
+@given(case=fc.forged_blob(BLOBS))
+def test_the_server_app_refuses_a_forged_model_in_a_reply(case):
+    from peer.round import PeerRound
+    from server.flower_app import Collector, RunFailed
+
+    blob, defect = case
+    content = RecordDict()
+    content[f"model.{SENDER}"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in blob.arrays.items()})
+    content[f"model.{SENDER}.spec"] = ConfigRecord({"spec": json.dumps(blob.spec)})
+    content["about"] = ConfigRecord({"learner": "mlp", "missing": [], "classes": list(CLASSES)})
+    rec.put_record(content, PeerRound(SENDER, 0))
+    col = Collector([RECEIVER, SENDER, fc.OTHER])
+    try:
+        col.trained({11: content}, _federation(), "train.local")
+    except RunFailed as exc:
+        assert "peer-1 (node 11) sent a malformed reply to train.local" in str(exc)
+        assert SENDER not in col.models
+        return
+    # validate() alone passed: the learner a peer rebuilds from it must refuse it
+    with pytest.raises(InvalidPayload):
+        learner_from_blob(rec.get_blob(content, SENDER))
