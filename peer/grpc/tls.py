@@ -133,7 +133,7 @@ def revoke(certs: Path, names: list[str], days: int = 365) -> Path:
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     now = dt.datetime.now(dt.UTC)
-    revoked = {serial: when for serial, when in _crl_entries(certs / CRL_FILE, ca_cert).items()}
+    revoked = _crl_entries(certs / CRL_FILE, ca_cert)
     for name in names:
         path = certs / f"{check_name(name)}.pem"
         if not path.is_file():
