@@ -53,7 +53,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-grpc bench-flower bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-grpc bench-flower bench-fuzz bench-privacy
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -68,6 +68,8 @@ bench-grpc: venv data
 	$(PY) bench/grpc_fmnist10.py
 bench-flower: venv data
 	$(PY) bench/flower_fmnist10.py --compare
+bench-fuzz: venv
+	$(PY) bench/fuzz.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

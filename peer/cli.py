@@ -91,6 +91,9 @@ def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Ca
     add_option(certs, "peers", 0, "also make coordinator and peer-0 .. peer-(N-1)")
     add_option(certs, "hosts", "", "comma-separated IP addresses or DNS names added to every certificate made, "
                                    "for servers\nclients reach by address (e.g. a Flower SuperLink at 10.0.0.5)")
+    add_option(certs, "revoke", "", "comma-separated names whose certificates in --out go on its crl.pem, the "
+                                    "CA-signed\nrevocation list every peer and the coordinator load (copy it to "
+                                    "each, then restart them)")
     return {"peer": cmd_peer, "certs": cmd_certs}
 
 
@@ -105,8 +108,15 @@ def peer_list(text: str) -> dict[str, str]:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from peer.grpc.tls import make_certs
+    from peer.grpc.tls import make_certs, revoke
 
+    revoked = [n.strip() for n in args.revoke.split(",") if n.strip()]
+    if revoked:
+        if args.names or args.peers:
+            raise UsageError("give either names to make certificates for or --revoke, not both")
+        path = revoke(Path(args.out), revoked)
+        print(f"revoked {', '.join(revoked)} in {path}; copy it to every peer and the coordinator and restart them")
+        return 0
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     if args.peers < 0:
         raise UsageError(f"--peers must be >= 0, got {args.peers}")

@@ -46,6 +46,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     add_option(srv, "min_peers", 2, "peers that must register before the run starts")
     add_option(srv, "round_deadline", 600.0, "seconds a barrier waits for slow peers before it skips them")
     add_option(srv, "out", "runs/server", "output directory for results.json and accuracy.png")
+    add_option(srv, "expect_peers", "", "comma-separated peer names; when given, every other name is refused")
     from peer.cli import security_options
 
     security_options(srv)
@@ -93,13 +94,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from peer.grpc.tls import check_name
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import experiment_from_reports, write_results
 
     if args.rounds < 0 or args.min_peers < 1 or args.round_deadline <= 0:
         raise UsageError("--rounds must be >= 0, --min-peers >= 1 and --round-deadline > 0")
     out = _out_dir(args.out)
-    coordinator = Coordinator(security("coordinator", args), args.rounds, args.min_peers, args.round_deadline)
+    expected = {check_name(n.strip()) for n in args.expect_peers.split(",") if n.strip()} or None
+    if expected is not None and len(expected) < args.min_peers:
+        raise UsageError(f"--expect-peers names {len(expected)} peers, fewer than --min-peers {args.min_peers}")
+    coordinator = Coordinator(security("coordinator", args), args.rounds, args.min_peers, args.round_deadline,
+                              expected=expected)
     server, port = serve_coordinator(coordinator, args.listen)
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
@@ -150,7 +156,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     else:
         make_certs(state / "certs", ["coordinator"] + ids)
         sec = Security.from_dir("coordinator", state / "certs", False)
-    coordinator = Coordinator(sec, cfg.rounds, cfg.peers, args.round_deadline)
+    coordinator = Coordinator(sec, cfg.rounds, cfg.peers, args.round_deadline, expected=set(ids))
     server, port = serve_coordinator(coordinator, "127.0.0.1:0")
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

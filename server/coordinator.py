@@ -3,11 +3,15 @@
 It never sees data or weights: peers register an address, wait at barriers and report numbers.
 A barrier releases when every participant arrived, or `round_deadline` seconds after the first
 one did, so a slow peer is skipped for that stage rather than waited on forever.
+
+Given `expected` peer names (`ckd server --expect-peers`), it refuses every other name, whatever
+CA signed its certificate. Every refusal is logged and kept in `refused`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +26,8 @@ from protos.ckd.v1 import coordinator_pb2_grpc
 STAGES: dict[int, str] = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
           pb.STAGE_DONE: "done"}
 MAX_METRICS_BYTES = 64 << 20
+MAX_ADDRESS_CHARS = 300
+log = logging.getLogger("ckd.coordinator")
 
 
 @dataclass
@@ -34,8 +40,10 @@ class Barrier:
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(self, security: Security, rounds: int, min_peers: int, round_deadline: float = 600.0,
-                 heartbeat_timeout: float = 30.0) -> None:
+                 heartbeat_timeout: float = 30.0, expected: set[str] | None = None) -> None:
         self.security = security
+        self.expected = set(expected) if expected is not None else None
+        self.refused: list[tuple[str, str]] = []  # (status code name, message), newest last
         self.heartbeat_timeout = heartbeat_timeout  # a peer silent this long is not waited for
         self.rounds = rounds
         self.min_peers = min_peers
@@ -48,24 +56,38 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.finished = threading.Event()
         self._cond = threading.Condition()
 
+    def refuse(self, context, code: grpc.StatusCode, message: str):
+        """Abort this call with `code`, logged and kept in `refused`."""
+        self.refused.append((code.name, message))
+        log.warning("coordinator refused a call from %s: %s: %s", context.peer(), code.name, message)
+        context.abort(code, message)
+
     def _identity(self, context, claimed: str, must_be_registered: bool = True) -> str:
         cert = caller(context)
         if cert is not None and cert != claimed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"request names peer {claimed!r} but the client certificate is {cert!r}")
+            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                        f"request names peer {claimed!r} but the client certificate is {cert!r}")
         if not claimed:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request names no peer")
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "request names no peer")
+        if self.expected is not None and claimed not in self.expected:
+            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                        f"peer {claimed!r} is not one of the {len(self.expected)} peers this run expects")
         if must_be_registered and claimed not in self.peers:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown peer {claimed!r}: register first")
+            self.refuse(context, grpc.StatusCode.NOT_FOUND, f"unknown peer {claimed!r}: register first")
         return claimed
 
     def Register(self, request, context):
         peer = self._identity(context, request.peer, must_be_registered=False)
         if not request.address:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} registered without an address")
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} registered without an address")
+        host, _, port = request.address.rpartition(":")
+        if len(request.address) > MAX_ADDRESS_CHARS or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"peer {peer!r} registered the address {request.address[:80]!r}, not host:port "
+                        f"(at most {MAX_ADDRESS_CHARS} characters)")
         with self._cond:
             if self.participants is not None and peer not in self.participants:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                self.refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                               f"the run has started with {len(self.participants)} peers; {peer!r} is not one")
             self.peers[peer] = request.address
             self.heartbeats[peer] = time.time()
@@ -79,6 +101,10 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return pb.HeartbeatReply(ok=True)
 
     def ListPeers(self, request, context):
+        cert = caller(context)
+        if cert is not None and self.expected is not None and cert not in self.expected:
+            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                        f"peer {cert!r} is not one of the {len(self.expected)} peers this run expects")
         with self._cond:
             ids = self.participants if self.participants is not None else sorted(self.peers)
             return pb.ListPeersReply(peers=[pb.PeerInfo(id=i, address=self.peers[i]) for i in ids])
@@ -97,9 +123,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def WaitRound(self, request, context):
         peer = self._identity(context, request.peer)
         if request.stage not in STAGES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown stage {request.stage}")
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown stage {request.stage}")
         if not 0 <= request.round <= self.rounds:
-            context.abort(grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} outside 0..{self.rounds}")
+            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} outside 0..{self.rounds}")
         key = (int(request.round), int(request.stage))
         with self._cond:
             barrier = self.barriers.setdefault(key, Barrier(first=time.time()))
@@ -125,13 +151,17 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ReportMetrics(self, request, context):
         peer = self._identity(context, request.peer)
         if len(request.json) > MAX_METRICS_BYTES:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"metrics of {len(request.json)} bytes over the cap")
+            self.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"metrics of {len(request.json)} bytes over the cap")
+        if not 0 <= request.round <= self.rounds:
+            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"metrics for round {request.round} "
+                                                               f"outside 0..{self.rounds}")
         try:
             data = json.loads(request.json)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"metrics are not JSON: {exc}")
+        except (ValueError, RecursionError) as exc:
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"metrics are not JSON: {exc}")
         if not isinstance(data, dict):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metrics must be a JSON object")
+            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "metrics must be a JSON object")
         with self._cond:
             self.metrics.setdefault(peer, {})[int(request.round)] = data
         return pb.MetricsReply()
@@ -164,7 +194,9 @@ def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
 
     workers = 2 * coordinator.min_peers + 16
     service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]
-    server, port, health = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer),
-                                   coordinator)], coordinator.security, address, limits or Limits(), workers)
+    server, port, health = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer,
+                                                                                servicer.refuse, servicer.security),
+                                   coordinator)],
+                                 coordinator.security, address, limits or Limits(), workers)
     health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)  # what a peer checks before it starts
     return server, port

@@ -29,6 +29,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from peer.config import config_dict
+from peer.core.blob import InvalidPayload
 from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
 from peer.flower import records as rec
@@ -97,7 +98,7 @@ def reply_of(fed: Federation, node: int, phase: str) -> Iterator[None]:
     """Turn a reply that lacks a field or has a wrong type into RunFailed naming the sender."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidPayload) as exc:
         raise RunFailed(f"{fed.name(node)} sent a malformed reply to {phase}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -162,6 +163,7 @@ class Collector:
                 about = _config_of(content, "about")
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
                 self.classes = tuple(str(c) for c in about["classes"])
+                rec.get_blob(content, pid)  # a forged model is refused here, not relayed to every peer
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
             self.add(record)
             self.learners[pid], self.missing[pid] = learner, missing
@@ -195,14 +197,18 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, col: Coll
                 raise ValueError(f"record names teacher {record.peer!r}")
         col.add(record)
         for key in rec.batch_keys(content):
-            meta = content[key + ".meta"]
-            if meta.get("sender") != teacher or meta.get("receiver") not in inbox or meta.get("receiver") == teacher \
-                    or meta.get("round") != round:
-                raise RunFailed(f"{fed.name(node)} sent batch {key} claiming sender {meta.get('sender')!r}, "
-                                f"receiver {meta.get('receiver')!r}, round {meta.get('round')!r}; refused")
-            rec.move_batches(content, inbox[str(meta["receiver"])], [key])
-            if gallery is not None and meta.get("seq") == 0:
+            try:  # the same checks and caps as a batch pushed over gRPC, before anything is relayed
                 batch = rec.get_batch(content, key)
+            except InvalidPayload as exc:
+                raise RunFailed(f"{fed.name(node)} sent a malformed batch, refused: {exc}") from None
+            if batch.sender != teacher or batch.receiver not in inbox or batch.receiver == teacher \
+                    or batch.round != round:
+                raise RunFailed(f"{fed.name(node)} sent batch {key} claiming sender {batch.sender!r}, "
+                                f"receiver {batch.receiver!r}, round {batch.round!r}; refused")
+            if key != rec.batch_key(batch):
+                raise RunFailed(f"{fed.name(node)} sent batch {batch.id} under the key {key!r}; refused")
+            rec.move_batches(content, inbox[batch.receiver], [key])
+            if gallery is not None and batch.seq == 0:
                 if len(batch):
                     gallery.append((batch.sender, batch.receiver, batch.inputs()[0], batch.classes[int(batch.y[0])]))
     return inbox

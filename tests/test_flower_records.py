@@ -79,12 +79,16 @@ def test_malformed_records_are_refused_by_name():
     with pytest.raises(InvalidPayload, match="model 'peer-9': not in the message"):
         rec.get_blob(content, "peer-9")
     content["batch.p.q.1.0"] = ArrayRecord({"x": Array(np.zeros((1, 2), np.uint8))})
+    meta = {"sender": "q", "receiver": "p", "round": 1, "seq": 0, "classes": ["a", "b"], "features": []}
     content["batch.p.q.1.0.meta"] = ConfigRecord({"sender": "q"})
+    with pytest.raises(InvalidPayload, match="missing field 'classes'"):
+        rec.get_batch(content, "batch.p.q.1.0")
+    content["batch.p.q.1.0.meta"] = ConfigRecord(meta)
     with pytest.raises(InvalidPayload, match="arrays \\['x'\\], expected distance, x, y"):
         rec.get_batch(content, "batch.p.q.1.0")
     content["batch.p.q.1.1"] = ArrayRecord({"x": Array(np.full((1, 2), np.nan, np.float32)),
                                    "y": Array(np.zeros(1, np.int64)), "distance": Array(np.zeros(1, np.float32))})
-    content["batch.p.q.1.1.meta"] = ConfigRecord({"sender": "q"})
+    content["batch.p.q.1.1.meta"] = ConfigRecord({**meta, "seq": 1})
     with pytest.raises(InvalidPayload, match="NaN"):
         rec.get_batch(content, "batch.p.q.1.1")
 

@@ -7,6 +7,7 @@ batch from another peer is untrusted: `validate()` checks every field before use
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +17,28 @@ from peer.errors import UsageError
 
 # dtypes allowed on the wire; anything else (object, void, ...) is refused.
 WIRE_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float32", "float64", "bool"})
+MAX_INPUT_VALUES = 1 << 24  # values in one input example a model blob may declare
 
 
 class InvalidPayload(UsageError):
     """A model blob or example batch that does not match its own description."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """A blob or batch over one of the size caps."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what a peer accepts, the same over gRPC and Flower; a sender over them is refused
+    before anything is stored."""
+
+    max_message_bytes: int = 4 << 20        # one gRPC message (a chunk plus its framing)
+    max_blob_bytes: int = 256 << 20         # all arrays of one model blob
+    max_batch_bytes: int = 64 << 20         # all arrays of one example batch
+    max_batch_examples: int = 65536
+    max_arrays: int = 4096
+    max_spec_bytes: int = 1 << 20
 
 
 def _check_array(name: str, arr: Any) -> None:
@@ -61,11 +80,16 @@ class ModelBlob:
         if not isinstance(self.spec, dict) or not self.kind:
             raise InvalidPayload("model blob spec has no learner kind")
         classes = self.spec.get("classes")
-        if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
+        if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes)
+                or len(set(classes)) != len(classes)):
             raise InvalidPayload("model blob spec must list two or more distinct class names")
         shape = self.spec.get("input_shape")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        if (not isinstance(shape, list) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             raise InvalidPayload(f"model blob input_shape {shape!r} is not a list of positive ints")
+        if len(shape) > 4 or math.prod(shape) > MAX_INPUT_VALUES:
+            raise InvalidPayload(f"model blob input_shape {shape!r} is over the cap of 4 dimensions and "
+                                 f"{MAX_INPUT_VALUES} values")
         for name, arr in self.arrays.items():
             _check_array(name, arr)
         if "features" in self.spec or "neutral" in self.spec:

@@ -2,7 +2,9 @@
 
 Arrays travel as Flower `Array`s (numpy's own format, read with allow_pickle=False); everything
 else as `ConfigRecord` scalars and lists. Decoding checks types and shapes and raises
-InvalidPayload with the record's name, so a malformed message fails with a clear error.
+InvalidPayload with the record's name, so a malformed message fails with a clear error. The size
+caps are the gRPC path's (`Limits`): a blob or batch over them raises PayloadTooLarge before its
+arrays are read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from peer.core.blob import InvalidPayload, ModelBlob, _check_array
+from peer.core.blob import InvalidPayload, Limits, ModelBlob, PayloadTooLarge, _check_array
 
 MODEL = "model"        # key prefixes inside a RecordDict
 BATCH = "batch"
@@ -24,15 +26,28 @@ def _arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-def _numpy(record: Any, what: str) -> dict[str, np.ndarray]:
+def _numpy(record: Any, what: str, cap: int, max_arrays: int) -> dict[str, np.ndarray]:
+    """The record's arrays, refused before reading if there are more than `max_arrays` or their
+    serialized bytes exceed `cap`."""
     if not isinstance(record, ArrayRecord):
         raise InvalidPayload(f"{what}: expected an ArrayRecord, got {type(record).__name__}")
+    if len(record) > max_arrays:
+        raise PayloadTooLarge(f"{what}: {len(record)} arrays, over the cap of {max_arrays}")
+    total = 0
+    for name, arr in record.items():
+        if not isinstance(arr, Array) or not isinstance(arr.data, bytes):
+            raise InvalidPayload(f"{what}: array {name!r} is not a Flower Array")
+        total += len(arr.data)
+        if total > cap:
+            raise PayloadTooLarge(f"{what}: arrays of over {total} bytes exceed the cap of {cap} bytes")
     try:
         out = {k: a.numpy() for k, a in record.items()}
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"{what}: unreadable array: {exc}") from exc
-    for name, arr in out.items():
-        _check_array(f"{what}/{name}", arr)
+    except Exception as exc:  # noqa: BLE001  (numpy's reader raises many kinds on forged bytes)
+        raise InvalidPayload(f"{what}: unreadable array: {type(exc).__name__}: {exc}") from None
+    for name, value in out.items():
+        _check_array(f"{what}/{name}", value)
+        if value.nbytes > cap:
+            raise PayloadTooLarge(f"{what}: array {name!r} of {value.nbytes} bytes exceeds the cap of {cap} bytes")
     return out
 
 
@@ -58,15 +73,20 @@ def put_blob(content: RecordDict, name: str, blob: ModelBlob) -> None:
     content[f"{MODEL}.{name}.spec"] = ConfigRecord({"spec": blob.spec_json()})
 
 
-def get_blob(content: RecordDict, name: str) -> ModelBlob:
+def get_blob(content: RecordDict, name: str, limits: Limits = Limits()) -> ModelBlob:
     what = f"model {name!r}"
     if f"{MODEL}.{name}" not in content or f"{MODEL}.{name}.spec" not in content:
         raise InvalidPayload(f"{what}: not in the message")
-    arrays = _numpy(content[f"{MODEL}.{name}"], what)
+    text = _get(_config(content[f"{MODEL}.{name}.spec"], what), "spec", str, what)
+    if len(text) > limits.max_spec_bytes:
+        raise PayloadTooLarge(f"{what}: spec of {len(text)} characters over the cap of {limits.max_spec_bytes}")
+    arrays = _numpy(content[f"{MODEL}.{name}"], what, limits.max_blob_bytes, limits.max_arrays)
     try:
-        spec = json.loads(_get(_config(content[f"{MODEL}.{name}.spec"], what), "spec", str, what))
-    except json.JSONDecodeError as exc:
-        raise InvalidPayload(f"{what}: spec is not JSON: {exc}") from exc
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidPayload(f"{what}: spec is not JSON: {type(exc).__name__}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InvalidPayload(f"{what}: spec is not a JSON object")
     blob = ModelBlob(spec, arrays)
     blob.validate()
     return blob
@@ -96,23 +116,42 @@ def batch_keys(content: RecordDict, receiver: str | None = None) -> list[str]:
     return sorted(k[:-len(".meta")] for k in content if k.startswith(prefix) and k.endswith(".meta"))
 
 
-def get_batch(content: RecordDict, key: str):
+def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
+    """The batch stored under `key`, checked as the gRPC path checks a pushed one (names, shapes,
+    caps, label range, finite values); whether it fits its receiver is `ExampleBatch.validate`."""
     from peer.core.blob import ExampleBatch
 
     what = f"example batch {key!r}"
-    if key not in content:
-        raise InvalidPayload(f"{what}: arrays missing")
-    arrays = _numpy(content[key], what)
-    if set(arrays) != {"x", "y", "distance"}:
-        raise InvalidPayload(f"{what}: arrays {sorted(arrays)}, expected distance, x, y")
+    if key not in content or key + ".meta" not in content:
+        raise InvalidPayload(f"{what}: arrays or metadata missing")
     meta = _config(content[key + ".meta"], what)
     classes = _get(meta, "classes", list, what)
     features = _get(meta, "features", list, what)
     if not all(isinstance(c, str) for c in classes + features):
         raise InvalidPayload(f"{what}: class and feature names must be strings")
-    return ExampleBatch(_get(meta, "sender", str, what), _get(meta, "receiver", str, what),
-                        _get(meta, "round", int, what), _get(meta, "seq", int, what),
-                        arrays["x"], arrays["y"], tuple(classes), arrays["distance"], tuple(features))
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise InvalidPayload(f"{what}: must name two or more distinct classes")
+    sender, receiver = _get(meta, "sender", str, what), _get(meta, "receiver", str, what)
+    round_, seq = _get(meta, "round", int, what), _get(meta, "seq", int, what)
+    if not sender or not receiver:
+        raise InvalidPayload(f"{what}: sender and receiver must be named")
+    if round_ < 0 or seq < 0:
+        raise InvalidPayload(f"{what}: round and seq must be >= 0")
+    arrays = _numpy(content[key], what, limits.max_batch_bytes, 3)
+    if set(arrays) != {"x", "y", "distance"}:
+        raise InvalidPayload(f"{what}: arrays {sorted(arrays)}, expected distance, x, y")
+    x, y, distance = arrays["x"], arrays["y"], arrays["distance"]
+    n = len(y) if y.ndim == 1 else -1
+    if n < 0 or x.ndim < 2 or x.shape[0] != n or distance.shape != (n,):
+        raise InvalidPayload(f"{what}: shapes do not fit, x {list(x.shape)}, y {list(y.shape)}, "
+                             f"distance {list(distance.shape)}")
+    if n > limits.max_batch_examples:
+        raise PayloadTooLarge(f"{what}: {n} examples, over the cap of {limits.max_batch_examples}")
+    if y.dtype.kind not in "iu":
+        raise InvalidPayload(f"{what}: labels are {y.dtype}, expected integers")
+    if n and (y.min() < 0 or y.max() >= len(classes)):
+        raise InvalidPayload(f"{what}: label index out of range 0..{len(classes) - 1}")
+    return ExampleBatch(sender, receiver, round_, seq, x, y, tuple(classes), distance, tuple(features))
 
 
 def move_batches(src: RecordDict, dst: RecordDict, keys: list[str]) -> None:
@@ -143,5 +182,5 @@ def get_record(content: RecordDict, what: str):
         raise InvalidPayload(f"{what}: round record of {len(text)} characters is over the cap")
     try:
         return PeerRound.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidPayload(f"{what}: malformed round record: {type(exc).__name__}: {exc}") from exc

@@ -7,6 +7,7 @@ problem; nothing is stored and the server keeps serving.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -22,6 +23,7 @@ from peer.grpc.wire import Limits, Malformed, PayloadTooLarge, decode_batch, enc
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 
 GRPC_FRAME = 5  # gRPC's per-message prefix: compressed flag and length
+log = logging.getLogger("ckd.grpc")
 
 
 @dataclass
@@ -83,6 +85,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str):
         self.refused.append((code.name, message))
+        log.warning("%s refused a call from %s: %s: %s", self.peer.id, context.peer(), code.name, message)
         context.abort(code, message)
 
     def _who(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
@@ -109,6 +112,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
 
     def PushExamples(self, request_iterator, context):
+        if caller(context) is not None:  # an unknown certificate is refused before its stream is read
+            self._who(context)
         try:
             batch = decode_batch(request_iterator, self.limits)
         except PayloadTooLarge as exc:
@@ -155,35 +160,51 @@ _HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True):
              (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
 
 
-def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callable | None = None) -> None:
+def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callable | None = None,
+                         security: Security | None = None) -> None:
     """Register `servicer` for every method of `service` (a protobuf ServiceDescriptor), parsing
     requests itself: gRPC's own parsing answers bytes that do not parse with INTERNAL, here they
     get INVALID_ARGUMENT naming the message. `refuse(context, code, message)` aborts the call
     (default: context.abort). A streaming method receives Malformed items and refuses them itself.
+    With `security`, every call whose client certificate it refuses (revoked) is refused first,
+    PERMISSION_DENIED.
     """
     from google.protobuf.message_factory import GetMessageClass
 
     refuse = refuse or (lambda context, code, message: context.abort(code, message))
 
-    def checked(method):
+    def admitted(context) -> None:
+        problem = security.refusal(context) if security is not None else None
+        if problem is not None:
+            refuse(context, grpc.StatusCode.PERMISSION_DENIED, problem)
+
+    def checked(method, streaming: bool):
         def call(request, context):
-            if isinstance(request, Malformed):
+            admitted(context)
+            if not streaming and isinstance(request, Malformed):
                 refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
             return method(request, context)
-        return call
+
+        def stream(request, context):
+            admitted(context)
+            if not streaming and isinstance(request, Malformed):
+                refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
+            yield from method(request, context)
+        return call, stream
 
     handlers = {}
     for m in service.methods:
-        method = getattr(servicer, m.name)
+        call, stream = checked(getattr(servicer, m.name), m.client_streaming)
         handlers[m.name] = _HANDLERS[m.client_streaming, m.server_streaming](
-            method if m.client_streaming else checked(method),
+            stream if m.server_streaming else call,
             request_deserializer=tolerant(GetMessageClass(m.input_type)),
             response_serializer=GetMessageClass(m.output_type).SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def add_peer_service(servicer: PeerServicer, server: grpc.Server) -> None:
-    add_tolerant_service(server, peer_pb2.DESCRIPTOR.services_by_name["PeerService"], servicer, servicer._refuse)
+    add_tolerant_service(server, peer_pb2.DESCRIPTOR.services_by_name["PeerService"], servicer, servicer._refuse,
+                         servicer.security)
 
 
 def serve_peer(servicer: PeerServicer, address: str, workers: int = 16) -> tuple[grpc.Server, int]:

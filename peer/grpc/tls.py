@@ -4,6 +4,15 @@
 carries its id as common name and as DNS name; a client checks that the server it reached holds
 the certificate of the peer it meant (target name override), and a server takes the sender of an
 RPC from the client certificate, never from a message field.
+
+Revocation: `ckd certs --revoke NAME` adds NAME's certificate to crl.pem, a certificate revocation
+list signed by the CA, in the same directory. Every peer and the coordinator load it with their
+certificates (`Security.from_dir`, its signature checked against ca.pem) and refuse, on every RPC,
+a caller whose certificate serial is on it (PERMISSION_DENIED, logged). A revocation list rather
+than an allow-list of fingerprints: the CA stays the one thing every party must agree on, a new
+peer joins with a certificate from `ckd certs` without every other party updating a list, only
+the exceptions travel, and a list signed by the CA cannot be forged by whoever hands it out.
+Peers load it at start-up; after a revocation, copy crl.pem to each party and restart it.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import grpc
 
 from peer.errors import UsageError
 
+CRL_FILE = "crl.pem"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -111,14 +121,67 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: Sequence[str
     return written
 
 
+def revoke(certs: Path, names: list[str], days: int = 365) -> Path:
+    """Add the certificates of `names` (NAME.pem in `certs`) to the CA-signed crl.pem there."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    certs = Path(certs)
+    ca_cert_path, ca_key_path = certs / "ca.pem", certs / "ca.key"
+    if not ca_cert_path.is_file() or not ca_key_path.is_file():
+        raise UsageError(f"revoking needs the CA: {ca_cert_path} and {ca_key_path}")
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    now = dt.datetime.now(dt.UTC)
+    revoked = _crl_entries(certs / CRL_FILE, ca_cert)
+    for name in names:
+        path = certs / f"{check_name(name)}.pem"
+        if not path.is_file():
+            raise UsageError(f"no certificate {path} to revoke")
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        if cert.issuer != ca_cert.subject:
+            raise UsageError(f"{path} was not issued by the CA in {certs}")
+        revoked.setdefault(cert.serial_number, now)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now).next_update(now + dt.timedelta(days=days)))
+    for serial, when in sorted(revoked.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    out = certs / CRL_FILE
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, out)
+    return out
+
+
+def _crl_entries(path: Path, ca_cert) -> dict[int, dt.datetime]:
+    """Revoked serial -> revocation date from a CRL file, its signature checked; {} if none."""
+    from cryptography import x509
+
+    if not path.is_file():
+        return {}
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a PEM certificate revocation list: {exc}") from None
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+        raise UsageError(f"{path} is not signed by the CA in {path.parent / 'ca.pem'}; refusing to start")
+    return {r.serial_number: r.revocation_date_utc for r in crl}
+
+
 @dataclass(frozen=True)
 class Security:
-    """How this process talks gRPC: mTLS with its own certificate, or plaintext when asked for."""
+    """How this process talks gRPC: mTLS with its own certificate, or plaintext when asked for.
+
+    `revoked` holds the serial numbers of revoked certificates (crl.pem); `refusal` checks a caller.
+    """
 
     name: str
     ca: bytes | None = None
     key: bytes | None = None
     cert: bytes | None = None
+    revoked: frozenset[int] = frozenset()
 
     @property
     def insecure(self) -> bool:
@@ -140,11 +203,17 @@ class Security:
             raise UsageError(f"missing certificate file(s) {', '.join(missing)}; run `ckd certs --out {certs} "
                              f"--names {name}`")
         try:
-            security = cls(name, *(p.read_bytes() for p in paths))
+            ca, key, cert = (p.read_bytes() for p in paths)
         except OSError as exc:
             raise UsageError(f"cannot read certificate files in {certs}: {exc}") from exc
-        security.check(certs)
-        return security
+        cls(name, ca, key, cert).check(certs)
+        from cryptography import x509
+
+        revoked = _crl_entries(certs / CRL_FILE, x509.load_pem_x509_certificate(ca))
+        own = x509.load_pem_x509_certificate(cert).serial_number
+        if own in revoked:
+            raise UsageError(f"the certificate {certs / f'{name}.pem'} is revoked ({certs / CRL_FILE})")
+        return cls(name, ca, key, cert, frozenset(revoked))
 
     def check(self, where: Path) -> None:
         """Refuse, before any connection, files that are not PEM, a certificate for another name, one
@@ -181,6 +250,17 @@ class Security:
                 != cert.public_key().public_bytes(serialization.Encoding.PEM, pub)):
             raise UsageError(f"{where / (self.name + '.key')} is not the key of {where / (self.name + '.pem')}")
 
+    def refusal(self, context: grpc.ServicerContext) -> str | None:
+        """Why this RPC's caller is refused (its certificate is revoked), or None."""
+        if self.insecure or not self.revoked:
+            return None
+        serial = caller_serial(context)
+        if serial is None:
+            return "no client certificate to check against the revocation list"
+        if serial in self.revoked:
+            return f"the client certificate of {caller(context)!r} (serial {serial:x}) is revoked"
+        return None
+
     def add_port(self, server: grpc.Server, address: str) -> int:
         if self.insecure:
             port = server.add_insecure_port(address)
@@ -206,3 +286,11 @@ def caller(context: grpc.ServicerContext) -> str | None:
     """The common name of the client certificate of this RPC (None over plaintext)."""
     names = context.auth_context().get("x509_common_name")
     return names[0].decode() if names else None
+
+
+def caller_serial(context: grpc.ServicerContext) -> int | None:
+    """The serial number of the client certificate of this RPC (None over plaintext)."""
+    from cryptography import x509
+
+    pems = context.auth_context().get("x509_pem_cert")
+    return x509.load_pem_x509_certificate(pems[0]).serial_number if pems else None

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
-from peer.core.blob import WIRE_DTYPES, ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.blob import WIRE_DTYPES, ExampleBatch, InvalidPayload, Limits, ModelBlob, PayloadTooLarge
 from protos.ckd.v1 import wire_pb2
 
 CHUNK_BYTES = 1 << 20
-
-
-class PayloadTooLarge(InvalidPayload):
-    """A blob or batch over one of the size caps."""
 
 
 class Malformed:
@@ -44,18 +39,6 @@ def tolerant(message_class):
             return Malformed(message_class.__name__, len(raw))
 
     return deserialize
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps on what a peer accepts; a sender over them is refused before anything is stored."""
-
-    max_message_bytes: int = 4 << 20        # one gRPC message (a chunk plus its framing)
-    max_blob_bytes: int = 256 << 20         # all arrays of one model blob
-    max_batch_bytes: int = 64 << 20         # all arrays of one example batch
-    max_batch_examples: int = 65536
-    max_arrays: int = 4096
-    max_spec_bytes: int = 1 << 20
 
 
 def _info(name: str, arr: np.ndarray) -> wire_pb2.ArrayInfo:
@@ -128,7 +111,7 @@ def _collect(chunks: Iterator, expected: int, limits: Limits, what: str) -> byte
         if isinstance(msg, Malformed):
             raise InvalidPayload(msg.problem(what))
         part = msg.WhichOneof("part")
-        if part != "data":
+        if part != "data" or not msg.data:
             raise InvalidPayload(f"{what}: malformed stream, a second header or an empty chunk after the header")
         if len(msg.data) > limits.max_message_bytes:
             raise PayloadTooLarge(f"{what}: chunk of {len(msg.data)} bytes over the cap of {limits.max_message_bytes}")

@@ -100,13 +100,18 @@ class TorchLearner(Learner):
         arch = blob.spec.get("arch", {})
         if not isinstance(arch, dict):
             raise InvalidPayload(f"{blob.kind} blob arch is not an object")
+        input_shape, classes = tuple(blob.spec["input_shape"]), tuple(blob.spec["classes"])
+        # The spec's shapes are checked against the arrays on torch's meta device first (no
+        # memory), so a forged spec cannot make this peer allocate a model larger than the blob.
+        probe = cls.__new__(cls)
+        Learner.__init__(probe, input_shape, classes, TrainConfig())
         try:
-            learner = cls(tuple(blob.spec["input_shape"]), tuple(blob.spec["classes"]),
-                          TrainConfig(device="auto"), arch)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise InvalidPayload(f"{blob.kind} blob spec cannot build a model: {exc}") from exc
-        expected = {k: (tuple(v.shape), "float32") for k, v in learner.module.state_dict().items()}
-        expect_arrays(blob, expected)
+            with torch.device("meta"):
+                shapes = probe.build({**cls.default_arch(), **arch}).state_dict()
+        except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+            raise InvalidPayload(f"{blob.kind} blob spec cannot build a model: {type(exc).__name__}: {exc}") from None
+        expect_arrays(blob, {k: (tuple(v.shape), "float32") for k, v in shapes.items()})
+        learner = cls(input_shape, classes, TrainConfig(device="auto"), arch)
         learner.module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in blob.arrays.items()})
         learner.module.eval()
         return learner
