@@ -200,3 +200,21 @@ def test_no_peer_of_the_wine_table_ends_below_its_start(tmp_path, capsys):
     assert gate["accepted"] + gate["refused"] == sum(p["received"] for p in summary["peers"])
     assert all(pair["accepted"] + pair["refused"] == pair["sent"] for pair in summary["pairs"])
     assert "gate (10.0% of private data for validation, z 2.0)" in capsys.readouterr().out
+
+
+@pytest.mark.flower
+def test_flower_keeps_the_judgements_between_calls(tiny_idx_dir):
+    """Each Flower call rebuilds the peer from context.state: what its gate refused stays refused."""
+    from flwr.app import Context, RecordDict
+
+    from peer.flower.client_app import _save, load_peer
+
+    run_config = {"data-dir": str(tiny_idx_dir), "learners": "mlp", "split": "iid", "epochs": 1}
+    context = Context(run_id=1, node_id=2, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config=run_config)
+    peer, _ = load_peer(context)
+    peer.store.judge("peer-1", 1, ["Bag", "Coat"])
+    peer.store.judge("peer-1", 2, [])
+    _save(context, peer, 0)
+    again, _ = load_peer(context)
+    assert again.store.judgements() == {("peer-1", 1): ("Bag", "Coat"), ("peer-1", 2): ()}
