@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from peer.core.blob import ExampleBatch
-from peer.core.gate import GateConfig, GateReport, carve_validation, paired_harm
+from peer.core.gate import GateConfig, GateReport, carve_validation, lacking_credit, paired_harm
 from peer.core.peer import Peer, TeachConfig
 from peer.core.sqlstore import SqliteExampleStore
 from peer.core.store import ExampleStore
@@ -38,6 +38,22 @@ def test_paired_test_counts_flips_not_accuracy():
     many_before, many_after = np.ones(100, bool), np.r_[np.zeros(9, bool), np.ones(91, bool)]
     assert paired_harm(many_before, many_after, 2.0) == (9, 0, True)  # 9 > 2 * 3
     assert paired_harm(many_before, many_before, 2.0) == (0, 0, False)
+    assert paired_harm(many_before, many_after, 2.0, excused=4) == (9, 0, False)  # 9 - 4 <= 6
+
+
+def test_flips_into_a_lacking_class_are_excused_up_to_what_that_class_could_bring():
+    """10 classes, class 9 lacking, 90 validation rows (10 per held class): learning class 9 may
+    take up to 10 held rows, the rows class 9 would have had; flips among held classes never count."""
+    right_before = np.ones(90, bool)
+    pred = np.repeat(np.arange(9), 10)
+    pred[:12] = 9          # 12 rows now predicted as the lacking class
+    pred[12:15] = 8        # 3 rows now another held class
+    right_after = pred == np.repeat(np.arange(9), 10)
+    assert lacking_credit(pred, right_before, right_after, [9], 10) == (12, 10)
+    assert lacking_credit(pred, right_before, right_after, [], 10) == (0, 0)
+    b, c, harmful = paired_harm(right_before, right_after, 2.0, excused=10)
+    assert (b, c, harmful) == (15, 0, False)  # 15 - 10 <= 2 sqrt(15)
+    assert paired_harm(right_before, right_after, 2.0)[2]  # the same flips, no class lacking: harmful
 
 
 def _batch(sender, round, labels, seq=0):
@@ -67,8 +83,10 @@ def test_refused_examples_never_come_back_for_training(tmp_path, durable):
 
 def test_the_gate_record_travels_with_the_round_record():
     report = GateReport(1, 10, 0.8, 0.9, "without t2",
-                        [{"without": [], "b": 3, "c": 0, "harmful": True, "accuracy": 0.5},
-                         {"without": ["t2 round 1: all"], "b": 0, "c": 1, "harmful": False, "accuracy": 0.9}],
+                        [{"without": [], "b": 3, "c": 0, "into_lacking": 0, "excused": 0, "harmful": True,
+                          "accuracy": 0.5},
+                         {"without": ["t2 round 1: all"], "b": 0, "c": 1, "into_lacking": 0, "excused": 0,
+                          "harmful": False, "accuracy": 0.9}],
                         {"t1": {"accepted": 4, "refused": 0, "agreement": 0.75},
                          "t2": {"accepted": 0, "refused": 6, "agreement": 0.1}})
     record = PeerRound("me", 1, gate=report.to_dict())
@@ -139,7 +157,7 @@ def test_a_teacher_with_wrong_labels_is_refused_and_the_missing_class_still_lear
     assert gate.teachers["shifted"]["agreement"] < gate.teachers["honest"]["agreement"]
     assert gate.outcome == "without shifted" and [t["harmful"] for t in gate.tries] == [True, False], gate
     kept = gate.tries[-1]  # validation: no loss beyond noise, by the same rows before and after
-    assert kept["b"] - kept["c"] <= 2 * np.sqrt(kept["b"] + kept["c"]), gate
+    assert kept["b"] - kept["c"] - kept["excused"] <= 2 * np.sqrt(kept["b"] + kept["c"]), gate
     assert gated[1].evaluation["accuracy"] >= gated[0].evaluation["accuracy"] - 0.01, \
         [r.evaluation["accuracy"] for r in gated]
     assert gated[0].evaluation["per_class"][0] == 0.0 and gated[1].evaluation["per_class"][0] > 0.3

@@ -11,7 +11,9 @@ the harm it can see on held classes:
     fit on everything received (the round's examples not judged yet, with all accepted before)
     harmful?  paired test on the same validation rows before and after the round:
               b = right before and wrong after, c = wrong before and right after,
-              harm when b - c > z sqrt(b + c) (a McNemar-style test; z = 2 by default)
+              harm when b - c - e > z sqrt(b + c) (a McNemar-style test; z = 2 by default),
+              e = rows flipped into a class I lack, up to the rows such a class would have
+              (learning a missing class takes some held rows; the slice cannot see its gain)
     if harm:  refit without the most suspect teacher (all its examples of the round),
     if harm:  refit with only the examples of classes the peer lacks (still without that teacher),
     if harm:  keep the model of before the round and refuse all of the round's examples.
@@ -61,11 +63,24 @@ def carve_validation(y: np.ndarray, share: float, seed: int) -> np.ndarray:
     return mask
 
 
-def paired_harm(right_before: np.ndarray, right_after: np.ndarray, z: float) -> tuple[int, int, bool]:
-    """(b, c, harmful): b rows went right -> wrong, c wrong -> right; harmful when b - c > z sqrt(b + c)."""
+def paired_harm(right_before: np.ndarray, right_after: np.ndarray, z: float, excused: int = 0) -> tuple[int, int, bool]:
+    """(b, c, harmful): b rows went right -> wrong, c wrong -> right; harmful when
+    b - c - excused > z sqrt(b + c), `excused` the flips the validation slice cannot weigh."""
     b = int((right_before & ~right_after).sum())
     c = int((~right_before & right_after).sum())
-    return b, c, b - c > z * math.sqrt(b + c)
+    return b, c, b - c - excused > z * math.sqrt(b + c)
+
+
+def lacking_credit(pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray,
+                   lacking: list[int], classes: int) -> tuple[int, int]:
+    """(flips into lacking classes, credit): validation rows that went right -> a class I lack are
+    the price of learning it, whose gain my slice cannot see; they are excused up to the most that
+    class could bring back, as many rows as an average held class has in my slice
+    (len(slice) * lacking / held)."""
+    into = int((right_before & ~right_after & np.isin(pred_after, lacking)).sum())
+    held = classes - len(lacking)
+    most = int(len(pred_after) * len(lacking) // held) if held > 0 else 0
+    return into, min(into, most)
 
 
 def label_agreement(x: np.ndarray, y: np.ndarray, own_x: np.ndarray, own_y: np.ndarray) -> float | None:
@@ -88,7 +103,8 @@ class GateReport:
     accuracy_before: float = 0.0
     accuracy_after: float = 0.0
     outcome: str = "no examples"        # accepted | without <teacher> | lacking classes only | rolled back
-    tries: list[dict[str, Any]] = field(default_factory=list)      # {without, b, c, harmful, accuracy}
+    # each fit tried: {without, b, c, into_lacking, excused, harmful, accuracy}
+    tries: list[dict[str, Any]] = field(default_factory=list)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # {accepted, refused, agreement}
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +119,7 @@ class GateReport:
         report = cls(int(data["round"]), int(data["validation"]), float(data["accuracy_before"]),
                      float(data["accuracy_after"]), str(data["outcome"]))
         report.tries = [{"without": [str(w) for w in t["without"]], "b": int(t["b"]), "c": int(t["c"]),
+                         "into_lacking": int(t["into_lacking"]), "excused": int(t["excused"]),
                          "harmful": bool(t["harmful"]), "accuracy": float(t["accuracy"])} for t in data["tries"]]
         report.teachers = {str(k): {"accepted": int(v["accepted"]), "refused": int(v["refused"]),
                                     "agreement": None if v.get("agreement") is None else float(v["agreement"])}

@@ -25,7 +25,14 @@ from peer.core.counterfactual import (
     soft_targets,
 )
 from peer.core.features import map_columns, shared
-from peer.core.gate import GateConfig, GateReport, carve_validation, label_agreement, paired_harm
+from peer.core.gate import (
+    GateConfig,
+    GateReport,
+    carve_validation,
+    label_agreement,
+    lacking_credit,
+    paired_harm,
+)
 from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
@@ -245,13 +252,17 @@ class Peer:
             self.learner = copy.deepcopy(before)
             x, y = self.training_set(skip)
             self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
-            right_after = self.learner.predict(self.val_x) == self.val_y
-            worse, better, harmful = paired_harm(right_before, right_after, self.gate.z)
+            pred_after = self.learner.predict(self.val_x)
+            right_after = pred_after == self.val_y
+            into, excused = lacking_credit(pred_after, right_before, right_after,
+                                           [self.classes.index(c) for c in lacking], len(self.classes))
+            worse, better, harmful = paired_harm(right_before, right_after, self.gate.z, excused)
             report.tries.append({"without": sorted(f"{t} round {r}: " + ("all" if v == set(self.classes) else
                                                                            "held classes" if v == held else
                                                                            ",".join(sorted(v)))
                                                    for (t, r), v in skip.items()),
-                                 "b": worse, "c": better, "harmful": harmful,
+                                 "b": worse, "c": better, "into_lacking": into, "excused": excused,
+                                 "harmful": harmful,
                                  "accuracy": _round4(float(right_after.mean()))})
             if not harmful:
                 kept, report.outcome, report.accuracy_after = skip, outcome, float(right_after.mean())
