@@ -14,6 +14,7 @@ from typing import Any
 
 from peer.core.augment import AugmentConfig
 from peer.core.counterfactual import CounterfactualConfig
+from peer.core.gate import GateConfig
 from peer.core.peer import TeachConfig
 from peer.data.partition import SPLITS
 from peer.errors import UsageError
@@ -86,6 +87,13 @@ class ExperimentConfig:
         "augmented copies (shift, rotation, noise) sent with each counterfactual")
     max_per_student: int = option(0,
         "most instances a teacher teaches one student per round (0: all qualified)")
+    validation_share: float = option(0.1,
+        "share of each peer's private data (per class, seeded) kept aside to check what it absorbs: a round's "
+        "received examples are kept only where they cost no accuracy on this slice beyond noise; never sent, "
+        "trained on or taught from (0: no check)")
+    gate_z: float = option(2.0,
+        "the check's noise bound: with b validation rows right before the round and wrong after, c the "
+        "reverse, the round is harmful when b - c > z sqrt(b + c)")
     train_per_peer: int = option(0,
         "use only this many examples of each peer's part (0: all)")
     test_limit: int = option(0,
@@ -133,6 +141,7 @@ class ExperimentConfig:
                              f"{', '.join([*PRIVACY_PRESETS, 'custom'])}")
         self.learner_list()
         self.teach()
+        self.gate()
 
     def learner_list(self) -> list[str]:
         kinds: list[str] = []
@@ -159,6 +168,9 @@ class ExperimentConfig:
         return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
                            max_per_student=self.max_per_student, min_distance=self.min_distance,
                            noise_scale=self.noise_scale)
+
+    def gate(self) -> GateConfig:
+        return GateConfig(self.validation_share, self.gate_z)
 
     def train(self, peer_index: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,

@@ -99,7 +99,7 @@ def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: n
     except ValueError as exc:
         raise UsageError(f"{peer_ids(cfg.peers)[k]}: learner {kind} cannot take this data: {exc}") from exc
     return Peer(peer_ids(cfg.peers)[k], data.float_inputs(), data.y, train.classes, learner,
-                cfg.teach(), seed=cfg.seed * 1000 + k, image=True, features=data.features)
+                cfg.teach(), seed=cfg.seed * 1000 + k, image=True, features=data.features, gate=cfg.gate())
 
 
 def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:

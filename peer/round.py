@@ -9,7 +9,8 @@ A round r >= 1 for peer i:
     publish f_i(r)                          Peer.snapshot(r)
     teach every student j it is given       teach_students: pull f_j(r), Peer.teach, push batches
     absorb what its teachers pushed         Peer.absorb (the runtime's inbound side)
-    retrain and evaluate                    train_step(round=r)
+    retrain (gated) and evaluate            train_step(round=r): Peer.train keeps what arrived only
+                                            where its validation slice loses nothing beyond noise
     report                                  the PeerRound record (to_dict / from_dict)
 Round 0 is train_step(round=0) alone: local training on private data, then evaluation.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.gate import GateReport
 from peer.core.peer import Peer, TeachReport
 
 
@@ -54,7 +56,8 @@ class PeerRound:
 
     Timings are this peer's own seconds in each step; a run adds them up over peers.
     `errors` are the students this peer could not teach (with why); `skipped` the peers a
-    barrier left out of the round because they did not arrive before its deadline.
+    barrier left out of the round because they did not arrive before its deadline; `gate` what
+    this peer's validation gate decided about the examples it received (GateReport.to_dict).
     """
 
     peer: str
@@ -67,6 +70,7 @@ class PeerRound:
     teach_seconds: float = 0.0
     errors: list[dict[str, Any]] = field(default_factory=list)  # {teacher, student, round, error}
     skipped: list[str] = field(default_factory=list)
+    gate: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -88,13 +92,14 @@ class PeerRound:
         record.errors = [{**dict(e), "error": str(e["error"])} for e in data.get("errors", [])]
         record.skipped = [str(p) for p in data.get("skipped", [])]
         record.teach = [TeachReport.from_dict(t) for t in data.get("teach", [])]
+        record.gate = GateReport.from_dict(data["gate"]).to_dict() if data.get("gate") else {}
         return record
 
     def merge(self, other: PeerRound) -> PeerRound:
         """One record from two halves of the same round (e.g. Flower's teach and retrain phases)."""
         if (other.peer, other.round) != (self.peer, self.round):
             raise ValueError(f"cannot merge {other.peer} round {other.round} into {self.peer} round {self.round}")
-        for name in ("train_size", "train_seconds", "evaluation", "evaluate_seconds", "teach_seconds"):
+        for name in ("train_size", "train_seconds", "evaluation", "evaluate_seconds", "teach_seconds", "gate"):
             if getattr(other, name):
                 setattr(self, name, getattr(other, name))
         self.teach += other.teach
@@ -110,6 +115,8 @@ def train_step(peer: Peer, round: int, epochs: int, test_x: np.ndarray, test_y: 
     t = time.perf_counter()
     record.train_size = peer.train(epochs, progress=progress, round=round)
     record.train_seconds = time.perf_counter() - t
+    gate = peer.gates.get(round)
+    record.gate = gate.to_dict() if gate is not None else {}
     t = time.perf_counter()
     record.evaluation = peer.evaluate(test_x, test_y)
     record.evaluate_seconds = time.perf_counter() - t
@@ -196,7 +203,8 @@ TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")
 @dataclass
 class RunLog:
     """A run's records added up: evaluations and training-set sizes per peer and round, every
-    teach report, every error and skipped peer, and the seconds peers spent in each step."""
+    teach report, every gate decision, every error and skipped peer, and the seconds peers spent
+    in each step."""
 
     evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # peer -> [round 0, 1, ...]
     teach: list[TeachReport] = field(default_factory=list)
@@ -204,6 +212,7 @@ class RunLog:
     train_sizes: dict[str, list[int]] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {peer, round, skipped: [...]}
+    gates: list[dict[str, Any]] = field(default_factory=list)  # {peer, **GateReport.to_dict()}
 
     def add(self, record: PeerRound) -> None:
         """Record one peer's round; rounds of a peer must come in order."""
@@ -214,6 +223,8 @@ class RunLog:
         self.train_sizes.setdefault(record.peer, []).append(record.train_size)
         self.teach += record.teach
         self.errors += record.errors
+        if record.gate:
+            self.gates.append({"peer": record.peer, **record.gate})
         if record.skipped:
             self.skipped.append({"peer": record.peer, "round": record.round, "skipped": list(record.skipped)})
         self.timings["train" if record.round == 0 else "retrain"] += record.train_seconds

@@ -24,9 +24,11 @@ def summarise(exp: Experiment) -> dict:
     """The run as JSON-able data: headline numbers first, then per peer, per round, per pair."""
     log = exp.log
     peers = []
+    judged = {(g["peer"], g["round"], t): v for g in log.gates for t, v in g["teachers"].items()}
     for k, (pid, evals) in enumerate(log.evaluations.items()):
         missing = exp.missing[pid]
         before, after = evals[0], evals[-1]
+        gates = [g for g in log.gates if g["peer"] == pid]
         peers.append({
             "id": pid,
             "learner": exp.learners[k],
@@ -42,7 +44,10 @@ def summarise(exp: Experiment) -> dict:
             "per_class_after": [_r(v) for v in after["per_class"]],
             "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
             "received": sum(r.sent for r in log.teach if r.student == pid),
+            "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
             "training_set_by_round": log.train_sizes[pid],
+            "gate_by_round": [{k: g[k] for k in ("round", "outcome", "accuracy_before", "accuracy_after")}
+                              for g in gates],
         })
     teach = log.teach
     made = sum(r.counterfactuals for r in teach)
@@ -74,12 +79,36 @@ def summarise(exp: Experiment) -> dict:
             if teach else None,
         },
         "leakage": leakage_summary(teach),
+        "gate": gate_summary(log.gates, exp.config),
         "errors": log.errors,
         "skipped": log.skipped,
         "peers": peers,
-        "pairs": [r.summary() for r in teach],
+        "pairs": [{**r.summary(), **_judged(judged.get((r.student, r.round, r.teacher)))} for r in teach],
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
+    }
+
+
+def _judged(decision: dict | None) -> dict:
+    """A pair's examples the student's gate accepted and refused (None where it had no gate)."""
+    return {"accepted": None if decision is None else decision["accepted"],
+            "refused": None if decision is None else decision["refused"]}
+
+
+def gate_summary(gates: list[dict], config: ExperimentConfig) -> dict:
+    """What every peer's validation gate decided, the run as a whole and per peer and round."""
+    return {
+        "what": "each peer keeps --validation-share of its private data (per class, never trained on or sent) "
+                "and keeps a round's received examples only where they cost no accuracy there beyond noise "
+                "(b right->wrong, c wrong->right validation rows: harmful when b - c > z sqrt(b + c)); "
+                "else it refits without the most suspect teacher, then with examples of classes it lacks only, "
+                "else it keeps its model of before the round; refused examples are never trained on",
+        "validation_share": config.validation_share,
+        "z": config.gate_z,
+        "accepted": sum(v["accepted"] for g in gates for v in g["teachers"].values()),
+        "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
+        "fits": sum(len(g["tries"]) for g in gates),
+        "rounds": gates,
     }
 
 
@@ -134,14 +163,14 @@ def _median(values: list[float]) -> float:
 def table(summary: dict) -> str:
     """The per-peer table printed at the end of a run."""
     head = f"{'peer':<8} {'learner':<7} {'missing':<12} {'acc before':>10} {'acc after':>9} " \
-           f"{'missing before':>14} {'missing after':>13} {'received':>8}"
+           f"{'missing before':>14} {'missing after':>13} {'received':>8} {'refused':>7}"
     lines = [head, "-" * len(head)]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for p in summary["peers"]:
         lines.append(f"{p['id']:<8} {p['learner']:<7} {','.join(p['missing_classes'])[:12]:<12} "
                      f"{pct(p['accuracy_before']):>10} {pct(p['accuracy_after']):>9} "
                      f"{pct(p['missing_class_accuracy_before']):>14} {pct(p['missing_class_accuracy_after']):>13} "
-                     f"{p['received']:>8}")
+                     f"{p['received']:>8} {p.get('refused', 0):>7}")
     cf = summary["counterfactuals"]
     lines.append("-" * len(head))
     lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> "
@@ -158,6 +187,14 @@ def table(summary: dict) -> str:
             lines.append(f"warning: {leak['near_copies']} examples sent were near-copies of private examples "
                          f"(privacy preset {summary['config'].get('privacy')!r}); --min-distance 1 or a stricter "
                          "--privacy preset prevents that")
+    gate = summary.get("gate")
+    if gate and gate["rounds"]:
+        notes = [f"{g['peer']} round {g['round']} {g['outcome']} "
+                 f"(validation {pct(g['accuracy_before'])} -> {pct(g['accuracy_after'])})"
+                 for g in gate["rounds"] if g["outcome"] not in ("accepted", "no examples")]
+        lines.append(f"gate ({pct(gate['validation_share'])} of private data for validation, z {gate['z']}): "
+                     f"{gate['accepted']} examples accepted, {gate['refused']} refused"
+                     + (f"; {'; '.join(notes)}" if notes else "; every round accepted"))
     for e in summary.get("errors", []):
         lines.append(f"error: round {e['round']}: {e['teacher']} could not teach {e['student']}: {e['error']}")
     for s in summary.get("skipped", []):

@@ -5,6 +5,7 @@ The four verbs of a round, free of any transport: `train`, `snapshot`, `teach`, 
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from collections.abc import Callable
@@ -24,6 +25,14 @@ from peer.core.counterfactual import (
     soft_targets,
 )
 from peer.core.features import map_columns, shared
+from peer.core.gate import (
+    GateConfig,
+    GateReport,
+    carve_validation,
+    label_agreement,
+    lacking_credit,
+    paired_harm,
+)
 from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
@@ -35,6 +44,10 @@ LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured 
 
 
 SAMPLED = {"to_source": "to_source", "to_nearest": "to_nearest", "ratio": "ratio", "ssim": "ssim_nearest"}
+
+
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _rounded(values: np.ndarray) -> list[float | None]:
@@ -134,10 +147,17 @@ class Peer:
 
     def __init__(self, peer_id: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...],
                  learner: Learner, teach: TeachConfig | None = None, seed: int = 0,
-                 store: ExampleStore | None = None, image: bool = True, features: tuple[str, ...] = ()):
+                 store: ExampleStore | None = None, image: bool = True, features: tuple[str, ...] = (),
+                 gate: GateConfig | None = None):
         self.id = peer_id
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.y = np.asarray(y, dtype=np.int64)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        # the validation slice: part of my private data never trained on, taught from or sent
+        self.gate = gate or GateConfig()
+        held_out = carve_validation(y, self.gate.validation_share, seed)
+        self.x, self.y = x[~held_out], y[~held_out]
+        self.val_x, self.val_y = x[held_out], y[held_out]
+        self.gates: dict[int, GateReport] = {}  # round -> what the gate decided
         self.classes = tuple(classes)
         self.learner = learner
         self.teach_config = teach or TeachConfig()
@@ -166,8 +186,9 @@ class Peer:
         return [c for c in range(len(self.classes)) if not (self.y == c).any()]
 
     # -- train -------------------------------------------------------------------------------
-    def training_set(self) -> tuple[np.ndarray, np.ndarray]:
-        rx, ry = self.store.training_arrays(self.classes, self.input_shape)
+    def training_set(self, skip: dict[tuple[str, int], set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Private training data plus every distinct example received and not refused (nor in `skip`)."""
+        rx, ry = self.store.training_arrays(self.classes, self.input_shape, skip)
         if len(ry) == 0:
             return self.x, self.y
         return np.concatenate([self.x, rx]), np.concatenate([self.y, ry])
@@ -178,11 +199,89 @@ class Peer:
         The fit's randomness comes from (seed, round) alone, so a peer restored from its state in
         a fresh process (gRPC, Flower) trains exactly as one that stayed in memory.
         """
-        x, y = self.training_set()
         seed = int(np.random.SeedSequence([self.seed, 11, round]).generate_state(1)[0])
-        self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
         self._own_proba = None
+        if round > 0 and len(self.val_y):
+            return self._gated_train(epochs, progress, round, seed)
+        x, y = self.training_set()
+        self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
         return len(y)
+
+    def _gated_train(self, epochs: int | None, progress: Callable[[int], None] | None, round: int,
+                     seed: int) -> int:
+        """Train with what arrived since the last judgement, keeping it only where my validation
+        slice does not lose accuracy beyond noise (peer.core.gate); every fit starts from the
+        model of before the round with the same seed. Records a GateReport in self.gates[round]."""
+        report = GateReport(round, validation=len(self.val_y))
+        judged = self.store.judgements()
+        fresh: dict[tuple[str, int], list[ExampleBatch]] = {}
+        for b in self.store.batches():
+            if (b.sender, b.round) not in judged:
+                fresh.setdefault((b.sender, b.round), []).append(b)
+        held = {self.classes[c] for c in np.unique(self.y)}
+        lacking = set(self.classes) - held
+        teachers = sorted({sender for sender, _ in fresh})
+        space = (lambda v: self.to_unit(v)) if self.features else (lambda v: v)
+        for t in teachers:
+            bs = [b for (sender, _), batches in fresh.items() if sender == t for b in batches]
+            bx = np.concatenate([b.inputs() for b in bs])
+            by = np.concatenate([b.labels_for(self.classes) for b in bs])
+            mine = np.isin(by, [self.classes.index(c) for c in held])
+            report.teachers[t] = {"accepted": 0, "refused": 0,
+                                  "agreement": _round4(label_agreement(space(bx[mine]), by[mine],
+                                                                       self.search_space(), self.y))}
+        # fits to try, each as what it leaves out: everything; without the teacher whose examples
+        # of my classes agree least with my data; only examples of classes I lack (without it too)
+        everything = {key: set(self.classes) for key in fresh}
+        plans: list[tuple[str, dict[tuple[str, int], set[str]]]] = [("accepted", {})]
+        scored = [t for t in teachers if report.teachers[t]["agreement"] is not None]
+        suspect = min(scored, key=lambda t: (report.teachers[t]["agreement"], t)) if scored else None
+        if suspect is not None and len(teachers) > 1:
+            plans.append((f"without {suspect}", {k: v for k, v in everything.items() if k[0] == suspect}))
+        if lacking:
+            only = {key: (set(self.classes) if key[0] == suspect else set(held)) for key in fresh}
+            wanted = [self.classes.index(c) for c in lacking]
+            if any(np.isin(b.labels_for(self.classes), wanted).any()
+                   for key, batches in fresh.items() if key[0] != suspect for b in batches):
+                plans.append(("lacking classes only", only))
+        before = copy.deepcopy(self.learner)
+        right_before = before.predict(self.val_x) == self.val_y
+        report.accuracy_before = float(right_before.mean())
+        kept: dict[tuple[str, int], set[str]] | None = None
+        for outcome, skip in plans:
+            self.learner = copy.deepcopy(before)
+            x, y = self.training_set(skip)
+            self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
+            pred_after = self.learner.predict(self.val_x)
+            right_after = pred_after == self.val_y
+            into, excused = lacking_credit(pred_after, right_before, right_after,
+                                           [self.classes.index(c) for c in lacking], len(self.classes))
+            worse, better, harmful = paired_harm(right_before, right_after, self.gate.z, excused)
+            report.tries.append({"without": sorted(f"{t} round {r}: " + ("all" if v == set(self.classes) else
+                                                                           "held classes" if v == held else
+                                                                           ",".join(sorted(v)))
+                                                   for (t, r), v in skip.items()),
+                                 "b": worse, "c": better, "into_lacking": into, "excused": excused,
+                                 "harmful": harmful,
+                                 "accuracy": _round4(float(right_after.mean()))})
+            if not harmful:
+                kept, report.outcome, report.accuracy_after = skip, outcome, float(right_after.mean())
+                break
+        if kept is None:  # nothing passed: the model of before the round, the round's examples refused
+            self.learner, kept, report.outcome = before, everything, "rolled back"
+            report.accuracy_after = report.accuracy_before
+        if not fresh and report.outcome == "accepted":
+            report.outcome = "no examples"
+        for (sender, r), batches in fresh.items():
+            refused = kept.get((sender, r), set())
+            self.store.judge(sender, r, refused)
+            for b in batches:
+                out = np.isin(b.y, [i for i, name in enumerate(b.classes) if name in refused])
+                report.teachers[sender]["refused"] += int(out.sum())
+                report.teachers[sender]["accepted"] += int((~out).sum())
+        self.gates[round] = report
+        self._own_proba = None
+        return len(self.training_set()[1])
 
     # -- publish -----------------------------------------------------------------------------
     def snapshot(self, round: int = 0) -> ModelBlob:

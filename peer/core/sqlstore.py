@@ -2,7 +2,8 @@
 
 Same interface as peer.store.ExampleStore, so a Peer uses either. A batch id `(sender, round,
 seq)` is the primary key: a retried batch is acknowledged and not stored twice, also across a
-restart of the peer process.
+restart of the peer process. The validation gate's judgements are kept beside them, so examples
+it refused stay refused after a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ CREATE TABLE IF NOT EXISTS batches (
     y BLOB NOT NULL, y_dtype TEXT NOT NULL,
     distance BLOB NOT NULL, examples INTEGER NOT NULL,
     PRIMARY KEY (sender, round, seq)
+);
+CREATE TABLE IF NOT EXISTS judged (
+    sender TEXT NOT NULL, round INTEGER NOT NULL, refused TEXT NOT NULL,
+    PRIMARY KEY (sender, round)
 )
 """
 
@@ -38,7 +43,7 @@ class SqliteExampleStore(ExampleStore):
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
         self._cache: list[ExampleBatch] | None = None
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -57,6 +62,16 @@ class SqliteExampleStore(ExampleStore):
             if stored:
                 self._cache = None
             return stored
+
+    def judge(self, sender: str, round: int, refused=()) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO judged VALUES (?,?,?)",
+                             (sender, int(round), json.dumps(sorted(set(refused)))))
+
+    def judgements(self) -> dict[tuple[str, int], tuple[str, ...]]:
+        with self._lock:
+            rows = self._db.execute("SELECT sender, round, refused FROM judged").fetchall()
+        return {(s, int(r)): tuple(json.loads(ref)) for s, r, ref in rows}
 
     def __contains__(self, batch_id) -> bool:
         with self._lock:

@@ -1,8 +1,10 @@
-"""ExampleStore: the synthetic examples a peer received, stored once per batch id."""
+"""ExampleStore: the synthetic examples a peer received, stored once per batch id, and what the
+peer's validation gate decided about them."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -15,10 +17,15 @@ class ExampleStore:
 
     Training data comes out in id order, so the order batches arrived in never changes what
     a peer learns.
+
+    A judgement (the validation gate's, `Peer.train`) names, per teacher and round, the classes
+    whose examples were refused: those never come out for training again (rolled back for good,
+    not kept for a later round). Batches of a (teacher, round) not judged yet come out whole.
     """
 
     def __init__(self) -> None:
         self._batches: dict[tuple[str, int, int], ExampleBatch] = {}
+        self._judged: dict[tuple[str, int], tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -45,13 +52,40 @@ class ExampleStore:
             counts[b.sender] = counts.get(b.sender, 0) + len(b)
         return counts
 
-    def training_arrays(self, classes: tuple[str, ...], input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """All distinct received (x, y), inputs as float32, labels as indices into `classes`."""
-        batches = self.batches()
-        if not batches:
+    # -- judgements of the validation gate ------------------------------------------------------
+    def judge(self, sender: str, round: int, refused: Iterable[str] = ()) -> None:
+        """Record the gate's decision on `sender`'s examples of `round`: the class names refused."""
+        with self._lock:
+            self._judged[(sender, int(round))] = tuple(sorted(set(refused)))
+
+    def judgements(self) -> dict[tuple[str, int], tuple[str, ...]]:
+        """(sender, round) -> refused class names, for every judged (sender, round)."""
+        with self._lock:
+            return dict(self._judged)
+
+    def training_arrays(self, classes: tuple[str, ...], input_shape: tuple[int, ...],
+                        skip: Mapping[tuple[str, int], Iterable[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All distinct received (x, y) not refused, inputs as float32, labels as indices into `classes`.
+
+        `skip` leaves out more: (sender, round) -> class names, as a judgement would refuse them.
+        """
+        refused = {k: set(v) for k, v in self.judgements().items()}
+        for k, v in (skip or {}).items():
+            refused.setdefault(k, set()).update(v)
+        xs, ys = [], []
+        for b in self.batches():
+            labels = b.labels_for(classes)
+            out = refused.get((b.sender, b.round))
+            if out:
+                keep_rows = ~np.isin(b.y, [i for i, name in enumerate(b.classes) if name in out])
+                xs.append(b.inputs()[keep_rows])
+                ys.append(labels[keep_rows])
+            else:
+                xs.append(b.inputs())
+                ys.append(labels)
+        if not xs:
             return np.zeros((0, *input_shape), np.float32), np.zeros(0, np.int64)
-        x = np.concatenate([b.inputs() for b in batches])
-        y = np.concatenate([b.labels_for(classes) for b in batches])
+        x, y = np.concatenate(xs), np.concatenate(ys)
         keep = dedupe(x, y)
         keep = keep[y[keep] >= 0]
         return x[keep], y[keep]

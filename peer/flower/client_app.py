@@ -16,6 +16,7 @@ process. Private data never enters a reply: only models, synthetic examples and 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 SELF = "self"          # name of this peer's own model inside context.state
 STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
+JUDGED = "ckd.judged"  # ConfigRecord in context.state: the validation gate's judgements (JSON)
 # node-config keys that say where this machine keeps the data; they override the run config's
 NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data", "class-map", "classes")
 # run-config keys that are not ExperimentConfig fields
@@ -121,6 +123,10 @@ def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
         peer.learner = learner
     for key in rec.batch_keys(state, peer.id):
         peer.absorb(rec.get_batch(state, key))
+    judged = state.get(JUDGED)
+    if isinstance(judged, ConfigRecord):
+        for sender, r, refused in json.loads(str(judged.get("json", "[]"))):
+            peer.store.judge(str(sender), int(r), [str(c) for c in refused])
     return peer, cfg
 
 
@@ -138,6 +144,8 @@ def _trained_round(context: Context) -> int:
 def _save(context: Context, peer: Peer, round: int) -> None:
     rec.put_blob(context.state, SELF, peer.learner.to_blob())
     context.state[STATE] = ConfigRecord({"round": round})
+    judged = [[s, r, list(refused)] for (s, r), refused in sorted(peer.store.judgements().items())]
+    context.state[JUDGED] = ConfigRecord({"json": json.dumps(judged)})
 
 
 def _identity(context: Context) -> ConfigRecord:
