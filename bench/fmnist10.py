@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from baselines import fedavg, local_only, pooled  # noqa: E402
 
-from peer.config import ExperimentConfig
+from peer.config import DEFAULT_PRIVACY, PRIVACY_PRESETS, ExperimentConfig
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.inprocess import run_experiment  # noqa: E402
 from server.results import summarise, write_figures, write_json  # noqa: E402
@@ -62,6 +62,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hetero", action="store_true", help=f"heterogeneous learners {HETERO}")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument("--privacy", default=DEFAULT_PRIVACY, choices=sorted(PRIVACY_PRESETS),
+                        help="release preset (default: ckd's default); another than the default writes "
+                             "fmnist10[_hetero]_PRESET.json")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
     parser.add_argument("--load", default="nothing else",
@@ -69,8 +72,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn")
-    name = "fmnist10_hetero" if args.hetero else "fmnist10"
+    cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn", privacy=args.privacy,
+                           **PRIVACY_PRESETS[args.privacy])
+    name = ("fmnist10_hetero" if args.hetero else "fmnist10") + \
+        ("" if args.privacy == DEFAULT_PRIVACY else f"_{args.privacy}")
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     train, test = load_fashion_mnist(cfg.data_dir)
 

@@ -36,6 +36,11 @@ def _when(d: dict) -> str:
     return "; ".join(x for x in (d.get("date", "")[:10], "beside other work" if load else "") if x) or "n/a"
 
 
+def _privacy(d: dict) -> str:
+    """The release preset a run used; runs from before the presets existed released as `paper` does."""
+    return str((d.get("config") or {}).get("privacy") or "paper")
+
+
 def _fmnist_row(name: str, d: dict) -> str:
     base = d.get("baselines") or {}
     baselines = (f"local {_pct(base.get('local_only'))}, FedAvg {_pct(base.get('fedavg'))}, "
@@ -45,7 +50,8 @@ def _fmnist_row(name: str, d: dict) -> str:
     near = f"{_pct(leak['near_copy_share'], 0)} of what was sent near-copies" if "near_copy_share" in leak else ""
     wire = f"{d['bytes_over_payload']}x payload bytes on the wire" if "bytes_over_payload" in d else ""
     notes = "; ".join(x for x in (baselines, near, wire) if x)
-    return (f"| {name} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | {notes} | "
+    return (f"| {name} | {_privacy(d)} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | "
+            f"{notes} | "
             f"{d['wall_seconds']:.0f} s | {cf.get('per_second', d.get('counterfactuals_per_second', 'n/a'))} | "
             f"{_when(d)} | `{d['command']}` |")
 
@@ -54,13 +60,14 @@ def _tabular_row(name: str, d: dict) -> str:
     before = " / ".join(_pct(p["accuracy_before"]) for p in d["peers"])
     after = " / ".join(_pct(p["accuracy_after"]) for p in d["peers"])
     learners = ", ".join(p["learner"] for p in d["peers"])
-    return (f"| {name} ({learners}) | {before} -> {after} | pooled {_pct(d['pooled_accuracy'])}; "
+    return (f"| {name} ({learners}) | {_privacy(d)} | {before} -> {after} | pooled {_pct(d['pooled_accuracy'])}; "
             f"every peer improved: {'yes' if d['every_peer_improved'] else 'no'} | {d['wall_seconds']:.0f} s | n/a | "
             f"{_when(d)} | `{d['command']}` |")
 
 
 RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
     ("fmnist10", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
+    ("fmnist10_paper", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
     ("fmnist10_hetero", "fmnist-10, 4 CNN + 3 MLP + 3 forest", _fmnist_row),
     ("grpc_fmnist10", "fmnist-10 over gRPC, 10 processes, mutual TLS", _fmnist_row),
     ("flower_fmnist10", "fmnist-10 through Flower simulation", _fmnist_row),
@@ -70,8 +77,8 @@ RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
 
 
 def results_table(results: Path = RESULTS) -> str:
-    lines = ["| run | median accuracy before -> after | notes | wall time | counterfactuals/s | measured | command |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | privacy | median accuracy before -> after | notes | wall time | counterfactuals/s | measured | "
+             "command |", "|---|---|---|---|---|---|---|---|"]
     for name, title, row in RUNS:
         d = _load(name, results)
         if isinstance(d, dict):

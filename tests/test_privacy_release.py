@@ -18,7 +18,7 @@ from peer.learners import TrainConfig, make_learner
 from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio
 from peer.privacy.release import START_MODES, min_distance_keep, release_noise, start_points
 
-KNOBS = {"privacy": "paper", "cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+KNOBS = {"privacy": "guarded", "cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.0}
 
 
 def blobs(n_per_class: int = 30, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +168,9 @@ def test_the_knobs_exist_everywhere_with_the_same_defaults(monkeypatch):
 def test_privacy_preset_sets_only_knobs_not_given():
     from peer.config import PRIVACY_PRESETS
 
-    assert PRIVACY_PRESETS["paper"] == {k: v for k, v in KNOBS.items() if k != "privacy"}
+    assert PRIVACY_PRESETS["guarded"] == {k: v for k, v in KNOBS.items() if k != "privacy"}  # the default
+    paper = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+    assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():
         values = with_privacy({**KNOBS, "privacy": name, "min_distance": 0.3}, {"min_distance"})
         assert values["min_distance"] == 0.3
@@ -189,6 +191,8 @@ def test_privacy_preset_through_cli_and_flower():
     values = {name: f.default for f in fields(ExperimentConfig) for name in [f.name]}
     resolved, _ = with_data({**values, "privacy": "guarded", "noise_scale": 0.1}, {"privacy", "noise_scale"})
     assert (resolved["cf_start"], resolved["min_distance"], resolved["noise_scale"]) == ("mix", 1.0, 0.1)
+    resolved, _ = with_data({**values, "privacy": "paper"}, {"privacy"})
+    assert (resolved["cf_start"], resolved["min_distance"]) == ("instance", 0.0)
     cfg = experiment_config({"privacy": "guarded", "min-distance": 0.5}, 3)
     assert (cfg.cf_start, cfg.cf_start_k, cfg.min_distance) == ("mix", 4, 0.5)
     assert experiment_config({"privacy": "paper"}, 3).cf_start == "instance"
