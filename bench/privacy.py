@@ -169,6 +169,9 @@ def main() -> int:
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--sample", type=int, default=500, help="members and non-members per teacher for attacks")
     parser.add_argument("--only", default="", help="comma list of setting indices to run (default: all)")
+    parser.add_argument("--paper-gain", type=float, default=None,
+                        help="the paper setting's gain from an earlier run of the same round 0, for gain_ratio "
+                             "when setting 0 is not in --only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "privacy.json")
@@ -195,7 +198,7 @@ def main() -> int:
     chosen = settings()
     if args.only:
         chosen = [chosen[int(i)] for i in args.only.split(",")]
-    rows, paper_gain = [], None
+    rows, paper_gain = [], args.paper_gain
     for knob, value, knobs in chosen:
         t = time.perf_counter()
         cfg = replace(base, **{**PAPER, **knobs})
@@ -219,12 +222,14 @@ def main() -> int:
                "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
                "seconds": round(time.perf_counter() - t, 1), "config": asdict(cfg)}
         rows.append(row)
-        print(f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio "
-              f"{row['gain_ratio'] if row['gain_ratio'] is None else round(row['gain_ratio'], 2)} "
-              f"near {row['near_copy_share']:.3f} aligned {row['aligned_near_copy_share']} "
-              f"med-ratio {row['median_nearest_private_ratio']} "
-              f"auc {row['mia_auc']:.3f} tpr1 {row['tpr_at_1pct_fpr']:.3f} sent {row['sent']} "
-              f"({row['seconds']:.0f} s)", flush=True)
+        def fmt(key: str, row: dict = row) -> str:
+            value = row[key]
+            return "n/a" if value is None else f"{value:.3f}"
+
+        print(f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio {fmt('gain_ratio')} "
+              f"near {fmt('near_copy_share')} aligned {fmt('aligned_near_copy_share')} "
+              f"med-ratio {fmt('median_nearest_private_ratio')} auc {fmt('mia_auc')} "
+              f"tpr1 {fmt('tpr_at_1pct_fpr')} sent {row['sent']} ({row['seconds']:.0f} s)", flush=True)
         result = [{**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()}
                   for r in rows]
         args.out.parent.mkdir(parents=True, exist_ok=True)
