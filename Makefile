@@ -29,9 +29,10 @@ data:
 demo: venv data
 	$(VENV)/bin/ckd demo --out runs/demo $(ARGS)
 
-# style and likely bugs (ruff), types (mypy), the import contracts in pyproject.toml (lint-imports)
+# style, formatting and likely bugs (ruff), types (mypy), the import contracts in pyproject.toml (lint-imports)
 lint: venv
 	$(VENV)/bin/ruff check peer server tests bench
+	$(VENV)/bin/ruff format --check peer server tests bench
 	$(VENV)/bin/mypy peer server
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 

@@ -31,22 +31,27 @@ def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset) -> list[flo
     return accs
 
 
-def pooled(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn",
-           epochs: int = 5) -> tuple[float, list[float]]:
+def pooled(
+    cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", epochs: int = 5
+) -> tuple[float, list[float]]:
     """One model on all peers' data together: the ceiling that pooling (which CKD avoids) would give.
 
     Returns its accuracy and its accuracy on each class (the ceiling for each peer's missing class).
     """
     idx = np.concatenate(partition(cfg, train))
-    learner = make_learner(kind, train.x.shape[1:], train.classes,
-                           TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                       device=cfg.device))
+    learner = make_learner(
+        kind,
+        train.x.shape[1:],
+        train.classes,
+        TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device),
+    )
     learner.fit(as_float(train.x[idx]), train.y[idx])
     return _accuracy(learner, test), _per_class(learner, test)
 
 
-def fedavg(cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10,
-           local_epochs: int = 1) -> float:
+def fedavg(
+    cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10, local_epochs: int = 1
+) -> float:
     """FedAvg: each round every peer trains the global model one epoch; weights averaged by data size."""
     parts = partition(cfg, train)
     shape, classes = train.x.shape[1:], train.classes

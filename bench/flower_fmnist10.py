@@ -48,8 +48,12 @@ def main() -> int:
     parser.add_argument("--test-limit", type=int, default=0, help="0: all 10,000 (fmnist-10)")
     parser.add_argument("--learners", default="cnn")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
-                        help="CPUs Ray may use (init-args-num-cpus); in-process torch threads too")
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs Ray may use (init-args-num-cpus); in-process torch threads too",
+    )
     parser.add_argument("--cpus-per-client", type=int, default=1, help="client-resources-num-cpus")
     parser.add_argument("--gpus-per-client", type=float, default=0.0, help="client-resources-num-gpus")
     parser.add_argument("--timeout", type=float, default=None, help="most seconds for the Flower run")
@@ -59,8 +63,7 @@ def main() -> int:
     run_config = {k: getattr(args, k.replace("-", "_")) for k in KNOBS}
     cfg = experiment_config(run_config, args.peers)
     argv = sys.argv[1:]
-    shown = [a for i, a in enumerate(argv)
-             if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
+    shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
     command = " ".join(["python bench/flower_fmnist10.py", *shown])
     result: dict = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -69,21 +72,31 @@ def main() -> int:
         print(f"in-process run ({args.peers} peers, {args.rounds} rounds, {args.cpus} threads)...", flush=True)
         exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=load_fashion_mnist(cfg.data_dir))
         s = summarise(exp)
-        result["in_process"] = {k: s[k] for k in ("median_accuracy_before", "median_accuracy_after",
-                                                   "wall_seconds", "timings")}
+        result["in_process"] = {
+            k: s[k] for k in ("median_accuracy_before", "median_accuracy_after", "wall_seconds", "timings")
+        }
         result["in_process"]["threads"] = args.cpus
-        print(f"in-process: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
-              f"{s['wall_seconds']:.0f} s", flush=True)
+        print(
+            f"in-process: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
+            f"{s['wall_seconds']:.0f} s",
+            flush=True,
+        )
 
-    federation = (f"num-supernodes={args.peers} client-resources-num-cpus={args.cpus_per_client} "
-                  f"client-resources-num-gpus={args.gpus_per_client} init-args-num-cpus={args.cpus}")
+    federation = (
+        f"num-supernodes={args.peers} client-resources-num-cpus={args.cpus_per_client} "
+        f"client-resources-num-gpus={args.gpus_per_client} init-args-num-cpus={args.cpus}"
+    )
     print(f"Flower simulation ({federation})...", flush=True)
     with tempfile.TemporaryDirectory(prefix="ckd-flower-bench-") as tmp:
         out = Path(tmp) / "out"
         with flower(Path(tmp), simulation=True) as fl:
             start = time.perf_counter()
-            res = fl.run({**run_config, "out": str(out), "threads": args.cpus_per_client}, federation,
-                         timeout=args.timeout, capture=False)
+            res = fl.run(
+                {**run_config, "out": str(out), "threads": args.cpus_per_client},
+                federation,
+                timeout=args.timeout,
+                capture=False,
+            )
             command_seconds = time.perf_counter() - start
         if res.returncode != 0 or not (out / "results.json").exists():
             print(f"flower_fmnist10: `flwr run` failed (exit {res.returncode}); nothing written", file=sys.stderr)
@@ -92,18 +105,20 @@ def main() -> int:
     if s.get("status") == "failed":
         print(f"flower_fmnist10: the Flower run failed: {s['error']}", file=sys.stderr)
         return 1
-    result.update({
-        "machine": {**machine(), "torch_threads_per_client": args.cpus_per_client},
-        "federation_config": federation,
-        "median_accuracy_before": s["median_accuracy_before"],
-        "median_accuracy_after": s["median_accuracy_after"],
-        "missing_class_accuracy_after": s["missing_class_accuracy_after"],
-        "wall_seconds": s["wall_seconds"],
-        "command_seconds": round(command_seconds, 2),
-        "timings": s["timings"],
-        "counterfactuals": s["counterfactuals"],
-        "experiment": s["experiment"],
-    })
+    result.update(
+        {
+            "machine": {**machine(), "torch_threads_per_client": args.cpus_per_client},
+            "federation_config": federation,
+            "median_accuracy_before": s["median_accuracy_before"],
+            "median_accuracy_after": s["median_accuracy_after"],
+            "missing_class_accuracy_after": s["missing_class_accuracy_after"],
+            "wall_seconds": s["wall_seconds"],
+            "command_seconds": round(command_seconds, 2),
+            "timings": s["timings"],
+            "counterfactuals": s["counterfactuals"],
+            "experiment": s["experiment"],
+        }
+    )
     if "in_process" in result:
         ip = result["in_process"]
         result["vs_in_process"] = {
@@ -113,9 +128,11 @@ def main() -> int:
     result["peers"] = s["peers"]
     result["config"] = s["config"]
     write_json(args.out, result)
-    print(f"Flower: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
-          f"{s['wall_seconds']:.0f} s (command {command_seconds:.0f} s)" +
-          (f"; vs in-process {result['vs_in_process']}" if "vs_in_process" in result else ""))
+    print(
+        f"Flower: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
+        f"{s['wall_seconds']:.0f} s (command {command_seconds:.0f} s)"
+        + (f"; vs in-process {result['vs_in_process']}" if "vs_in_process" in result else "")
+    )
     print(f"wrote {args.out}")
     return 0
 

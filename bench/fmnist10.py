@@ -33,11 +33,26 @@ HETERO = "cnn*4,mlp*3,forest*3"
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def by_learner(summary: dict) -> dict:
@@ -62,20 +77,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hetero", action="store_true", help=f"heterogeneous learners {HETERO}")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
-    parser.add_argument("--privacy", default=DEFAULT_PRIVACY, choices=sorted(PRIVACY_PRESETS),
-                        help="release preset (default: ckd's default); another than the default writes "
-                             "fmnist10[_hetero]_PRESET.json")
+    parser.add_argument(
+        "--privacy",
+        default=DEFAULT_PRIVACY,
+        choices=sorted(PRIVACY_PRESETS),
+        help="release preset (default: ckd's default); another than the default writes fmnist10[_hetero]_PRESET.json",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
-    parser.add_argument("--load", default="nothing else",
-                        help="what else ran on the machine during the measurement (recorded in the JSON)")
+    parser.add_argument(
+        "--load",
+        default="nothing else",
+        help="what else ran on the machine during the measurement (recorded in the JSON)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn", privacy=args.privacy,
-                           **PRIVACY_PRESETS[args.privacy])
-    name = ("fmnist10_hetero" if args.hetero else "fmnist10") + \
-        ("" if args.privacy == DEFAULT_PRIVACY else f"_{args.privacy}")
+    cfg = ExperimentConfig(
+        learners=HETERO if args.hetero else "cnn", privacy=args.privacy, **PRIVACY_PRESETS[args.privacy]
+    )
+    name = ("fmnist10_hetero" if args.hetero else "fmnist10") + (
+        "" if args.privacy == DEFAULT_PRIVACY else f"_{args.privacy}"
+    )
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     train, test = load_fashion_mnist(cfg.data_dir)
 
@@ -97,9 +120,12 @@ def main() -> int:
         "leakage": summary["leakage"],
         "by_learner": by_learner(summary),
     }
-    print(f"CKD: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
-          f"missing class min {min(result['missing_class_accuracy_after']):.4f}, "
-          f"{result['counterfactuals_per_second']} cf/s, {result['wall_seconds']:.0f} s", flush=True)
+    print(
+        f"CKD: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
+        f"missing class min {min(result['missing_class_accuracy_after']):.4f}, "
+        f"{result['counterfactuals_per_second']} cf/s, {result['wall_seconds']:.0f} s",
+        flush=True,
+    )
     if not args.no_baselines:
         timings = {}
         t = time.perf_counter()
@@ -121,7 +147,7 @@ def main() -> int:
             "pooled_per_class": dict(zip(test.classes, pool_per_class)),
             "fedavg": fed,
             "what": "local_only: each peer alone for as many epochs as in CKD (median); pooled: one CNN on "
-                    "all parts, 5 epochs; fedavg: CNN, 10 rounds of 1 local epoch, weights averaged by size",
+            "all parts, 5 epochs; fedavg: CNN, 10 rounds of 1 local epoch, weights averaged by size",
             "seconds": {k: round(v, 1) for k, v in timings.items()},
         }
     result["peers"] = summary["peers"]

@@ -56,12 +56,28 @@ from protos.ckd.v1 import coordinator_pb2_grpc  # noqa: E402
 from tests import fuzz_cases as fc  # noqa: E402
 from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, SENDER, SHAPE  # noqa: E402
 
-REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
-            grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION}
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 # cases per target at --scale 1 (14,000 in all)
-PLAN = {"PushExamples": 4000, "GetModel": 1500, "Status": 500, "coordinator": 2500, "forged blob over gRPC": 1500,
-        "hostile model stream": 500, "Flower model record": 1000, "Flower batch record": 1000,
-        "Flower round record": 500, "ServerApp relay": 500, "ServerApp model reply": 500}
+PLAN = {
+    "PushExamples": 4000,
+    "GetModel": 1500,
+    "Status": 500,
+    "coordinator": 2500,
+    "forged blob over gRPC": 1500,
+    "hostile model stream": 500,
+    "Flower model record": 1000,
+    "Flower batch record": 1000,
+    "Flower round record": 500,
+    "ServerApp relay": 500,
+    "ServerApp model reply": 500,
+}
 
 
 class Tally:
@@ -80,8 +96,7 @@ def run_target(name: str, n: int, strategy, case_fn, tally: Tally) -> None:
     """Run `case_fn` on `n` derandomized examples of `strategy`; it never raises, it counts."""
     t0 = time.time()
 
-    @settings(max_examples=n, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(strategy)
     def run(case):
         case_fn(case, tally)
@@ -118,18 +133,35 @@ def raw(channel, kind: str, path: str):
 
 def healthy(channel, service: str = "") -> bool:
     try:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     except grpc.RpcError:
         return False
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "grpc": grpc.__version__,
-            "load_average_at_start": [round(v, 1) for v in load] if load else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpc": grpc.__version__,
+        "load_average_at_start": [round(v, 1) for v in load] if load else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         make_certs(certs, ["coordinator", RECEIVER, SENDER, fc.OTHER])
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "tests.hostile_server", str(certs), str(Path(tmp) / "state")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile_server", str(certs), str(Path(tmp) / "state")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
 
         def stats() -> dict:
             proc.stdin.write("stats\n")
@@ -160,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         peer = me.channel(f"127.0.0.1:{ports['peer']}", RECEIVER, grpc_options(LIMITS))
         coord = me.channel(f"127.0.0.1:{ports['coordinator']}", "coordinator", grpc_options(LIMITS))
         coordinator_pb2_grpc.CoordinatorServiceStub(coord).Register(
-            cpb.RegisterRequest(peer=SENDER, address="127.0.0.1:1"), timeout=10)  # the one valid call
+            cpb.RegisterRequest(peer=SENDER, address="127.0.0.1:1"), timeout=10
+        )  # the one valid call
         baseline = stats()
         health_failures = 0
 
@@ -175,22 +215,40 @@ def main(argv: list[str] | None = None) -> int:
         push = raw(peer, "stream_unary", "/ckd.v1.PeerService/PushExamples")
         get = raw(peer, "unary_stream", "/ckd.v1.PeerService/GetModel")
         status = raw(peer, "unary_unary", "/ckd.v1.PeerService/Status")
-        run_target("PushExamples", plan["PushExamples"], fc.hostile_push(),
-                   lambda c, t: checked("PushExamples", grpc_outcome(lambda: push(iter(c[0]), timeout=30)), t), tally)
-        run_target("GetModel", plan["GetModel"], fc.hostile_get_model(),
-                   lambda c, t: checked("GetModel", grpc_outcome(lambda: list(get(c[0], timeout=30))), t), tally)
+        run_target(
+            "PushExamples",
+            plan["PushExamples"],
+            fc.hostile_push(),
+            lambda c, t: checked("PushExamples", grpc_outcome(lambda: push(iter(c[0]), timeout=30)), t),
+            tally,
+        )
+        run_target(
+            "GetModel",
+            plan["GetModel"],
+            fc.hostile_get_model(),
+            lambda c, t: checked("GetModel", grpc_outcome(lambda: list(get(c[0], timeout=30))), t),
+            tally,
+        )
 
         # StatusRequest has no fields: only bytes that do not parse are hostile (a length past the
         # end, a wire type that does not exist)
-        unparsable = st.one_of(st.builds(lambda b: b"\x0a\x09" + b, st.binary(max_size=6)),
-                               st.builds(lambda b: b"\xff\xff\xff\x01" + b, st.binary(max_size=32)))
-        run_target("Status", plan["Status"], unparsable,
-                   lambda c, t: checked("Status", grpc_outcome(lambda: status(c, timeout=30)), t), tally)
+        unparsable = st.one_of(
+            st.builds(lambda b: b"\x0a\x09" + b, st.binary(max_size=6)),
+            st.builds(lambda b: b"\xff\xff\xff\x01" + b, st.binary(max_size=32)),
+        )
+        run_target(
+            "Status",
+            plan["Status"],
+            unparsable,
+            lambda c, t: checked("Status", grpc_outcome(lambda: status(c, timeout=30)), t),
+            tally,
+        )
 
         def coordinator_case(case, t: Tally) -> None:
             method, data, _ = case
             call = raw(coord, "unary_unary", f"/ckd.v1.CoordinatorService/{method}")
             checked("coordinator", grpc_outcome(lambda: call(data, timeout=30)), t)
+
         run_target("coordinator", plan["coordinator"], fc.hostile_coordinator(), coordinator_case, tally)
 
         # forged blobs: a hostile peer in this process, pulled by a real transport
@@ -202,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def pulled(case, t: Tally) -> None:
             hostile.stream = fc.blob_stream(case[0], fc.OTHER, 1)
-            t.count("forged blob over gRPC", *payload_outcome(lambda: learner_from_blob(
-                transport.get_model(fc.OTHER, 1))))
+            t.count(
+                "forged blob over gRPC", *payload_outcome(lambda: learner_from_blob(transport.get_model(fc.OTHER, 1)))
+            )
+
         run_target("forged blob over gRPC", plan["forged blob over gRPC"], fc.forged_blob(blobs), pulled, tally)
 
         good = fc.blob_stream(blobs["mlp"], fc.OTHER, 1)
@@ -212,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             kind, at, junk = case
             stream = list(good)
             if kind == "truncated":
-                stream = stream[:at % len(stream)]
+                stream = stream[: at % len(stream)]
             elif kind == "no header":
                 stream = stream[1:]
             elif kind == "two headers":
@@ -220,11 +280,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 stream.insert(at % (len(stream) + 1), b"\xff\xff\xff\x01" + junk)
             hostile.stream = stream
-            t.count("hostile model stream", *payload_outcome(lambda: learner_from_blob(
-                transport.get_model(fc.OTHER, 1))))
-        run_target("hostile model stream", plan["hostile model stream"],
-                   st.tuples(st.sampled_from(["truncated", "no header", "two headers", "garbage"]),
-                             st.integers(0, 10**6), st.binary(max_size=16)), stream_case, tally)
+            t.count(
+                "hostile model stream", *payload_outcome(lambda: learner_from_blob(transport.get_model(fc.OTHER, 1)))
+            )
+
+        run_target(
+            "hostile model stream",
+            plan["hostile model stream"],
+            st.tuples(
+                st.sampled_from(["truncated", "no header", "two headers", "garbage"]),
+                st.integers(0, 10**6),
+                st.binary(max_size=16),
+            ),
+            stream_case,
+            tally,
+        )
         transport.close()
         hostile.server.stop(grace=0).wait()
 
@@ -235,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             content = RecordDict()
             content["model.peer-2"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in blob.arrays.items()})
             content["model.peer-2.spec"] = ConfigRecord({"spec": json.dumps(blob.spec)})
-            t.count("Flower model record", *payload_outcome(lambda: learner_from_blob(
-                rec.get_blob(content, fc.OTHER, LIMITS))))
+            t.count(
+                "Flower model record",
+                *payload_outcome(lambda: learner_from_blob(rec.get_blob(content, fc.OTHER, LIMITS))),
+            )
+
         run_target("Flower model record", plan["Flower model record"], fc.forged_blob(blobs), flower_blob, tally)
 
         def flower_batch(case, t: Tally) -> None:
@@ -245,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = payload_outcome(lambda: rec.get_batch(content, key, LIMITS).validate(SHAPE, CLASSES))
             flower_stored += outcome[0] == "accepted"
             t.count("Flower batch record", *outcome)
+
         run_target("Flower batch record", plan["Flower batch record"], hostile_batch_record(), flower_batch, tally)
 
         def flower_record(case, t: Tally) -> None:
@@ -252,11 +326,21 @@ def main(argv: list[str] | None = None) -> int:
             content = RecordDict()
             content[rec.RECORD] = ArrayRecord() if wrong else ConfigRecord({"json": text})
             t.count("Flower round record", *payload_outcome(lambda: rec.get_record(content, "peer-1 train.local")))
-        run_target("Flower round record", plan["Flower round record"],
-                   st.tuples(st.one_of(st.text(max_size=40), st.just("[" * 5000 + "]" * 5000),
-                                       st.builds(json.dumps, st.dictionaries(st.text(max_size=6), fc.WEIRD,
-                                                                             max_size=4))), st.booleans()),
-                   flower_record, tally)
+
+        run_target(
+            "Flower round record",
+            plan["Flower round record"],
+            st.tuples(
+                st.one_of(
+                    st.text(max_size=40),
+                    st.just("[" * 5000 + "]" * 5000),
+                    st.builds(json.dumps, st.dictionaries(st.text(max_size=6), fc.WEIRD, max_size=4)),
+                ),
+                st.booleans(),
+            ),
+            flower_record,
+            tally,
+        )
 
         from peer.round import PeerRound
         from server.flower_app import Collector, RunFailed, relay
@@ -275,18 +359,23 @@ def main(argv: list[str] | None = None) -> int:
                 t.count("ServerApp relay", "crash", f"{type(exc).__name__}: {exc}")
                 return
             # relayed: the receiving ClientApp must refuse it (it does not fit the receiver)
-            outcomes = [payload_outcome(lambda b=box, k=k: rec.get_batch(b, k, LIMITS).validate(SHAPE, CLASSES))
-                        for box in inbox.values() for k in rec.batch_keys(box)]
+            outcomes = [
+                payload_outcome(lambda b=box, k=k: rec.get_batch(b, k, LIMITS).validate(SHAPE, CLASSES))
+                for box in inbox.values()
+                for k in rec.batch_keys(box)
+            ]
             worst = next((o for o in outcomes if o[0] != "refused"), ("refused by the receiver", ""))
             flower_stored += worst[0] == "accepted"
             t.count("ServerApp relay", *worst)
+
         run_target("ServerApp relay", plan["ServerApp relay"], hostile_batch_record(), server_relay, tally)
 
         def server_model(case, t: Tally) -> None:
             blob = case[0]
             content = RecordDict()
-            content[f"model.{SENDER}"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                       for k, v in blob.arrays.items()})
+            content[f"model.{SENDER}"] = ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in blob.arrays.items()}
+            )
             content[f"model.{SENDER}.spec"] = ConfigRecord({"spec": json.dumps(blob.spec)})
             content["about"] = ConfigRecord({"learner": "mlp", "missing": [], "classes": list(CLASSES)})
             rec.put_record(content, PeerRound(SENDER, 0))
@@ -298,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 t.count("ServerApp model reply", "crash", f"{type(exc).__name__}: {exc}")
                 return
-            t.count("ServerApp model reply", *payload_outcome(lambda: learner_from_blob(
-                rec.get_blob(content, SENDER))))  # passed on: every peer rebuilding it must refuse it
+            t.count(
+                "ServerApp model reply", *payload_outcome(lambda: learner_from_blob(rec.get_blob(content, SENDER)))
+            )  # passed on: every peer rebuilding it must refuse it
+
         run_target("ServerApp model reply", plan["ServerApp model reply"], fc.forged_blob(blobs), server_model, tally)
 
         alive = proc.poll() is None and healthy(peer, "ckd.v1.PeerService") and healthy(coord)
@@ -311,14 +402,30 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         refusals_logged = sum("refused a call" in line for line in (Path(tmp) / "server.log").read_text().splitlines())
 
-    stored_service = (end.get("batches_stored", -1) - baseline["batches_stored"]
-                      + len(set(end.get("coordinator_peers", [])) - set(baseline["coordinator_peers"]))
-                      + end.get("coordinator_metrics", 0) - baseline["coordinator_metrics"]
-                      + end.get("barriers", 0) - baseline["barriers"]) if end else None
-    targets = {name: {"cases": sum(c.values()), "refused": sum(v for k, v in c.items() if k.startswith("refused")),
-                      "crashes": c.get("crash", 0), "accepted": c.get("accepted", 0),
-                      "outcomes": dict(sorted(c.items())), "seconds": tally.seconds.get(name)}
-               for name, c in tally.targets.items()}
+    stored_service = (
+        (
+            end.get("batches_stored", -1)
+            - baseline["batches_stored"]
+            + len(set(end.get("coordinator_peers", [])) - set(baseline["coordinator_peers"]))
+            + end.get("coordinator_metrics", 0)
+            - baseline["coordinator_metrics"]
+            + end.get("barriers", 0)
+            - baseline["barriers"]
+        )
+        if end
+        else None
+    )
+    targets = {
+        name: {
+            "cases": sum(c.values()),
+            "refused": sum(v for k, v in c.items() if k.startswith("refused")),
+            "crashes": c.get("crash", 0),
+            "accepted": c.get("accepted", 0),
+            "outcomes": dict(sorted(c.items())),
+            "seconds": tally.seconds.get(name),
+        }
+        for name, c in tally.targets.items()
+    }
     result = {
         "fuzz_cases": sum(t["cases"] for t in targets.values()),
         "crashes": sum(t["crashes"] for t in targets.values()) + (0 if alive else 1),
@@ -336,14 +443,28 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "machine": machine(),
         "notes": "service = peer-0 and the coordinator in one process (tests/hostile_server.py), mutual TLS on "
-                 "loopback; peak_rss_mb is its ru_maxrss after every case; forged blobs and Flower records are "
-                 "parsed in the attacking process, as a peer pulling a model or a Flower app would.",
+        "loopback; peak_rss_mb is its ru_maxrss after every case; forged blobs and Flower records are "
+        "parsed in the attacking process, as a peer pulling a model or a Flower app would.",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("fuzz_cases", "crashes", "accepted", "stored", "peak_rss_mb",
-                                             "rss_mb_before_attack", "wall_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "fuzz_cases",
+                    "crashes",
+                    "accepted",
+                    "stored",
+                    "peak_rss_mb",
+                    "rss_mb_before_attack",
+                    "wall_seconds",
+                )
+            }
+        )
+    )
     return 0 if result["crashes"] == 0 and result["stored"] == 0 and result["accepted"] == 0 else 1
 
 

@@ -63,8 +63,9 @@ def main() -> int:
     summary, process_seconds = launch(cfg, figures, args.threads)
     wire = summary["wire"]
     result = {
-        "command": "python bench/grpc_fmnist10.py" + (" --compare" if args.compare else "")
-                   + "".join(f" --{k.replace('_', '-')} {v}" for k, v in small.items()),
+        "command": "python bench/grpc_fmnist10.py"
+        + (" --compare" if args.compare else "")
+        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in small.items()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "torch_threads_per_peer": args.threads},
         "transport": "grpc, mutual TLS, one process per peer on loopback",
@@ -80,9 +81,12 @@ def main() -> int:
         "counterfactuals": summary["counterfactuals"],
         "config": summary["config"],
     }
-    print(f"gRPC: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
-          f"{result['wall_seconds']:.0f} s, {sum(result['bytes_sent'])} bytes for {result['payload_bytes']} "
-          f"of payload ({result['bytes_over_payload']}x)", flush=True)
+    print(
+        f"gRPC: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
+        f"{result['wall_seconds']:.0f} s, {sum(result['bytes_sent'])} bytes for {result['payload_bytes']} "
+        f"of payload ({result['bytes_over_payload']}x)",
+        flush=True,
+    )
     if args.compare:
         torch.set_num_threads(args.inprocess_threads)
         print("in-process run ...", flush=True)
@@ -91,12 +95,16 @@ def main() -> int:
             "median_accuracy_after": local["median_accuracy_after"],
             "wall_seconds": local["wall_seconds"],
             "torch_threads": args.inprocess_threads,
-            "accuracy_difference_points": round(100 * (result["median_accuracy_after"]
-                                                       - local["median_accuracy_after"]), 2),
+            "accuracy_difference_points": round(
+                100 * (result["median_accuracy_after"] - local["median_accuracy_after"]), 2
+            ),
             "wall_ratio": round(result["wall_seconds"] / local["wall_seconds"], 3),
         }
-        print(f"in-process: median {local['median_accuracy_after']:.4f}, {local['wall_seconds']:.0f} s; "
-              f"gRPC / in-process wall {result['in_process']['wall_ratio']}", flush=True)
+        print(
+            f"in-process: median {local['median_accuracy_after']:.4f}, {local['wall_seconds']:.0f} s; "
+            f"gRPC / in-process wall {result['in_process']['wall_ratio']}",
+            flush=True,
+        )
     write_json(args.out, result)
     print(f"wrote {args.out} and figures in {figures}")
     return 0

@@ -1,6 +1,6 @@
 """Accuracy gain against the best membership-inference attack, per setting of bench/results/privacy.json.
 
-    python bench/plot_privacy.py   # -> bench/figures/privacy_frontier.png
+python bench/plot_privacy.py   # -> bench/figures/privacy_frontier.png
 """
 
 from __future__ import annotations
@@ -24,11 +24,21 @@ def main() -> int:
     for knob, marker in MARKERS.items():
         mine = [r for r in rows if r["knob"] == knob]
         if mine:
-            ax.scatter([r["mia_auc"] for r in mine], [100 * r["accuracy_gain"] for r in mine], marker=marker,
-                       s=120 if knob == "paper" else 50, label=knob)
+            ax.scatter(
+                [r["mia_auc"] for r in mine],
+                [100 * r["accuracy_gain"] for r in mine],
+                marker=marker,
+                s=120 if knob == "paper" else 50,
+                label=knob,
+            )
         for r in mine:
-            ax.annotate(r["value"] if knob != "paper" else "paper", (r["mia_auc"], 100 * r["accuracy_gain"]),
-                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                r["value"] if knob != "paper" else "paper",
+                (r["mia_auc"], 100 * r["accuracy_gain"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     paper = next((r for r in rows if r["knob"] == "paper"), None)
     if paper:
         ax.axhline(80 * paper["accuracy_gain"], color="grey", ls=":", lw=1, label="80% of the paper's gain")

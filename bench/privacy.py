@@ -91,8 +91,9 @@ REFERENCE = 3000  # most attacker reference images per teacher (shadow sets, con
 ON_SENT = ("distance", "aligned", "calibrated")  # attacks on what was sent; "confidence" reads the teacher's model
 
 
-def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y: np.ndarray, sample: int,
-            seed: int) -> dict:
+def measure(
+    peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y: np.ndarray, sample: int, seed: int
+) -> dict:
     """Near-copies, ratio median and attacks over everything each teacher sent.
 
     Per teacher: members = `sample` of its private instances; non-members = `sample` images of
@@ -122,19 +123,34 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
             aligned.append(aligned_nearest_ratio(sent[pick], p.x) < 1.0)
         mem = rng.choice(len(p.x), min(sample, len(p.x)), replace=False)
         pool = rng.permutation(np.flatnonzero(np.isin(attack_y, np.unique(p.y))))
-        non, ref = pool[:sample], pool[sample:sample + REFERENCE]
+        non, ref = pool[:sample], pool[sample : sample + REFERENCE]
         flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
-        res = run_attacks(flat(sent), sent_y, flat(p.x[mem]), p.y[mem], flat(attack_x[non]), attack_y[non],
-                          flat(attack_x[ref]), attack_y[ref], rng=rng,
-                          image_shape=tuple(p.input_shape) if p.image else None,
-                          model=lambda a, p=p: p.learner.predict_proba(a.reshape(-1, *p.input_shape)))
+        res = run_attacks(
+            flat(sent),
+            sent_y,
+            flat(p.x[mem]),
+            p.y[mem],
+            flat(attack_x[non]),
+            attack_y[non],
+            flat(attack_x[ref]),
+            attack_y[ref],
+            rng=rng,
+            image_shape=tuple(p.input_shape) if p.image else None,
+            model=lambda a, p=p: p.learner.predict_proba(a.reshape(-1, *p.input_shape)),
+        )
         for name, r in res.items():
             results.setdefault(name, []).append((r.auc, r.tpr_at_1pct_fpr))
     ratios_all = np.concatenate(ratios) if ratios else np.zeros(0)
     near_all = np.concatenate(near) if near else np.zeros(0, bool)
-    attacks = {k: {"auc": float(np.median([a for a, _ in v])), "tpr_at_1pct_fpr": float(np.median([t for _, t in v])),
-                   "auc_max": float(max(a for a, _ in v)), "tpr_at_1pct_fpr_max": float(max(t for _, t in v))}
-               for k, v in results.items()}
+    attacks = {
+        k: {
+            "auc": float(np.median([a for a, _ in v])),
+            "tpr_at_1pct_fpr": float(np.median([t for _, t in v])),
+            "auc_max": float(max(a for a, _ in v)),
+            "tpr_at_1pct_fpr_max": float(max(t for _, t in v)),
+        }
+        for k, v in results.items()
+    }
     on_sent = [k for k in attacks if k in ON_SENT]
     best = max(on_sent, key=lambda k: (attacks[k]["auc"], attacks[k]["tpr_at_1pct_fpr"])) if on_sent else None
     return {
@@ -152,8 +168,9 @@ def measure(peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y
 def fresh_copy(p: Peer, teach) -> Peer:
     """Peer p as trained in round 0 (its learner copied, its data and cached predictions shared),
     with `teach` and an empty store."""
-    q = Peer(p.id, p.x, p.y, p.classes, copy.deepcopy(p.learner), teach, seed=p.seed, image=p.image,
-             features=p.features)
+    q = Peer(
+        p.id, p.x, p.y, p.classes, copy.deepcopy(p.learner), teach, seed=p.seed, image=p.image, features=p.features
+    )
     q._own_proba, q._private_nn = p.own_proba(), p.private_nn()
     return q
 
@@ -169,17 +186,26 @@ def main() -> int:
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--sample", type=int, default=500, help="members and non-members per teacher for attacks")
     parser.add_argument("--only", default="", help="comma list of setting indices to run (default: all)")
-    parser.add_argument("--paper-gain", type=float, default=None,
-                        help="the paper setting's gain from an earlier run of the same round 0, for gain_ratio "
-                             "when setting 0 is not in --only")
+    parser.add_argument(
+        "--paper-gain",
+        type=float,
+        default=None,
+        help="the paper setting's gain from an earlier run of the same round 0, for gain_ratio "
+        "when setting 0 is not in --only",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "privacy.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    base = ExperimentConfig(rounds=args.rounds, train_per_peer=args.train_per_peer, test_limit=args.test_limit,
-                            privacy="custom", device=args.device)
+    base = ExperimentConfig(
+        rounds=args.rounds,
+        train_per_peer=args.train_per_peer,
+        test_limit=args.test_limit,
+        privacy="custom",
+        device=args.device,
+    )
     train, test = load_fashion_mnist(base.data_dir)
     attack_x, attack_y = test.float_inputs(), test.y  # non-members and attacker reference: all test images
     if base.test_limit:
@@ -215,23 +241,36 @@ def main() -> int:
         gain = after - before
         if knob == "paper":
             paper_gain = gain
-        row = {"knob": knob, "value": value, "median_accuracy_before": before, "median_accuracy_after": after,
-               "accuracy_gain": gain, "gain_ratio": gain / paper_gain if paper_gain else None,
-               **measure(peers, transport, attack_x, attack_y, args.sample, cfg.seed),
-               "filtered": sum(rep.filtered for rep in log.teach), "failed": sum(rep.failed for rep in log.teach),
-               "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
-               "seconds": round(time.perf_counter() - t, 1), "config": asdict(cfg)}
+        row = {
+            "knob": knob,
+            "value": value,
+            "median_accuracy_before": before,
+            "median_accuracy_after": after,
+            "accuracy_gain": gain,
+            "gain_ratio": gain / paper_gain if paper_gain else None,
+            **measure(peers, transport, attack_x, attack_y, args.sample, cfg.seed),
+            "filtered": sum(rep.filtered for rep in log.teach),
+            "failed": sum(rep.failed for rep in log.teach),
+            "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
+            "seconds": round(time.perf_counter() - t, 1),
+            "config": asdict(cfg),
+        }
         rows.append(row)
+
         def fmt(key: str, row: dict = row) -> str:
             value = row[key]
             return "n/a" if value is None else f"{value:.3f}"
 
-        print(f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio {fmt('gain_ratio')} "
-              f"near {fmt('near_copy_share')} aligned {fmt('aligned_near_copy_share')} "
-              f"med-ratio {fmt('median_nearest_private_ratio')} auc {fmt('mia_auc')} "
-              f"tpr1 {fmt('tpr_at_1pct_fpr')} sent {row['sent']} ({row['seconds']:.0f} s)", flush=True)
-        result = [{**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()}
-                  for r in rows]
+        print(
+            f"{knob:12s} {value:48s} after {after:.4f} gain {gain:+.4f} ratio {fmt('gain_ratio')} "
+            f"near {fmt('near_copy_share')} aligned {fmt('aligned_near_copy_share')} "
+            f"med-ratio {fmt('median_nearest_private_ratio')} auc {fmt('mia_auc')} "
+            f"tpr1 {fmt('tpr_at_1pct_fpr')} sent {row['sent']} ({row['seconds']:.0f} s)",
+            flush=True,
+        )
+        result = [
+            {**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()} for r in rows
+        ]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every setting: partial results survive
     return 0

@@ -48,9 +48,12 @@ def main() -> int:
             print(f"{name}: nothing sent")
             continue
         out = ROOT / "bench" / "figures" / f"privacy_grid_{name}.png"
-        save_reconstruction_grid(reconstruction_pairs(sent, teacher.x, k=8), out,
-                                 f"{name}: sent by {teacher.id} (top) beside its nearest private image "
-                                 f"(bottom); {report.sent} sent, {report.near_copies} near-copies")
+        save_reconstruction_grid(
+            reconstruction_pairs(sent, teacher.x, k=8),
+            out,
+            f"{name}: sent by {teacher.id} (top) beside its nearest private image "
+            f"(bottom); {report.sent} sent, {report.near_copies} near-copies",
+        )
         print(f"{name}: {report.sent} sent, {report.near_copies} near-copies -> {out}")
     return 0
 

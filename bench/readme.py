@@ -43,26 +43,33 @@ def _privacy(d: dict) -> str:
 
 def _fmnist_row(name: str, d: dict) -> str:
     base = d.get("baselines") or {}
-    baselines = (f"local {_pct(base.get('local_only'))}, FedAvg {_pct(base.get('fedavg'))}, "
-                 f"pooled {_pct(base.get('pooled'))}" if base else "")
+    baselines = (
+        f"local {_pct(base.get('local_only'))}, FedAvg {_pct(base.get('fedavg'))}, pooled {_pct(base.get('pooled'))}"
+        if base
+        else ""
+    )
     cf = d.get("counterfactuals") or {}
     leak = d.get("leakage") or {}
     near = f"{_pct(leak['near_copy_share'], 0)} of what was sent near-copies" if "near_copy_share" in leak else ""
     wire = f"{d['bytes_over_payload']}x payload bytes on the wire" if "bytes_over_payload" in d else ""
     notes = "; ".join(x for x in (baselines, near, wire) if x)
-    return (f"| {name} | {_privacy(d)} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | "
-            f"{notes} | "
-            f"{d['wall_seconds']:.0f} s | {cf.get('per_second', d.get('counterfactuals_per_second', 'n/a'))} | "
-            f"{_when(d)} | `{d['command']}` |")
+    return (
+        f"| {name} | {_privacy(d)} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | "
+        f"{notes} | "
+        f"{d['wall_seconds']:.0f} s | {cf.get('per_second', d.get('counterfactuals_per_second', 'n/a'))} | "
+        f"{_when(d)} | `{d['command']}` |"
+    )
 
 
 def _tabular_row(name: str, d: dict) -> str:
     before = " / ".join(_pct(p["accuracy_before"]) for p in d["peers"])
     after = " / ".join(_pct(p["accuracy_after"]) for p in d["peers"])
     learners = ", ".join(p["learner"] for p in d["peers"])
-    return (f"| {name} ({learners}) | {_privacy(d)} | {before} -> {after} | pooled {_pct(d['pooled_accuracy'])}; "
-            f"every peer improved: {'yes' if d['every_peer_improved'] else 'no'} | {d['wall_seconds']:.0f} s | n/a | "
-            f"{_when(d)} | `{d['command']}` |")
+    return (
+        f"| {name} ({learners}) | {_privacy(d)} | {before} -> {after} | pooled {_pct(d['pooled_accuracy'])}; "
+        f"every peer improved: {'yes' if d['every_peer_improved'] else 'no'} | {d['wall_seconds']:.0f} s | n/a | "
+        f"{_when(d)} | `{d['command']}` |"
+    )
 
 
 RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
@@ -77,8 +84,11 @@ RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
 
 
 def results_table(results: Path = RESULTS) -> str:
-    lines = ["| run | privacy | median accuracy before -> after | notes | wall time | counterfactuals/s | measured | "
-             "command |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | privacy | median accuracy before -> after | notes | wall time | counterfactuals/s | measured | "
+        "command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, title, row in RUNS:
         d = _load(name, results)
         if isinstance(d, dict):
@@ -96,9 +106,11 @@ def _setting(r: dict) -> str:
 
 def privacy_table(results: Path = RESULTS) -> str:
     rows = _load("privacy", results)
-    lines = ["| setting | median accuracy after (1 round) | gain | share of the paper's gain | near-copies sent | "
-             "shifted near-copies (sample) | nearest-private ratio (median) | best attack | AUC | TPR at 1% FPR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | median accuracy after (1 round) | gain | share of the paper's gain | near-copies sent | "
+        "shifted near-copies (sample) | nearest-private ratio (median) | best attack | AUC | TPR at 1% FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows if isinstance(rows, list) else []:
         aligned = r.get("aligned_near_copy_share")
         ratio = r.get("median_nearest_private_ratio")
@@ -107,7 +119,8 @@ def privacy_table(results: Path = RESULTS) -> str:
             f"{_pct(r['gain_ratio'], 0)} | {_pct(r['near_copy_share'])} | "
             f"{'not measured' if aligned is None else _pct(aligned)} | "
             f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {r.get('best_attack') or 'n/a'} | "
-            f"{r['mia_auc']:.3f} | {_pct(r['tpr_at_1pct_fpr'])} |")
+            f"{r['mia_auc']:.3f} | {_pct(r['tpr_at_1pct_fpr'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -134,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = render(current)
     if args.check:
         if current != wanted:
-            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True),
-                                                       "README.md", "rendered from bench/results"))
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    current.splitlines(True), wanted.splitlines(True), "README.md", "rendered from bench/results"
+                )
+            )
             print("README.md disagrees with bench/results: run python bench/readme.py", file=sys.stderr)
             return 1
         return 0

@@ -44,16 +44,30 @@ from peer.learners import make_learner  # noqa: E402
 from server.results import write_json  # noqa: E402
 
 LEARNERS = ("mlp", "forest", "linear")
-CONFIG = ExperimentConfig(peers=3, rounds=3, learners=",".join(LEARNERS), split="iid", epochs=60,
-                          retrain_epochs=30, batch_size=32, lr=3e-3, augment_copies=1, seed=0)
+CONFIG = ExperimentConfig(
+    peers=3,
+    rounds=3,
+    learners=",".join(LEARNERS),
+    split="iid",
+    epochs=60,
+    retrain_epochs=30,
+    batch_size=32,
+    lr=3e-3,
+    augment_copies=1,
+    seed=0,
+)
 
 
 def load(name: str) -> Dataset:
     from sklearn import datasets
 
     d = {"digits": datasets.load_digits, "wine": datasets.load_wine}[name]()
-    return Dataset(d.data.astype(np.float32), d.target.astype(np.int64),
-                   tuple(str(c) for c in d.target_names), tuple(d.feature_names))
+    return Dataset(
+        d.data.astype(np.float32),
+        d.target.astype(np.int64),
+        tuple(str(c) for c in d.target_names),
+        tuple(d.feature_names),
+    )
 
 
 def pixels(rows: range, cols: range) -> tuple[str, ...]:
@@ -90,19 +104,31 @@ def pooled(train: Dataset, test: Dataset, cfg: ExperimentConfig) -> dict[str, fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("digits", "wine"), default="digits")
-    parser.add_argument("--load", default="nothing else",
-                        help="what else ran on the machine during the measurement (recorded in the JSON)")
+    parser.add_argument(
+        "--load",
+        default="nothing else",
+        help="what else ran on the machine during the measurement (recorded in the JSON)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("CKD_THREADS", "1")))
     cfg = CONFIG
     data = load(args.dataset)
     train, test = holdout(data, 0.25, seed=0)
     features = feature_sets(args.dataset, data)
-    peers = [build_peer(cfg, k, kind, train, part, features[k])
-             for k, (kind, part) in enumerate(zip(LEARNERS, parts(train)))]
+    peers = [
+        build_peer(cfg, k, kind, train, part, features[k]) for k, (kind, part) in enumerate(zip(LEARNERS, parts(train)))
+    ]
     start = time.perf_counter()
-    log = run_rounds(peers, InProcessTransport({p.id: p for p in peers}), evaluation_inputs(peers, test), test.y,
-                     cfg.rounds, cfg.epochs, cfg.retrain_epochs, quiet=True)
+    log = run_rounds(
+        peers,
+        InProcessTransport({p.id: p for p in peers}),
+        evaluation_inputs(peers, test),
+        test.y,
+        cfg.rounds,
+        cfg.epochs,
+        cfg.retrain_epochs,
+        quiet=True,
+    )
     wall = time.perf_counter() - start
     reference = pooled(train, test, cfg)
     best = max(reference.values())
@@ -111,16 +137,22 @@ def main() -> int:
         evals = log.evaluations[p.id]
         before, after = evals[0]["accuracy"], evals[-1]["accuracy"]
         missing = [c for c in range(len(train.classes)) if not (p.y == c).any()]
-        rows.append({
-            "id": p.id, "learner": p.learner.kind, "features": list(p.features), "train_size": len(p.y),
-            "missing_classes": [train.classes[c] for c in missing],
-            "accuracy_before": round(before, 4), "accuracy_after": round(after, 4),
-            "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
-            "missing_class_accuracy_before": round(float(np.mean([evals[0]["per_class"][c] for c in missing])), 4),
-            "missing_class_accuracy_after": round(float(np.mean([evals[-1]["per_class"][c] for c in missing])), 4),
-            "gap_closed": round((after - before) / (best - before), 3) if best > before else None,
-            "received": sum(r.sent for r in log.teach if r.student == p.id),
-        })
+        rows.append(
+            {
+                "id": p.id,
+                "learner": p.learner.kind,
+                "features": list(p.features),
+                "train_size": len(p.y),
+                "missing_classes": [train.classes[c] for c in missing],
+                "accuracy_before": round(before, 4),
+                "accuracy_after": round(after, 4),
+                "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
+                "missing_class_accuracy_before": round(float(np.mean([evals[0]["per_class"][c] for c in missing])), 4),
+                "missing_class_accuracy_after": round(float(np.mean([evals[-1]["per_class"][c] for c in missing])), 4),
+                "gap_closed": round((after - before) / (best - before), 3) if best > before else None,
+                "received": sum(r.sent for r in log.teach if r.student == p.id),
+            }
+        )
     weakest = min(rows, key=lambda r: r["accuracy_before"])
     what = {"digits": "scikit-learn digits as a 64-column table", "wine": "scikit-learn wine (13 columns)"}
     result = {
@@ -136,15 +168,22 @@ def main() -> int:
         "test_size": len(test),
         "wall_seconds": round(wall, 2),
         "config": {k: v for k, v in vars(cfg).items() if v not in (None, "")},
-        "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "concurrent_load": args.load},
+        "machine": {
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "concurrent_load": args.load,
+        },
     }
     name = "tabular.json" if args.dataset == "digits" else f"tabular_{args.dataset}.json"
     write_json(ROOT / "bench" / "results" / name, result)
     for r in rows:
-        print(f"{r['id']} {r['learner']:<7} {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy_after']:.1f}% "
-              f"(missing {','.join(r['missing_classes'])}: {100 * r['missing_class_accuracy_before']:.1f}% -> "
-              f"{100 * r['missing_class_accuracy_after']:.1f}%), gap closed {r['gap_closed']}")
+        print(
+            f"{r['id']} {r['learner']:<7} {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy_after']:.1f}% "
+            f"(missing {','.join(r['missing_classes'])}: {100 * r['missing_class_accuracy_before']:.1f}% -> "
+            f"{100 * r['missing_class_accuracy_after']:.1f}%), gap closed {r['gap_closed']}"
+        )
     print(f"pooled {100 * best:.1f}% {reference}; wall {wall:.0f} s")
     return 0
 

@@ -62,15 +62,27 @@ def security(name: str, args: argparse.Namespace):
 
 def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add `ckd peer` and `ckd certs` to a sub-parser set; returns command name -> function."""
-    peer = sub.add_parser("peer", formatter_class=formatter, help="run one peer as a gRPC service",
-                          description="One peer: loads its data (its own --data file, or --part K of a shared "
-                                      "split), serves\nits models and inbox over gRPC, and takes part in the rounds. "
-                                      + NET_HELP + ".")
+    peer = sub.add_parser(
+        "peer",
+        formatter_class=formatter,
+        help="run one peer as a gRPC service",
+        description="One peer: loads its data (its own --data file, or --part K of a shared "
+        "split), serves\nits models and inbox over gRPC, and takes part in the rounds. " + NET_HELP + ".",
+    )
     add_experiment_options(peer, skip=("peers",))
-    add_option(peer, "peers", "10", "number of parts of the split, or a static peer list id=host:port,... "
-                                    "(then no coordinator)")
-    add_option(peer, "part", 0, "which part of a shared split is this peer's private data (simulations); with "
-                                "--data and no --part, the whole of --data is this peer's own data")
+    add_option(
+        peer,
+        "peers",
+        "10",
+        "number of parts of the split, or a static peer list id=host:port,... (then no coordinator)",
+    )
+    add_option(
+        peer,
+        "part",
+        0,
+        "which part of a shared split is this peer's private data (simulations); with "
+        "--data and no --part, the whole of --data is this peer's own data",
+    )
     add_option(peer, "id", "", "peer id, also its certificate name (default peer-PART; needed on own data)")
     add_option(peer, "learner", "", "this peer's learner kind (default: from --learners)")
     add_option(peer, "listen", "127.0.0.1:0", "address to listen on (port 0: any free port)")
@@ -79,21 +91,36 @@ def add_peer_commands(sub: Any, formatter: type = HelpFormatter) -> dict[str, Ca
     add_option(peer, "round_deadline", 600.0, "without a coordinator: seconds to wait for slow peers")
     add_option(peer, "state_dir", "state/peer", "model checkpoints and the SQLite store of received examples")
     add_option(peer, "threads", 1, "torch CPU threads")
-    add_option(peer, "connect_timeout", 30.0, "seconds to wait at start for the coordinator to answer, "
-                                              "then exit with an error")
+    add_option(
+        peer, "connect_timeout", 30.0, "seconds to wait at start for the coordinator to answer, then exit with an error"
+    )
     security_options(peer)
 
-    certs = sub.add_parser("certs", formatter_class=formatter, help="make a CA and certificates for peers",
-                           description="A CA (kept if DIR has one) and a key and certificate per name; the name "
-                                       "is the\ncertificate's common name, so a peer's id is its identity.")
+    certs = sub.add_parser(
+        "certs",
+        formatter_class=formatter,
+        help="make a CA and certificates for peers",
+        description="A CA (kept if DIR has one) and a key and certificate per name; the name "
+        "is the\ncertificate's common name, so a peer's id is its identity.",
+    )
     add_option(certs, "out", "certs", "output directory")
     add_option(certs, "names", "", "comma-separated names, e.g. coordinator,peer-0,peer-1")
     add_option(certs, "peers", 0, "also make coordinator and peer-0 .. peer-(N-1)")
-    add_option(certs, "hosts", "", "comma-separated IP addresses or DNS names added to every certificate made, "
-                                   "for servers\nclients reach by address (e.g. a Flower SuperLink at 10.0.0.5)")
-    add_option(certs, "revoke", "", "comma-separated names whose certificates in --out go on its crl.pem, the "
-                                    "CA-signed\nrevocation list every peer and the coordinator load (copy it to "
-                                    "each, then restart them)")
+    add_option(
+        certs,
+        "hosts",
+        "",
+        "comma-separated IP addresses or DNS names added to every certificate made, "
+        "for servers\nclients reach by address (e.g. a Flower SuperLink at 10.0.0.5)",
+    )
+    add_option(
+        certs,
+        "revoke",
+        "",
+        "comma-separated names whose certificates in --out go on its crl.pem, the "
+        "CA-signed\nrevocation list every peer and the coordinator load (copy it to "
+        "each, then restart them)",
+    )
     return {"peer": cmd_peer, "certs": cmd_certs}
 
 
@@ -174,9 +201,22 @@ def cmd_peer(args: argparse.Namespace) -> int:
     cfg = ExperimentConfig(**knobs)
     if args.coordinator:
         wait_for_coordinator(sec, args.coordinator, args.connect_timeout)
-    node = Node(NodeConfig(cfg, None if own else args.part, Path(args.state_dir), args.id, args.listen,
-                           args.advertise, args.coordinator, static, args.learner, args.round_deadline),
-                sec, data=data)
+    node = Node(
+        NodeConfig(
+            cfg,
+            None if own else args.part,
+            Path(args.state_dir),
+            args.id,
+            args.listen,
+            args.advertise,
+            args.coordinator,
+            static,
+            args.learner,
+            args.round_deadline,
+        ),
+        sec,
+        data=data,
+    )
     print(f"{node.id} serving on {node.address}", flush=True)
     try:
         node.run()
@@ -186,8 +226,9 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_command(commands: dict[str, Callable[[argparse.Namespace], int]], parser: argparse.ArgumentParser,
-                argv: list[str] | None) -> int:
+def run_command(
+    commands: dict[str, Callable[[argparse.Namespace], int]], parser: argparse.ArgumentParser, argv: list[str] | None
+) -> int:
     """Parse, run the chosen command; a UsageError is one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     args._given = given_options(sys.argv[1:] if argv is None else argv)
@@ -205,8 +246,7 @@ def run_command(commands: dict[str, Callable[[argparse.Namespace], int]], parser
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m peer.cli peer|certs ...`: the peer-side commands alone (`ckd` has them all)."""
-    parser = argparse.ArgumentParser(prog="ckd", formatter_class=HelpFormatter,
-                                     description="ckd's peer-side commands.")
+    parser = argparse.ArgumentParser(prog="ckd", formatter_class=HelpFormatter, description="ckd's peer-side commands.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     return run_command(add_peer_commands(sub), parser, argv)
 

@@ -30,99 +30,104 @@ def option(default: Any, help: str) -> Any:
 class ExperimentConfig:
     """Every knob of a run. Defaults are the reference experiment fmnist-10."""
 
-    peers: int = option(10,
-        "number of peers")
-    rounds: int = option(2,
-        "rounds of teach and retrain after local training")
-    learners: str = option("cnn",
-        "learner kind for all peers, or a list such as 'cnn*4,mlp*3,forest*3' (kinds: cnn, mlp, linear, forest)")
-    split: str = option("miss-class",
-        "how to split the training set: miss-class (peer k never sees class k), keep-fraction, dirichlet, iid")
-    keep_fraction: float = option(0.1,
-        "with --split keep-fraction: the share of its weak class each peer keeps")
-    beta: float = option(0.5,
-        "with --split dirichlet: concentration; smaller means more label skew")
-    split_seed: int = option(0,
-        "seed of the split (fmnist-10 fixes it to 0)")
-    seed: int = option(0,
-        "seed of training, the counterfactual search and augmentation")
-    epochs: int = option(4,
-        "epochs of local training before the first round")
-    retrain_epochs: int = option(2,
-        "epochs of training after each round (neural learners continue from their weights)")
-    batch_size: int = option(64,
-        "training batch size")
-    lr: float = option(1e-3,
-        "training learning rate (Adam)")
-    alpha: float = option(0.5,
-        "target y' = f(x) + alpha (onehot(y) - f(x)); in [0, 1]")
-    lam: float = option(1e-4,
-        "lambda, the weight of the L1 distance ||x' - x|| (adam and the gradient-free search)")
-    cf_method: str = option("newton",
-        "counterfactual search of differentiable teachers: newton (Gauss-Newton in logit space) or adam")
-    cf_lr: float = option(0.02,
-        "step size of the adam counterfactual search")
-    cf_steps: int = option(20,
-        "most steps of the counterfactual search")
-    cf_min_steps: int = option(1,
-        "fewest steps before an example may stop")
-    cf_rel_tol: float = option(0.3,
-        "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start")
-    privacy: str = option("guarded",
+    peers: int = option(10, "number of peers")
+    rounds: int = option(2, "rounds of teach and retrain after local training")
+    learners: str = option(
+        "cnn", "learner kind for all peers, or a list such as 'cnn*4,mlp*3,forest*3' (kinds: cnn, mlp, linear, forest)"
+    )
+    split: str = option(
+        "miss-class",
+        "how to split the training set: miss-class (peer k never sees class k), keep-fraction, dirichlet, iid",
+    )
+    keep_fraction: float = option(0.1, "with --split keep-fraction: the share of its weak class each peer keeps")
+    beta: float = option(0.5, "with --split dirichlet: concentration; smaller means more label skew")
+    split_seed: int = option(0, "seed of the split (fmnist-10 fixes it to 0)")
+    seed: int = option(0, "seed of training, the counterfactual search and augmentation")
+    epochs: int = option(4, "epochs of local training before the first round")
+    retrain_epochs: int = option(2, "epochs of training after each round (neural learners continue from their weights)")
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(1e-3, "training learning rate (Adam)")
+    alpha: float = option(0.5, "target y' = f(x) + alpha (onehot(y) - f(x)); in [0, 1]")
+    lam: float = option(1e-4, "lambda, the weight of the L1 distance ||x' - x|| (adam and the gradient-free search)")
+    cf_method: str = option(
+        "newton", "counterfactual search of differentiable teachers: newton (Gauss-Newton in logit space) or adam"
+    )
+    cf_lr: float = option(0.02, "step size of the adam counterfactual search")
+    cf_steps: int = option(20, "most steps of the counterfactual search")
+    cf_min_steps: int = option(1, "fewest steps before an example may stop")
+    cf_rel_tol: float = option(
+        0.3, "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start"
+    )
+    privacy: str = option(
+        "guarded",
         "preset of what a teacher may release: guarded (the default: the search starts at the mean of 4 "
         "instances of the class and nothing nearer a private example than its nearest other one is sent, "
         "augmented copies judged with the x' they come from), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
-        "--cf-start, --cf-start-k, --min-distance and --noise-scale unless given")
-    cf_start: str = option("mix",
+        "--cf-start, --cf-start-k, --min-distance and --noise-scale unless given",
+    )
+    cf_start: str = option(
+        "mix",
         "where the counterfactual search starts: instance (the private x, the paper), mix (mean of x and k-1 "
-        "others of its class), prototype (class mean plus jitter), noise (steered uniform noise, data-free)")
+        "others of its class), prototype (class mean plus jitter), noise (steered uniform noise, data-free)",
+    )
     cf_start_k: int = option(4, "with --cf-start mix: instances averaged (>= 2)")
-    min_distance: float = option(1.0,
+    min_distance: float = option(
+        1.0,
         "send nothing closer to a private example p than this fraction of p's distance to its nearest other "
-        "private example (0: off; 1: no near-copies)")
-    noise_scale: float = option(0.0,
-        "std of Gaussian noise added to every input sent (pixels in [0, 1]; tables: their [min, max] scaled "
-        "to [0, 1])")
-    augment_copies: int = option(1,
-        "augmented copies (shift, rotation, noise) sent with each counterfactual")
-    max_per_student: int = option(0,
-        "most instances a teacher teaches one student per round (0: all qualified)")
-    validation_share: float = option(0.1,
+        "private example (0: off; 1: no near-copies)",
+    )
+    noise_scale: float = option(
+        0.0,
+        "std of Gaussian noise added to every input sent (pixels in [0, 1]; tables: their [min, max] scaled to [0, 1])",
+    )
+    augment_copies: int = option(1, "augmented copies (shift, rotation, noise) sent with each counterfactual")
+    max_per_student: int = option(0, "most instances a teacher teaches one student per round (0: all qualified)")
+    validation_share: float = option(
+        0.1,
         "share of each peer's private data (per class, seeded) kept aside to check what it absorbs: a round's "
         "received examples are kept only where they cost no accuracy on this slice beyond noise; never sent, "
-        "trained on or taught from (0: no check)")
-    gate_z: float = option(2.0,
+        "trained on or taught from (0: no check)",
+    )
+    gate_z: float = option(
+        2.0,
         "the check's noise bound: with b validation rows right before the round and wrong after, c the "
-        "reverse, the round is harmful when b - c > z sqrt(b + c)")
-    train_per_peer: int = option(0,
-        "use only this many examples of each peer's part (0: all)")
-    test_limit: int = option(0,
-        "evaluate on the first N test images (0: all)")
-    data_dir: str | None = option(None,
+        "reverse, the round is harmful when b - c > z sqrt(b + c)",
+    )
+    train_per_peer: int = option(0, "use only this many examples of each peer's part (0: all)")
+    test_limit: int = option(0, "evaluate on the first N test images (0: all)")
+    data_dir: str | None = option(
+        None,
         "directory with the Fashion-MNIST IDX files "
-        "(default: Debian's dataset-fashion-mnist, else torchvision's download)")
-    device: str = option("auto",
-        "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    data: str | None = option(None,
+        "(default: Debian's dataset-fashion-mnist, else torchvision's download)",
+    )
+    device: str = option("auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    data: str | None = option(
+        None,
         "your own data instead of Fashion-MNIST: a CSV or Parquet table, an .npz with x and y, "
         "or a folder with one sub-folder of images per class; options not set then default to 3 peers "
-        "and --split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs")
-    data_kind: str | None = option(None,
-        "kind of --data: csv, parquet, npz or images (default: from the path)")
-    label: str | None = option(None,
-        "with a table: the label column")
-    test_data: str | None = option(None,
-        "a separate test set in the same form as --data (default: hold out 20%% of --data)")
-    class_map: str | None = option(None,
+        "and --split iid, and for a table to mlp learners, 40 epochs and 20 retrain epochs",
+    )
+    data_kind: str | None = option(None, "kind of --data: csv, parquet, npz or images (default: from the path)")
+    label: str | None = option(None, "with a table: the label column")
+    test_data: str | None = option(
+        None, "a separate test set in the same form as --data (default: hold out 20%% of --data)"
+    )
+    class_map: str | None = option(
+        None,
         "with --data: this data's spelling of classes -> the names peers share, e.g. 'M=malignant,B=benign' "
-        "(peers match classes by name; two spellings may map to one class)")
-    classes: str | None = option(None,
+        "(peers match classes by name; two spellings may map to one class)",
+    )
+    classes: str | None = option(
+        None,
         "with --data: class names to predict beyond those in the data (comma-separated), to learn them from "
-        "peers whose data has them")
-    peer_features: str = option("",
+        "peers whose data has them",
+    )
+    peer_features: str = option(
+        "",
         "with a table: each peer's columns, peers separated by ';', e.g. 'age,income;income,city' "
-        "(default: every peer has every column)")
+        "(default: every peer has every column)",
+    )
 
     def __post_init__(self) -> None:
         if self.peers < 2:
@@ -138,8 +143,9 @@ class ExperimentConfig:
         if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
             raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
         if self.privacy not in PRIVACY_PRESETS and self.privacy != "custom":
-            raise UsageError(f"unknown --privacy {self.privacy!r}; choose from "
-                             f"{', '.join([*PRIVACY_PRESETS, 'custom'])}")
+            raise UsageError(
+                f"unknown --privacy {self.privacy!r}; choose from {', '.join([*PRIVACY_PRESETS, 'custom'])}"
+            )
         self.learner_list()
         self.teach()
         self.gate()
@@ -160,22 +166,38 @@ class ExperimentConfig:
         return kinds
 
     def counterfactual(self) -> CounterfactualConfig:
-        return CounterfactualConfig(alpha=self.alpha, method=self.cf_method, lam=self.lam, lr=self.cf_lr,
-                                    max_steps=self.cf_steps,
-                                    min_steps=self.cf_min_steps, rel_tol=self.cf_rel_tol,
-                                    start=self.cf_start, start_k=self.cf_start_k)
+        return CounterfactualConfig(
+            alpha=self.alpha,
+            method=self.cf_method,
+            lam=self.lam,
+            lr=self.cf_lr,
+            max_steps=self.cf_steps,
+            min_steps=self.cf_min_steps,
+            rel_tol=self.cf_rel_tol,
+            start=self.cf_start,
+            start_k=self.cf_start_k,
+        )
 
     def teach(self) -> TeachConfig:
-        return TeachConfig(self.counterfactual(), AugmentConfig(copies=self.augment_copies),
-                           max_per_student=self.max_per_student, min_distance=self.min_distance,
-                           noise_scale=self.noise_scale)
+        return TeachConfig(
+            self.counterfactual(),
+            AugmentConfig(copies=self.augment_copies),
+            max_per_student=self.max_per_student,
+            min_distance=self.min_distance,
+            noise_scale=self.noise_scale,
+        )
 
     def gate(self) -> GateConfig:
         return GateConfig(self.validation_share, self.gate_z)
 
     def train(self, peer_index: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           seed=self.seed * 1000 + peer_index, device=self.device)
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed * 1000 + peer_index,
+            device=self.device,
+        )
 
 
 # --privacy: named settings of the knobs that bound what a teacher releases. A preset sets each of
@@ -226,8 +248,9 @@ def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: s
         value = default if from_env is None else from_env.lower() in ("1", "true", "yes")
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"{help} [env {env}]")
     else:
-        parser.add_argument(flag, type=kind, default=default if from_env is None else from_env,
-                            help=f"{help} [env {env}]")
+        parser.add_argument(
+            flag, type=kind, default=default if from_env is None else from_env, help=f"{help} [env {env}]"
+        )
 
 
 def add_experiment_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -280,4 +303,3 @@ def from_run_config(run_config: dict[str, Any], **override: Any) -> ExperimentCo
 
 def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return asdict(cfg)
-

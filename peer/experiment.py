@@ -26,8 +26,9 @@ def peer_ids(n: int) -> list[str]:
 
 
 def partition(cfg: ExperimentConfig, train: Dataset) -> list[np.ndarray]:
-    parts = split(cfg.split, train.y, cfg.peers, len(train.classes), cfg.split_seed,
-                  fraction=cfg.keep_fraction, beta=cfg.beta)
+    parts = split(
+        cfg.split, train.y, cfg.peers, len(train.classes), cfg.split_seed, fraction=cfg.keep_fraction, beta=cfg.beta
+    )
     if cfg.train_per_peer:
         parts = [p[: cfg.train_per_peer] for p in parts]
     return parts
@@ -83,13 +84,16 @@ def peer_feature_sets(cfg: ExperimentConfig, train: Dataset) -> list[tuple[str, 
         sets.append(tuple(f for f in train.features if f in chosen))
     for pid, mine in zip(ids, sets):
         if not any(shared(mine, other) for qid, other in zip(ids, sets) if qid != pid):
-            raise UsageError(f"--peer-features: {pid}'s columns share none with any other peer's; "
-                             "a peer can only learn from peers it shares a column with")
+            raise UsageError(
+                f"--peer-features: {pid}'s columns share none with any other peer's; "
+                "a peer can only learn from peers it shares a column with"
+            )
     return sets
 
 
-def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: np.ndarray,
-               features: tuple[str, ...] = ()) -> Peer:
+def build_peer(
+    cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: np.ndarray, features: tuple[str, ...] = ()
+) -> Peer:
     """Peer k of the experiment: its part of the data (its own columns of a table) and a fresh learner."""
     data = train.subset(part)
     if features:
@@ -98,15 +102,26 @@ def build_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset, part: n
         learner = make_learner(kind, data.x.shape[1:], train.classes, cfg.train(k))
     except ValueError as exc:
         raise UsageError(f"{peer_ids(cfg.peers)[k]}: learner {kind} cannot take this data: {exc}") from exc
-    return Peer(peer_ids(cfg.peers)[k], data.float_inputs(), data.y, train.classes, learner,
-                cfg.teach(), seed=cfg.seed * 1000 + k, image=True, features=data.features, gate=cfg.gate())
+    return Peer(
+        peer_ids(cfg.peers)[k],
+        data.float_inputs(),
+        data.y,
+        train.classes,
+        learner,
+        cfg.teach(),
+        seed=cfg.seed * 1000 + k,
+        image=True,
+        features=data.features,
+        gate=cfg.gate(),
+    )
 
 
 def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
     parts = partition(cfg, train)
     sets = peer_feature_sets(cfg, train)
-    return [build_peer(cfg, k, kind, train, part, sets[k])
-            for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))]
+    return [
+        build_peer(cfg, k, kind, train, part, sets[k]) for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))
+    ]
 
 
 def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> Peer:
@@ -130,8 +145,17 @@ def build_whole_peer(cfg: ExperimentConfig, peer_id: str, kind: str, train: Data
         learner = make_learner(kind, data.x.shape[1:], data.classes, cfg.train(k))
     except ValueError as exc:
         raise UsageError(f"{peer_id}: learner {kind} cannot take this data: {exc}") from exc
-    return Peer(peer_id, data.float_inputs(), data.y, data.classes, learner, cfg.teach(), seed=cfg.seed * 1000 + k,
-                image=True, features=data.features)
+    return Peer(
+        peer_id,
+        data.float_inputs(),
+        data.y,
+        data.classes,
+        learner,
+        cfg.teach(),
+        seed=cfg.seed * 1000 + k,
+        image=True,
+        features=data.features,
+    )
 
 
 def test_inputs(peer: Peer, test: Dataset) -> np.ndarray:

@@ -42,8 +42,9 @@ def _test_x(test_x: np.ndarray | dict[str, np.ndarray], peer: Peer) -> np.ndarra
     return test_x[peer.id] if isinstance(test_x, dict) else test_x
 
 
-def _train_all(peers: Sequence[Peer], round: int, epochs: int, test_x, test_y: np.ndarray, label: str,
-               quiet: bool) -> list[PeerRound]:
+def _train_all(
+    peers: Sequence[Peer], round: int, epochs: int, test_x, test_y: np.ndarray, label: str, quiet: bool
+) -> list[PeerRound]:
     records = []
     for p in peers:
         with _bar(len(p.training_set()[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
@@ -51,8 +52,16 @@ def _train_all(peers: Sequence[Peer], round: int, epochs: int, test_x, test_y: n
     return records
 
 
-def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray | dict[str, np.ndarray],
-               test_y: np.ndarray, rounds: int, epochs: int, retrain_epochs: int, quiet: bool = False) -> RunLog:
+def run_rounds(
+    peers: Sequence[Peer],
+    transport: Transport,
+    test_x: np.ndarray | dict[str, np.ndarray],
+    test_y: np.ndarray,
+    rounds: int,
+    epochs: int,
+    retrain_epochs: int,
+    quiet: bool = False,
+) -> RunLog:
     """The whole experiment in this process: round 0 (local training), then `rounds` rounds, all
     peers stepping together (every peer publishes, then every peer teaches, then all retrain).
 
@@ -72,8 +81,12 @@ def run_rounds(peers: Sequence[Peer], transport: Transport, test_x: np.ndarray |
     return RunLog.from_records(records, ids)
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False, data: tuple[Dataset, Dataset] | None = None,
-                   transport: Callable[[list[Peer]], Transport] | None = None) -> Experiment:
+def run_experiment(
+    cfg: ExperimentConfig,
+    quiet: bool = False,
+    data: tuple[Dataset, Dataset] | None = None,
+    transport: Callable[[list[Peer]], Transport] | None = None,
+) -> Experiment:
     """The whole experiment in this process. `transport`: peers -> Transport (default: calls
     straight to the peers); closed after the run if it can be."""
     train, test = data or load_data(cfg)
@@ -83,9 +96,25 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, data: tuple[Datas
     moves = transport(peers) if transport else InProcessTransport({p.id: p for p in peers})
     start = time.perf_counter()
     try:
-        log = run_rounds(peers, moves, evaluation_inputs(peers, test), test.y, cfg.rounds, cfg.epochs,
-                         cfg.retrain_epochs, quiet=quiet)
+        log = run_rounds(
+            peers,
+            moves,
+            evaluation_inputs(peers, test),
+            test.y,
+            cfg.rounds,
+            cfg.epochs,
+            cfg.retrain_epochs,
+            quiet=quiet,
+        )
     finally:
         getattr(moves, "close", lambda: None)()
-    return Experiment(cfg, cfg.learner_list(), missing, log, time.perf_counter() - start, train.classes, test.y,
-                      {p.id: p.features for p in peers})
+    return Experiment(
+        cfg,
+        cfg.learner_list(),
+        missing,
+        log,
+        time.perf_counter() - start,
+        train.classes,
+        test.y,
+        {p.id: p.features for p in peers},
+    )

@@ -87,8 +87,11 @@ class PeerRound:
             setattr(record, name, float(data.get(name, 0.0)))
         evaluation = dict(data.get("evaluation") or {})
         if evaluation:
-            record.evaluation = {**evaluation, "accuracy": float(evaluation["accuracy"]),
-                                 "per_class": [None if v is None else float(v) for v in evaluation["per_class"]]}
+            record.evaluation = {
+                **evaluation,
+                "accuracy": float(evaluation["accuracy"]),
+                "per_class": [None if v is None else float(v) for v in evaluation["per_class"]],
+            }
         record.errors = [{**dict(e), "error": str(e["error"])} for e in data.get("errors", [])]
         record.skipped = [str(p) for p in data.get("skipped", [])]
         record.teach = [TeachReport.from_dict(t) for t in data.get("teach", [])]
@@ -108,8 +111,14 @@ class PeerRound:
         return self
 
 
-def train_step(peer: Peer, round: int, epochs: int, test_x: np.ndarray, test_y: np.ndarray,
-               progress: Callable[[int], None] | None = None) -> PeerRound:
+def train_step(
+    peer: Peer,
+    round: int,
+    epochs: int,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    progress: Callable[[int], None] | None = None,
+) -> PeerRound:
     """Train on private data plus everything received (round 0: private data alone), then evaluate."""
     record = PeerRound(peer.id, round)
     t = time.perf_counter()
@@ -150,14 +159,19 @@ def known_classes_only(batch: ExampleBatch, classes: tuple[str, ...]) -> Kept:
     keep = known[batch.y] if len(batch.y) else np.zeros(0, dtype=bool)
     if keep.all():
         return Kept(batch)
-    return Kept(replace(batch, x=batch.x[keep], y=batch.y[keep], distance=batch.distance[keep]),
-                int((~keep).sum()))
+    return Kept(replace(batch, x=batch.x[keep], y=batch.y[keep], distance=batch.distance[keep]), int((~keep).sum()))
 
 
-def teach_students(peer: Peer, round: int, students: Sequence[str], transport: Transport,
-                   deadline: float | None = None, refresh: Callable[[], None] | None = None,
-                   on_report: Callable[[TeachReport], None] | None = None,
-                   retry_every: float = 1.0) -> PeerRound:
+def teach_students(
+    peer: Peer,
+    round: int,
+    students: Sequence[str],
+    transport: Transport,
+    deadline: float | None = None,
+    refresh: Callable[[], None] | None = None,
+    on_report: Callable[[TeachReport], None] | None = None,
+    retry_every: float = 1.0,
+) -> PeerRound:
     """Teach each student given (never itself); a record with the reports and the students it could not teach.
 
     A student whose model is malformed or who is unknown is recorded and not retried. One that
@@ -192,7 +206,6 @@ def teach_students(peer: Peer, round: int, students: Sequence[str], transport: T
     record.errors = [{"teacher": peer.id, "student": s, "round": round, "error": e} for s, e in errors.items()]
     record.teach_seconds = time.perf_counter() - start
     return record
-
 
 
 # What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever

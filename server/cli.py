@@ -20,27 +20,33 @@ from peer.errors import UsageError
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = argparse.ArgumentParser(
-        prog="ckd", formatter_class=HelpFormatter,
+        prog="ckd",
+        formatter_class=HelpFormatter,
         description="ckd: cooperative knowledge distillation between peers that keep their data private.\n"
-                    "Only model weights and synthetic examples (counterfactuals) ever leave a peer.",
+        "Only model weights and synthetic examples (counterfactuals) ever leave a peer.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", formatter_class=HelpFormatter,
+        "demo",
+        formatter_class=HelpFormatter,
         help="run all peers in this process on Fashion-MNIST (fmnist-10 by default)",
         description="Run a whole CKD experiment in one process: split Fashion-MNIST among peers, train each\n"
-                    "locally, then for each round every peer teaches every other one with counterfactuals\n"
-                    "and all retrain. Writes results.json, accuracy.png and counterfactuals.png to --out.\n"
-                    "Defaults are the reference experiment fmnist-10 (10 peers, peer k never sees class k).",
+        "locally, then for each round every peer teaches every other one with counterfactuals\n"
+        "and all retrain. Writes results.json, accuracy.png and counterfactuals.png to --out.\n"
+        "Defaults are the reference experiment fmnist-10 (10 peers, peer k never sees class k).",
     )
     add_experiment_options(demo)
     add_option(demo, "out", "runs/demo", "output directory (replaced only when the run succeeds)")
     add_option(demo, "threads", 2, "torch CPU threads")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    srv = sub.add_parser("server", formatter_class=HelpFormatter, help="run the coordinator of a gRPC run",
-                         description="The coordinator: peers register with it, wait at its round barrier and "
-                                     "report metrics;\nit never sees data or weights. " + NET_HELP + ".")
+    srv = sub.add_parser(
+        "server",
+        formatter_class=HelpFormatter,
+        help="run the coordinator of a gRPC run",
+        description="The coordinator: peers register with it, wait at its round barrier and "
+        "report metrics;\nit never sees data or weights. " + NET_HELP + ".",
+    )
     add_option(srv, "listen", "127.0.0.1:50051", "address to listen on")
     add_option(srv, "rounds", 2, "rounds of teach and retrain after local training")
     add_option(srv, "min_peers", 2, "peers that must register before the run starts")
@@ -51,11 +57,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
 
     security_options(srv)
 
-    launch = sub.add_parser("launch", formatter_class=HelpFormatter,
-                            help="run a whole experiment as a coordinator and N peer processes on loopback",
-                            description="Start a coordinator and one process per peer on this machine, over "
-                                        "gRPC with mutual TLS,\nrun the experiment and write results.json, "
-                                        "accuracy.png and counterfactuals.png like `ckd demo`.")
+    launch = sub.add_parser(
+        "launch",
+        formatter_class=HelpFormatter,
+        help="run a whole experiment as a coordinator and N peer processes on loopback",
+        description="Start a coordinator and one process per peer on this machine, over "
+        "gRPC with mutual TLS,\nrun the experiment and write results.json, "
+        "accuracy.png and counterfactuals.png like `ckd demo`.",
+    )
     add_experiment_options(launch)
     add_option(launch, "out", "runs/launch", "output directory (replaced only when the run succeeds)")
     add_option(launch, "state_dir", "", "peers' state directories and logs (default: a temporary directory)")
@@ -104,25 +113,44 @@ def cmd_server(args: argparse.Namespace) -> int:
     expected = {check_name(n.strip()) for n in args.expect_peers.split(",") if n.strip()} or None
     if expected is not None and len(expected) < args.min_peers:
         raise UsageError(f"--expect-peers names {len(expected)} peers, fewer than --min-peers {args.min_peers}")
-    coordinator = Coordinator(security("coordinator", args), args.rounds, args.min_peers, args.round_deadline,
-                              expected=expected)
+    coordinator = Coordinator(
+        security("coordinator", args), args.rounds, args.min_peers, args.round_deadline, expected=expected
+    )
     server, port = serve_coordinator(coordinator, args.listen)
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
         coordinator.finished.wait()
-        exp, extra = experiment_from_reports(coordinator.metrics, args.rounds, coordinator.wall_seconds(),
-                                             coordinator.skipped())
+        exp, extra = experiment_from_reports(
+            coordinator.metrics, args.rounds, coordinator.wall_seconds(), coordinator.skipped()
+        )
         write_results(out, exp, "grpc", extra)
     finally:
         server.stop(grace=5)
     return 0
 
 
-def _peer_command(cfg: ExperimentConfig, k: int, pid: str, port: int, state: Path,
-                  args: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "peer.cli", "peer", "--part", str(k), "--peers", str(cfg.peers),
-           "--coordinator", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0",
-           "--state-dir", str(state / pid), "--threads", str(args.threads), *to_argv(cfg, skip=("peers",))]
+def _peer_command(
+    cfg: ExperimentConfig, k: int, pid: str, port: int, state: Path, args: argparse.Namespace
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "peer.cli",
+        "peer",
+        "--part",
+        str(k),
+        "--peers",
+        str(cfg.peers),
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state / pid),
+        "--threads",
+        str(args.threads),
+        *to_argv(cfg, skip=("peers",)),
+    ]
     return cmd + (["--insecure"] if args.insecure else ["--certs", str(state / "certs")])
 
 
@@ -164,20 +192,34 @@ def cmd_launch(args: argparse.Namespace) -> int:
     try:
         for k, pid in enumerate(ids):
             with open(state / f"{pid}.log", "w") as log:
-                procs.append(subprocess.Popen(_peer_command(cfg, k, pid, port, state, args), stdout=log,
-                                              stderr=subprocess.STDOUT, env=env, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        _peer_command(cfg, k, pid, port, state, args),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
+                )
         if not args.quiet:
             print(f"coordinator on 127.0.0.1:{port}, {len(procs)} peers, state in {state}", flush=True)
         while not coordinator.finished.wait(timeout=0.5):
             for pid, p in zip(ids, procs):
                 if p.poll() is not None and p.returncode != 0:
                     tail = (state / f"{pid}.log").read_text().strip().splitlines()[-1:]
-                    raise UsageError(f"{pid} exited with code {p.returncode}: {' '.join(tail)} "
-                                     f"(log {state / f'{pid}.log'}); nothing written")
+                    raise UsageError(
+                        f"{pid} exited with code {p.returncode}: {' '.join(tail)} "
+                        f"(log {state / f'{pid}.log'}); nothing written"
+                    )
         for p in procs:
             p.wait(timeout=120)
-        exp, extra = experiment_from_reports(coordinator.metrics, cfg.rounds, coordinator.wall_seconds(),
-                                             coordinator.skipped(), {p: state / p for p in ids})
+        exp, extra = experiment_from_reports(
+            coordinator.metrics,
+            cfg.rounds,
+            coordinator.wall_seconds(),
+            coordinator.skipped(),
+            {p: state / p for p in ids},
+        )
         write_results(out, exp, "grpc", extra, quiet=args.quiet)
     finally:
         for p in procs:

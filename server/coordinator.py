@@ -23,8 +23,12 @@ from peer.grpc.tls import Security, caller
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
-STAGES: dict[int, str] = {pb.STAGE_READY: "ready", pb.STAGE_PUBLISHED: "published", pb.STAGE_TAUGHT: "taught",
-          pb.STAGE_DONE: "done"}
+STAGES: dict[int, str] = {
+    pb.STAGE_READY: "ready",
+    pb.STAGE_PUBLISHED: "published",
+    pb.STAGE_TAUGHT: "taught",
+    pb.STAGE_DONE: "done",
+}
 MAX_METRICS_BYTES = 64 << 20
 MAX_ADDRESS_CHARS = 300
 log = logging.getLogger("ckd.coordinator")
@@ -39,8 +43,15 @@ class Barrier:
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, security: Security, rounds: int, min_peers: int, round_deadline: float = 600.0,
-                 heartbeat_timeout: float = 30.0, expected: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        security: Security,
+        rounds: int,
+        min_peers: int,
+        round_deadline: float = 600.0,
+        heartbeat_timeout: float = 30.0,
+        expected: set[str] | None = None,
+    ) -> None:
         self.security = security
         self.expected = set(expected) if expected is not None else None
         self.refused: list[tuple[str, str]] = []  # (status code name, message), newest last
@@ -65,13 +76,19 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def _identity(self, context, claimed: str, must_be_registered: bool = True) -> str:
         cert = caller(context)
         if cert is not None and cert != claimed:
-            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                        f"request names peer {claimed!r} but the client certificate is {cert!r}")
+            self.refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"request names peer {claimed!r} but the client certificate is {cert!r}",
+            )
         if not claimed:
             self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "request names no peer")
         if self.expected is not None and claimed not in self.expected:
-            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                        f"peer {claimed!r} is not one of the {len(self.expected)} peers this run expects")
+            self.refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"peer {claimed!r} is not one of the {len(self.expected)} peers this run expects",
+            )
         if must_be_registered and claimed not in self.peers:
             self.refuse(context, grpc.StatusCode.NOT_FOUND, f"unknown peer {claimed!r}: register first")
         return claimed
@@ -82,13 +99,19 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} registered without an address")
         host, _, port = request.address.rpartition(":")
         if len(request.address) > MAX_ADDRESS_CHARS or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"peer {peer!r} registered the address {request.address[:80]!r}, not host:port "
-                        f"(at most {MAX_ADDRESS_CHARS} characters)")
+            self.refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"peer {peer!r} registered the address {request.address[:80]!r}, not host:port "
+                f"(at most {MAX_ADDRESS_CHARS} characters)",
+            )
         with self._cond:
             if self.participants is not None and peer not in self.participants:
-                self.refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                              f"the run has started with {len(self.participants)} peers; {peer!r} is not one")
+                self.refuse(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the run has started with {len(self.participants)} peers; {peer!r} is not one",
+                )
             self.peers[peer] = request.address
             self.heartbeats[peer] = time.time()
             self._cond.notify_all()
@@ -103,8 +126,11 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListPeers(self, request, context):
         cert = caller(context)
         if cert is not None and self.expected is not None and cert not in self.expected:
-            self.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                        f"peer {cert!r} is not one of the {len(self.expected)} peers this run expects")
+            self.refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"peer {cert!r} is not one of the {len(self.expected)} peers this run expects",
+            )
         with self._cond:
             ids = self.participants if self.participants is not None else sorted(self.peers)
             return pb.ListPeersReply(peers=[pb.PeerInfo(id=i, address=self.peers[i]) for i in ids])
@@ -116,8 +142,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 return True
             return False
         now = time.time()
-        alive = {p for p in (self.participants or self.peers)
-                 if now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout}
+        alive = {
+            p for p in (self.participants or self.peers) if now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout
+        }
         return alive <= set(barrier.arrived)
 
     def WaitRound(self, request, context):
@@ -136,7 +163,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             while barrier.released is None:
                 if self._release_ready(key, barrier):
                     barrier.released = time.time()
-                elif (key != (0, pb.STAGE_READY) and time.time() - barrier.first >= self.round_deadline):
+                elif key != (0, pb.STAGE_READY) and time.time() - barrier.first >= self.round_deadline:
                     barrier.released, barrier.timed_out = time.time(), True
                 elif not context.is_active():
                     context.abort(grpc.StatusCode.CANCELLED, "caller went away")
@@ -151,11 +178,13 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ReportMetrics(self, request, context):
         peer = self._identity(context, request.peer)
         if len(request.json) > MAX_METRICS_BYTES:
-            self.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"metrics of {len(request.json)} bytes over the cap")
+            self.refuse(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"metrics of {len(request.json)} bytes over the cap"
+            )
         if not 0 <= request.round <= self.rounds:
-            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"metrics for round {request.round} "
-                                                               f"outside 0..{self.rounds}")
+            self.refuse(
+                context, grpc.StatusCode.OUT_OF_RANGE, f"metrics for round {request.round} outside 0..{self.rounds}"
+            )
         try:
             data = json.loads(request.json)
         except (ValueError, RecursionError) as exc:
@@ -177,8 +206,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         everyone = set(self.participants or self.peers)
         for (r, stage), b in sorted(self.barriers.items()):
             if b.timed_out:
-                out.append({"round": r, "stage": STAGES.get(stage, str(stage)),
-                            "skipped": sorted(everyone - set(b.arrived))})
+                out.append(
+                    {"round": r, "stage": STAGES.get(stage, str(stage)), "skipped": sorted(everyone - set(b.arrived))}
+                )
         return out
 
     def wall_seconds(self) -> float | None:
@@ -194,9 +224,19 @@ def serve_coordinator(coordinator: Coordinator, address: str, limits=None):
 
     workers = 2 * coordinator.min_peers + 16
     service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]
-    server, port, health = serve([(lambda servicer, server: add_tolerant_service(server, service, servicer,
-                                                                                servicer.refuse, servicer.security),
-                                   coordinator)],
-                                 coordinator.security, address, limits or Limits(), workers)
+    server, port, health = serve(
+        [
+            (
+                lambda servicer, server: add_tolerant_service(
+                    server, service, servicer, servicer.refuse, servicer.security
+                ),
+                coordinator,
+            )
+        ],
+        coordinator.security,
+        address,
+        limits or Limits(),
+        workers,
+    )
     health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)  # what a peer checks before it starts
     return server, port

@@ -59,7 +59,7 @@ class Federation:
     def __init__(self, grid: Grid, timeout: float):
         self.grid = grid
         self.timeout = timeout
-        self.peer_of: dict[int, str] = {}   # node id -> peer id
+        self.peer_of: dict[int, str] = {}  # node id -> peer id
         self.node_of: dict[str, int] = {}
 
     def name(self, node: int) -> str:
@@ -67,19 +67,23 @@ class Federation:
 
     def exchange(self, phase: str, round: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
         """Send one message per node, wait for every reply; RunFailed on an error or a timeout."""
-        messages = [Message(content, dst_node_id=node, message_type=phase, group_id=str(round))
-                    for node, content in contents.items()]
+        messages = [
+            Message(content, dst_node_id=node, message_type=phase, group_id=str(round))
+            for node, content in contents.items()
+        ]
         answered = self.grid.send_and_receive(messages, timeout=self.timeout)
         # A reply is the node's, or the SuperLink's error on its behalf (e.g. the node stopped
         # sending heartbeats), which comes from the SuperLink's own id: match by message id.
         node_of_message = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         replies = {node_of_message.get(m.metadata.reply_to_message_id, m.metadata.src_node_id): m for m in answered}
-        errors = [f"{self.name(n)} failed in {phase} (round {round}): {error_reason(m.error.reason)}"
-                  for n, m in sorted(replies.items()) if m.has_error()]
+        errors = [
+            f"{self.name(n)} failed in {phase} (round {round}): {error_reason(m.error.reason)}"
+            for n, m in sorted(replies.items())
+            if m.has_error()
+        ]
         missing = [self.name(n) for n in contents if n not in replies]
         if missing:
-            errors.append(f"no reply to {phase} (round {round}) within {self.timeout:.0f} s from "
-                          f"{', '.join(missing)}")
+            errors.append(f"no reply to {phase} (round {round}) within {self.timeout:.0f} s from {', '.join(missing)}")
         if errors:
             raise RunFailed("; ".join(errors))
         return {n: m.content for n, m in replies.items()}
@@ -110,9 +114,11 @@ def wait_for_nodes(grid: Grid, peers: int, wait: float) -> list[int]:
         if len(nodes) >= peers:
             return nodes
         if time.monotonic() > deadline:
-            raise UsageError(f"this run needs {peers} SuperNodes (run config peers={peers}) but {len(nodes)} "
-                             f"connected within {wait:.0f} s; in simulation pass --federation-config "
-                             f"\"num-supernodes={peers}\", or set -c peers={len(nodes) or 'N'}")
+            raise UsageError(
+                f"this run needs {peers} SuperNodes (run config peers={peers}) but {len(nodes)} "
+                f"connected within {wait:.0f} s; in simulation pass --federation-config "
+                f'"num-supernodes={peers}", or set -c peers={len(nodes) or "N"}'
+            )
         time.sleep(1.0)
 
 
@@ -182,8 +188,9 @@ class Collector:
         return out
 
 
-def relay(replies: dict[int, RecordDict], fed: Federation, round: int, col: Collector,
-          gallery: list | None = None) -> dict[str, RecordDict]:
+def relay(
+    replies: dict[int, RecordDict], fed: Federation, round: int, col: Collector, gallery: list | None = None
+) -> dict[str, RecordDict]:
     """Sort each teacher's batches by student; a teacher may only send as itself, to known peers.
 
     `gallery` collects the first counterfactual of each pair's first batch (for the figure).
@@ -201,10 +208,16 @@ def relay(replies: dict[int, RecordDict], fed: Federation, round: int, col: Coll
                 batch = rec.get_batch(content, key)
             except InvalidPayload as exc:
                 raise RunFailed(f"{fed.name(node)} sent a malformed batch, refused: {exc}") from None
-            if batch.sender != teacher or batch.receiver not in inbox or batch.receiver == teacher \
-                    or batch.round != round:
-                raise RunFailed(f"{fed.name(node)} sent batch {key} claiming sender {batch.sender!r}, "
-                                f"receiver {batch.receiver!r}, round {batch.round!r}; refused")
+            if (
+                batch.sender != teacher
+                or batch.receiver not in inbox
+                or batch.receiver == teacher
+                or batch.round != round
+            ):
+                raise RunFailed(
+                    f"{fed.name(node)} sent batch {key} claiming sender {batch.sender!r}, "
+                    f"receiver {batch.receiver!r}, round {batch.round!r}; refused"
+                )
             if key != rec.batch_key(batch):
                 raise RunFailed(f"{fed.name(node)} sent batch {batch.id} under the key {key!r}; refused")
             rec.move_batches(content, inbox[batch.receiver], [key])
@@ -229,8 +242,11 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
     col = Collector(ids)
     start = time.perf_counter()
 
-    col.trained(fed.exchange("train.local", 0, {fed.node_of[p]: RecordDict({"round": round_message(0)})
-                                                 for p in ids}), fed, "train.local")
+    col.trained(
+        fed.exchange("train.local", 0, {fed.node_of[p]: RecordDict({"round": round_message(0)}) for p in ids}),
+        fed,
+        "train.local",
+    )
     log(INFO, "ckd: round 0 trained; median accuracy %.4f", float(np.median([col.accuracy(p, 0) for p in ids])))
     for r in range(1, cfg.rounds + 1):
         asks = {}
@@ -240,15 +256,22 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
             asks[fed.node_of[p]] = content
         inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col, col.gallery if r == 1 else None)
         col.trained(fed.exchange("train.absorb", r, {fed.node_of[p]: inbox[p] for p in ids}), fed, "train.absorb")
-        log(INFO, "ckd: round %d/%d done; %d examples sent; median accuracy %.4f", r, cfg.rounds,
+        log(
+            INFO,
+            "ckd: round %d/%d done; %d examples sent; median accuracy %.4f",
+            r,
+            cfg.rounds,
             sum(t.sent for p in ids for t in col.records[(p, r)].teach),
-            float(np.median([col.accuracy(p, r) for p in ids])))
+            float(np.median([col.accuracy(p, r) for p in ids])),
+        )
     wall = time.perf_counter() - start
     exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log(), wall, col.classes)
     order = {p: i for i, p in enumerate(ids)}
-    flower = {"nodes": {p: fed.node_of[p] for p in ids},
-              "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
-              "what": "wall_seconds runs from the first train.local to the last reply"}
+    flower = {
+        "nodes": {p: fed.node_of[p] for p in ids},
+        "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
+        "what": "wall_seconds runs from the first train.local to the last reply",
+    }
     return exp, flower
 
 
@@ -291,8 +314,9 @@ def write_failure(out: Path, error: str, run_config: dict) -> None:
     except (UsageError, TypeError, ValueError):
         config = {str(k): v for k, v in run_config.items()}
     with staged_output(out) as stage:
-        write_json(stage / "results.json", {"status": "failed", "error": error, "transport": "flower",
-                                            "config": config})
+        write_json(
+            stage / "results.json", {"status": "failed", "error": error, "transport": "flower", "config": config}
+        )
 
 
 @app.main()

@@ -53,8 +53,9 @@ def check(address: str, name: str, certs: Path | None, service: str = "", timeou
         creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
         channel = grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name)])
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                          timeout=timeout)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
     except grpc.RpcError as exc:
         return f"{address} ({name}): {exc.code().name}: {exc.details()}"
     finally:
@@ -66,14 +67,24 @@ def check(address: str, name: str, certs: Path | None, service: str = "", timeou
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ) if env is None else env
-    parser = argparse.ArgumentParser(prog="python -m server.health",
-                                     description="Ask a ckd peer or coordinator's grpc.health.v1 service.")
-    parser.add_argument("--address", default=default_address(env),
-                        help="host:port to ask (default: CKD_LISTEN, a wildcard host asked on 127.0.0.1)")
-    parser.add_argument("--name", default=default_name(env),
-                        help="certificate name of the server (default: CKD_ID, else peer-CKD_PART, else coordinator)")
-    parser.add_argument("--certs", default=env.get("CKD_CERTS") or None,
-                        help="directory with ca.pem, NAME.pem and NAME.key (default: CKD_CERTS; none: plaintext)")
+    parser = argparse.ArgumentParser(
+        prog="python -m server.health", description="Ask a ckd peer or coordinator's grpc.health.v1 service."
+    )
+    parser.add_argument(
+        "--address",
+        default=default_address(env),
+        help="host:port to ask (default: CKD_LISTEN, a wildcard host asked on 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--name",
+        default=default_name(env),
+        help="certificate name of the server (default: CKD_ID, else peer-CKD_PART, else coordinator)",
+    )
+    parser.add_argument(
+        "--certs",
+        default=env.get("CKD_CERTS") or None,
+        help="directory with ca.pem, NAME.pem and NAME.key (default: CKD_CERTS; none: plaintext)",
+    )
     parser.add_argument("--service", default="", help="service name to ask about ('' is the whole server)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)

@@ -29,26 +29,29 @@ def summarise(exp: Experiment) -> dict:
         missing = exp.missing[pid]
         before, after = evals[0], evals[-1]
         gates = [g for g in log.gates if g["peer"] == pid]
-        peers.append({
-            "id": pid,
-            "learner": exp.learners[k],
-            **({"features": list(exp.features[pid])} if exp.features.get(pid) else {}),
-            **({"classes": list(exp.peer_classes[pid])} if exp.peer_classes.get(pid) else {}),
-            "missing_classes": [exp.classes[c] for c in missing],
-            "train_size": log.train_sizes[pid][0],
-            "accuracy_before": round(before["accuracy"], 4),
-            "accuracy_after": round(after["accuracy"], 4),
-            "missing_class_accuracy_before": _mean_of(before["per_class"], missing),
-            "missing_class_accuracy_after": _mean_of(after["per_class"], missing),
-            "per_class_before": [_r(v) for v in before["per_class"]],
-            "per_class_after": [_r(v) for v in after["per_class"]],
-            "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
-            "received": sum(r.sent for r in log.teach if r.student == pid),
-            "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
-            "training_set_by_round": log.train_sizes[pid],
-            "gate_by_round": [{k: g[k] for k in ("round", "outcome", "accuracy_before", "accuracy_after")}
-                              for g in gates],
-        })
+        peers.append(
+            {
+                "id": pid,
+                "learner": exp.learners[k],
+                **({"features": list(exp.features[pid])} if exp.features.get(pid) else {}),
+                **({"classes": list(exp.peer_classes[pid])} if exp.peer_classes.get(pid) else {}),
+                "missing_classes": [exp.classes[c] for c in missing],
+                "train_size": log.train_sizes[pid][0],
+                "accuracy_before": round(before["accuracy"], 4),
+                "accuracy_after": round(after["accuracy"], 4),
+                "missing_class_accuracy_before": _mean_of(before["per_class"], missing),
+                "missing_class_accuracy_after": _mean_of(after["per_class"], missing),
+                "per_class_before": [_r(v) for v in before["per_class"]],
+                "per_class_after": [_r(v) for v in after["per_class"]],
+                "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
+                "received": sum(r.sent for r in log.teach if r.student == pid),
+                "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
+                "training_set_by_round": log.train_sizes[pid],
+                "gate_by_round": [
+                    {k: g[k] for k in ("round", "outcome", "accuracy_before", "accuracy_after")} for g in gates
+                ],
+            }
+        )
     teach = log.teach
     made = sum(r.counterfactuals for r in teach)
     cf_seconds = sum(r.counterfactual_seconds for r in teach)
@@ -64,7 +67,7 @@ def summarise(exp: Experiment) -> dict:
         "wall_seconds": round(exp.wall_seconds, 2),
         "timings": {k: round(v, 2) for k, v in log.timings.items()},
         "timings_what": "seconds peers spent in each step, summed over peers (they add up to more than "
-                        "wall_seconds where peers work in parallel)",
+        "wall_seconds where peers work in parallel)",
         "counterfactuals": {
             "attempted": attempted,
             "made": made,
@@ -72,11 +75,16 @@ def summarise(exp: Experiment) -> dict:
             "duplicates_removed": sum(r.duplicates for r in teach),
             "sent_with_augmentation": sum(r.sent for r in teach),
             "per_second": round(made / cf_seconds, 1) if cf_seconds else None,
-            "mean_steps": round(float(np.average([r.mean_steps for r in teach],
-                                                 weights=[max(r.attempted, 1) for r in teach])), 2) if teach else None,
-            "mean_source_l1": round(float(np.average([r.source_l1 for r in teach],
-                                                     weights=[max(r.counterfactuals, 1) for r in teach])), 3)
-            if teach else None,
+            "mean_steps": round(
+                float(np.average([r.mean_steps for r in teach], weights=[max(r.attempted, 1) for r in teach])), 2
+            )
+            if teach
+            else None,
+            "mean_source_l1": round(
+                float(np.average([r.source_l1 for r in teach], weights=[max(r.counterfactuals, 1) for r in teach])), 3
+            )
+            if teach
+            else None,
         },
         "leakage": leakage_summary(teach),
         "gate": gate_summary(log.gates, exp.config),
@@ -91,18 +99,20 @@ def summarise(exp: Experiment) -> dict:
 
 def _judged(decision: dict | None) -> dict:
     """A pair's examples the student's gate accepted and refused (None where it had no gate)."""
-    return {"accepted": None if decision is None else decision["accepted"],
-            "refused": None if decision is None else decision["refused"]}
+    return {
+        "accepted": None if decision is None else decision["accepted"],
+        "refused": None if decision is None else decision["refused"],
+    }
 
 
 def gate_summary(gates: list[dict], config: ExperimentConfig) -> dict:
     """What every peer's validation gate decided, the run as a whole and per peer and round."""
     return {
         "what": "each peer keeps --validation-share of its private data (per class, never trained on or sent) "
-                "and keeps a round's received examples only where they cost no accuracy there beyond noise "
-                "(b right->wrong, c wrong->right validation rows: harmful when b - c > z sqrt(b + c)); "
-                "else it refits without the most suspect teacher, then with examples of classes it lacks only, "
-                "else it keeps its model of before the round; refused examples are never trained on",
+        "and keeps a round's received examples only where they cost no accuracy there beyond noise "
+        "(b right->wrong, c wrong->right validation rows: harmful when b - c > z sqrt(b + c)); "
+        "else it refits without the most suspect teacher, then with examples of classes it lacks only, "
+        "else it keeps its model of before the round; refused examples are never trained on",
         "validation_share": config.validation_share,
         "z": config.gate_z,
         "accepted": sum(v["accepted"] for g in gates for v in g["teachers"].values()),
@@ -124,14 +134,17 @@ def leakage_summary(teach: list) -> dict:
     sampled = LeakageStats.merge([r.sampled_leakage() for r in measured]).to_dict()
     return {
         "what": "each example sent against the sender's private data (inputs in [0,1]; a table's columns scaled by "
-                "the sender's own min and max): L2 distance to the nearest private example, that distance over "
-                "the private example's own distance to its nearest other private example (ratio; below 1 is a "
-                "near-copy), distance to the search's start, SSIM (images) to the nearest private example",
+        "the sender's own min and max): L2 distance to the nearest private example, that distance over "
+        "the private example's own distance to its nearest other private example (ratio; below 1 is a "
+        "near-copy), distance to the search's start, SSIM (images) to the nearest private example",
         "sent": count,
         "near_copies": near,
         "near_copy_share": round(near / count, 6) if count else None,
-        **{k: None if v is None else round(float(v), 4) for k, v in sampled.items()
-           if k not in ("count", "near_copies", "near_copy_share")},
+        **{
+            k: None if v is None else round(float(v), 4)
+            for k, v in sampled.items()
+            if k not in ("count", "near_copies", "near_copy_share")
+        },
     }
 
 
@@ -143,8 +156,7 @@ def _experiment_name(exp: Experiment) -> str:
 
 def _is_fmnist10(exp: Experiment) -> bool:
     c = exp.config
-    return (c.peers == 10 and c.split == "miss-class" and c.split_seed == 0 and not c.train_per_peer
-            and not c.test_limit)
+    return c.peers == 10 and c.split == "miss-class" and c.split_seed == 0 and not c.train_per_peer and not c.test_limit
 
 
 def _r(v: float | None) -> float | None:
@@ -162,39 +174,54 @@ def _median(values: list[float]) -> float:
 
 def table(summary: dict) -> str:
     """The per-peer table printed at the end of a run."""
-    head = f"{'peer':<8} {'learner':<7} {'missing':<12} {'acc before':>10} {'acc after':>9} " \
-           f"{'missing before':>14} {'missing after':>13} {'received':>8} {'refused':>7}"
+    head = (
+        f"{'peer':<8} {'learner':<7} {'missing':<12} {'acc before':>10} {'acc after':>9} "
+        f"{'missing before':>14} {'missing after':>13} {'received':>8} {'refused':>7}"
+    )
     lines = [head, "-" * len(head)]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for p in summary["peers"]:
-        lines.append(f"{p['id']:<8} {p['learner']:<7} {','.join(p['missing_classes'])[:12]:<12} "
-                     f"{pct(p['accuracy_before']):>10} {pct(p['accuracy_after']):>9} "
-                     f"{pct(p['missing_class_accuracy_before']):>14} {pct(p['missing_class_accuracy_after']):>13} "
-                     f"{p['received']:>8} {p.get('refused', 0):>7}")
+        lines.append(
+            f"{p['id']:<8} {p['learner']:<7} {','.join(p['missing_classes'])[:12]:<12} "
+            f"{pct(p['accuracy_before']):>10} {pct(p['accuracy_after']):>9} "
+            f"{pct(p['missing_class_accuracy_before']):>14} {pct(p['missing_class_accuracy_after']):>13} "
+            f"{p['received']:>8} {p.get('refused', 0):>7}"
+        )
     cf = summary["counterfactuals"]
     lines.append("-" * len(head))
-    lines.append(f"median accuracy {pct(summary['median_accuracy_before'])} -> "
-                 f"{pct(summary['median_accuracy_after'])}; "
-                 f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
-                 f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s")
+    lines.append(
+        f"median accuracy {pct(summary['median_accuracy_before'])} -> "
+        f"{pct(summary['median_accuracy_after'])}; "
+        f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
+        f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s"
+    )
     leak = summary["leakage"]
     if leak["sent"]:
         ssim = f", SSIM to it {leak['ssim_median']} (median)" if leak["ssim_median"] is not None else ""
-        lines.append(f"leakage: {leak['sent']} examples sent; nearest private example at "
-                     f"{leak['nearest_private_ratio_median']}x the private set's own neighbour distance "
-                     f"(median){ssim}; {leak['near_copies']} near-copies ({100 * leak['near_copy_share']:.2f}%)")
+        lines.append(
+            f"leakage: {leak['sent']} examples sent; nearest private example at "
+            f"{leak['nearest_private_ratio_median']}x the private set's own neighbour distance "
+            f"(median){ssim}; {leak['near_copies']} near-copies ({100 * leak['near_copy_share']:.2f}%)"
+        )
         if leak["near_copies"]:
-            lines.append(f"warning: {leak['near_copies']} examples sent were near-copies of private examples "
-                         f"(privacy preset {summary['config'].get('privacy')!r}); --min-distance 1 or a stricter "
-                         "--privacy preset prevents that")
+            lines.append(
+                f"warning: {leak['near_copies']} examples sent were near-copies of private examples "
+                f"(privacy preset {summary['config'].get('privacy')!r}); --min-distance 1 or a stricter "
+                "--privacy preset prevents that"
+            )
     gate = summary.get("gate")
     if gate and gate["rounds"]:
-        notes = [f"{g['peer']} round {g['round']} {g['outcome']} "
-                 f"(validation {pct(g['accuracy_before'])} -> {pct(g['accuracy_after'])})"
-                 for g in gate["rounds"] if g["outcome"] not in ("accepted", "no examples")]
-        lines.append(f"gate ({pct(gate['validation_share'])} of private data for validation, z {gate['z']}): "
-                     f"{gate['accepted']} examples accepted, {gate['refused']} refused"
-                     + (f"; {'; '.join(notes)}" if notes else "; every round accepted"))
+        notes = [
+            f"{g['peer']} round {g['round']} {g['outcome']} "
+            f"(validation {pct(g['accuracy_before'])} -> {pct(g['accuracy_after'])})"
+            for g in gate["rounds"]
+            if g["outcome"] not in ("accepted", "no examples")
+        ]
+        lines.append(
+            f"gate ({pct(gate['validation_share'])} of private data for validation, z {gate['z']}): "
+            f"{gate['accepted']} examples accepted, {gate['refused']} refused"
+            + (f"; {'; '.join(notes)}" if notes else "; every round accepted")
+        )
     for e in summary.get("errors", []):
         lines.append(f"error: round {e['round']}: {e['teacher']} could not teach {e['student']}: {e['error']}")
     for s in summary.get("skipped", []):
@@ -245,14 +272,17 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
     before = np.array([[np.nan if v is None else v for v in p["per_class_before"]] for p in summary["peers"]])
     after = np.array([[np.nan if v is None else v for v in p["per_class_after"]] for p in summary["peers"]])
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1]})
-    for ax, data, title, cmap, vmin in ((axes[0], before, "before", "viridis", 0),
-                                        (axes[1], after, "after", "viridis", 0),
-                                        (axes[2], after - before, "change", "RdBu", -1)):
+    for ax, data, title, cmap, vmin in (
+        (axes[0], before, "before", "viridis", 0),
+        (axes[1], after, "after", "viridis", 0),
+        (axes[2], after - before, "change", "RdBu", -1),
+    ):
         im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=1)
         ax.set_title(f"per-class test accuracy, {title}")
         ax.set_xticks(range(len(exp.classes)), [c.split("/")[0] for c in exp.classes], rotation=60, fontsize=8)
-        ax.set_yticks(range(len(summary["peers"])), [f"{p['id']} ({p['learner']})" for p in summary["peers"]],
-                      fontsize=8)
+        ax.set_yticks(
+            range(len(summary["peers"])), [f"{p['id']} ({p['learner']})" for p in summary["peers"]], fontsize=8
+        )
         for i, p in enumerate(summary["peers"]):
             for c in exp.missing[p["id"]]:
                 ax.add_patch(plt.Rectangle((c - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
@@ -281,8 +311,14 @@ def write_figures(exp: Experiment, summary: dict, out: Path) -> list[str]:
     return names
 
 
-def write_results(out: Path, exp: Experiment, transport: str, extra: dict | None = None,
-                  quiet: bool = False, also: Callable[[Path], list[str]] | None = None) -> dict:
+def write_results(
+    out: Path,
+    exp: Experiment,
+    transport: str,
+    extra: dict | None = None,
+    quiet: bool = False,
+    also: Callable[[Path], list[str]] | None = None,
+) -> dict:
     """results.json and the figures into `out` (replaced only when all is written); prints the table
     unless `quiet`. `also(stage)` writes a runtime's own files beside them and names them."""
     summary = summarise(exp)
@@ -299,20 +335,26 @@ def write_results(out: Path, exp: Experiment, transport: str, extra: dict | None
         print(table(summary))
         if "wire" in summary:
             w = summary["wire"]
-            print(f"wire: {sum(w['bytes_sent'])} bytes sent for {w['payload_bytes']} bytes of payload "
-                  f"({w['overhead']}x)")
+            print(
+                f"wire: {sum(w['bytes_sent'])} bytes sent for {w['payload_bytes']} bytes of payload ({w['overhead']}x)"
+            )
         print(f"results: {out / 'results.json'}, figures: {', '.join(str(out / f) for f in figures)}")
     return summary
 
 
-def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wall: float | None,
-                            skipped: list[dict], state_dirs: dict[str, Path] | None = None
-                            ) -> tuple[Experiment, dict]:
+def experiment_from_reports(
+    metrics: dict[str, dict[int, dict]],
+    rounds: int,
+    wall: float | None,
+    skipped: list[dict],
+    state_dirs: dict[str, Path] | None = None,
+) -> tuple[Experiment, dict]:
     """The run from what gRPC peers reported to the coordinator: per peer and round, a PeerRound
     record ("record"), what the peer is ("about", round 0) and its wire counts ("wire", last round).
 
     Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers).
     """
+
     def order(p: str) -> tuple[int, str]:
         part = metrics[p].get(0, {}).get("about", {}).get("part", 0)
         return (part if isinstance(part, int) else 1 << 30, p)  # peers on their own data (no part) by id
@@ -333,18 +375,19 @@ def experiment_from_reports(metrics: dict[str, dict[int, dict]], rounds: int, wa
     log = RunLog.from_records(records, ids)
     log.skipped += [s for s in skipped if s["skipped"]]
     _attach_galleries(log, state_dirs or {})
-    classes, missing, peer_classes = union_classes(log, {p: tuple(about[p]["classes"]) for p in ids},
-                                                   {p: about[p]["missing"] for p in ids})
-    exp = Experiment(ExperimentConfig(**config), kinds, missing, log, wall or 0.0, classes,
-                     peer_classes=peer_classes)
+    classes, missing, peer_classes = union_classes(
+        log, {p: tuple(about[p]["classes"]) for p in ids}, {p: about[p]["missing"] for p in ids}
+    )
+    exp = Experiment(ExperimentConfig(**config), kinds, missing, log, wall or 0.0, classes, peer_classes=peer_classes)
     extra: dict = {"wire": wire_summary(metrics, ids, rounds)}
     if own_data:
         extra["experiment"] = "own-data"
     return exp, extra
 
 
-def union_classes(log: RunLog, classes: dict[str, tuple[str, ...]], missing: dict[str, list[int]]
-                  ) -> tuple[tuple[str, ...], dict[str, list[int]], dict[str, tuple[str, ...]]]:
+def union_classes(
+    log: RunLog, classes: dict[str, tuple[str, ...]], missing: dict[str, list[int]]
+) -> tuple[tuple[str, ...], dict[str, list[int]], dict[str, tuple[str, ...]]]:
     """Peers on their own data name their own classes. Returns every class named (the first peer's,
     then the others' new ones), each peer's missing classes as indices into it, and each peer's own
     class names where they differ; the log's per-class accuracies are re-indexed in place (None
@@ -375,8 +418,10 @@ def _attach_galleries(log: RunLog, state_dirs: dict[str, Path]) -> None:
         if not path.exists():
             continue
         with np.load(path, allow_pickle=False) as g:
-            gallery = {str(s): [(src, cf, int(lab))] for s, src, cf, lab in
-                       zip(g["students"], g["sources"], g["counterfactuals"], g["labels"])}
+            gallery = {
+                str(s): [(src, cf, int(lab))]
+                for s, src, cf, lab in zip(g["students"], g["sources"], g["counterfactuals"], g["labels"])
+            }
         for rep in log.teach:
             if rep.teacher == teacher and rep.round == 1:
                 rep.gallery = gallery.get(rep.student, [])
@@ -388,7 +433,7 @@ def wire_summary(metrics: dict[str, dict[int, dict]], ids: list[str], rounds: in
     payload = sum(w.get("payload_bytes", 0) for w in wire)
     return {
         "what": "bytes_sent: serialized gRPC messages each peer sent (model chunks served, example chunks pushed, "
-                "control); payload_bytes: model arrays pulled plus example arrays pushed, all peers",
+        "control); payload_bytes: model arrays pulled plus example arrays pushed, all peers",
         "peers": ids,
         "bytes_sent": sent,
         "payload_bytes": payload,

@@ -22,8 +22,7 @@ def fmnist():
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     codes = {np.dtype(np.uint8): 0x08}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     raw = header + array.tobytes()
     path.write_bytes(gzip.compress(raw) if gz else raw)
     return path

@@ -37,14 +37,16 @@ def free_port() -> int:
 
 def flower_env(home: Path) -> dict:
     env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        # the app and Ray workers import this checkout's peer/ and server/
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]),
-    })
+    env.update(
+        {
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            # the app and Ray workers import this checkout's peer/ and server/
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]),
+        }
+    )
     return env
 
 
@@ -104,7 +106,8 @@ class Flower:
             security = "insecure = true"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "loopback"\n\n'
-            f'[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n')
+            f'[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n'
+        )
 
     @property
     def ca(self) -> Path | None:
@@ -112,18 +115,38 @@ class Flower:
 
     def _spawn(self, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         out = open(log, "w")
-        proc = subprocess.Popen(args, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.tmp)
+        proc = subprocess.Popen(
+            args, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp
+        )
         out.close()
         self.procs.append(proc)
         self.logs.append(log)
         return proc
 
     def start_superlink(self) -> None:
-        tls = (["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(self.certs / "superlink.pem"),
-                "--ssl-keyfile", str(self.certs / "superlink.key")] if self.certs else ["--insecure"])
-        args = [str(BIN / "flower-superlink"), *tls, "--host", "127.0.0.1", "--port", str(self.port),
-                "--disable-runtime-dependency-installation", "--database", str(self.tmp / "superlink.db")]
+        tls = (
+            [
+                "--ssl-ca-certfile",
+                str(self.ca),
+                "--ssl-certfile",
+                str(self.certs / "superlink.pem"),
+                "--ssl-keyfile",
+                str(self.certs / "superlink.key"),
+            ]
+            if self.certs
+            else ["--insecure"]
+        )
+        args = [
+            str(BIN / "flower-superlink"),
+            *tls,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+            "--database",
+            str(self.tmp / "superlink.db"),
+        ]
         if self.simulation:
             args.append("--simulation")
         log = self.tmp / "superlink.log"
@@ -134,34 +157,69 @@ class Flower:
         home = self.tmp / f"supernode-{partition}"
         home.mkdir(exist_ok=True)
         env = {**self.env, "FLWR_HOME": str(home)}
-        config = " ".join([f"partition-id={partition}", f"num-partitions={partitions}",
-                           *(f"{k}='{v}'" for k, v in node_config.items())])
+        config = " ".join(
+            [
+                f"partition-id={partition}",
+                f"num-partitions={partitions}",
+                *(f"{k}='{v}'" for k, v in node_config.items()),
+            ]
+        )
         tls = ["--root-certificates", str(self.ca)] if self.ca else ["--insecure"]
-        args = [str(BIN / "flower-supernode"), *tls, "--superlink", f"127.0.0.1:{self.port}",
-                "--port", str(free_port()), "--node-config", config]
+        args = [
+            str(BIN / "flower-supernode"),
+            *tls,
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            config,
+        ]
         self.supernodes[partition] = self._spawn(args, self.tmp / f"supernode-{partition}.log", env)
 
     def _run_args(self, run_config: dict, federation_config: str | None) -> list[str]:
         """`flwr run . loopback --stream` with this run config."""
+
         def fmt(v):
             return f'"{v}"' if isinstance(v, str) else str(v)
-        args = [str(BIN / "flwr"), "run", ".", "loopback", "--stream",
-                "--run-config", " ".join(f"{k}={fmt(v)}" for k, v in run_config.items())]
+
+        args = [
+            str(BIN / "flwr"),
+            "run",
+            ".",
+            "loopback",
+            "--stream",
+            "--run-config",
+            " ".join(f"{k}={fmt(v)}" for k, v in run_config.items()),
+        ]
         if federation_config:
             args += ["--federation-config", federation_config]
         return args
 
-    def run(self, run_config: dict, federation_config: str | None = None,
-            timeout: float | None = 240, capture: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, run_config: dict, federation_config: str | None = None, timeout: float | None = 240, capture: bool = True
+    ) -> subprocess.CompletedProcess:
         """`flwr run` from the repository root, to its end."""
-        return subprocess.run(self._run_args(run_config, federation_config), env=self.env, cwd=ROOT,
-                              capture_output=capture, text=True, timeout=timeout)
+        return subprocess.run(
+            self._run_args(run_config, federation_config),
+            env=self.env,
+            cwd=ROOT,
+            capture_output=capture,
+            text=True,
+            timeout=timeout,
+        )
 
     def start_run(self, run_config: dict, federation_config: str | None = None) -> subprocess.Popen:
         """`flwr run` in the background, its log (stdout and stderr) on the returned process's stdout."""
-        proc = subprocess.Popen(self._run_args(run_config, federation_config), env=self.env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            self._run_args(run_config, federation_config),
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 

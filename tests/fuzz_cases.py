@@ -23,24 +23,43 @@ CLASSES = ("c0", "c1", "c2", "c3")
 SHAPE = (8, 8)
 RECEIVER, SENDER, OTHER = "peer-0", "peer-1", "peer-2"
 # small caps, so oversized cases are cheap to make and a refusal by size is exercised
-LIMITS = Limits(max_message_bytes=64 << 10, max_blob_bytes=1 << 20, max_batch_bytes=256 << 10,
-                max_batch_examples=200, max_arrays=64, max_spec_bytes=8 << 10)
+LIMITS = Limits(
+    max_message_bytes=64 << 10,
+    max_blob_bytes=1 << 20,
+    max_batch_bytes=256 << 10,
+    max_batch_examples=200,
+    max_arrays=64,
+    max_spec_bytes=8 << 10,
+)
 # reproducible in CI: the same examples every run; CKD_FUZZ_EXAMPLES=N runs N per property and
 # CKD_FUZZ_RANDOM=1 draws new ones each run (to explore; a failure prints how to reproduce it)
-FUZZ = settings(max_examples=int(os.environ.get("CKD_FUZZ_EXAMPLES", "150")),
-                derandomize=not os.environ.get("CKD_FUZZ_RANDOM"), deadline=None,
-                database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+FUZZ = settings(
+    max_examples=int(os.environ.get("CKD_FUZZ_EXAMPLES", "150")),
+    derandomize=not os.environ.get("CKD_FUZZ_RANDOM"),
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(max_size=12)
-WEIRD = st.one_of(st.none(), st.booleans(), INT64, st.floats(allow_nan=True), TEXT, st.lists(st.integers(), max_size=3),
-                  st.dictionaries(TEXT, st.integers(), max_size=2))
+WEIRD = st.one_of(
+    st.none(),
+    st.booleans(),
+    INT64,
+    st.floats(allow_nan=True),
+    TEXT,
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(TEXT, st.integers(), max_size=2),
+)
 
 
 def good_batch(n: int, seed: int, float_x: bool = False) -> ExampleBatch:
     rng = np.random.default_rng(seed)
     x = rng.random((n, *SHAPE), dtype=np.float32) if float_x else rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8)
-    return ExampleBatch(SENDER, RECEIVER, 1, seed, x, rng.integers(0, 4, n).astype(np.int64), CLASSES,
-                        rng.random(n).astype(np.float32))
+    return ExampleBatch(
+        SENDER, RECEIVER, 1, seed, x, rng.integers(0, 4, n).astype(np.int64), CLASSES, rng.random(n).astype(np.float32)
+    )
 
 
 def _raw(msgs) -> list[bytes]:
@@ -57,9 +76,27 @@ def _set_info(info: wire_pb2.ArrayInfo, dtype=None, shape=None) -> None:
 
 
 def _header_defect(draw, h: wire_pb2.BatchHeader, n: int) -> str:
-    kind = draw(st.sampled_from(["sender", "receiver", "no sender", "negative", "dtype", "x shape", "y shape",
-                                 "distance shape", "classes", "duplicate classes", "huge", "too many",
-                                 "input shape", "features", "missing array"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "sender",
+                "receiver",
+                "no sender",
+                "negative",
+                "dtype",
+                "x shape",
+                "y shape",
+                "distance shape",
+                "classes",
+                "duplicate classes",
+                "huge",
+                "too many",
+                "input shape",
+                "features",
+                "missing array",
+            ]
+        )
+    )
     if kind == "sender":
         h.sender = draw(st.sampled_from([OTHER, "mallory", RECEIVER]))
     elif kind == "receiver":
@@ -75,8 +112,14 @@ def _header_defect(draw, h: wire_pb2.BatchHeader, n: int) -> str:
         info = draw(st.sampled_from([h.x, h.y, h.distance]))
         _set_info(info, dtype=draw(st.sampled_from(["object", "complex128", "float16", "<U4", "V8", "", "int64x"])))
     elif kind == "x shape":
-        _set_info(h.x, shape=draw(st.lists(st.integers(-3, 2**40), max_size=4).filter(
-            lambda s: s[:1] != [n] or len(s) < 2 or any(d < 0 for d in s))))
+        _set_info(
+            h.x,
+            shape=draw(
+                st.lists(st.integers(-3, 2**40), max_size=4).filter(
+                    lambda s: s[:1] != [n] or len(s) < 2 or any(d < 0 for d in s)
+                )
+            ),
+        )
     elif kind == "y shape":
         _set_info(h.y, shape=draw(st.lists(st.integers(-3, 2**40), max_size=3).filter(lambda s: s != [n])))
     elif kind == "distance shape":
@@ -106,8 +149,20 @@ def _header_defect(draw, h: wire_pb2.BatchHeader, n: int) -> str:
 
 
 def _stream_defect(draw, msgs: list, batch: ExampleBatch) -> tuple[list, str]:
-    kind = draw(st.sampled_from(["truncated", "extra bytes", "second header", "data first", "empty",
-                                 "empty chunk", "garbage", "chunk over cap"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "truncated",
+                "extra bytes",
+                "second header",
+                "data first",
+                "empty",
+                "empty chunk",
+                "garbage",
+                "chunk over cap",
+            ]
+        )
+    )
     head, data = msgs[:1], msgs[1:]
     if kind == "truncated":
         if data:
@@ -168,8 +223,11 @@ def hostile_push(draw) -> tuple[list[bytes], str]:
     batch = good_batch(n, draw(st.integers(0, 2**16)), float_x=draw(st.booleans()))
     family = draw(st.sampled_from(["header", "stream", "values", "bytes"]))
     if family == "bytes":
-        return draw(st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=4).filter(
-            lambda ms: not _parses_as_a_header(ms[0]))), "random bytes"
+        return draw(
+            st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=4).filter(
+                lambda ms: not _parses_as_a_header(ms[0])
+            )
+        ), "random bytes"
     if family == "values":
         batch, kind = _value_defect(draw, batch)
         return _raw(encode_batch(batch, chunk=draw(st.sampled_from([7, 100, 1 << 20])))), kind
@@ -198,11 +256,11 @@ def hostile_get_model(draw) -> tuple[bytes, str]:
     if kind == "bytes":
         return b"\x0a" + draw(st.binary(min_size=1, max_size=64)).replace(b"\x00", b"\xff") + b"\xff", kind
     if kind == "requester":
-        req = peer_pb2.GetModelRequest(requester=draw(st.sampled_from([OTHER, "mallory", RECEIVER, "Peer-1"])),
-                                       round=1)
+        req = peer_pb2.GetModelRequest(requester=draw(st.sampled_from([OTHER, "mallory", RECEIVER, "Peer-1"])), round=1)
     else:
-        req = peer_pb2.GetModelRequest(requester=draw(st.sampled_from([SENDER, ""])),
-                                       round=draw(INT64.filter(lambda r: r != 1)))
+        req = peer_pb2.GetModelRequest(
+            requester=draw(st.sampled_from([SENDER, ""])), round=draw(INT64.filter(lambda r: r != 1))
+        )
     return req.SerializeToString(), kind
 
 
@@ -221,10 +279,16 @@ def hostile_coordinator(draw) -> tuple[str, bytes, str]:
     method = draw(st.sampled_from(COORD_METHODS))
     if method == "ListPeers":  # no fields; only bytes that do not parse are hostile
         return method, b"\x0a\x05" + draw(st.binary(max_size=3)), "bytes"
-    kind = draw(st.sampled_from(["bytes", "claims another", "unexpected", "no name"]
-                                + {"Register": ["no address", "bad address"], "WaitRound": ["stage", "round"],
-                                   "ReportMetrics": ["not json", "not an object", "nested", "round", "oversize"]}
-                                .get(method, [])))
+    kind = draw(
+        st.sampled_from(
+            ["bytes", "claims another", "unexpected", "no name"]
+            + {
+                "Register": ["no address", "bad address"],
+                "WaitRound": ["stage", "round"],
+                "ReportMetrics": ["not json", "not an object", "nested", "round", "oversize"],
+            }.get(method, [])
+        )
+    )
     if kind == "bytes":
         return method, b"\x0a\x09" + draw(st.binary(max_size=4)), kind
     peer = {"claims another": RECEIVER, "unexpected": "mallory", "no name": ""}.get(kind, SENDER)
@@ -233,17 +297,32 @@ def hostile_coordinator(draw) -> tuple[str, bytes, str]:
         if kind == "no address":
             address = ""
         elif kind == "bad address":
-            address = draw(st.one_of(st.just("x" * 301 + ":1"), st.just("host"), st.just(":80"),
-                                     st.builds(lambda h, p: f"{h}:{p}", TEXT.filter(bool),
-                                               st.one_of(st.integers(65536, 10**9), st.just("http"), st.just("")))))
+            address = draw(
+                st.one_of(
+                    st.just("x" * 301 + ":1"),
+                    st.just("host"),
+                    st.just(":80"),
+                    st.builds(
+                        lambda h, p: f"{h}:{p}",
+                        TEXT.filter(bool),
+                        st.one_of(st.integers(65536, 10**9), st.just("http"), st.just("")),
+                    ),
+                )
+            )
         msg = cpb.RegisterRequest(peer=peer, address=address)
     elif method == "Heartbeat":
         msg = cpb.HeartbeatRequest(peer=peer)
     elif method == "WaitRound":
-        stage = draw(st.integers(-(2**31), 2**31 - 1).filter(lambda s: s not in (1, 2, 3, 4))) if kind == "stage" \
+        stage = (
+            draw(st.integers(-(2**31), 2**31 - 1).filter(lambda s: s not in (1, 2, 3, 4)))
+            if kind == "stage"
             else draw(st.integers(1, 4))
-        rnd = draw(st.one_of(st.integers(-(2**63), -1), st.integers(3, 2**63 - 1))) if kind == "round" \
+        )
+        rnd = (
+            draw(st.one_of(st.integers(-(2**63), -1), st.integers(3, 2**63 - 1)))
+            if kind == "round"
             else draw(st.integers(0, 2))
+        )
         msg = cpb.WaitRoundRequest(peer=peer, round=rnd, stage=stage)
     else:
         text = json.dumps({"accuracy": 0.5})
@@ -255,8 +334,11 @@ def hostile_coordinator(draw) -> tuple[str, bytes, str]:
             text = _nested(draw(st.integers(2_000, 30_000)))
         elif kind == "oversize":
             text = " " * (LIMITS.max_message_bytes * 2)
-        rnd = draw(st.one_of(st.integers(-(2**63), -1), st.integers(3, 2**63 - 1))) if kind == "round" \
+        rnd = (
+            draw(st.one_of(st.integers(-(2**63), -1), st.integers(3, 2**63 - 1)))
+            if kind == "round"
             else draw(st.integers(0, 2))
+        )
         msg = cpb.MetricsRequest(peer=peer, round=rnd, json=text)
     return method, msg.SerializeToString(), kind
 
@@ -281,18 +363,31 @@ def real_blobs() -> dict[str, ModelBlob]:
     forest = ForestLearner(SHAPE, CLASSES, train, {"trees": 2, "max_depth": 3})
     rng = np.random.default_rng(0)
     forest.fit(rng.random((40, *SHAPE), dtype=np.float32), np.arange(40) % 4)
-    return {"mlp": MLPLearner(SHAPE, CLASSES, train, {"hidden": [8]}).to_blob(),
-            "cnn": CNNLearner(SHAPE, CLASSES, train, {"width": 4, "hidden": 8}).to_blob(),
-            "linear": LinearLearner((6,), CLASSES, train).to_blob(),
-            "forest": forest.to_blob()}
+    return {
+        "mlp": MLPLearner(SHAPE, CLASSES, train, {"hidden": [8]}).to_blob(),
+        "cnn": CNNLearner(SHAPE, CLASSES, train, {"width": 4, "hidden": 8}).to_blob(),
+        "linear": LinearLearner((6,), CLASSES, train).to_blob(),
+        "forest": forest.to_blob(),
+    }
 
 
 def _forest_defect(draw, arrays: dict[str, np.ndarray], spec: dict) -> str:
     a = {k: v.copy() for k, v in arrays.items()}
     inner = np.flatnonzero(a["left"] >= 0)
     n = len(a["feature"])
-    kind = draw(st.sampled_from(["loop", "back edge", "child out of range", "root out of range",
-                                 "feature out of range", "value shape", "negative right"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "loop",
+                "back edge",
+                "child out of range",
+                "root out of range",
+                "feature out of range",
+                "value shape",
+                "negative right",
+            ]
+        )
+    )
     i = int(inner[draw(st.integers(0, len(inner) - 1))])
     side = draw(st.sampled_from(["left", "right"]))
     if kind == "loop":
@@ -302,11 +397,13 @@ def _forest_defect(draw, arrays: dict[str, np.ndarray], spec: dict) -> str:
     elif kind == "child out of range":
         a[side][i] = draw(st.integers(n, 2**31 - 1))
     elif kind == "root out of range":
-        a["roots"][draw(st.integers(0, len(a["roots"]) - 1))] = draw(st.one_of(st.integers(n, 2**31 - 1),
-                                                                              st.integers(-(2**31), -1)))
+        a["roots"][draw(st.integers(0, len(a["roots"]) - 1))] = draw(
+            st.one_of(st.integers(n, 2**31 - 1), st.integers(-(2**31), -1))
+        )
     elif kind == "feature out of range":
-        a["feature"][i] = draw(st.one_of(st.integers(int(np.prod(spec["input_shape"])), 2**31 - 1),
-                                         st.integers(-(2**31), -1)))
+        a["feature"][i] = draw(
+            st.one_of(st.integers(int(np.prod(spec["input_shape"])), 2**31 - 1), st.integers(-(2**31), -1))
+        )
     elif kind == "value shape":
         a["value"] = np.zeros((n, len(CLASSES) + draw(st.integers(1, 3))), np.float32)
     elif kind == "negative right":
@@ -323,21 +420,30 @@ def forged_blob(draw, blobs: dict[str, ModelBlob]) -> tuple[ModelBlob, str]:
     blob = blobs[kind]
     spec, arrays = json.loads(blob.spec_json()), {k: v.copy() for k, v in blob.arrays.items()}
     names = sorted(arrays)
-    choices = ["array shape", "dtype", "nan", "missing array", "extra array", "kind", "classes", "input shape",
-               "arch"]
+    choices = ["array shape", "dtype", "nan", "missing array", "extra array", "kind", "classes", "input shape", "arch"]
     if kind == "forest":
         choices += ["forest"] * 4
     defect = draw(st.sampled_from(choices))
     # a forest with fewer roots is still a forest: its roots' length is no defect
-    name = draw(st.sampled_from([n for n in names if not (kind == "forest" and defect == "array shape"
-                                                          and n == "roots")]))
+    name = draw(
+        st.sampled_from([n for n in names if not (kind == "forest" and defect == "array shape" and n == "roots")])
+    )
     if defect == "array shape":
         arr = arrays[name]
         new = draw(st.lists(st.integers(0, 9), min_size=1, max_size=3).filter(lambda s: tuple(s) != arr.shape))
         arrays[name] = np.zeros(new, arr.dtype)
     elif defect == "dtype":
-        arrays[name] = arrays[name].astype(draw(st.sampled_from(
-            [d for d in ("float64", "float32", "int32", "int64", "uint8", "bool") if d != arrays[name].dtype.name])))
+        arrays[name] = arrays[name].astype(
+            draw(
+                st.sampled_from(
+                    [
+                        d
+                        for d in ("float64", "float32", "int32", "int64", "uint8", "bool")
+                        if d != arrays[name].dtype.name
+                    ]
+                )
+            )
+        )
     elif defect == "nan":
         arr = arrays[name].astype(np.float32 if arrays[name].dtype.kind != "f" else arrays[name].dtype)
         if arr.size == 0:
@@ -351,23 +457,43 @@ def forged_blob(draw, blobs: dict[str, ModelBlob]) -> tuple[ModelBlob, str]:
     elif defect == "kind":
         spec["kind"] = draw(st.one_of(st.sampled_from(["", "pickle", "rnn"]), st.integers()))
     elif defect == "classes":
-        spec["classes"] = draw(st.one_of(st.just(["c0"]), st.just(["c0", "c0"]), st.lists(st.integers(), max_size=4),
-                                         st.just([["c0"], ["c1"]]), WEIRD))
+        spec["classes"] = draw(
+            st.one_of(
+                st.just(["c0"]),
+                st.just(["c0", "c0"]),
+                st.lists(st.integers(), max_size=4),
+                st.just([["c0"], ["c1"]]),
+                WEIRD,
+            )
+        )
     elif defect == "input shape":
-        spec["input_shape"] = draw(st.one_of(st.just([]), st.just([True, 8]), st.just([0, 8]), st.just([-8, 8]),
-                                             st.just([10**6, 10**6]), st.just([1, 1, 1, 1, 1]),
-                                             st.lists(st.floats(), min_size=1, max_size=2),
-                                             WEIRD.filter(lambda v: not isinstance(v, list)
-                                                          or not all(isinstance(d, int) and d > 0 for d in v))))
+        spec["input_shape"] = draw(
+            st.one_of(
+                st.just([]),
+                st.just([True, 8]),
+                st.just([0, 8]),
+                st.just([-8, 8]),
+                st.just([10**6, 10**6]),
+                st.just([1, 1, 1, 1, 1]),
+                st.lists(st.floats(), min_size=1, max_size=2),
+                WEIRD.filter(lambda v: not isinstance(v, list) or not all(isinstance(d, int) and d > 0 for d in v)),
+            )
+        )
     elif defect == "arch":
         if kind == "forest":  # the forest's arch only shapes training, so forge its trees instead
             defect = "forest " + _forest_defect(draw, arrays, spec)
         else:
-            spec["arch"] = draw(st.one_of(
-                st.just({"hidden": [4096, 4096, 4096]}), st.just({"width": 4096, "hidden": 4096}),
-                st.just({"hidden": [0]}), st.just({"hidden": "8"}), st.just({"width": -1, "hidden": 2}),
-                st.just({"hidden": 8, "width": 5}) if kind == "cnn" else st.just({"hidden": [9]}),
-                WEIRD.filter(lambda v: not isinstance(v, dict) or v)))
+            spec["arch"] = draw(
+                st.one_of(
+                    st.just({"hidden": [4096, 4096, 4096]}),
+                    st.just({"width": 4096, "hidden": 4096}),
+                    st.just({"hidden": [0]}),
+                    st.just({"hidden": "8"}),
+                    st.just({"width": -1, "hidden": 2}),
+                    st.just({"hidden": 8, "width": 5}) if kind == "cnn" else st.just({"hidden": [9]}),
+                    WEIRD.filter(lambda v: not isinstance(v, dict) or v),
+                )
+            )
             if kind == "linear" and isinstance(spec["arch"], dict):  # linear ignores arch: change its input instead
                 spec["input_shape"] = [7]
     elif defect == "forest":

@@ -37,24 +37,39 @@ def main(argv: list[str]) -> int:
     learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
     rng = np.random.default_rng(0)
     state.mkdir(parents=True, exist_ok=True)
-    peer = Peer(RECEIVER, rng.random((8, *SHAPE), dtype=np.float32), np.arange(8) % 4, CLASSES, learner,
-                store=SqliteExampleStore(state / "examples.sqlite"))
-    servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS,
-                            known=EXPECTED | {"mallory"})
+    peer = Peer(
+        RECEIVER,
+        rng.random((8, *SHAPE), dtype=np.float32),
+        np.arange(8) % 4,
+        CLASSES,
+        learner,
+        store=SqliteExampleStore(state / "examples.sqlite"),
+    )
+    servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS, known=EXPECTED | {"mallory"})
     servicer.publish(1, learner.to_blob())
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)
-    coordinator = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2,
-                              round_deadline=0.5, expected=EXPECTED)
+    coordinator = Coordinator(
+        Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=0.5, expected=EXPECTED
+    )
     cserver, cport = serve_coordinator(coordinator, "127.0.0.1:0", LIMITS)
     print(json.dumps({"peer": port, "coordinator": cport}), flush=True)
     for line in sys.stdin:
         if line.strip() == "stats":
-            print(json.dumps({
-                "batches_stored": peer.store.batch_count(), "examples_stored": len(peer.store),
-                "peer_refused": len(servicer.refused), "coordinator_refused": len(coordinator.refused),
-                "coordinator_peers": sorted(coordinator.peers),
-                "coordinator_metrics": sum(len(v) for v in coordinator.metrics.values()),
-                "barriers": len(coordinator.barriers), "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "batches_stored": peer.store.batch_count(),
+                        "examples_stored": len(peer.store),
+                        "peer_refused": len(servicer.refused),
+                        "coordinator_refused": len(coordinator.refused),
+                        "coordinator_peers": sorted(coordinator.peers),
+                        "coordinator_metrics": sum(len(v) for v in coordinator.metrics.values()),
+                        "barriers": len(coordinator.barriers),
+                        "peak_rss_mb": round(peak_rss_mb(), 1),
+                    }
+                ),
+                flush=True,
+            )
     server.stop(grace=0).wait()
     cserver.stop(grace=0).wait()
     peer.store.close()

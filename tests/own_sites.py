@@ -26,20 +26,32 @@ CLASSES = ("benign", "malignant", "normal")
 MEASURES = ("radius", "texture", "area", "smoothness")
 CENTRES = np.array([[0.0, 0.0, 0.0, 0.0], [2.5, 1.5, 2.0, -1.0], [-1.5, 2.5, -1.0, 2.0]])
 # the experiment every peer runs (seeds included); each site adds its own data options
-RUN = ["--learners", "mlp", "--epochs", "30", "--retrain-epochs", "10", "--rounds", "1", "--seed", "5",
-       "--threads", "1"]
+RUN = [
+    "--learners",
+    "mlp",
+    "--epochs",
+    "30",
+    "--retrain-epochs",
+    "10",
+    "--rounds",
+    "1",
+    "--seed",
+    "5",
+    "--threads",
+    "1",
+]
 
 
 @dataclass(frozen=True)
 class Site:
     id: str
-    columns: tuple[str, ...]   # measurements this site records
-    label: str                 # its label column
-    spelling: dict[str, str]   # shared class name -> this site's spelling
+    columns: tuple[str, ...]  # measurements this site records
+    label: str  # its label column
+    spelling: dict[str, str]  # shared class name -> this site's spelling
     rows: int
     has: tuple[str, ...] = CLASSES  # classes in its rows
-    ward: bool = False         # a categorical column
-    test_rows: int = 0         # > 0: a test file of its own (--test-data, every class), else 20% held out
+    ward: bool = False  # a categorical column
+    test_rows: int = 0  # > 0: a test file of its own (--test-data, every class), else 20% held out
 
     def class_map(self) -> str:
         return ",".join(f"{mine}={shared}" for shared, mine in self.spelling.items() if mine != shared)
@@ -56,10 +68,23 @@ class Site:
 
 SITES = (
     Site("site-a", ("radius", "texture", "area"), "diagnosis", {"benign": "B", "malignant": "M", "normal": "N"}, 150),
-    Site("site-b", ("texture", "area", "smoothness"), "outcome", {c: c for c in CLASSES}, 120,
-         has=("benign", "malignant"), test_rows=60),
-    Site("site-c", ("smoothness", "radius", "area"), "Diagnosis",
-         {"benign": "Benign", "malignant": "Malignant", "normal": "Normal"}, 130, ward=True),
+    Site(
+        "site-b",
+        ("texture", "area", "smoothness"),
+        "outcome",
+        {c: c for c in CLASSES},
+        120,
+        has=("benign", "malignant"),
+        test_rows=60,
+    ),
+    Site(
+        "site-c",
+        ("smoothness", "radius", "area"),
+        "Diagnosis",
+        {"benign": "Benign", "malignant": "Malignant", "normal": "Normal"},
+        130,
+        ward=True,
+    ),
 )
 
 
@@ -99,9 +124,23 @@ def make_host_certs(tmp: Path, hosts: list[str]) -> dict[str, Path]:
     copy: the CA certificate, its own key and certificate (never ca.key). Returns name -> its directory."""
     made = tmp / "certs-made"
     names = ["coordinator", *(s.id for s in SITES)]
-    done = subprocess.run([sys.executable, "-m", "server.cli", "certs", "--out", str(made), "--names", ",".join(names),
-                           *(["--hosts", ",".join(hosts)] if hosts else [])],
-                          env=env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "certs",
+            "--out",
+            str(made),
+            "--names",
+            ",".join(names),
+            *(["--hosts", ",".join(hosts)] if hosts else []),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     copies = {}
     for name in names:
@@ -113,14 +152,38 @@ def make_host_certs(tmp: Path, hosts: list[str]) -> dict[str, Path]:
 
 
 def peer_argv(site: Site, data: Path, coordinator: str, listen: str, certs: Path, state: Path) -> list[str]:
-    return [sys.executable, "-m", "peer.cli", "peer", "--id", site.id, *site.data_args(data), *RUN,
-            "--coordinator", coordinator, "--listen", listen, "--certs", str(certs), "--state-dir", str(state),
-            "--connect-timeout", "60"]
+    return [
+        sys.executable,
+        "-m",
+        "peer.cli",
+        "peer",
+        "--id",
+        site.id,
+        *site.data_args(data),
+        *RUN,
+        "--coordinator",
+        coordinator,
+        "--listen",
+        listen,
+        "--certs",
+        str(certs),
+        "--state-dir",
+        str(state),
+        "--connect-timeout",
+        "60",
+    ]
 
 
-def run_sites(tmp: Path, data: dict[str, Path], certs: dict[str, Path], coordinator_listen: str,
-              coordinator_address: str | None, peer_listen: dict[str, str],
-              prefix: dict[str, list[str]] | None = None, timeout: float = 180.0) -> dict:
+def run_sites(
+    tmp: Path,
+    data: dict[str, Path],
+    certs: dict[str, Path],
+    coordinator_listen: str,
+    coordinator_address: str | None,
+    peer_listen: dict[str, str],
+    prefix: dict[str, list[str]] | None = None,
+    timeout: float = 180.0,
+) -> dict:
     """`ckd server` and one `ckd peer` per site, each started with its prefix (e.g. `ip netns exec NS`);
     returns results.json. `coordinator_address` None: read the port the server printed (it listens on port 0)."""
     prefix = prefix or {}
@@ -130,19 +193,49 @@ def run_sites(tmp: Path, data: dict[str, Path], certs: dict[str, Path], coordina
     procs: dict[str, subprocess.Popen] = {}
     with open(logs / "coordinator.log", "w") as server_log:
         procs["coordinator"] = subprocess.Popen(
-            [*prefix.get("coordinator", []), sys.executable, "-m", "server.cli", "server",
-             "--listen", coordinator_listen, "--rounds", "1", "--min-peers", str(len(SITES)),
-             "--round-deadline", "120", "--certs", str(certs["coordinator"]), "--out", str(out)],
-            stdout=server_log, stderr=subprocess.STDOUT, env=env())
+            [
+                *prefix.get("coordinator", []),
+                sys.executable,
+                "-m",
+                "server.cli",
+                "server",
+                "--listen",
+                coordinator_listen,
+                "--rounds",
+                "1",
+                "--min-peers",
+                str(len(SITES)),
+                "--round-deadline",
+                "120",
+                "--certs",
+                str(certs["coordinator"]),
+                "--out",
+                str(out),
+            ],
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env(),
+        )
     try:
         address = coordinator_address or _printed_address(logs / "coordinator.log", procs["coordinator"])
         for site in SITES:
             with open(logs / f"{site.id}.log", "w") as log:
                 procs[site.id] = subprocess.Popen(
-                    [*prefix.get(site.id, []),
-                     *peer_argv(site, data[site.id], address, peer_listen[site.id], certs[site.id],
-                                tmp / "hosts" / site.id / "state")],
-                    stdout=log, stderr=subprocess.STDOUT, env=env())
+                    [
+                        *prefix.get(site.id, []),
+                        *peer_argv(
+                            site,
+                            data[site.id],
+                            address,
+                            peer_listen[site.id],
+                            certs[site.id],
+                            tmp / "hosts" / site.id / "state",
+                        ),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env(),
+                )
         end = time.monotonic() + timeout
         while any(p.poll() is None for p in procs.values()):
             failed = {n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0)}

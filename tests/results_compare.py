@@ -34,7 +34,7 @@ def without_timing(tree: Any) -> Any:
 
 def assert_same_results(got: dict, expected: dict) -> None:
     """Same schema, same values but for timings and runtime-only entries."""
-    assert keys(got) == keys(expected), (keys(got) ^ keys(expected))
+    assert keys(got) == keys(expected), keys(got) ^ keys(expected)
     a, b = without_timing(got), without_timing(expected)
     for k in b:
         assert a[k] == b[k], (k, a[k], b[k]) if not isinstance(b[k], list) else k

@@ -9,8 +9,23 @@ import pytest
 from server.cli import main
 from tests.conftest import write_idx
 
-SMALL = ["--peers", "3", "--train-per-peer", "200", "--epochs", "1", "--retrain-epochs", "1", "--rounds", "1",
-         "--test-limit", "300", "--quiet", "--threads", "1"]
+SMALL = [
+    "--peers",
+    "3",
+    "--train-per-peer",
+    "200",
+    "--epochs",
+    "1",
+    "--retrain-epochs",
+    "1",
+    "--rounds",
+    "1",
+    "--test-limit",
+    "300",
+    "--quiet",
+    "--threads",
+    "1",
+]
 
 
 @pytest.mark.slow
@@ -18,8 +33,15 @@ def test_demo_writes_results_and_figures(tmp_path, capsys, fmnist):
     out = tmp_path / "run"
     assert main(["demo", *SMALL, "--learners", "cnn,mlp,forest", "--out", str(out)]) == 0
     summary = json.loads((out / "results.json").read_text())
-    for key in ("median_accuracy_before", "median_accuracy_after", "missing_class_accuracy_after",
-                "counterfactuals", "leakage", "peers", "config"):
+    for key in (
+        "median_accuracy_before",
+        "median_accuracy_after",
+        "missing_class_accuracy_after",
+        "counterfactuals",
+        "leakage",
+        "peers",
+        "config",
+    ):
         assert key in summary
     assert [p["learner"] for p in summary["peers"]] == ["cnn", "mlp", "forest"]
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
@@ -40,15 +62,18 @@ def _corrupt_dir(tmp_path):
     return d
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data-dir", "/nonexistent/fmnist"], "does not exist"),
-    (["--data-dir", "CORRUPT"], "is corrupt"),
-    (["--alpha", "1.5"], "alpha must be in [0, 1]"),
-    (["--learners", "svm"], "unknown learner kind 'svm'"),
-    (["--peers", "11"], "11 peers but only 10 classes"),
-    (["--learners", "cnn*2,mlp*2"], "names 4 learners for 3 peers"),
-    (["--split", "stripes"], "unknown --split"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data-dir", "/nonexistent/fmnist"], "does not exist"),
+        (["--data-dir", "CORRUPT"], "is corrupt"),
+        (["--alpha", "1.5"], "alpha must be in [0, 1]"),
+        (["--learners", "svm"], "unknown learner kind 'svm'"),
+        (["--peers", "11"], "11 peers but only 10 classes"),
+        (["--learners", "cnn*2,mlp*2"], "names 4 learners for 3 peers"),
+        (["--split", "stripes"], "unknown --split"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, message, fmnist):
     args = [str(_corrupt_dir(tmp_path)) if a == "CORRUPT" else a for a in args]
     out = tmp_path / "out"
@@ -61,6 +86,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args
 
 def test_options_read_environment_variables(monkeypatch):
     from server.cli import build_parser
+
     monkeypatch.setenv("CKD_ROUNDS", "5")
     monkeypatch.setenv("CKD_ALPHA", "0.25")
     args = build_parser()[0].parse_args(["demo"])

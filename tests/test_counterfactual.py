@@ -18,8 +18,12 @@ from peer.errors import UsageError
 
 def test_qualified_mask_is_teacher_right_and_student_wrong():
     y = np.array([0, 1, 2, 1])
-    teacher = np.array([[.8, .1, .1], [.1, .8, .1], [.6, .2, .2], [.2, .7, .1]])   # right, right, wrong, right
-    student = np.array([[.1, .8, .1], [.1, .8, .1], [.1, .1, .8], [.5, .4, .1]])   # wrong, right, right, wrong
+    teacher = np.array(
+        [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2], [0.2, 0.7, 0.1]]
+    )  # right, right, wrong, right
+    student = np.array(
+        [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1]]
+    )  # wrong, right, right, wrong
     assert qualified_mask(teacher, student, y).tolist() == [True, False, False, True]
 
 
@@ -96,8 +100,7 @@ def test_gradient_free_search_reaches_targets_of_a_step_function():
     start = predict_proba(x)
     target = soft_targets(start, np.ones(40, dtype=np.int64), 1.0)  # reachable: 0.8 is within 30% of the gap
     prototypes = np.stack([np.zeros(8), np.full(8, 0.9)]).astype(np.float32)
-    res = search_counterfactuals(predict_proba, x, target, prototypes, CounterfactualConfig(),
-                                 np.random.default_rng(0))
+    res = search_counterfactuals(predict_proba, x, target, prototypes, CounterfactualConfig(), np.random.default_rng(0))
     assert res.ok[:20].all()  # the class-0 points become class-1 counterfactuals
     assert (res.x >= 0).all() and (res.x <= 1).all()
     assert (predict_proba(res.x[:20])[:, 1] > 0.5).all()

@@ -49,8 +49,22 @@ def test_demo_with_different_columns_and_learners(tmp_path):
     path = tmp_path / "my.csv"
     path.write_text(HAND_WRITTEN)
     out = tmp_path / "run"
-    code = main(["demo", "--data", str(path), "--label", "target", "--out", str(out), *QUICK,
-                 "--learners", "mlp,forest,linear", "--peer-features", "height,colour;colour,weight;weight,shoe"])
+    code = main(
+        [
+            "demo",
+            "--data",
+            str(path),
+            "--label",
+            "target",
+            "--out",
+            str(out),
+            *QUICK,
+            "--learners",
+            "mlp,forest,linear",
+            "--peer-features",
+            "height,colour;colour,weight;weight,shoe",
+        ]
+    )
     assert code == 0
     peers = json.loads((out / "results.json").read_text())["peers"]
     assert [p["learner"] for p in peers] == ["mlp", "forest", "linear"]
@@ -62,7 +76,7 @@ def test_demo_on_an_npz_of_images(tmp_path):
     y = np.arange(90) % 3
     x = rng.integers(0, 60, (90, 8, 8)).astype(np.uint8)
     for c in range(3):
-        x[y == c, 2 * c:2 * c + 2] += 150
+        x[y == c, 2 * c : 2 * c + 2] += 150
     np.savez(tmp_path / "img.npz", x=x, y=np.array(["a", "b", "c"])[y])
     out = tmp_path / "run"
     assert main(["demo", "--data", str(tmp_path / "img.npz"), "--out", str(out), *QUICK]) == 0
@@ -89,15 +103,18 @@ def _bad(tmp_path, what):
     return str(p)
 
 
-@pytest.mark.parametrize("what, extra, message", [
-    ("no-label", [], "has no label column 'target'"),
-    ("one-class", [], "label column 'target' has only one class"),
-    ("non-numeric", [], "numeric column 'a' holds non-numeric value 'lots' in row 3"),
-    ("nan", [], "column 'a' has a missing value (NaN or empty) in row 2"),
-    ("empty", [], "is empty"),
-    ("no-images", [], "holds no images"),
-    ("no-overlap", ["--peer-features", "height;height,weight;shoe"], "peer-2's columns share none"),
-])
+@pytest.mark.parametrize(
+    "what, extra, message",
+    [
+        ("no-label", [], "has no label column 'target'"),
+        ("one-class", [], "label column 'target' has only one class"),
+        ("non-numeric", [], "numeric column 'a' holds non-numeric value 'lots' in row 3"),
+        ("nan", [], "column 'a' has a missing value (NaN or empty) in row 2"),
+        ("empty", [], "is empty"),
+        ("no-images", [], "holds no images"),
+        ("no-overlap", ["--peer-features", "height;height,weight;shoe"], "peer-2's columns share none"),
+    ],
+)
 def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, what, extra, message):
     data = _bad(tmp_path, what)
     out = tmp_path / "out"

@@ -129,12 +129,16 @@ def _docker_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root: docker/compose-test.sh may start dockerd and debootstrap a base image"
     if not shutil.which("dockerd") and subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return ("no Docker engine and no dockerd; `make compose-test` installs docker.io, docker-compose "
-                "and debootstrap with apt")
+        return (
+            "no Docker engine and no dockerd; `make compose-test` installs docker.io, docker-compose "
+            "and debootstrap with apt"
+        )
     if not shutil.which("docker"):
         return "no docker client"
-    if not shutil.which("docker-compose") and subprocess.run(["docker", "compose", "version"],
-                                                              capture_output=True).returncode != 0:
+    if (
+        not shutil.which("docker-compose")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    ):
         return "neither docker-compose nor `docker compose` is installed"
     if not os.environ.get("CKD_BASE_IMAGE") and not shutil.which("debootstrap"):
         return "no debootstrap for the base image (or give CKD_BASE_IMAGE)"
@@ -150,8 +154,12 @@ def test_compose_up_runs_fmnist10_small_to_the_end(tmp_path):
         pytest.skip(reason)
     out = tmp_path / "results"
     # the script's small configuration, whatever CKD_* the caller has set
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CKD_") or k in (
-        "CKD_BASE_IMAGE", "CKD_FMNIST_DIR", "CKD_DOCKER_WORK", "CKD_DOCKER_CACHE", "CKD_TORCH_INDEX_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CKD_")
+        or k in ("CKD_BASE_IMAGE", "CKD_FMNIST_DIR", "CKD_DOCKER_WORK", "CKD_DOCKER_CACHE", "CKD_TORCH_INDEX_URL")
+    }
     env |= {"CKD_RESULTS": str(out), "CKD_IMAGE": "ckd:test", "COMPOSE_PROJECT_NAME": "ckdpytest"}
     proc = subprocess.run([str(SCRIPT), "all"], env=env, capture_output=True, text=True, timeout=3600)
     print(proc.stderr, proc.stdout)  # build and run times (pytest -s shows them)

@@ -20,8 +20,16 @@ def _transport(kind):
 
 @pytest.mark.parametrize("transport", ["in-process", pytest.param("grpc", marks=pytest.mark.grpc)])
 def test_missing_class_accuracy_rises_by_a_clear_margin(fmnist, transport):
-    cfg = ExperimentConfig(peers=3, rounds=2, learners="cnn,mlp,cnn", train_per_peer=1200, epochs=3,
-                           retrain_epochs=2, test_limit=2000, seed=0)
+    cfg = ExperimentConfig(
+        peers=3,
+        rounds=2,
+        learners="cnn,mlp,cnn",
+        train_per_peer=1200,
+        epochs=3,
+        retrain_epochs=2,
+        test_limit=2000,
+        seed=0,
+    )
     exp = run_experiment(cfg, quiet=True, data=fmnist, transport=_transport(transport))
     summary = summarise(exp)
     before = summary["missing_class_accuracy_before"]

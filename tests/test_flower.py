@@ -39,6 +39,7 @@ def in_process(fmnist):
             cfg = experiment_config(run_config, run_config["peers"])
             cache[key] = summarise(run_experiment(cfg, quiet=True, data=fmnist))
         return cache[key]
+
     return run
 
 
@@ -50,8 +51,7 @@ def _assert_same_results(flower_summary: dict, expected: dict) -> None:
 def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_process):
     out = tmp_path / "out"
     with flower(tmp_path, simulation=True) as fl:
-        res = fl.run({**SMALL, "out": str(out)},
-                     "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        res = fl.run({**SMALL, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
     _assert_same_results(summary, in_process(SMALL))
@@ -91,8 +91,12 @@ def test_a_failing_client_app_is_a_clear_error_in_the_log_and_results(deployment
     ClientApp raises, and the run stops at once with an error naming that peer and phase."""
     broken = tmp_path / "broken-data"
     broken.mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (broken / name).write_bytes(b"\x00\x00\x08\x03truncated")
     out = tmp_path / "out"
     # the run ends well before its phase timeout (an hour by default; run raises TimeoutExpired after 180 s)
@@ -116,6 +120,7 @@ def _lines(proc) -> queue.Queue:
         for line in proc.stdout:
             lines.put(line)
         lines.put(None)
+
     threading.Thread(target=read, daemon=True).start()
     return lines
 

@@ -28,8 +28,16 @@ def test_model_blob_round_trip_predicts_the_same():
 
 
 def test_example_batch_round_trip_and_relay_by_receiver():
-    batch = ExampleBatch("peer-0", "peer-2", 1, 3, np.arange(32, dtype=np.uint8).reshape(2, 4, 4),
-                         np.array([0, 2]), CLASSES, np.array([0.5, 1.5], np.float32))
+    batch = ExampleBatch(
+        "peer-0",
+        "peer-2",
+        1,
+        3,
+        np.arange(32, dtype=np.uint8).reshape(2, 4, 4),
+        np.array([0, 2]),
+        CLASSES,
+        np.array([0.5, 1.5], np.float32),
+    )
     content = RecordDict()
     key = rec.put_batch(content, batch)
     assert rec.batch_keys(content, "peer-2") == [key] and rec.batch_keys(content, "peer-1") == []
@@ -43,14 +51,34 @@ def test_example_batch_round_trip_and_relay_by_receiver():
 
 
 def test_round_records_round_trip_with_their_teach_reports():
-    r = TeachReport("peer-0", "peer-1", 2, qualified=5, attempted=5, failed=1, counterfactuals=4, sent=8,
-                    mean_steps=3.5, seconds=0.25, source_l1=2.0, near_copies=1,
-                    leakage={"count": 8, "near_copies": 1}, leakage_sample={"ratio": [0.5, 1.5]})
-    record = PeerRound("peer-0", 2, train_size=42, train_seconds=1.5,
-                       evaluation={"accuracy": 0.5, "per_class": [1.0, None, 0.0]}, evaluate_seconds=0.1,
-                       teach=[r], teach_seconds=0.3,
-                       errors=[{"teacher": "peer-0", "student": "peer-2", "round": 2, "error": "unreachable"}],
-                       skipped=["peer-3"])
+    r = TeachReport(
+        "peer-0",
+        "peer-1",
+        2,
+        qualified=5,
+        attempted=5,
+        failed=1,
+        counterfactuals=4,
+        sent=8,
+        mean_steps=3.5,
+        seconds=0.25,
+        source_l1=2.0,
+        near_copies=1,
+        leakage={"count": 8, "near_copies": 1},
+        leakage_sample={"ratio": [0.5, 1.5]},
+    )
+    record = PeerRound(
+        "peer-0",
+        2,
+        train_size=42,
+        train_seconds=1.5,
+        evaluation={"accuracy": 0.5, "per_class": [1.0, None, 0.0]},
+        evaluate_seconds=0.1,
+        teach=[r],
+        teach_seconds=0.3,
+        errors=[{"teacher": "peer-0", "student": "peer-2", "round": 2, "error": "unreachable"}],
+        skipped=["peer-3"],
+    )
     content = RecordDict()
     rec.put_record(content, record)
     back = rec.get_record(content, "reply")
@@ -62,9 +90,14 @@ def test_round_records_round_trip_with_their_teach_reports():
     with pytest.raises(InvalidPayload, match="reply: no round record"):
         rec.get_record(RecordDict(), "reply")
     good = record.to_dict()
-    for bad in ({"evaluation": {"accuracy": "high", "per_class": []}}, {"evaluation": {"accuracy": 0.5}},
-                {"train_size": "many"}, {"teach_seconds": None}, {"errors": [{"student": "peer-2"}]},
-                {"teach": [{"teacher": "peer-0"}]}):
+    for bad in (
+        {"evaluation": {"accuracy": "high", "per_class": []}},
+        {"evaluation": {"accuracy": 0.5}},
+        {"train_size": "many"},
+        {"teach_seconds": None},
+        {"errors": [{"student": "peer-2"}]},
+        {"teach": [{"teacher": "peer-0"}]},
+    ):
         content = RecordDict({rec.RECORD: ConfigRecord({"json": json.dumps({**good, **bad})})})
         with pytest.raises(InvalidPayload, match="reply: malformed round record"):
             rec.get_record(content, "reply")
@@ -86,8 +119,13 @@ def test_malformed_records_are_refused_by_name():
     content["batch.p.q.1.0.meta"] = ConfigRecord(meta)
     with pytest.raises(InvalidPayload, match="arrays \\['x'\\], expected distance, x, y"):
         rec.get_batch(content, "batch.p.q.1.0")
-    content["batch.p.q.1.1"] = ArrayRecord({"x": Array(np.full((1, 2), np.nan, np.float32)),
-                                   "y": Array(np.zeros(1, np.int64)), "distance": Array(np.zeros(1, np.float32))})
+    content["batch.p.q.1.1"] = ArrayRecord(
+        {
+            "x": Array(np.full((1, 2), np.nan, np.float32)),
+            "y": Array(np.zeros(1, np.int64)),
+            "distance": Array(np.zeros(1, np.float32)),
+        }
+    )
     content["batch.p.q.1.1.meta"] = ConfigRecord({**meta, "seq": 1})
     with pytest.raises(InvalidPayload, match="NaN"):
         rec.get_batch(content, "batch.p.q.1.1")
@@ -115,7 +153,13 @@ def test_the_app_config_matches_every_experiment_option_in_name_and_default():
 def test_run_config_maps_onto_the_experiment_config():
     cfg = experiment_config({"rounds": 3, "alpha": 1, "retrain-epochs": 0, "data-dir": "", "learners": "mlp"}, 4)
     assert (cfg.peers, cfg.rounds, cfg.alpha, cfg.retrain_epochs, cfg.data_dir, cfg.learners) == (
-        4, 3, 1.0, 0, None, "mlp")
+        4,
+        3,
+        1.0,
+        0,
+        None,
+        "mlp",
+    )
     with pytest.raises(UsageError, match="run config rounds = '2' should be int"):
         experiment_config({"rounds": "2"}, 4)
     with pytest.raises(UsageError, match="unknown learner kind 'svm'"):
@@ -138,8 +182,12 @@ def test_the_server_relays_batches_by_receiver_and_refuses_a_forged_sender():
 
     def reply(sender, receiver, seq=0, me=None):
         content = RecordDict()
-        rec.put_batch(content, ExampleBatch(sender, receiver, 1, seq, np.zeros((1, 4, 4), np.uint8), np.array([1]),
-                                            CLASSES, np.zeros(1, np.float32)))
+        rec.put_batch(
+            content,
+            ExampleBatch(
+                sender, receiver, 1, seq, np.zeros((1, 4, 4), np.uint8), np.array([1]), CLASSES, np.zeros(1, np.float32)
+            ),
+        )
         rec.put_record(content, PeerRound(me or sender, 1))
         return content
 
@@ -162,8 +210,9 @@ def test_too_few_supernodes_is_a_clear_error_not_a_hang():
         def get_node_ids(self):
             return [5, 7]
 
-    with pytest.raises(UsageError, match="this run needs 10 SuperNodes .* but 2 connected within 0 s; .*"
-                                         "num-supernodes=10"):
+    with pytest.raises(
+        UsageError, match="this run needs 10 SuperNodes .* but 2 connected within 0 s; .*num-supernodes=10"
+    ):
         wait_for_nodes(TwoNodes(), 10, 0.2)
     assert wait_for_nodes(TwoNodes(), 2, 0.2) == [5, 7]
 

@@ -36,8 +36,14 @@ from tests.fuzz_cases import CLASSES, FUZZ, LIMITS, RECEIVER, SENDER, SHAPE
 
 pytestmark = pytest.mark.fuzz
 
-REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
-            grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION}
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +58,15 @@ def peer_server(certs, tmp_path_factory):
     """peer-0 on loopback (mTLS, the small caps), model published for round 1; a raw channel as peer-1."""
     learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
     rng = np.random.default_rng(0)
-    peer = Peer(RECEIVER, rng.random((8, *SHAPE), dtype=np.float32), np.arange(8) % 4, CLASSES, learner,
-                store=SqliteExampleStore(tmp_path_factory.mktemp("store") / "examples.sqlite"))
-    servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS,
-                            known={RECEIVER, SENDER, fc.OTHER})
+    peer = Peer(
+        RECEIVER,
+        rng.random((8, *SHAPE), dtype=np.float32),
+        np.arange(8) % 4,
+        CLASSES,
+        learner,
+        store=SqliteExampleStore(tmp_path_factory.mktemp("store") / "examples.sqlite"),
+    )
+    servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS, known={RECEIVER, SENDER, fc.OTHER})
     servicer.publish(1, learner.to_blob())
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)
     channel = Security.from_dir(SENDER, certs, False).channel(f"127.0.0.1:{port}", RECEIVER, grpc_options(LIMITS))
@@ -105,8 +116,9 @@ def test_get_model_refuses_every_hostile_request(peer_server, case):
     if defect == "requester":
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "client certificate is 'peer-1'" in err.details()
     assert len(servicer.peer.store) == 0
-    status = peer_pb2.StatusReply.FromString(_raw(channel, "unary_unary", "/ckd.v1.PeerService/Status")(b"",
-                                                                                                       timeout=10))
+    status = peer_pb2.StatusReply.FromString(
+        _raw(channel, "unary_unary", "/ckd.v1.PeerService/Status")(b"", timeout=10)
+    )
     assert status.peer == RECEIVER and status.batches_stored == 0
 
 
@@ -127,13 +139,18 @@ def test_status_answers_or_refuses_any_bytes(peer_server, raw):
 
 @pytest.fixture(scope="module")
 def coordinator(certs):
-    c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=0.5,
-                    expected={RECEIVER, SENDER})
+    c = Coordinator(
+        Security.from_dir("coordinator", certs, False),
+        rounds=2,
+        min_peers=2,
+        round_deadline=0.5,
+        expected={RECEIVER, SENDER},
+    )
     server, port = serve_coordinator(c, "127.0.0.1:0", LIMITS)
-    channel = Security.from_dir(SENDER, certs, False).channel(f"127.0.0.1:{port}", "coordinator",
-                                                                grpc_options(LIMITS))
+    channel = Security.from_dir(SENDER, certs, False).channel(f"127.0.0.1:{port}", "coordinator", grpc_options(LIMITS))
     coordinator_pb2_grpc.CoordinatorServiceStub(channel).Register(
-        cpb.RegisterRequest(peer=SENDER, address="127.0.0.1:1"), timeout=10)
+        cpb.RegisterRequest(peer=SENDER, address="127.0.0.1:1"), timeout=10
+    )
     yield c, channel
     channel.close()
     server.stop(grace=0).wait()
@@ -163,8 +180,9 @@ def test_coordinator_refuses_every_hostile_request(coordinator, case):
         if defect == "claims another":
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "client certificate" in err.details()
     assert _coordinator_state(c) == before, defect
-    reply = coordinator_pb2_grpc.CoordinatorServiceStub(channel).Heartbeat(cpb.HeartbeatRequest(peer=SENDER),
-                                                                            timeout=10)
+    reply = coordinator_pb2_grpc.CoordinatorServiceStub(channel).Heartbeat(
+        cpb.HeartbeatRequest(peer=SENDER), timeout=10
+    )
     assert reply.ok
 
 
@@ -177,19 +195,31 @@ class HostilePeer:
 
     def __init__(self, certs) -> None:
         self.stream: list[bytes] = []
-        handler = grpc.unary_stream_rpc_method_handler(lambda request, context: iter(self.stream),
-                                                       request_deserializer=lambda b: b,
-                                                       response_serializer=lambda b: b)
+        handler = grpc.unary_stream_rpc_method_handler(
+            lambda request, context: iter(self.stream),
+            request_deserializer=lambda b: b,
+            response_serializer=lambda b: b,
+        )
         service = grpc.method_handlers_generic_handler("ckd.v1.PeerService", {"GetModel": handler})
-        self.server, self.port, _ = serve([(lambda s, server: server.add_generic_rpc_handlers((service,)), None)],
-                                          Security.from_dir(fc.OTHER, certs, False), "127.0.0.1:0", LIMITS)
+        self.server, self.port, _ = serve(
+            [(lambda s, server: server.add_generic_rpc_handlers((service,)), None)],
+            Security.from_dir(fc.OTHER, certs, False),
+            "127.0.0.1:0",
+            LIMITS,
+        )
 
 
 @pytest.fixture(scope="module")
 def hostile_peer(certs):
     hostile = HostilePeer(certs)
-    transport = GrpcTransport(SENDER, {fc.OTHER: f"127.0.0.1:{hostile.port}"}, Security.from_dir(SENDER, certs, False),
-                              LIMITS, retries=0, timeout=20)
+    transport = GrpcTransport(
+        SENDER,
+        {fc.OTHER: f"127.0.0.1:{hostile.port}"},
+        Security.from_dir(SENDER, certs, False),
+        LIMITS,
+        retries=0,
+        timeout=20,
+    )
     yield hostile, transport
     transport.close()
     hostile.server.stop(grace=0).wait()
@@ -236,11 +266,24 @@ def test_hostile_streams_from_a_peer_are_refused_whole(hostile_peer, data):
     """Streams that are no model: truncated, reordered, oversized, bytes that do not parse."""
     hostile, transport = hostile_peer
     good = fc.blob_stream(BLOBS["mlp"], fc.OTHER, 1)
-    kind = data.draw(st.sampled_from(["truncated", "no header", "two headers", "garbage", "other round",
-                                      "other publisher", "over cap", "too many arrays", "huge spec"]))
+    kind = data.draw(
+        st.sampled_from(
+            [
+                "truncated",
+                "no header",
+                "two headers",
+                "garbage",
+                "other round",
+                "other publisher",
+                "over cap",
+                "too many arrays",
+                "huge spec",
+            ]
+        )
+    )
     stream = list(good)
     if kind == "truncated":
-        stream = stream[:data.draw(st.integers(0, len(stream) - 1))]
+        stream = stream[: data.draw(st.integers(0, len(stream) - 1))]
     elif kind == "no header":
         stream = stream[1:]
     elif kind == "two headers":
@@ -248,14 +291,19 @@ def test_hostile_streams_from_a_peer_are_refused_whole(hostile_peer, data):
     elif kind == "garbage":
         stream.insert(data.draw(st.integers(0, len(stream))), b"\xff\xff\xff\x01" + data.draw(st.binary(max_size=8)))
     elif kind in ("other round", "other publisher"):
-        stream = fc.blob_stream(BLOBS["mlp"], fc.OTHER if kind == "other round" else RECEIVER,
-                                2 if kind == "other round" else 1)
+        stream = fc.blob_stream(
+            BLOBS["mlp"], fc.OTHER if kind == "other round" else RECEIVER, 2 if kind == "other round" else 1
+        )
     elif kind == "over cap":
-        stream = fc.blob_stream(ModelBlob(BLOBS["mlp"].spec, {"w": np.zeros(LIMITS.max_blob_bytes // 4 + 1,
-                                                                             np.float32)}), fc.OTHER, 1)[:1]
+        stream = fc.blob_stream(
+            ModelBlob(BLOBS["mlp"].spec, {"w": np.zeros(LIMITS.max_blob_bytes // 4 + 1, np.float32)}), fc.OTHER, 1
+        )[:1]
     elif kind == "too many arrays":
-        stream = fc.blob_stream(ModelBlob(BLOBS["mlp"].spec, {f"a{i}": np.zeros(1, np.float32)
-                                                              for i in range(LIMITS.max_arrays + 1)}), fc.OTHER, 1)
+        stream = fc.blob_stream(
+            ModelBlob(BLOBS["mlp"].spec, {f"a{i}": np.zeros(1, np.float32) for i in range(LIMITS.max_arrays + 1)}),
+            fc.OTHER,
+            1,
+        )
     elif kind == "huge spec":
         stream = fc.blob_stream(ModelBlob({**BLOBS["mlp"].spec, "pad": "x" * LIMITS.max_spec_bytes}, {}), fc.OTHER, 1)
     hostile.stream = stream
@@ -279,8 +327,25 @@ def hostile_batch_record(draw) -> tuple[RecordDict, str, str]:
     batch = fc.good_batch(draw(st.integers(1, 12)), draw(st.integers(0, 2**16)))
     content, key = _batch_content(batch)
     meta = dict(content[key + ".meta"])
-    kind = draw(st.sampled_from(["meta type", "meta missing", "meta kind", "array kind", "arrays", "forged bytes",
-                                 "shape", "labels", "nan", "too many", "over cap", "classes", "negative"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "meta type",
+                "meta missing",
+                "meta kind",
+                "array kind",
+                "arrays",
+                "forged bytes",
+                "shape",
+                "labels",
+                "nan",
+                "too many",
+                "over cap",
+                "classes",
+                "negative",
+            ]
+        )
+    )
     if kind == "meta type":
         field = draw(st.sampled_from(sorted(meta)))
         meta[field] = draw(fc.WEIRD.filter(lambda v, f=field: type(v) is not type(meta[f]) and v is not None))
@@ -303,8 +368,9 @@ def hostile_batch_record(draw) -> tuple[RecordDict, str, str]:
         arrays[name] = Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=draw(st.binary(max_size=200)))
         content[key] = ArrayRecord(arrays)
     elif kind == "shape":
-        content[key] = ArrayRecord({"x": Array(batch.x[:, :4]), "y": Array(batch.y[:1]),
-                                    "distance": Array(batch.distance)})
+        content[key] = ArrayRecord(
+            {"x": Array(batch.x[:, :4]), "y": Array(batch.y[:1]), "distance": Array(batch.distance)}
+        )
     elif kind == "labels":
         y = batch.y.copy()
         y[0] = draw(st.one_of(st.integers(4, 2**62), st.integers(-(2**62), -1)))
@@ -315,11 +381,21 @@ def hostile_batch_record(draw) -> tuple[RecordDict, str, str]:
         content[key] = ArrayRecord({"x": Array(batch.x), "y": Array(batch.y), "distance": Array(d)})
     elif kind == "too many":
         n = LIMITS.max_batch_examples + 1
-        content[key] = ArrayRecord({"x": Array(np.zeros((n, 1), np.uint8)), "y": Array(np.zeros(n, np.int64)),
-                                    "distance": Array(np.zeros(n, np.float32))})
+        content[key] = ArrayRecord(
+            {
+                "x": Array(np.zeros((n, 1), np.uint8)),
+                "y": Array(np.zeros(n, np.int64)),
+                "distance": Array(np.zeros(n, np.float32)),
+            }
+        )
     elif kind == "over cap":
-        content[key] = ArrayRecord({"x": Array(np.zeros((1, LIMITS.max_batch_bytes + 1), np.uint8)),
-                                    "y": Array(np.zeros(1, np.int64)), "distance": Array(np.zeros(1, np.float32))})
+        content[key] = ArrayRecord(
+            {
+                "x": Array(np.zeros((1, LIMITS.max_batch_bytes + 1), np.uint8)),
+                "y": Array(np.zeros(1, np.int64)),
+                "distance": Array(np.zeros(1, np.float32)),
+            }
+        )
     elif kind == "classes":
         meta["classes"] = draw(st.sampled_from([["c0"], ["c0", "c0"], []]))
         content[key + ".meta"] = ConfigRecord(meta)
@@ -348,9 +424,14 @@ def test_hostile_batch_records_are_refused(case):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=40), st.just("[" * 5000 + "]" * 5000),
-                      st.builds(json.dumps, st.dictionaries(st.text(max_size=6), fc.WEIRD, max_size=4))),
-       wrong_kind=st.booleans())
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.just("[" * 5000 + "]" * 5000),
+        st.builds(json.dumps, st.dictionaries(st.text(max_size=6), fc.WEIRD, max_size=4)),
+    ),
+    wrong_kind=st.booleans(),
+)
 def test_hostile_round_records_are_refused(text, wrong_kind):
     content = RecordDict()
     content[rec.RECORD] = ArrayRecord() if wrong_kind else ConfigRecord({"json": text})

@@ -46,8 +46,8 @@ def test_flips_into_a_lacking_class_are_excused_up_to_what_that_class_could_brin
     take up to 10 held rows, the rows class 9 would have had; flips among held classes never count."""
     right_before = np.ones(90, bool)
     pred = np.repeat(np.arange(9), 10)
-    pred[:12] = 9          # 12 rows now predicted as the lacking class
-    pred[12:15] = 8        # 3 rows now another held class
+    pred[:12] = 9  # 12 rows now predicted as the lacking class
+    pred[12:15] = 8  # 3 rows now another held class
     right_after = pred == np.repeat(np.arange(9), 10)
     assert lacking_credit(pred, right_before, right_after, [9], 10) == (12, 10)
     assert lacking_credit(pred, right_before, right_after, [], 10) == (0, 0)
@@ -82,13 +82,26 @@ def test_refused_examples_never_come_back_for_training(tmp_path, durable):
 
 
 def test_the_gate_record_travels_with_the_round_record():
-    report = GateReport(1, 10, 0.8, 0.9, "without t2",
-                        [{"without": [], "b": 3, "c": 0, "into_lacking": 0, "excused": 0, "harmful": True,
-                          "accuracy": 0.5},
-                         {"without": ["t2 round 1: all"], "b": 0, "c": 1, "into_lacking": 0, "excused": 0,
-                          "harmful": False, "accuracy": 0.9}],
-                        {"t1": {"accepted": 4, "refused": 0, "agreement": 0.75},
-                         "t2": {"accepted": 0, "refused": 6, "agreement": 0.1}})
+    report = GateReport(
+        1,
+        10,
+        0.8,
+        0.9,
+        "without t2",
+        [
+            {"without": [], "b": 3, "c": 0, "into_lacking": 0, "excused": 0, "harmful": True, "accuracy": 0.5},
+            {
+                "without": ["t2 round 1: all"],
+                "b": 0,
+                "c": 1,
+                "into_lacking": 0,
+                "excused": 0,
+                "harmful": False,
+                "accuracy": 0.9,
+            },
+        ],
+        {"t1": {"accepted": 4, "refused": 0, "agreement": 0.75}, "t2": {"accepted": 0, "refused": 6, "agreement": 0.1}},
+    )
     record = PeerRound("me", 1, gate=report.to_dict())
     back = PeerRound.from_dict(json.loads(json.dumps(record.to_dict())))
     assert back.gate == record.gate and GateReport.from_dict(back.gate).refused == 6
@@ -103,6 +116,7 @@ def test_the_gate_record_travels_with_the_round_record():
 
 
 # -- real behaviour on a small slice of Fashion-MNIST ----------------------------------------------
+
 
 def _peer(pid, data, idx, seed, share, labels=None, kind="mlp"):
     x = data.subset(idx).float_inputs()
@@ -130,7 +144,7 @@ def _run(peers, test, rounds=1, epochs=6, retrain=3):
 def _slice(fmnist, n=500, test_n=1500):
     train, test = fmnist
     order = np.random.default_rng(0).permutation(len(train))
-    return train, test.subset(np.arange(test_n)), [order[k * n:(k + 1) * n] for k in range(3)]
+    return train, test.subset(np.arange(test_n)), [order[k * n : (k + 1) * n] for k in range(3)]
 
 
 @pytest.mark.slow
@@ -148,8 +162,9 @@ def test_a_teacher_with_wrong_labels_is_refused_and_the_missing_class_still_lear
         records = _run([student, honest, shifted], test)[student.id]
         outcome[share] = (records, student)
     plain, _ = outcome[0.0]
-    assert plain[1].evaluation["accuracy"] < plain[0].evaluation["accuracy"] - 0.1, \
-        [r.evaluation["accuracy"] for r in plain]
+    assert plain[1].evaluation["accuracy"] < plain[0].evaluation["accuracy"] - 0.1, [
+        r.evaluation["accuracy"] for r in plain
+    ]
     gated, student = outcome[0.15]
     gate = GateReport.from_dict(gated[1].gate)
     assert gate.teachers["shifted"]["refused"] > 0 and gate.teachers["shifted"]["accepted"] == 0, gate
@@ -158,8 +173,9 @@ def test_a_teacher_with_wrong_labels_is_refused_and_the_missing_class_still_lear
     assert gate.outcome == "without shifted" and [t["harmful"] for t in gate.tries] == [True, False], gate
     kept = gate.tries[-1]  # validation: no loss beyond noise, by the same rows before and after
     assert kept["b"] - kept["c"] - kept["excused"] <= 2 * np.sqrt(kept["b"] + kept["c"]), gate
-    assert gated[1].evaluation["accuracy"] >= gated[0].evaluation["accuracy"] - 0.01, \
-        [r.evaluation["accuracy"] for r in gated]
+    assert gated[1].evaluation["accuracy"] >= gated[0].evaluation["accuracy"] - 0.01, [
+        r.evaluation["accuracy"] for r in gated
+    ]
     assert gated[0].evaluation["per_class"][0] == 0.0 and gated[1].evaluation["per_class"][0] > 0.3
     # refused for good: the shifted teacher's examples are not in the training set any more
     judged = student.store.judgements()
@@ -181,10 +197,12 @@ def test_honest_teaching_of_a_missing_class_passes_the_gate(fmnist):
 
 # -- the table of the issue: a forest peer among peers with other columns ------------------------------
 
-WINE_COLUMNS = ("alcohol,malic_acid,ash,alcalinity_of_ash,magnesium,total_phenols,flavanoids,nonflavanoid_phenols,"
-                "proanthocyanins;magnesium,total_phenols,flavanoids,nonflavanoid_phenols,proanthocyanins,"
-                "color_intensity,hue,od280/od315_of_diluted_wines,proline;alcohol,malic_acid,ash,alcalinity_of_ash,"
-                "proanthocyanins,color_intensity,hue,od280/od315_of_diluted_wines,proline")
+WINE_COLUMNS = (
+    "alcohol,malic_acid,ash,alcalinity_of_ash,magnesium,total_phenols,flavanoids,nonflavanoid_phenols,"
+    "proanthocyanins;magnesium,total_phenols,flavanoids,nonflavanoid_phenols,proanthocyanins,"
+    "color_intensity,hue,od280/od315_of_diluted_wines,proline;alcohol,malic_acid,ash,alcalinity_of_ash,"
+    "proanthocyanins,color_intensity,hue,od280/od315_of_diluted_wines,proline"
+)
 
 
 def _wine_csv(path):
@@ -206,8 +224,27 @@ def test_no_peer_of_the_wine_table_ends_below_its_start(tmp_path, capsys):
 
     data = _wine_csv(tmp_path / "wine.csv")
     out = tmp_path / "run"
-    assert main(["demo", "--data", str(data), "--label", "target", "--learners", "mlp,forest,linear",
-                 "--peer-features", WINE_COLUMNS, "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                str(data),
+                "--label",
+                "target",
+                "--learners",
+                "mlp,forest,linear",
+                "--peer-features",
+                WINE_COLUMNS,
+                "--out",
+                str(out),
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "results.json").read_text())
     n = 36
     for p in summary["peers"]:
@@ -228,8 +265,13 @@ def test_flower_keeps_the_judgements_between_calls(tiny_idx_dir):
     from peer.flower.client_app import _save, load_peer
 
     run_config = {"data-dir": str(tiny_idx_dir), "learners": "mlp", "split": "iid", "epochs": 1}
-    context = Context(run_id=1, node_id=2, node_config={"partition-id": 0, "num-partitions": 2},
-                      state=RecordDict(), run_config=run_config)
+    context = Context(
+        run_id=1,
+        node_id=2,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=run_config,
+    )
     peer, _ = load_peer(context)
     peer.store.judge("peer-1", 1, ["Bag", "Coat"])
     peer.store.judge("peer-1", 2, [])

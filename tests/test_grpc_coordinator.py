@@ -27,8 +27,12 @@ def certs(tmp_path_factory):
 def coord(certs):
     c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=1.5)
     server, port = serve_coordinator(c, "127.0.0.1:0")
-    stubs = {p: coordinator_pb2_grpc.CoordinatorServiceStub(
-        Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")) for p in ("peer-0", "peer-1")}
+    stubs = {
+        p: coordinator_pb2_grpc.CoordinatorServiceStub(
+            Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")
+        )
+        for p in ("peer-0", "peer-1")
+    }
     yield c, stubs
     server.stop(grace=0)
 
@@ -38,9 +42,14 @@ def _start(coord):
     for p, stub in stubs.items():
         assert stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5).rounds == 2
     replies = {}
-    threads = [threading.Thread(target=lambda p=p, s=s: replies.__setitem__(
-        p, s.WaitRound(pb.WaitRoundRequest(peer=p, round=0, stage=pb.STAGE_READY), timeout=10)))
-        for p, s in stubs.items()]
+    threads = [
+        threading.Thread(
+            target=lambda p=p, s=s: replies.__setitem__(
+                p, s.WaitRound(pb.WaitRoundRequest(peer=p, round=0, stage=pb.STAGE_READY), timeout=10)
+            )
+        )
+        for p, s in stubs.items()
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -60,13 +69,11 @@ def test_slow_peer_skipped_at_the_round_deadline(coord):
     _start(coord)
     # peer-1 is alive (heartbeats within 30 s) but never arrives: peer-0 is released by the
     # round deadline (1.5 s), well before its call's own 10 s timeout, and told so
-    reply = stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=1, stage=pb.STAGE_PUBLISHED),
-                                      timeout=10)
+    reply = stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=1, stage=pb.STAGE_PUBLISHED), timeout=10)
     assert reply.timed_out and list(reply.arrived) == ["peer-0"]
     assert c.skipped() == [{"round": 1, "stage": "published", "skipped": ["peer-1"]}]
     # arriving after the deadline does not reopen the barrier: peer-1 is answered at once, timed out
-    late = stubs["peer-1"].WaitRound(pb.WaitRoundRequest(peer="peer-1", round=1, stage=pb.STAGE_PUBLISHED),
-                                     timeout=10)
+    late = stubs["peer-1"].WaitRound(pb.WaitRoundRequest(peer="peer-1", round=1, stage=pb.STAGE_PUBLISHED), timeout=10)
     assert late.timed_out
 
 
@@ -106,8 +113,11 @@ def test_bytes_that_do_not_parse_are_refused_as_invalid_argument(certs):
     try:
         channel = Security.from_dir("peer-0", certs, False).channel(f"127.0.0.1:{port}", "coordinator")
         for method in ("Register", "Heartbeat", "ListPeers", "WaitRound", "ReportMetrics"):
-            call = channel.unary_unary(f"/ckd.v1.CoordinatorService/{method}", request_serializer=lambda b: b,
-                                       response_deserializer=lambda b: b)
+            call = channel.unary_unary(
+                f"/ckd.v1.CoordinatorService/{method}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
             with pytest.raises(grpc.RpcError) as err:
                 call(b"\xff\xff\xff\x01garbage", timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method

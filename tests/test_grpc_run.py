@@ -28,11 +28,20 @@ pytestmark = pytest.mark.grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 # small enough for a test, big enough that every teacher makes and sends counterfactuals
-CFG = ExperimentConfig(peers=3, rounds=1, train_per_peer=300, epochs=3, retrain_epochs=1, test_limit=1000,
-                       max_per_student=60, seed=0)
-CONTROL = (peer_pb2.GetModelRequest, peer_pb2.StatusRequest, peer_pb2.StatusReply, peer_pb2.Ack,
-           coordinator_pb2.RegisterRequest, coordinator_pb2.ListPeersRequest, coordinator_pb2.WaitRoundRequest,
-           coordinator_pb2.MetricsRequest, coordinator_pb2.HeartbeatRequest)
+CFG = ExperimentConfig(
+    peers=3, rounds=1, train_per_peer=300, epochs=3, retrain_epochs=1, test_limit=1000, max_per_student=60, seed=0
+)
+CONTROL = (
+    peer_pb2.GetModelRequest,
+    peer_pb2.StatusRequest,
+    peer_pb2.StatusReply,
+    peer_pb2.Ack,
+    coordinator_pb2.RegisterRequest,
+    coordinator_pb2.ListPeersRequest,
+    coordinator_pb2.WaitRoundRequest,
+    coordinator_pb2.MetricsRequest,
+    coordinator_pb2.HeartbeatRequest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +64,9 @@ def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
         if v is not None:
             args += ["--" + k.replace("_", "-"), str(v)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
     assert {"accuracy.png", "counterfactuals.png", "results.json"} <= {p.name for p in out.iterdir()}
@@ -82,8 +92,14 @@ def _run_nodes(fmnist, tmp_path, coordinator: bool, taps: dict) -> list[Node]:
         coord = Coordinator(Security.from_dir("coordinator", certs, False), CFG.rounds, CFG.peers, 120)
         server, port = serve_coordinator(coord, "127.0.0.1:0")
         coord_address = f"127.0.0.1:{port}"
-    nodes = [Node(NodeConfig(CFG, k, tmp_path / pid, coordinator=coord_address, round_deadline=120),
-                  Security.from_dir(pid, certs, False), data=fmnist) for k, pid in enumerate(ids)]
+    nodes = [
+        Node(
+            NodeConfig(CFG, k, tmp_path / pid, coordinator=coord_address, round_deadline=120),
+            Security.from_dir(pid, certs, False),
+            data=fmnist,
+        )
+        for k, pid in enumerate(ids)
+    ]
     if not coordinator:
         for n in nodes:
             n.addresses = {m.id: m.address for m in nodes}
@@ -164,8 +180,9 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
     assert _rounded_equal(nodes, in_process)
     assert [n.metrics[1]["stored_examples"] for n in nodes] == [p["received"] for p in in_process["peers"]]
     # a peer restarted on its state directory picks up its last model, store and metrics
-    again = Node(NodeConfig(CFG, 0, tmp_path / "peer-0"), Security.from_dir("peer-0", tmp_path / "certs", False),
-                 data=fmnist)
+    again = Node(
+        NodeConfig(CFG, 0, tmp_path / "peer-0"), Security.from_dir("peer-0", tmp_path / "certs", False), data=fmnist
+    )
     try:
         assert again.resume() == 1
         assert len(again.peer.store) == nodes[0].metrics[1]["stored_examples"] > 0
@@ -174,19 +191,22 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
         again.stop()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["peer", "--coordinator", "127.0.0.1:1"], "mutual TLS needs --certs DIR"),
-    (["peer", "--insecure"], "give --coordinator HOST:PORT or a static --peers"),
-    (["peer", "--insecure", "--peers", "peer-0=nohost"], "bad --peers entry"),
-    (["peer", "--insecure", "--peers", "peer-1=h:1,peer-2=h:2"], "does not name this peer (peer-0)"),
-    (["peer", "--insecure", "--coordinator", "h:1", "--learner", "svm"], "unknown --learner 'svm'"),
-    (["peer", "--insecure", "--coordinator", "h:1", "--listen", "0.0.0.0:5000"], "give --advertise"),
-    (["certs", "--out", "{tmp}/c"], "name no certificates"),
-    (["certs", "--out", "{tmp}/c", "--names", "bad name!"], "bad peer name"),
-    (["certs", "--out", "{tmp}/o", "--names", "superlink", "--hosts", "10.0.0.5,bad host"], "bad host 'bad host'"),
-    (["launch", "--peers", "1", "--out", "{tmp}/o"], "--peers must be at least 2"),
-    (["server", "--rounds", "-1", "--insecure", "--out", "{tmp}/s"], "--rounds must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["peer", "--coordinator", "127.0.0.1:1"], "mutual TLS needs --certs DIR"),
+        (["peer", "--insecure"], "give --coordinator HOST:PORT or a static --peers"),
+        (["peer", "--insecure", "--peers", "peer-0=nohost"], "bad --peers entry"),
+        (["peer", "--insecure", "--peers", "peer-1=h:1,peer-2=h:2"], "does not name this peer (peer-0)"),
+        (["peer", "--insecure", "--coordinator", "h:1", "--learner", "svm"], "unknown --learner 'svm'"),
+        (["peer", "--insecure", "--coordinator", "h:1", "--listen", "0.0.0.0:5000"], "give --advertise"),
+        (["certs", "--out", "{tmp}/c"], "name no certificates"),
+        (["certs", "--out", "{tmp}/c", "--names", "bad name!"], "bad peer name"),
+        (["certs", "--out", "{tmp}/o", "--names", "superlink", "--hosts", "10.0.0.5,bad host"], "bad host 'bad host'"),
+        (["launch", "--peers", "1", "--out", "{tmp}/o"], "--peers must be at least 2"),
+        (["server", "--rounds", "-1", "--insecure", "--out", "{tmp}/s"], "--rounds must be >= 0"),
+    ],
+)
 def test_bad_command_lines_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -210,8 +230,12 @@ def test_certs_hosts_are_subject_alternative_names(tmp_path):
 
     from cryptography import x509
 
-    assert main(["certs", "--out", str(tmp_path), "--names", "superlink",
-                 "--hosts", "10.0.0.5, superlink.example.org,::1"]) == 0
+    assert (
+        main(
+            ["certs", "--out", str(tmp_path), "--names", "superlink", "--hosts", "10.0.0.5, superlink.example.org,::1"]
+        )
+        == 0
+    )
     cert = x509.load_pem_x509_certificate((tmp_path / "superlink.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["superlink", "superlink.example.org"]
@@ -224,10 +248,28 @@ def test_launch_stops_every_peer_and_writes_nothing_when_a_peer_fails(tiny_idx_d
     write_idx(tiny_idx_dir / "t10k-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8))  # labels out of range
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--peers", "2",
-                           "--data-dir", str(tiny_idx_dir),
-                           "--out", str(out), "--state-dir", str(tmp_path / "state"), "--insecure", "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "launch",
+            "--peers",
+            "2",
+            "--data-dir",
+            str(tiny_idx_dir),
+            "--out",
+            str(out),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--insecure",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "exited with code 2" in err[0] and "labels outside 0..9" in err[0], err
@@ -246,8 +288,11 @@ def test_peer_restarted_mid_run_rejoins_and_the_run_matches_in_process(fmnist, t
     server, port = serve_coordinator(coord, "127.0.0.1:0")
 
     def node(k):
-        return Node(NodeConfig(CFG, k, tmp_path / ids[k], coordinator=f"127.0.0.1:{port}", round_deadline=120),
-                    Security.from_dir(ids[k], certs, False), data=fmnist)
+        return Node(
+            NodeConfig(CFG, k, tmp_path / ids[k], coordinator=f"127.0.0.1:{port}", round_deadline=120),
+            Security.from_dir(ids[k], certs, False),
+            data=fmnist,
+        )
 
     nodes = [node(k) for k in range(CFG.peers)]
     report = nodes[2]._report

@@ -26,9 +26,16 @@ CLASSES = tuple(f"c{i}" for i in range(4))
 
 def _batch(sender="peer-1", receiver="peer-0", n=5, seq=0, **over) -> ExampleBatch:
     rng = np.random.default_rng(seq)
-    fields = dict(sender=sender, receiver=receiver, round=1, seq=seq,
-                  x=rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), y=np.arange(n, dtype=np.int64) % 4,
-                  classes=CLASSES, distance=np.ones(n, np.float32))
+    fields = dict(
+        sender=sender,
+        receiver=receiver,
+        round=1,
+        seq=seq,
+        x=rng.integers(0, 256, (n, 8, 8), dtype=np.uint8),
+        y=np.arange(n, dtype=np.int64) % 4,
+        classes=CLASSES,
+        distance=np.ones(n, np.float32),
+    )
     fields.update(over)
     return ExampleBatch(**fields)
 
@@ -45,10 +52,20 @@ def served(tmp_path, certs):
     """peer-0 serving on loopback with mTLS; peer-1 and peer-2 are known, mallory is not."""
     rng = np.random.default_rng(0)
     learner = make_learner("mlp", (8, 8), CLASSES, TrainConfig(epochs=1, seed=0))
-    peer = Peer("peer-0", rng.random((20, 8, 8), dtype=np.float32), np.arange(20) % 4, CLASSES, learner,
-                store=SqliteExampleStore(tmp_path / "examples.sqlite"))
-    servicer = PeerServicer(peer, Security.from_dir("peer-0", certs, False), Limits(max_batch_examples=100),
-                            known={"peer-0", "peer-1", "peer-2"})
+    peer = Peer(
+        "peer-0",
+        rng.random((20, 8, 8), dtype=np.float32),
+        np.arange(20) % 4,
+        CLASSES,
+        learner,
+        store=SqliteExampleStore(tmp_path / "examples.sqlite"),
+    )
+    servicer = PeerServicer(
+        peer,
+        Security.from_dir("peer-0", certs, False),
+        Limits(max_batch_examples=100),
+        known={"peer-0", "peer-1", "peer-2"},
+    )
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)
     yield servicer, f"127.0.0.1:{port}"
     server.stop(grace=0).wait()
@@ -65,8 +82,10 @@ def _raw_stub(certs, name, address):
 
 def test_model_pulled_in_chunks_equals_the_published_one(served, certs):
     servicer, address = served
-    big = ModelBlob({"kind": "mlp", "classes": list(CLASSES), "input_shape": [8, 8]},
-                    {"w": np.random.default_rng(1).random(700_000).astype(np.float32)})
+    big = ModelBlob(
+        {"kind": "mlp", "classes": list(CLASSES), "input_shape": [8, 8]},
+        {"w": np.random.default_rng(1).random(700_000).astype(np.float32)},
+    )
     servicer.publish(3, big)
     chunks = list(encode_blob(big, "peer-0", 3))
     assert len(chunks) == 4 and all(len(c.data) <= 1 << 20 for c in chunks[1:])
@@ -101,7 +120,8 @@ def test_health_serving_over_mtls(served, certs):
     _, address = served
     channel = Security.from_dir("peer-1", certs, False).channel(address, "peer-0")
     reply = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="ckd.v1.PeerService"), timeout=5)
+        health_pb2.HealthCheckRequest(service="ckd.v1.PeerService"), timeout=5
+    )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -128,32 +148,65 @@ def _bad_inputs():
     nan = _batch(distance=np.array([1, np.nan, 1, 1, 1], np.float32))
     inf_x = _batch(x=np.full((5, 8, 8), np.inf, np.float32))
     return {
-        "truncated": (list(encode_batch(ok))[:-1] + [wire_pb2.ExampleChunk(data=b"\0" * 10)],
-                      grpc.StatusCode.INVALID_ARGUMENT, "truncated stream"),
-        "no header": ([wire_pb2.ExampleChunk(data=b"\0" * 10)], grpc.StatusCode.INVALID_ARGUMENT,
-                      "does not start with a header"),
+        "truncated": (
+            list(encode_batch(ok))[:-1] + [wire_pb2.ExampleChunk(data=b"\0" * 10)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "truncated stream",
+        ),
+        "no header": (
+            [wire_pb2.ExampleChunk(data=b"\0" * 10)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "does not start with a header",
+        ),
         "two headers": (list(encode_batch(ok))[:1] * 2, grpc.StatusCode.INVALID_ARGUMENT, "second header"),
-        "overlong": (list(encode_batch(ok)) + [wire_pb2.ExampleChunk(data=b"\0")],
-                     grpc.StatusCode.INVALID_ARGUMENT, "more bytes than"),
-        "bad dtype": (_header_chunks(ok, distance={"name": "distance", "dtype": "complex64", "shape": [5]}),
-                      grpc.StatusCode.INVALID_ARGUMENT, "dtype 'complex64'"),
-        "shapes": (_header_chunks(ok, y={"name": "y", "dtype": "int64", "shape": [4]}),
-                   grpc.StatusCode.INVALID_ARGUMENT, "shapes do not fit"),
-        "input shape": (list(encode_batch(_batch(x=np.zeros((5, 7, 7), np.uint8)))),
-                        grpc.StatusCode.INVALID_ARGUMENT, r"input shape \(7, 7\) does not fit \(8, 8\)"),
+        "overlong": (
+            list(encode_batch(ok)) + [wire_pb2.ExampleChunk(data=b"\0")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more bytes than",
+        ),
+        "bad dtype": (
+            _header_chunks(ok, distance={"name": "distance", "dtype": "complex64", "shape": [5]}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dtype 'complex64'",
+        ),
+        "shapes": (
+            _header_chunks(ok, y={"name": "y", "dtype": "int64", "shape": [4]}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "shapes do not fit",
+        ),
+        "input shape": (
+            list(encode_batch(_batch(x=np.zeros((5, 7, 7), np.uint8)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"input shape \(7, 7\) does not fit \(8, 8\)",
+        ),
         "nan": (list(encode_batch(nan)), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
         "inf": (list(encode_batch(inf_x)), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
-        "label range": (list(encode_batch(_batch(y=np.array([0, 1, 2, 3, 4])))),
-                        grpc.StatusCode.INVALID_ARGUMENT, "label index out of range"),
-        "unknown class": (list(encode_batch(_batch(classes=("c0", "c1", "c2", "zebra")))),
-                          grpc.StatusCode.INVALID_ARGUMENT, "unknown class name"),
+        "label range": (
+            list(encode_batch(_batch(y=np.array([0, 1, 2, 3, 4])))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "label index out of range",
+        ),
+        "unknown class": (
+            list(encode_batch(_batch(classes=("c0", "c1", "c2", "zebra")))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown class name",
+        ),
         "too many": (list(encode_batch(_batch(n=101))), grpc.StatusCode.RESOURCE_EXHAUSTED, "over the cap of 100"),
-        "huge claim": (_header_chunks(ok, x={"name": "x", "dtype": "float64", "shape": [5, 10**9, 10**9]}),
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, "exceed the cap"),
-        "wrong receiver": (list(encode_batch(_batch(receiver="peer-2"))), grpc.StatusCode.INVALID_ARGUMENT,
-                           "addressed to 'peer-2'"),
-        "spoofed sender": (list(encode_batch(_batch(sender="peer-2"))), grpc.StatusCode.PERMISSION_DENIED,
-                           "claims sender 'peer-2' but the client certificate is 'peer-1'"),
+        "huge claim": (
+            _header_chunks(ok, x={"name": "x", "dtype": "float64", "shape": [5, 10**9, 10**9]}),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "exceed the cap",
+        ),
+        "wrong receiver": (
+            list(encode_batch(_batch(receiver="peer-2"))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "addressed to 'peer-2'",
+        ),
+        "spoofed sender": (
+            list(encode_batch(_batch(sender="peer-2"))),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "claims sender 'peer-2' but the client certificate is 'peer-1'",
+        ),
     }
 
 
@@ -219,14 +272,16 @@ def test_decode_roundtrip_keeps_every_field():
 def test_bytes_that_do_not_parse_refused_as_invalid_argument(served, certs):
     servicer, address = served
     channel = Security.from_dir("peer-1", certs, False).channel(address, "peer-0")
-    push = channel.stream_unary("/ckd.v1.PeerService/PushExamples", request_serializer=lambda b: b,
-                                response_deserializer=lambda b: b)
+    push = channel.stream_unary(
+        "/ckd.v1.PeerService/PushExamples", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     with pytest.raises(grpc.RpcError) as err:
         push(iter([b"\xff\xff\xff\x01garbage"]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed message, 11 bytes that do not parse as ExampleChunk" in err.value.details()
-    get = channel.unary_stream("/ckd.v1.PeerService/GetModel", request_serializer=lambda b: b,
-                               response_deserializer=lambda b: b)
+    get = channel.unary_stream(
+        "/ckd.v1.PeerService/GetModel", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     with pytest.raises(grpc.RpcError) as err:
         list(get(b"\x0a\xff", timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GetModelRequest" in err.value.details()

@@ -44,14 +44,20 @@ def expired_cert(certs: Path, name: str) -> None:
     ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=2)).not_valid_after(now - dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    (certs / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=2))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # type: ignore[arg-type]
+    (certs / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     (certs / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -69,9 +75,15 @@ def world(tmp_path_factory):
     env["PYTHONPATH"] = str(ROOT)
     stderr = base / "server.log"
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.hostile_server", str(certs), str(base / "state")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                                cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile_server", str(certs), str(base / "state")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
     try:
         ports = json.loads(proc.stdout.readline())
         yield certs, other, ports, proc, stderr
@@ -118,11 +130,14 @@ def _push(channel, batch) -> peer_pb2.Ack:
     return peer_pb2_grpc.PeerServiceStub(channel).PushExamples(encode_batch(batch), timeout=10)
 
 
-@pytest.mark.parametrize("case, server_log", [
-    ("no client certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
-    ("another CA", "certificate signature failure"),
-    ("expired", "certificate has expired"),
-])
+@pytest.mark.parametrize(
+    "case, server_log",
+    [
+        ("no client certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+        ("another CA", "certificate signature failure"),
+        ("expired", "certificate has expired"),
+    ],
+)
 def test_refused_at_the_handshake_and_logged(world, case, server_log):
     certs, other, ports, proc, stderr = world
     ca = (certs / "ca.pem").read_bytes()
@@ -153,8 +168,11 @@ def test_valid_certificate_claiming_another_peer_is_refused(world):
     assert "claims sender 'mallory' but the client certificate is 'peer-1'" in err.value.details()
     assert _logged(stderr, "claims sender 'mallory' but the client certificate is 'peer-1'")
     with pytest.raises(grpc.RpcError) as err:
-        list(peer_pb2_grpc.PeerServiceStub(peer1).GetModel(peer_pb2.GetModelRequest(requester="peer-0", round=1),
-                                                           timeout=10))
+        list(
+            peer_pb2_grpc.PeerServiceStub(peer1).GetModel(
+                peer_pb2.GetModelRequest(requester="peer-0", round=1), timeout=10
+            )
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     coord = coordinator_pb2_grpc.CoordinatorServiceStub(_as(certs, "peer-1", ports["coordinator"], "coordinator"))
     with pytest.raises(grpc.RpcError) as err:
@@ -173,10 +191,14 @@ def test_revoked_certificate_is_refused_on_every_call(world):
     peer2 = _as(certs, "peer-2", ports["peer"])
     before = _stats(proc)
     calls = {
-        "PushExamples": lambda: _push(peer2, good_batch(3, 3).__class__(**{**good_batch(3, 3).__dict__,
-                                                                            "sender": "peer-2"})),
-        "GetModel": lambda: list(peer_pb2_grpc.PeerServiceStub(peer2).GetModel(
-            peer_pb2.GetModelRequest(requester="peer-2", round=1), timeout=10)),
+        "PushExamples": lambda: _push(
+            peer2, good_batch(3, 3).__class__(**{**good_batch(3, 3).__dict__, "sender": "peer-2"})
+        ),
+        "GetModel": lambda: list(
+            peer_pb2_grpc.PeerServiceStub(peer2).GetModel(
+                peer_pb2.GetModelRequest(requester="peer-2", round=1), timeout=10
+            )
+        ),
         "Status": lambda: peer_pb2_grpc.PeerServiceStub(peer2).Status(peer_pb2.StatusRequest(), timeout=10),
     }
     for name, call in calls.items():
@@ -216,9 +238,11 @@ def test_revoked_peer_cannot_start_and_a_forged_list_is_refused(world, tmp_path)
 def test_coordinator_refuses_names_it_does_not_expect(world):
     certs, _, ports, proc, stderr = world
     coord = coordinator_pb2_grpc.CoordinatorServiceStub(_as(certs, "mallory", ports["coordinator"], "coordinator"))
-    for call in (lambda: coord.Register(cpb.RegisterRequest(peer="mallory", address="127.0.0.1:1"), timeout=10),
-                 lambda: coord.ListPeers(cpb.ListPeersRequest(), timeout=10),
-                 lambda: coord.Heartbeat(cpb.HeartbeatRequest(peer="mallory"), timeout=10)):
+    for call in (
+        lambda: coord.Register(cpb.RegisterRequest(peer="mallory", address="127.0.0.1:1"), timeout=10),
+        lambda: coord.ListPeers(cpb.ListPeersRequest(), timeout=10),
+        lambda: coord.Heartbeat(cpb.HeartbeatRequest(peer="mallory"), timeout=10),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -248,16 +272,23 @@ def test_over_plaintext_the_claimed_sender_must_be_known(tmp_path):
     from tests.fuzz_cases import CLASSES, SHAPE
 
     learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
-    peer = Peer("peer-0", np.zeros((4, *SHAPE), np.float32), np.arange(4) % 4, CLASSES, learner,
-                store=SqliteExampleStore(tmp_path / "examples.sqlite"))
+    peer = Peer(
+        "peer-0",
+        np.zeros((4, *SHAPE), np.float32),
+        np.arange(4) % 4,
+        CLASSES,
+        learner,
+        store=SqliteExampleStore(tmp_path / "examples.sqlite"),
+    )
     servicer = PeerServicer(peer, Security("peer-0"), known={"peer-0", "peer-1"})
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=2)
     try:
         client = GrpcTransport("peer-1", {"peer-0": f"127.0.0.1:{port}"}, Security("peer-1"), retries=0)
         assert client.push_examples("peer-0", good_batch(3, 0)) is True
         with pytest.raises(PeerUnreachable, match="PERMISSION_DENIED: unknown peer 'mallory'"):
-            client.push_examples("peer-0", good_batch(3, 1).__class__(**{**good_batch(3, 1).__dict__,
-                                                                          "sender": "mallory"}))
+            client.push_examples(
+                "peer-0", good_batch(3, 1).__class__(**{**good_batch(3, 1).__dict__, "sender": "mallory"})
+            )
         assert peer.store.batch_count() == 1
         client.close()
     finally:

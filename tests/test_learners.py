@@ -15,7 +15,7 @@ def _data(n=120, seed=0):
     y = rng.integers(0, 3, n)  # class c3 never appears in training
     x = rng.random((n, 8, 8), dtype=np.float32) * 0.3
     for c in range(3):
-        x[y == c, c * 2:(c * 2) + 2, :] += 0.6
+        x[y == c, c * 2 : (c * 2) + 2, :] += 0.6
     return x, y
 
 

@@ -30,8 +30,11 @@ def _cfg(site, path, **kw) -> ExperimentConfig:
 def test_class_map_parses_and_refuses_what_it_cannot_read():
     assert parse_class_map(" M = malignant,B=benign ") == {"M": "malignant", "B": "benign"}
     assert parse_class_map(None) == {} == parse_class_map("")
-    for bad, says in (("M", "bad --class-map entry 'M'"), ("=x", "bad --class-map entry"),
-                      ("M=a,M=b", "maps class 'M' twice")):
+    for bad, says in (
+        ("M", "bad --class-map entry 'M'"),
+        ("=x", "bad --class-map entry"),
+        ("M=a,M=b", "maps class 'M' twice"),
+    ):
         with pytest.raises(UsageError, match=says):
             parse_class_map(bad)
 
@@ -40,11 +43,13 @@ def test_each_site_reads_its_own_file_into_the_shared_class_names(files):
     for site in SITES:
         train, test = load_data(_cfg(site, files[site.id]))
         assert train.classes == test.classes == ("benign", "malignant", "normal"), site.id
-        assert set(train.features) == set(site.columns) | ({"ward=east", "ward=north", "ward=west"} if site.ward
-                                                           else set())
+        assert set(train.features) == set(site.columns) | (
+            {"ward=east", "ward=north", "ward=west"} if site.ward else set()
+        )
         # the whole file; a seeded 20% held out unless the site has a test file of its own
-        assert (len(train), len(test)) == ((site.rows, site.test_rows) if site.test_rows else
-                                           (site.rows - len(test), round(0.2 * site.rows)))
+        assert (len(train), len(test)) == (
+            (site.rows, site.test_rows) if site.test_rows else (site.rows - len(test), round(0.2 * site.rows))
+        )
         again = load_data(_cfg(site, files[site.id]))
         np.testing.assert_array_equal(again[1].y, test.y)
     b_train, b_test = load_data(_cfg(SITES[1], files["site-b"]))
@@ -59,8 +64,11 @@ def test_class_map_may_merge_spellings_and_must_name_real_classes(files, tmp_pat
     assert train.classes == ("benign", "sick")
     raw, _ = load_data(_cfg(site, files[site.id], class_map=None))
     np.testing.assert_array_equal(train.y, (raw.y != raw.classes.index("B")).astype(int))
-    with pytest.raises(UsageError, match=r"--class-map names class\(es\) 'benign', which --data .* does not have "
-                                         r"\(its classes: B, M, N\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"--class-map names class\(es\) 'benign', which --data .* does not have "
+        r"\(its classes: B, M, N\)",
+    ):
         load_data(_cfg(site, files[site.id], class_map="benign=benign"))
 
 
@@ -91,8 +99,11 @@ def test_results_put_peers_own_classes_side_by_side():
     log = RunLog()
     log.add(PeerRound("site-a", 0, evaluation={"accuracy": 0.9, "per_class": [1.0, 0.8, 0.9]}))
     log.add(PeerRound("site-b", 0, evaluation={"accuracy": 0.7, "per_class": [0.5, 0.9]}))
-    classes, missing, own = union_classes(log, {"site-a": ("benign", "malignant", "normal"),
-                                                "site-b": ("malignant", "benign")}, {"site-a": [], "site-b": [1]})
+    classes, missing, own = union_classes(
+        log,
+        {"site-a": ("benign", "malignant", "normal"), "site-b": ("malignant", "benign")},
+        {"site-a": [], "site-b": [1]},
+    )
     assert classes == ("benign", "malignant", "normal")
     assert log.evaluations["site-b"][0]["per_class"] == [0.9, 0.5, None]
     assert missing == {"site-a": [], "site-b": [0]}  # site-b's class 1 is benign
@@ -104,8 +115,9 @@ def test_an_image_peer_is_its_npz_with_its_own_class_names(tmp_path):
     y = np.array(["cat", "dog"] * 20)
     x = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "pets.npz", x=x, y=y)
-    cfg = ExperimentConfig(data=str(tmp_path / "pets.npz"), class_map="cat=felis,dog=canis", classes="bird",
-                           learners="mlp", epochs=1)
+    cfg = ExperimentConfig(
+        data=str(tmp_path / "pets.npz"), class_map="cat=felis,dog=canis", classes="bird", learners="mlp", epochs=1
+    )
     train, test = load_data(cfg)
     assert train.classes == test.classes == ("bird", "canis", "felis")
     peer = build_whole_peer(cfg, "clinic-7", "mlp", train)

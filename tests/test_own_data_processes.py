@@ -16,9 +16,26 @@ import pytest
 from server.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ["--label", "kind", "--peers", "3", "--split", "miss-class", "--learners", "mlp,linear,mlp",
-       "--peer-features", "a,b,colour;b,c,colour;a,c", "--epochs", "15", "--retrain-epochs", "5",
-       "--rounds", "1", "--seed", "3"]
+RUN = [
+    "--label",
+    "kind",
+    "--peers",
+    "3",
+    "--split",
+    "miss-class",
+    "--learners",
+    "mlp,linear,mlp",
+    "--peer-features",
+    "a,b,colour;b,c,colour;a,c",
+    "--epochs",
+    "15",
+    "--retrain-epochs",
+    "5",
+    "--rounds",
+    "1",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +46,7 @@ def table(tmp_path_factory) -> Path:
     centres = np.array([[0, 0, 0], [3, 1, -2], [-2, 3, 2]], float)
     x = centres[kinds] + rng.normal(0, 1.0, (300, 3))
     colours = np.where(rng.random(300) < 0.7, np.array(["red", "green", "blue"])[kinds], "grey")
-    rows = ["a,b,c,colour,kind"] + [f"{r[0]:.3f},{r[1]:.3f},{r[2]:.3f},{c},k{k}"
-                                    for r, c, k in zip(x, colours, kinds)]
+    rows = ["a,b,c,colour,kind"] + [f"{r[0]:.3f},{r[1]:.3f},{r[2]:.3f},{c},k{k}" for r, c, k in zip(x, colours, kinds)]
     path = tmp_path_factory.mktemp("table") / "mine.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -46,9 +62,26 @@ def demo(table, tmp_path_factory) -> dict:
 @pytest.mark.grpc
 def test_launch_over_grpc_on_your_own_table_matches_demo(table, demo, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "server.cli", "launch", "--data", str(table), *RUN,
-                           "--out", str(out), "--state-dir", str(tmp_path / "state"), "--quiet"],
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "launch",
+            "--data",
+            str(table),
+            *RUN,
+            "--out",
+            str(out),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--quiet",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["classes"] == demo["classes"] == ["k0", "k1", "k2"]
@@ -74,8 +107,7 @@ def test_flower_client_app_builds_the_peer_demo_builds(table):
     assert cfg.data == str(table) and cfg.label == "kind"
     reference = build_peers(cfg, load_data(cfg)[0])[1]
     assert peer.id == reference.id == "peer-1"
-    assert peer.features == reference.features == ("b", "c", "colour=blue", "colour=green", "colour=grey",
-                                                   "colour=red")
+    assert peer.features == reference.features == ("b", "c", "colour=blue", "colour=green", "colour=grey", "colour=red")
     np.testing.assert_array_equal(peer.x, reference.x)
     np.testing.assert_array_equal(peer.y, reference.y)
     assert 1 not in set(peer.y.tolist())  # miss-class: peer-1 never sees class 1
@@ -84,8 +116,25 @@ def test_flower_client_app_builds_the_peer_demo_builds(table):
 def test_peer_refuses_a_table_it_cannot_read(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,kind\n1,x\nabc,y\n")
-    assert main(["peer", "--insecure", "--coordinator", "127.0.0.1:1", "--id", "site-a", "--data", str(bad),
-                 "--label", "kind", "--state-dir", str(tmp_path / "state")]) == 2
+    assert (
+        main(
+            [
+                "peer",
+                "--insecure",
+                "--coordinator",
+                "127.0.0.1:1",
+                "--id",
+                "site-a",
+                "--data",
+                str(bad),
+                "--label",
+                "kind",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "non-numeric value 'abc'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "state").exists()
@@ -99,11 +148,14 @@ def test_flwr_run_on_your_own_table_matches_demo(table, demo, tmp_path):
     out = tmp_path / "out"
     run_config = {k[2:]: (int(v) if v.isdigit() else v) for k, v in zip(RUN[::2], RUN[1::2])}
     with flower(tmp_path, simulation=True) as fl:
-        res = fl.run({**run_config, "data": str(table), "out": str(out)},
-                     "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        res = fl.run(
+            {**run_config, "data": str(table), "out": str(out)},
+            "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2",
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
     assert summary["classes"] == demo["classes"]
-    assert {p["id"]: p["accuracy_by_round"] for p in summary["peers"]} == \
-        {p["id"]: p["accuracy_by_round"] for p in demo["peers"]}
+    assert {p["id"]: p["accuracy_by_round"] for p in summary["peers"]} == {
+        p["id"]: p["accuracy_by_round"] for p in demo["peers"]
+    }
     assert [p["received"] for p in summary["peers"]] == [p["received"] for p in demo["peers"]]

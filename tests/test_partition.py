@@ -52,13 +52,16 @@ def test_dirichlet_is_skewed_disjoint_and_seeded():
     assert all(np.array_equal(x, y) for x, y in zip(parts, again))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: miss_class(LABELS, 11, 10, 0), "11 peers but only 10 classes"),
-    (lambda: miss_class(LABELS, 1, 10, 0), "at least 2 peers"),
-    (lambda: keep_fraction(LABELS, 3, 10, 1.5, 0), "keep fraction"),
-    (lambda: dirichlet(LABELS, 3, 10, 0.0, 0), "beta must be > 0"),
-    (lambda: split("stripes", LABELS, 3, 10, 0), "unknown split"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: miss_class(LABELS, 11, 10, 0), "11 peers but only 10 classes"),
+        (lambda: miss_class(LABELS, 1, 10, 0), "at least 2 peers"),
+        (lambda: keep_fraction(LABELS, 3, 10, 1.5, 0), "keep fraction"),
+        (lambda: dirichlet(LABELS, 3, 10, 0.0, 0), "beta must be > 0"),
+        (lambda: split("stripes", LABELS, 3, 10, 0), "unknown split"),
+    ],
+)
 def test_impossible_splits_are_refused(call, message):
     with pytest.raises(UsageError, match=message):
         call()

@@ -19,7 +19,7 @@ def _peer(pid, missing, seed=0, kind="mlp", n=150):
     y[y == missing] = (missing + 1) % 3
     x = rng.random((n, 8, 8), dtype=np.float32) * 0.3
     for c in range(3):
-        x[y == c, c * 2:(c * 2) + 2, :] += 0.6
+        x[y == c, c * 2 : (c * 2) + 2, :] += 0.6
     learner = make_learner(kind, (8, 8), CLASSES, TrainConfig(epochs=5, seed=seed))
     return Peer(pid, x, y, CLASSES, learner, TeachConfig(), seed=seed)
 
@@ -56,8 +56,10 @@ def test_absorb_refuses_batches_that_do_not_fit():
         (ExampleBatch("b", "a", 1, 2, np.zeros((2, 8, 8), np.uint8), np.array([0, 5]), CLASSES, d), "out of range"),
         (ExampleBatch("b", "a", 1, 3, np.full((2, 8, 8), np.nan, np.float32), np.array([0, 1]), CLASSES, d), "NaN"),
         (ExampleBatch("b", "a", 1, 4, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), ("x", "y"), d), "unknown class"),
-        (ExampleBatch("b", "a", 1, 5, np.zeros((2, 8, 8), np.float64), np.array([0, 1]), CLASSES, d),
-         "uint8 or float32"),
+        (
+            ExampleBatch("b", "a", 1, 5, np.zeros((2, 8, 8), np.float64), np.array([0, 1]), CLASSES, d),
+            "uint8 or float32",
+        ),
     ]
     for batch, message in bad:
         with pytest.raises(InvalidPayload, match=message):
@@ -68,8 +70,9 @@ def test_absorb_refuses_batches_that_do_not_fit():
 def test_labels_map_by_class_name():
     p = _peer("a", missing=2)
     reordered = ("c2", "c0", "c1")
-    batch = ExampleBatch("b", "a", 1, 0, np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2]), reordered,
-                         np.zeros(3, np.float32))
+    batch = ExampleBatch(
+        "b", "a", 1, 0, np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2]), reordered, np.zeros(3, np.float32)
+    )
     p.absorb(batch)
     _, y = p.store.training_arrays(CLASSES, (8, 8))
     assert sorted(y.tolist()) == [0, 1, 2]
@@ -78,8 +81,10 @@ def test_labels_map_by_class_name():
 
 def test_store_order_does_not_depend_on_arrival():
     def batch(sender, seq, value):
-        return ExampleBatch(sender, "a", 1, seq, np.full((1, 2, 2), value, np.uint8), np.array([0]), CLASSES,
-                            np.zeros(1, np.float32))
+        return ExampleBatch(
+            sender, "a", 1, seq, np.full((1, 2, 2), value, np.uint8), np.array([0]), CLASSES, np.zeros(1, np.float32)
+        )
+
     s1, s2 = ExampleStore(), ExampleStore()
     items = [batch("b", 0, 1), batch("c", 0, 2), batch("b", 1, 3)]
     for b in items:
@@ -107,8 +112,9 @@ def test_a_student_that_cannot_be_taught_is_a_recorded_error_not_a_crash():
     b.train()
     record = teach_students(a, 1, ["a", "b", "ghost"], InProcessTransport({"a": a, "b": b}))
     assert [r.student for r in record.teach] == ["b"]
-    assert record.errors == [{"teacher": "a", "student": "ghost", "round": 1,
-                              "error": "UnknownPeer: unknown peer 'ghost'; known: a, b"}]
+    assert record.errors == [
+        {"teacher": "a", "student": "ghost", "round": 1, "error": "UnknownPeer: unknown peer 'ghost'; known: a, b"}
+    ]
     log = RunLog.from_records([train_step(a, 0, 1, a.x, a.y), record.merge(train_step(a, 1, 1, a.x, a.y))], ["a"])
     assert log.errors == record.errors and [len(e) for e in log.evaluations.values()] == [2]
 
@@ -123,6 +129,7 @@ def test_peer_rebuilt_from_its_blob_trains_and_teaches_as_the_original(kind):
     original.teach("b", student_blob, 1)  # a teach call must not change later randomness
 
     from peer.learners import learner_from_blob
+
     rebuilt = _peer("a", missing=2, kind=kind)
     rebuilt.learner = learner_from_blob(original.snapshot(0))
     rebuilt.learner.train_config = original.learner.train_config

@@ -28,18 +28,26 @@ def _free_port() -> int:
 
 CASES = {
     # name: (argv changes, what the one line says)
-    "nothing listens at the coordinator address": ({"--coordinator": "127.0.0.1:{free}"},
-                                                   "coordinator 127.0.0.1:{free} did not answer within 3 s"),
-    "coordinator address without a port": ({"--coordinator": "coordinator.example"},
-                                           "--coordinator 'coordinator.example' is not HOST:PORT"),
-    "coordinator of another CA": ({"--coordinator": "127.0.0.1:{other}"},
-                                  "coordinator 127.0.0.1:{other} did not answer within 3 s"),
+    "nothing listens at the coordinator address": (
+        {"--coordinator": "127.0.0.1:{free}"},
+        "coordinator 127.0.0.1:{free} did not answer within 3 s",
+    ),
+    "coordinator address without a port": (
+        {"--coordinator": "coordinator.example"},
+        "--coordinator 'coordinator.example' is not HOST:PORT",
+    ),
+    "coordinator of another CA": (
+        {"--coordinator": "127.0.0.1:{other}"},
+        "coordinator 127.0.0.1:{other} did not answer within 3 s",
+    ),
     "certificate directory missing": ({"--certs": "{tmp}/no-such-dir"}, "missing certificate file(s)"),
     "certificate for another peer": ({"--id": "site-b"}, "is a certificate for 'site-a', not 'site-b'"),
     "data file missing": ({"--data": "{tmp}/no-such.csv"}, "--data {tmp}/no-such.csv does not exist"),
     "label column missing": ({"--label": "nope"}, "has no label column 'nope'"),
-    "class map names a class the file lacks": ({"--class-map": "X=malignant"},
-                                               "--class-map names class(es) 'X', which --data"),
+    "class map names a class the file lacks": (
+        {"--class-map": "X=malignant"},
+        "--class-map names class(es) 'X', which --data",
+    ),
 }
 
 
@@ -54,16 +62,32 @@ def started(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, fl
     other = Coordinator(Security.from_dir("coordinator", tmp / "other", False), 1, 3)
     server, other_port = serve_coordinator(other, "127.0.0.1:0")
     fmt = {"free": _free_port(), "other": other_port, "tmp": tmp}
-    base = {"--id": SITE.id, "--data": str(data), "--label": SITE.label, "--coordinator": "127.0.0.1:1",
-            "--certs": str(tmp / "certs"), "--connect-timeout": "3", "--learners": "mlp"}
+    base = {
+        "--id": SITE.id,
+        "--data": str(data),
+        "--label": SITE.label,
+        "--coordinator": "127.0.0.1:1",
+        "--certs": str(tmp / "certs"),
+        "--connect-timeout": "3",
+        "--learners": "mlp",
+    }
     procs = {}
     try:
         for name, (changes, _) in CASES.items():
             argv = {**base, **{k: v.format(**fmt) for k, v in changes.items()}}
-            cmd = [sys.executable, "-m", "peer.cli", "peer", *(x for kv in argv.items() for x in kv),
-                   "--state-dir", str(tmp / name.replace(" ", "-") / "state")]
-            procs[name] = (subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            text=True), time.monotonic())
+            cmd = [
+                sys.executable,
+                "-m",
+                "peer.cli",
+                "peer",
+                *(x for kv in argv.items() for x in kv),
+                "--state-dir",
+                str(tmp / name.replace(" ", "-") / "state"),
+            ]
+            procs[name] = (
+                subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                time.monotonic(),
+            )
         done = {}
         for name, (p, t) in procs.items():
             out, err = p.communicate(timeout=300)
@@ -120,8 +144,12 @@ def test_insecure_peer_pointed_at_something_else_is_told_so(tmp_path):
     from peer.grpc.service import serve
     from peer.grpc.wire import Limits
 
-    server, port, _ = serve([(lambda servicer, s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s),
-                              health.HealthServicer())], Security("x"), "127.0.0.1:0", Limits())
+    server, port, _ = serve(
+        [(lambda servicer, s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s), health.HealthServicer())],
+        Security("x"),
+        "127.0.0.1:0",
+        Limits(),
+    )
     try:
         with pytest.raises(UsageError, match="answers but is not a ckd coordinator"):
             wait_for_coordinator(Security("site-a"), f"127.0.0.1:{port}", timeout=5)

@@ -28,6 +28,7 @@ RESULT_KEYS = {"auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "n_members", "n_non
 
 # --- roc --------------------------------------------------------------------------------------
 
+
 def test_roc_perfectly_separated_and_reversed():
     result = roc(np.arange(100, 200), np.arange(100))
     assert (result.auc, result.tpr_at_1pct_fpr, result.tpr_at_01pct_fpr) == (1.0, 1.0, 1.0)
@@ -82,6 +83,7 @@ def test_best_picks_auc_then_tpr():
 
 # --- distance attack --------------------------------------------------------------------------
 
+
 def blobs(rng: np.random.Generator, n: int, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 3, n)
     return (rng.normal(size=(n, dim)) + 3.0 * y[:, None]).astype(np.float32), y
@@ -119,6 +121,7 @@ def test_distance_attack_rejects_bad_inputs():
 
 
 # --- calibrated attack ------------------------------------------------------------------------
+
 
 def varying_density(rng: np.random.Generator, per_cluster: int, dim: int = 10):
     """Two classes, each three far-apart clusters of spread 0.1, 1 and 10."""
@@ -178,6 +181,7 @@ def test_calibrated_attack_uses_shadow_fn_and_checks_inputs():
 
 # --- model confidence, run_attacks ------------------------------------------------------------
 
+
 class Memoriser:
     """A two-class model that is sure of the examples it trained on and hesitant elsewhere."""
 
@@ -219,6 +223,7 @@ def test_predict_proba_from_a_module_keeps_its_mode():
 
 # --- reconstruction view ----------------------------------------------------------------------
 
+
 def test_reconstruction_pairs_closest_first_and_grid(tmp_path):
     rng = np.random.default_rng(7)
     private = rng.random((20, 1, 6, 6)).astype(np.float32)
@@ -251,7 +256,8 @@ def test_aligned_attack_sees_shifted_copies_that_plain_distance_misses():
     assert plain.auc < aligned.auc and plain.tpr_at_1pct_fpr < 0.5
     unrelated = rng.random((200, 10, 10), dtype=np.float32) ** 4
     assert abs(aligned_distance_attack(flat(unrelated), flat(members), flat(non), (10, 10)).auc - 0.5) < 0.1
-    assert "aligned" in run_attacks(flat(received), None, flat(members), None, flat(non), None, flat(non), None,
-                                    image_shape=(10, 10))
+    assert "aligned" in run_attacks(
+        flat(received), None, flat(members), None, flat(non), None, flat(non), None, image_shape=(10, 10)
+    )
     with pytest.raises(ValueError):
         aligned_distance_attack(flat(received), flat(members), flat(non), (9, 10))

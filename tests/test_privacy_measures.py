@@ -16,8 +16,17 @@ torch.set_num_threads(1)
 # three private points with hand-computed nearest-other distances 3, 3 and 4
 PRIVATE = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], np.float32)
 DICT_KEYS = {
-    "count", "near_copies", "near_copy_share", "to_nearest_median", "to_nearest_p05", "to_nearest_min",
-    "to_source_median", "nearest_private_ratio_median", "nearest_private_ratio_p05", "ssim_median", "ssim_max",
+    "count",
+    "near_copies",
+    "near_copy_share",
+    "to_nearest_median",
+    "to_nearest_p05",
+    "to_nearest_min",
+    "to_source_median",
+    "nearest_private_ratio_median",
+    "nearest_private_ratio_p05",
+    "ssim_median",
+    "ssim_max",
 }
 
 
@@ -136,9 +145,9 @@ def test_ssim_matches_reference_gaussian_ssim():
     def reference(x: np.ndarray, y: np.ndarray) -> float:  # scikit-image's algorithm (gaussian_weights=True)
         f = lambda t: ndimage.gaussian_filter(t, sigma=1.5, truncate=3.5, mode="reflect")  # noqa: E731
         mx, my = f(x), f(y)
-        vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
-        c1, c2 = 0.01 ** 2, 0.03 ** 2
-        s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        vx, vy, cxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
         return float(s[5:-5, 5:-5].mean())
 
     np.testing.assert_allclose(ssim(a, b), [reference(x, y) for x, y in zip(a, b)], rtol=0, atol=1e-5)

@@ -27,7 +27,7 @@ def blobs(n_per_class: int = 30, classes: int = 3, seed: int = 0) -> tuple[np.nd
     x = rng.random((n_per_class * classes, 8, 8), dtype=np.float32) * 0.3
     y = np.repeat(np.arange(classes), n_per_class)
     for c in range(classes):
-        x[y == c, 2 * c:2 * c + 3, 1:7] += 0.6
+        x[y == c, 2 * c : 2 * c + 3, 1:7] += 0.6
     return np.clip(x, 0, 1), y
 
 
@@ -37,8 +37,9 @@ def test_each_start_mode_gives_points_in_range(mode):
     idx = np.array([0, 5, 31, 70])
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     predict = lambda a: torch.softmax(module(torch.from_numpy(a)), 1).detach().numpy()  # noqa: E731
-    st = start_points(mode, x, y, idx, np.ones(len(y), bool), 3, np.random.default_rng(0), k=3,
-                      module=module, predict_proba=predict)
+    st = start_points(
+        mode, x, y, idx, np.ones(len(y), bool), 3, np.random.default_rng(0), k=3, module=module, predict_proba=predict
+    )
     assert st.x.shape == (4, 8, 8) and st.x.dtype == np.float32
     assert st.x.min() >= 0 and st.x.max() <= 1
     assert len(st.sources) == 4 and st.ok.shape == (4,)
@@ -96,7 +97,7 @@ def bars(n_per_class: int = 40, classes: int = 3, seed: int = 0) -> tuple[np.nda
     y = np.repeat(np.arange(classes), n_per_class)
     for i, c in enumerate(y):
         col = rng.integers(0, 7)
-        x[i, 2 * c:2 * c + 3, col:col + 2] += 0.8
+        x[i, 2 * c : 2 * c + 3, col : col + 2] += 0.8
     return np.clip(x, 0, 1), y
 
 

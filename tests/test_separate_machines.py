@@ -130,8 +130,9 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
     prefix = {name: lan.host(name, address) for name, address in ADDRESSES.items()}
     coordinator = f"{ADDRESSES['coordinator']}:{COORDINATOR_PORT}"
     t = time.monotonic()
-    on_lan = run_sites(tmp_path, data, certs, coordinator, coordinator,
-                       {s.id: f"{ADDRESSES[s.id]}:{PEER_PORT}" for s in SITES}, prefix)
+    on_lan = run_sites(
+        tmp_path, data, certs, coordinator, coordinator, {s.id: f"{ADDRESSES[s.id]}:{PEER_PORT}" for s in SITES}, prefix
+    )
     print(f"separate machines: {accuracies(on_lan)} in {time.monotonic() - t:.1f} s")
     _check_own_data_run(on_lan)
     assert accuracies(on_lan) == accuracies(loopback)

@@ -65,8 +65,13 @@ def test_parquet(tmp_path):
 
 
 def test_npz_table_and_images(tmp_path):
-    np.savez(tmp_path / "t.npz", x=np.arange(12, dtype=np.float64).reshape(6, 2), y=np.array([0, 1] * 3),
-             features=np.array(["p", "q"]), classes=np.array(["cat", "dog"]))
+    np.savez(
+        tmp_path / "t.npz",
+        x=np.arange(12, dtype=np.float64).reshape(6, 2),
+        y=np.array([0, 1] * 3),
+        features=np.array(["p", "q"]),
+        classes=np.array(["cat", "dog"]),
+    )
     train, _ = load_source(tmp_path / "t.npz")
     assert train.features == ("p", "q") and train.classes == ("cat", "dog") and train.x.dtype == np.float32
     np.savez(tmp_path / "i.npz", x=np.full((4, 5, 5), 0.5), y=np.array(["b", "a", "b", "a"]))
@@ -104,17 +109,20 @@ def test_holdout_is_seeded_and_stratified(tmp_path):
     assert np.array_equal(holdout(data, 0.2, seed=0)[1].x, test.x)
 
 
-@pytest.mark.parametrize("name, text, label, message", [
-    ("nolabel.csv", CSV, "price", "has no label column 'price'"),
-    ("one.csv", "a,y\n1,x\n2,x\n", "y", "label column 'y' has only one class"),
-    ("text.csv", "a,y\n1,x\n2,z\nabc,x\n", "y", "numeric column 'a' holds non-numeric value 'abc' in row 3"),
-    ("nan.csv", "a,y\n1,x\nNaN,z\n", "y", "column 'a' has a missing value"),
-    ("blank.csv", "a,y\n1,x\n,z\n", "y", "column 'a' has a missing value"),
-    ("empty.csv", "", "y", "is empty"),
-    ("header.csv", "a,y\n", "y", "has a header but no rows"),
-    ("ragged.csv", "a,y\n1,x\n2\n", "y", "row 3 has 1 fields"),
-    ("nolabelflag.csv", CSV, None, "pass --label COLUMN"),
-])
+@pytest.mark.parametrize(
+    "name, text, label, message",
+    [
+        ("nolabel.csv", CSV, "price", "has no label column 'price'"),
+        ("one.csv", "a,y\n1,x\n2,x\n", "y", "label column 'y' has only one class"),
+        ("text.csv", "a,y\n1,x\n2,z\nabc,x\n", "y", "numeric column 'a' holds non-numeric value 'abc' in row 3"),
+        ("nan.csv", "a,y\n1,x\nNaN,z\n", "y", "column 'a' has a missing value"),
+        ("blank.csv", "a,y\n1,x\n,z\n", "y", "column 'a' has a missing value"),
+        ("empty.csv", "", "y", "is empty"),
+        ("header.csv", "a,y\n", "y", "has a header but no rows"),
+        ("ragged.csv", "a,y\n1,x\n2\n", "y", "row 3 has 1 fields"),
+        ("nolabelflag.csv", CSV, None, "pass --label COLUMN"),
+    ],
+)
 def test_bad_tables_name_file_and_column(tmp_path, name, text, label, message):
     path = _write(tmp_path / name, text)
     with pytest.raises(UsageError, match="^" + str(path).replace(".", r"\.")) as info:

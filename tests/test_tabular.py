@@ -45,9 +45,11 @@ def test_blob_declares_features_and_neutral_values_and_round_trips(kind):
     np.testing.assert_array_equal(rebuilt.predict_proba(x), learner.predict_proba(x))
     # nothing of the data travels beyond what the model needs: no array has a row per example
     assert all(len(x) not in a.shape for a in blob.arrays.values())
-    for spec, message in (({**blob.spec, "features": ["a", "a", "c"]}, "distinct"),
-                          ({**blob.spec, "neutral": [0.0, float("nan"), 1.0]}, "neutral"),
-                          ({**blob.spec, "features": ["a", "b"]}, "one per input column")):
+    for spec, message in (
+        ({**blob.spec, "features": ["a", "a", "c"]}, "distinct"),
+        ({**blob.spec, "neutral": [0.0, float("nan"), 1.0]}, "neutral"),
+        ({**blob.spec, "features": ["a", "b"]}, "one per input column"),
+    ):
         with pytest.raises(InvalidPayload, match=message):
             learner_from_blob(ModelBlob(spec, dict(blob.arrays)))
 
@@ -119,8 +121,14 @@ def test_counterfactuals_are_sent_in_the_students_columns_with_its_neutral_value
 def test_a_teacher_without_column_names_refuses_a_tabular_student():
     student = _toy_peer("s", ("a", "b", "c"), seed=1)
     student.train()
-    unnamed = Peer("u", student.x, student.y, student.classes,
-                   make_learner("mlp", (3,), student.classes, TrainConfig(epochs=1)), image=False)
+    unnamed = Peer(
+        "u",
+        student.x,
+        student.y,
+        student.classes,
+        make_learner("mlp", (3,), student.classes, TrainConfig(epochs=1)),
+        image=False,
+    )
     unnamed.train()
     with pytest.raises(InvalidPayload, match="names feature columns"):
         unnamed.teach("s", student.snapshot(1), 1)
@@ -155,8 +163,12 @@ def _digits(classes=(0, 1, 2, 3)):
 
     d = load_digits()
     keep = np.isin(d.target, classes)
-    return Dataset(d.data[keep].astype(np.float32), d.target[keep].astype(np.int64),
-                   tuple(str(c) for c in range(max(classes) + 1)), tuple(d.feature_names))
+    return Dataset(
+        d.data[keep].astype(np.float32),
+        d.target[keep].astype(np.int64),
+        tuple(str(c) for c in range(max(classes) + 1)),
+        tuple(d.feature_names),
+    )
 
 
 @pytest.mark.parametrize("kinds", [("forest", "mlp"), ("mlp", "forest")])
@@ -167,18 +179,22 @@ def test_forest_teaches_mlp_and_back_on_real_data(kinds):
     train, test = holdout(_digits(), 0.3, seed=0)
     top = tuple(f for f in train.features if int(f.split("_")[1]) < 6)
     bottom = tuple(f for f in train.features if int(f.split("_")[1]) >= 2)
-    cfg = ExperimentConfig(peers=2, learners=",".join(kinds), epochs=40, retrain_epochs=20, lr=3e-3,
-                           batch_size=32, split="iid")
+    cfg = ExperimentConfig(
+        peers=2, learners=",".join(kinds), epochs=40, retrain_epochs=20, lr=3e-3, batch_size=32, split="iid"
+    )
     order = np.random.default_rng(0).permutation(len(train))
     parts = [np.sort(p[train.y[p] != k]) for k, p in enumerate(np.array_split(order, 2))]
     from peer.experiment import build_peer
+
     peers = [build_peer(cfg, k, kinds[k], train, parts[k], (top, bottom)[k]) for k in range(2)]
     for p in peers:
         p.train(round=0)
+
     def acc(p, cls=None):
         x = test.columns(p.features).x
         pick = test.y == cls if cls is not None else np.ones(len(test), bool)
         return float((p.learner.predict(x[pick]) == test.y[pick]).mean())
+
     before = [acc(peers[0], 0), acc(peers[1], 1)]
     overall = [acc(p) for p in peers]
     assert before == [0.0, 0.0]
@@ -205,11 +221,29 @@ def test_peer_feature_sets_and_a_peer_sharing_nothing():
 
 
 def test_batch_features_must_be_the_receivers():
-    ok = ExampleBatch("t", "s", 1, 0, np.full((2, 2), 100.0, np.float32), np.array([0, 1]), ("a", "b"),
-                      np.zeros(2, np.float32), ("p", "q"))
+    ok = ExampleBatch(
+        "t",
+        "s",
+        1,
+        0,
+        np.full((2, 2), 100.0, np.float32),
+        np.array([0, 1]),
+        ("a", "b"),
+        np.zeros(2, np.float32),
+        ("p", "q"),
+    )
     ok.validate((2,), ("a", "b"), ("p", "q"))  # tables are in their own units, not [0, 1]
     with pytest.raises(InvalidPayload, match="feature columns"):
         ok.validate((2,), ("a", "b"), ("q", "p"))
     with pytest.raises(InvalidPayload, match="NaN"):
-        ExampleBatch("t", "s", 1, 0, np.full((2, 2), np.nan, np.float32), np.array([0, 1]), ("a", "b"),
-                     np.zeros(2, np.float32), ("p", "q")).validate((2,), ("a", "b"), ("p", "q"))
+        ExampleBatch(
+            "t",
+            "s",
+            1,
+            0,
+            np.full((2, 2), np.nan, np.float32),
+            np.array([0, 1]),
+            ("a", "b"),
+            np.zeros(2, np.float32),
+            ("p", "q"),
+        ).validate((2,), ("a", "b"), ("p", "q"))

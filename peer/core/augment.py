@@ -10,15 +10,16 @@ import torch
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    copies: int = 1          # augmented copies per counterfactual (0 = send only x')
-    degrees: float = 10.0    # rotation range, +/-
+    copies: int = 1  # augmented copies per counterfactual (0 = send only x')
+    degrees: float = 10.0  # rotation range, +/-
     translate: float = 0.08  # shift range, as a fraction of width and height
-    noise: float = 0.02      # std of Gaussian noise, in input units
-    groups: int = 32         # distinct random transforms per copy and call
+    noise: float = 0.02  # std of Gaussian noise, in input units
+    groups: int = 32  # distinct random transforms per copy and call
 
 
-def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
-                   levels: int | None = 255) -> tuple[np.ndarray, np.ndarray]:
+def augment_images(
+    x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, levels: int | None = 255
+) -> tuple[np.ndarray, np.ndarray]:
     """`cfg.copies` randomly shifted, rotated and noised copies of each image in x (N, [C,] H, W)."""
     if cfg.copies <= 0 or len(x) == 0:
         return x[:0], y[:0]
@@ -36,8 +37,9 @@ def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.ran
             sel = torch.from_numpy(np.flatnonzero(group == g))
             angle = float(rng.uniform(-cfg.degrees, cfg.degrees))
             dx, dy = rng.uniform(-cfg.translate, cfg.translate, 2) * (width, height)
-            moved[sel] = TF.affine(imgs[sel], angle=angle, translate=[int(round(dx)), int(round(dy))],
-                                   scale=1.0, shear=[0.0])
+            moved[sel] = TF.affine(
+                imgs[sel], angle=angle, translate=[int(round(dx)), int(round(dy))], scale=1.0, shear=[0.0]
+            )
         moved = moved + torch.from_numpy(rng.standard_normal(moved.shape).astype(np.float32)) * cfg.noise
         out.append(moved.clamp_(0.0, 1.0))
     result = torch.cat(out).numpy()
@@ -48,8 +50,9 @@ def augment_images(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.ran
     return result.astype(np.float32), np.tile(y, cfg.copies)
 
 
-def augment_vectors(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_vectors(
+    x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Copies of feature vectors with Gaussian noise, clipped to [0, 1]."""
     if cfg.copies <= 0 or len(x) == 0:
         return x[:0], y[:0]

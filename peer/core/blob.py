@@ -33,9 +33,9 @@ class Limits:
     """Caps on what a peer accepts, the same over gRPC and Flower; a sender over them is refused
     before anything is stored."""
 
-    max_message_bytes: int = 4 << 20        # one gRPC message (a chunk plus its framing)
-    max_blob_bytes: int = 256 << 20         # all arrays of one model blob
-    max_batch_bytes: int = 64 << 20         # all arrays of one example batch
+    max_message_bytes: int = 4 << 20  # one gRPC message (a chunk plus its framing)
+    max_blob_bytes: int = 256 << 20  # all arrays of one model blob
+    max_batch_bytes: int = 64 << 20  # all arrays of one example batch
     max_batch_examples: int = 65536
     max_arrays: int = 4096
     max_spec_bytes: int = 1 << 20
@@ -80,25 +80,40 @@ class ModelBlob:
         if not isinstance(self.spec, dict) or not self.kind:
             raise InvalidPayload("model blob spec has no learner kind")
         classes = self.spec.get("classes")
-        if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes)
-                or len(set(classes)) != len(classes)):
+        if (
+            not isinstance(classes, list)
+            or len(classes) < 2
+            or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
             raise InvalidPayload("model blob spec must list two or more distinct class names")
         shape = self.spec.get("input_shape")
-        if (not isinstance(shape, list) or not shape
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
             raise InvalidPayload(f"model blob input_shape {shape!r} is not a list of positive ints")
         if len(shape) > 4 or math.prod(shape) > MAX_INPUT_VALUES:
-            raise InvalidPayload(f"model blob input_shape {shape!r} is over the cap of 4 dimensions and "
-                                 f"{MAX_INPUT_VALUES} values")
+            raise InvalidPayload(
+                f"model blob input_shape {shape!r} is over the cap of 4 dimensions and {MAX_INPUT_VALUES} values"
+            )
         for name, arr in self.arrays.items():
             _check_array(name, arr)
         if "features" in self.spec or "neutral" in self.spec:
             features, neutral = self.spec.get("features"), self.spec.get("neutral")
-            if (not isinstance(features, list) or not all(isinstance(f, str) and f for f in features)
-                    or len(set(features)) != len(features) or shape != [len(features)]):
+            if (
+                not isinstance(features, list)
+                or not all(isinstance(f, str) and f for f in features)
+                or len(set(features)) != len(features)
+                or shape != [len(features)]
+            ):
                 raise InvalidPayload(f"model blob features must be distinct names, one per input column {shape}")
-            if (not isinstance(neutral, list) or len(neutral) != len(features)
-                    or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in neutral)):
+            if (
+                not isinstance(neutral, list)
+                or len(neutral) != len(features)
+                or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in neutral)
+            ):
                 raise InvalidPayload("model blob must declare one finite neutral value per feature")
 
 
@@ -139,8 +154,7 @@ class ExampleBatch:
             return self.x.astype(np.float32) / 255.0
         return self.x.astype(np.float32)
 
-    def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...],
-                 features: tuple[str, ...] = ()) -> None:
+    def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...], features: tuple[str, ...] = ()) -> None:
         """Refuse a batch that does not fit a receiver with this input shape, classes and feature names."""
         for name, arr in (("x", self.x), ("y", self.y), ("distance", self.distance)):
             _check_array(name, arr)
@@ -152,8 +166,9 @@ class ExampleBatch:
             )
         n = len(self.x)
         if self.y.shape != (n,) or self.distance.shape != (n,):
-            raise InvalidPayload(f"batch {self.id}: {n} inputs but labels {self.y.shape}, "
-                                 f"distances {self.distance.shape}")
+            raise InvalidPayload(
+                f"batch {self.id}: {n} inputs but labels {self.y.shape}, distances {self.distance.shape}"
+            )
         if self.y.dtype.kind not in "iu":
             raise InvalidPayload(f"batch {self.id}: labels are {self.y.dtype}, expected integers")
         if n and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
@@ -162,8 +177,10 @@ class ExampleBatch:
         if unknown:
             raise InvalidPayload(f"batch {self.id}: unknown class name(s) {sorted(unknown)}")
         if tuple(self.features) != tuple(features):
-            raise InvalidPayload(f"batch {self.id}: its feature columns are not the receiver's "
-                                 f"({len(self.features)} named, {len(features)} expected, matched by name)")
+            raise InvalidPayload(
+                f"batch {self.id}: its feature columns are not the receiver's "
+                f"({len(self.features)} named, {len(features)} expected, matched by name)"
+            )
         if features:
             if self.x.dtype != np.float32:
                 raise InvalidPayload(f"batch {self.id}: feature vectors must be float32")

@@ -33,16 +33,16 @@ METHODS = ("newton", "adam")
 class CounterfactualConfig:
     alpha: float = 0.5
     method: str = "newton"  # differentiable teachers: "newton" or "adam"
-    lam: float = 1e-4       # weight of ||x' - x||_1 ("adam" and the gradient-free search)
-    lr: float = 0.02        # step size of "adam"
+    lam: float = 1e-4  # weight of ||x' - x||_1 ("adam" and the gradient-free search)
+    lr: float = 0.02  # step size of "adam"
     max_steps: int = 20
     min_steps: int = 1
     rel_tol: float = 0.3
     abs_tol: float = 1e-3
     batch_size: int = 1024
-    population: int = 16    # candidates per example and step of the gradient-free search
+    population: int = 16  # candidates per example and step of the gradient-free search
     start: str = "instance"  # where the search starts: instance (the paper), mix, prototype, noise
-    start_k: int = 4         # start "mix": instances averaged (the instance and k-1 of its class)
+    start_k: int = 4  # start "mix": instances averaged (the instance and k-1 of its class)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -50,8 +50,9 @@ class CounterfactualConfig:
         if self.lam < 0:
             raise UsageError(f"lambda must be >= 0, got {self.lam}")
         if self.max_steps < 1 or self.min_steps < 0 or self.min_steps > self.max_steps:
-            raise UsageError(f"need 0 <= min_steps <= max_steps and max_steps >= 1, got "
-                             f"{self.min_steps} and {self.max_steps}")
+            raise UsageError(
+                f"need 0 <= min_steps <= max_steps and max_steps >= 1, got {self.min_steps} and {self.max_steps}"
+            )
         if self.method not in METHODS:
             raise UsageError(f"unknown counterfactual method {self.method!r}; choose from {', '.join(METHODS)}")
         if not 0.0 < self.rel_tol <= 1.0:
@@ -104,9 +105,14 @@ def _judge(x0, xq, gap_final, gap0, cfg: CounterfactualConfig):
     return moved, moved & reached
 
 
-def gradient_counterfactuals(module: torch.nn.Module, x: np.ndarray, target: np.ndarray,
-                             cfg: CounterfactualConfig, levels: int | None = 255,
-                             device: torch.device | None = None) -> CounterfactualResult:
+def gradient_counterfactuals(
+    module: torch.nn.Module,
+    x: np.ndarray,
+    target: np.ndarray,
+    cfg: CounterfactualConfig,
+    levels: int | None = 255,
+    device: torch.device | None = None,
+) -> CounterfactualResult:
     """Counterfactuals for a torch teacher, vectorised over the batch, each example stopping on its own."""
     device = device or next(module.parameters()).device
     step = _newton_batch if cfg.method == "newton" else _adam_batch
@@ -117,8 +123,8 @@ def gradient_counterfactuals(module: torch.nn.Module, x: np.ndarray, target: np.
     outs = []
     try:
         for start in range(0, len(x), cfg.batch_size):
-            x0 = torch.from_numpy(np.ascontiguousarray(x[start:start + cfg.batch_size], dtype=np.float32)).to(device)
-            tgt = torch.from_numpy(target[start:start + cfg.batch_size]).to(device)
+            x0 = torch.from_numpy(np.ascontiguousarray(x[start : start + cfg.batch_size], dtype=np.float32)).to(device)
+            tgt = torch.from_numpy(target[start : start + cfg.batch_size]).to(device)
             with torch.no_grad():
                 gap0 = _gap(torch.softmax(module(x0), dim=1), tgt)
             xs, steps = step(module, x0, tgt, gap0, cfg)
@@ -126,8 +132,11 @@ def gradient_counterfactuals(module: torch.nn.Module, x: np.ndarray, target: np.
                 xq = _quantise(xs, levels)
                 gap = _gap(torch.softmax(module(xq), dim=1), tgt)
                 moved, ok = _judge(_quantise(x0, levels), xq, gap, gap0, cfg)
-            outs.append(CounterfactualResult(xq.cpu().numpy(), ok.cpu().numpy(), moved.cpu().numpy(),
-                                             steps.cpu().numpy(), gap.cpu().numpy()))
+            outs.append(
+                CounterfactualResult(
+                    xq.cpu().numpy(), ok.cpu().numpy(), moved.cpu().numpy(), steps.cpu().numpy(), gap.cpu().numpy()
+                )
+            )
     finally:
         for p, g in zip(module.parameters(), grads):
             p.requires_grad_(g)
@@ -142,8 +151,9 @@ _PROBE = 1e-2  # finite-difference step for J d
 _TRUST = 0.25  # most change of any one input in one step
 
 
-def _newton_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor,
-                  cfg: CounterfactualConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _newton_batch(
+    module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton steps in logit space.
 
     The logits z(x') should move by r = log y' - log f(x') (centred). Each step goes along
@@ -180,8 +190,9 @@ def _newton_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Te
     return xs, steps
 
 
-def _adam_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor,
-                cfg: CounterfactualConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _adam_batch(
+    module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's objective ||f(x') - y'||^2 + lam ||x' - x||_1 by projected Adam."""
     xs = x0.clone()
     steps = torch.zeros(len(x0), dtype=torch.int32, device=x0.device)
@@ -198,7 +209,7 @@ def _adam_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tens
             ma = m[active].mul_(beta1).add_(grad, alpha=1 - beta1)
             va = v[active].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             m[active], v[active] = ma, va
-            update = cfg.lr * (ma / (1 - beta1 ** t)) / ((va / (1 - beta2 ** t)).sqrt() + 1e-8)
+            update = cfg.lr * (ma / (1 - beta1**t)) / ((va / (1 - beta2**t)).sqrt() + 1e-8)
             stepped = (xa - update).clamp_(0.0, 1.0)
             xs[active[~done]] = stepped[~done]
             steps[active[~done]] = t
@@ -208,9 +219,15 @@ def _adam_batch(module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tens
     return xs, steps
 
 
-def search_counterfactuals(predict_proba: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                           target: np.ndarray, prototypes: np.ndarray, cfg: CounterfactualConfig,
-                           rng: np.random.Generator, levels: int | None = 255) -> CounterfactualResult:
+def search_counterfactuals(
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    target: np.ndarray,
+    prototypes: np.ndarray,
+    cfg: CounterfactualConfig,
+    rng: np.random.Generator,
+    levels: int | None = 255,
+) -> CounterfactualResult:
     """Derivative-free counterfactuals for any teacher that can only predict.
 
     1. Line search toward the class prototype (the mean of the teacher's confidently right
@@ -256,8 +273,10 @@ def search_counterfactuals(predict_proba: Callable[[np.ndarray], np.ndarray], x:
         noise = rng.standard_normal((k * pop, dim)).astype(np.float32) * np.repeat(sigma[active], pop)[:, None]
         cands = q(np.clip(base + mask * noise, 0.0, 1.0))
         proba = predict_proba(cands.reshape(-1, *shape))
-        c = (np.abs(proba - np.repeat(tgt[active], pop, axis=0)).sum(axis=1)
-             + cfg.lam * np.abs(cands - np.repeat(x0[active], pop, axis=0)).sum(axis=1)).reshape(k, pop)
+        c = (
+            np.abs(proba - np.repeat(tgt[active], pop, axis=0)).sum(axis=1)
+            + cfg.lam * np.abs(cands - np.repeat(x0[active], pop, axis=0)).sum(axis=1)
+        ).reshape(k, pop)
         pick = c.argmin(axis=1)
         better = c[np.arange(k), pick] < best_cost[active]
         rows = np.flatnonzero(better) * pop + pick[better]
@@ -276,10 +295,10 @@ def search_counterfactuals(predict_proba: Callable[[np.ndarray], np.ndarray], x:
 def _concat(parts: list[CounterfactualResult], x: np.ndarray) -> CounterfactualResult:
     if not parts:
         empty = np.zeros(0, dtype=bool)
-        return CounterfactualResult(x.astype(np.float32), empty, empty, np.zeros(0, np.int32),
-                                    np.zeros(0, np.float32))
-    return CounterfactualResult(*(np.concatenate([getattr(p, f) for p in parts])
-                                  for f in ("x", "ok", "moved", "steps", "gap")))
+        return CounterfactualResult(x.astype(np.float32), empty, empty, np.zeros(0, np.int32), np.zeros(0, np.float32))
+    return CounterfactualResult(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "ok", "moved", "steps", "gap"))
+    )
 
 
 def dedupe(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -287,7 +306,8 @@ def dedupe(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if len(x) == 0:
         return np.zeros(0, dtype=np.int64)
     rows = np.ascontiguousarray(x.reshape(len(x), -1))
-    keyed = np.concatenate([rows.view(np.uint8).reshape(len(x), -1),
-                            np.asarray(y, dtype=np.int64).reshape(-1, 1).view(np.uint8)], axis=1)
+    keyed = np.concatenate(
+        [rows.view(np.uint8).reshape(len(x), -1), np.asarray(y, dtype=np.int64).reshape(-1, 1).view(np.uint8)], axis=1
+    )
     _, first = np.unique(keyed, axis=0, return_index=True)
     return np.sort(first)

@@ -39,7 +39,7 @@ from peer.errors import UsageError
 @dataclass(frozen=True)
 class GateConfig:
     validation_share: float = 0.0  # share of each held class kept aside for validation (0: no gate)
-    z: float = 2.0                 # harm when b - c > z sqrt(b + c)
+    z: float = 2.0  # harm when b - c > z sqrt(b + c)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_share < 1.0:
@@ -71,8 +71,9 @@ def paired_harm(right_before: np.ndarray, right_after: np.ndarray, z: float, exc
     return b, c, b - c - excused > z * math.sqrt(b + c)
 
 
-def lacking_credit(pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray,
-                   lacking: list[int], classes: int) -> tuple[int, int]:
+def lacking_credit(
+    pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray, lacking: list[int], classes: int
+) -> tuple[int, int]:
     """(flips into lacking classes, credit): validation rows that went right -> a class I lack are
     the price of learning it, whose gain my slice cannot see; they are excused up to the most that
     class could bring back, as many rows as an average held class has in my slice
@@ -99,31 +100,55 @@ class GateReport:
     before the round and of the model kept, and per teacher the examples accepted and refused."""
 
     round: int
-    validation: int = 0                 # validation rows
+    validation: int = 0  # validation rows
     accuracy_before: float = 0.0
     accuracy_after: float = 0.0
-    outcome: str = "no examples"        # accepted | without <teacher> | lacking classes only | rolled back
+    outcome: str = "no examples"  # accepted | without <teacher> | lacking classes only | rolled back
     # each fit tried: {without, b, c, into_lacking, excused, harmful, accuracy}
     tries: list[dict[str, Any]] = field(default_factory=list)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # {accepted, refused, agreement}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "validation": self.validation,
-                "accuracy_before": round(self.accuracy_before, 4), "accuracy_after": round(self.accuracy_after, 4),
-                "outcome": self.outcome, "tries": [dict(t) for t in self.tries],
-                "teachers": {k: dict(v) for k, v in self.teachers.items()}}
+        return {
+            "round": self.round,
+            "validation": self.validation,
+            "accuracy_before": round(self.accuracy_before, 4),
+            "accuracy_after": round(self.accuracy_after, 4),
+            "outcome": self.outcome,
+            "tries": [dict(t) for t in self.tries],
+            "teachers": {k: dict(v) for k, v in self.teachers.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateReport:
         """The report back from to_dict, every field converted (ValueError, TypeError, KeyError if malformed)."""
-        report = cls(int(data["round"]), int(data["validation"]), float(data["accuracy_before"]),
-                     float(data["accuracy_after"]), str(data["outcome"]))
-        report.tries = [{"without": [str(w) for w in t["without"]], "b": int(t["b"]), "c": int(t["c"]),
-                         "into_lacking": int(t["into_lacking"]), "excused": int(t["excused"]),
-                         "harmful": bool(t["harmful"]), "accuracy": float(t["accuracy"])} for t in data["tries"]]
-        report.teachers = {str(k): {"accepted": int(v["accepted"]), "refused": int(v["refused"]),
-                                    "agreement": None if v.get("agreement") is None else float(v["agreement"])}
-                           for k, v in dict(data["teachers"]).items()}
+        report = cls(
+            int(data["round"]),
+            int(data["validation"]),
+            float(data["accuracy_before"]),
+            float(data["accuracy_after"]),
+            str(data["outcome"]),
+        )
+        report.tries = [
+            {
+                "without": [str(w) for w in t["without"]],
+                "b": int(t["b"]),
+                "c": int(t["c"]),
+                "into_lacking": int(t["into_lacking"]),
+                "excused": int(t["excused"]),
+                "harmful": bool(t["harmful"]),
+                "accuracy": float(t["accuracy"]),
+            }
+            for t in data["tries"]
+        ]
+        report.teachers = {
+            str(k): {
+                "accepted": int(v["accepted"]),
+                "refused": int(v["refused"]),
+                "agreement": None if v.get("agreement") is None else float(v["agreement"]),
+            }
+            for k, v in dict(data["teachers"]).items()
+        }
         return report
 
     @property

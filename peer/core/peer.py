@@ -59,16 +59,17 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 class TeachConfig:
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_per_student: int = 0     # cap on qualified instances taught per student and round (0: all)
-    batch_limit: int = 2048      # examples per ExampleBatch
+    max_per_student: int = 0  # cap on qualified instances taught per student and round (0: all)
+    batch_limit: int = 2048  # examples per ExampleBatch
     measure_leakage: bool = True  # distance of each x' sent to the nearest private example
-    min_distance: float = 0.0    # release nothing closer to a private p than this x p's nearest-other distance
-    noise_scale: float = 0.0     # std of Gaussian noise added to every input sent (search-space units)
+    min_distance: float = 0.0  # release nothing closer to a private p than this x p's nearest-other distance
+    noise_scale: float = 0.0  # std of Gaussian noise added to every input sent (search-space units)
 
     def __post_init__(self) -> None:
         if self.min_distance < 0 or self.noise_scale < 0:
-            raise UsageError(f"min_distance and noise_scale must be >= 0, got {self.min_distance} and "
-                             f"{self.noise_scale}")
+            raise UsageError(
+                f"min_distance and noise_scale must be >= 0, got {self.min_distance} and {self.noise_scale}"
+            )
 
 
 @dataclass
@@ -87,23 +88,40 @@ class TeachReport:
     mean_steps: float = 0.0
     seconds: float = 0.0
     counterfactual_seconds: float = 0.0
-    source_l1: float = 0.0             # mean L1 distance x' to its source x
-    near_copies: int = 0     # examples sent closer to some private p than p's nearest other private example
-    filtered: int = 0        # examples (counterfactuals and copies) the min-distance filter dropped
+    source_l1: float = 0.0  # mean L1 distance x' to its source x
+    near_copies: int = 0  # examples sent closer to some private p than p's nearest other private example
+    filtered: int = 0  # examples (counterfactuals and copies) the min-distance filter dropped
     # what was sent against my private data (peer.privacy.measures.LeakageStats.to_dict, near-copies
     # counted over everything sent), and a seeded sample of per-example values for run-level figures
     leakage: dict = field(default_factory=dict)
     leakage_sample: dict[str, list[float | None]] = field(default_factory=dict)
     gallery: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list, repr=False)
 
-    NUMBERS = ("qualified", "attempted", "failed", "duplicates", "counterfactuals", "near_copies", "filtered",
-               "sent", "mean_steps", "seconds", "counterfactual_seconds", "source_l1")
+    NUMBERS = (
+        "qualified",
+        "attempted",
+        "failed",
+        "duplicates",
+        "counterfactuals",
+        "near_copies",
+        "filtered",
+        "sent",
+        "mean_steps",
+        "seconds",
+        "counterfactual_seconds",
+        "source_l1",
+    )
 
     def to_dict(self) -> dict:
         """Everything but the gallery (private sources never leave the teacher), JSON-able."""
-        return {"teacher": self.teacher, "student": self.student, "round": self.round,
-                **{k: getattr(self, k) for k in self.NUMBERS},
-                "leakage": dict(self.leakage), "leakage_sample": {k: list(v) for k, v in self.leakage_sample.items()}}
+        return {
+            "teacher": self.teacher,
+            "student": self.student,
+            "round": self.round,
+            **{k: getattr(self, k) for k in self.NUMBERS},
+            "leakage": dict(self.leakage),
+            "leakage_sample": {k: list(v) for k, v in self.leakage_sample.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TeachReport:
@@ -112,14 +130,16 @@ class TeachReport:
         for k in cls.NUMBERS:
             setattr(report, k, type(getattr(report, k))(data[k]))
         report.leakage = dict(data.get("leakage", {}))
-        report.leakage_sample = {str(k): [None if x is None else float(x) for x in v]
-                                 for k, v in data.get("leakage_sample", {}).items()}
+        report.leakage_sample = {
+            str(k): [None if x is None else float(x) for x in v] for k, v in data.get("leakage_sample", {}).items()
+        }
         return report
 
     def sampled_leakage(self) -> LeakageStats:
         """The measured sample of what was sent, per example (NaN where a measure is missing)."""
         if not self.leakage_sample:
             return LeakageStats()
+
         def column(key: str) -> np.ndarray:
             return np.array([np.nan if v is None else v for v in self.leakage_sample.get(key, [])], np.float32)
 
@@ -128,9 +148,24 @@ class TeachReport:
     def summary(self) -> dict:
         """The pair as one row of results.json's "pairs"."""
         return {
-            **{f: getattr(self, f) for f in ("teacher", "student", "round", "qualified", "attempted", "failed",
-                                             "duplicates", "counterfactuals", "filtered", "near_copies",
-                                             "sent", "seconds", "counterfactual_seconds")},
+            **{
+                f: getattr(self, f)
+                for f in (
+                    "teacher",
+                    "student",
+                    "round",
+                    "qualified",
+                    "attempted",
+                    "failed",
+                    "duplicates",
+                    "counterfactuals",
+                    "filtered",
+                    "near_copies",
+                    "sent",
+                    "seconds",
+                    "counterfactual_seconds",
+                )
+            },
             "mean_steps": round(self.mean_steps, 2),
             "source_l1": round(self.source_l1, 3),
             "leakage": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.leakage.items()},
@@ -145,10 +180,20 @@ class Peer:
     student and sends it examples in the student's columns, mapped by name.
     """
 
-    def __init__(self, peer_id: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...],
-                 learner: Learner, teach: TeachConfig | None = None, seed: int = 0,
-                 store: ExampleStore | None = None, image: bool = True, features: tuple[str, ...] = (),
-                 gate: GateConfig | None = None):
+    def __init__(
+        self,
+        peer_id: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        classes: tuple[str, ...],
+        learner: Learner,
+        teach: TeachConfig | None = None,
+        seed: int = 0,
+        store: ExampleStore | None = None,
+        image: bool = True,
+        features: tuple[str, ...] = (),
+        gate: GateConfig | None = None,
+    ):
         self.id = peer_id
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -207,8 +252,7 @@ class Peer:
         self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
         return len(y)
 
-    def _gated_train(self, epochs: int | None, progress: Callable[[int], None] | None, round: int,
-                     seed: int) -> int:
+    def _gated_train(self, epochs: int | None, progress: Callable[[int], None] | None, round: int, seed: int) -> int:
         """Train with what arrived since the last judgement, keeping it only where my validation
         slice does not lose accuracy beyond noise (peer.core.gate); every fit starts from the
         model of before the round with the same seed. Records a GateReport in self.gates[round]."""
@@ -227,9 +271,11 @@ class Peer:
             bx = np.concatenate([b.inputs() for b in bs])
             by = np.concatenate([b.labels_for(self.classes) for b in bs])
             mine = np.isin(by, [self.classes.index(c) for c in held])
-            report.teachers[t] = {"accepted": 0, "refused": 0,
-                                  "agreement": _round4(label_agreement(space(bx[mine]), by[mine],
-                                                                       self.search_space(), self.y))}
+            report.teachers[t] = {
+                "accepted": 0,
+                "refused": 0,
+                "agreement": _round4(label_agreement(space(bx[mine]), by[mine], self.search_space(), self.y)),
+            }
         # fits to try, each as what it leaves out: everything; without the teacher whose examples
         # of my classes agree least with my data; only examples of classes I lack (without it too)
         everything = {key: set(self.classes) for key in fresh}
@@ -241,8 +287,12 @@ class Peer:
         if lacking:
             only = {key: (set(self.classes) if key[0] == suspect else set(held)) for key in fresh}
             wanted = [self.classes.index(c) for c in lacking]
-            if any(np.isin(b.labels_for(self.classes), wanted).any()
-                   for key, batches in fresh.items() if key[0] != suspect for b in batches):
+            if any(
+                np.isin(b.labels_for(self.classes), wanted).any()
+                for key, batches in fresh.items()
+                if key[0] != suspect
+                for b in batches
+            ):
                 plans.append(("lacking classes only", only))
         before = copy.deepcopy(self.learner)
         right_before = before.predict(self.val_x) == self.val_y
@@ -254,16 +304,25 @@ class Peer:
             self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
             pred_after = self.learner.predict(self.val_x)
             right_after = pred_after == self.val_y
-            into, excused = lacking_credit(pred_after, right_before, right_after,
-                                           [self.classes.index(c) for c in lacking], len(self.classes))
+            into, excused = lacking_credit(
+                pred_after, right_before, right_after, [self.classes.index(c) for c in lacking], len(self.classes)
+            )
             worse, better, harmful = paired_harm(right_before, right_after, self.gate.z, excused)
-            report.tries.append({"without": sorted(f"{t} round {r}: " + ("all" if v == set(self.classes) else
-                                                                           "held classes" if v == held else
-                                                                           ",".join(sorted(v)))
-                                                   for (t, r), v in skip.items()),
-                                 "b": worse, "c": better, "into_lacking": into, "excused": excused,
-                                 "harmful": harmful,
-                                 "accuracy": _round4(float(right_after.mean()))})
+            report.tries.append(
+                {
+                    "without": sorted(
+                        f"{t} round {r}: "
+                        + ("all" if v == set(self.classes) else "held classes" if v == held else ",".join(sorted(v)))
+                        for (t, r), v in skip.items()
+                    ),
+                    "b": worse,
+                    "c": better,
+                    "into_lacking": into,
+                    "excused": excused,
+                    "harmful": harmful,
+                    "accuracy": _round4(float(right_after.mean())),
+                }
+            )
             if not harmful:
                 kept, report.outcome, report.accuracy_after = skip, outcome, float(right_after.mean())
                 break
@@ -386,16 +445,18 @@ class Peer:
         report.attempted = len(idx)
         return idx
 
-    def _search(self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _search(
+        self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """x' per selected instance from its start point; (x', labels, starts) of the distinct successes."""
         cc = self.teach_config.counterfactual
         t0 = time.perf_counter()
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
         space = self.search_space()
         mine = self.own_proba()
-        predict = (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features \
-            else self.learner.predict_proba
+        predict = (
+            (lambda u: self.learner.predict_proba(self.from_unit(u))) if self.features else self.learner.predict_proba
+        )
         module = None
         if self.learner.differentiable and isinstance(self.learner, TorchLearner):
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
@@ -403,8 +464,18 @@ class Peer:
         if cc.start == "instance":  # the paper: the search starts at the instance itself
             x0, proba0 = space[idx], mine[idx]
         else:
-            st = start_points(cc.start, space, self.y, idx, mine.argmax(axis=1) == self.y, len(self.classes), rng,
-                              k=cc.start_k, module=module, predict_proba=predict)
+            st = start_points(
+                cc.start,
+                space,
+                self.y,
+                idx,
+                mine.argmax(axis=1) == self.y,
+                len(self.classes),
+                rng,
+                k=cc.start_k,
+                module=module,
+                predict_proba=predict,
+            )
             unstarted = int((~st.ok).sum())
             idx, x0 = idx[st.ok], st.x[st.ok]
             proba0 = predict(x0) if len(idx) else mine[:0]
@@ -435,8 +506,9 @@ class Peer:
         report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
         return cx, cy, src
 
-    def _release(self, cx: np.ndarray, cy: np.ndarray, src: np.ndarray, report: TeachReport,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _release(
+        self, cx: np.ndarray, cy: np.ndarray, src: np.ndarray, report: TeachReport, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What may leave: x' and augmented copies, release noise, nothing nearer a private example
         than min_distance; near-copies among the rest counted and what is sent measured."""
         cfg = self.teach_config
@@ -454,7 +526,7 @@ class Peer:
         # an augmented copy reveals what its x' reveals (a public shift or rotation can be undone):
         # it counts as near as its x', so the filter drops x' and all its copies together
         parent = np.arange(len(cx), len(out_x)) % max(len(cx), 1)
-        ratio[len(cx):] = np.minimum(ratio[len(cx):], ratio[parent])
+        ratio[len(cx) :] = np.minimum(ratio[len(cx) :], ratio[parent])
         if cfg.min_distance > 0:
             keep = ratio >= cfg.min_distance
             report.filtered = int((~keep).sum())
@@ -464,19 +536,44 @@ class Peer:
             self._measure(out_x, out_src, ratio, report, rng)
         return out_x, out_y, out_src
 
-    def _measure(self, out_x: np.ndarray, out_src: np.ndarray, ratio: np.ndarray, report: TeachReport,
-                 rng: np.random.Generator, sample: int = LEAKAGE_SAMPLE) -> None:
+    def _measure(
+        self,
+        out_x: np.ndarray,
+        out_src: np.ndarray,
+        ratio: np.ndarray,
+        report: TeachReport,
+        rng: np.random.Generator,
+        sample: int = LEAKAGE_SAMPLE,
+    ) -> None:
         """Leakage of what is sent: near-copies over all of it, distances and SSIM on a seeded sample."""
         pick = np.sort(rng.permutation(len(out_x))[:sample]) if len(out_x) > sample else np.arange(len(out_x))
-        stats = measure_leakage(out_x[pick], self.search_space(), self.private_nn(), sources=out_src[pick],
-                                image=self.image and out_x.ndim >= 3)
-        report.leakage = {**stats.to_dict(), "count": int(len(out_x)), "near_copies": report.near_copies,
-                          "near_copy_share": report.near_copies / len(out_x), "sampled": int(len(pick)),
-                          "nearest_any_ratio_min": float(ratio.min())}
+        stats = measure_leakage(
+            out_x[pick],
+            self.search_space(),
+            self.private_nn(),
+            sources=out_src[pick],
+            image=self.image and out_x.ndim >= 3,
+        )
+        report.leakage = {
+            **stats.to_dict(),
+            "count": int(len(out_x)),
+            "near_copies": report.near_copies,
+            "near_copy_share": report.near_copies / len(out_x),
+            "sampled": int(len(pick)),
+            "nearest_any_ratio_min": float(ratio.min()),
+        }
         report.leakage_sample = {key: _rounded(getattr(stats, name)) for key, name in SAMPLED.items()}
 
-    def _encode(self, student_id: str, round: int, student: Learner, out_x: np.ndarray, out_y: np.ndarray,
-                out_src: np.ndarray, report: TeachReport) -> list[ExampleBatch]:
+    def _encode(
+        self,
+        student_id: str,
+        round: int,
+        student: Learner,
+        out_x: np.ndarray,
+        out_y: np.ndarray,
+        out_src: np.ndarray,
+        report: TeachReport,
+    ) -> list[ExampleBatch]:
         """Batches in the student's inputs: uint8 images, or a table in the student's columns by name."""
         cfg = self.teach_config
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
@@ -490,8 +587,17 @@ class Peer:
             wire_x = out_x.astype(np.float32)
         report.sent = len(out_y)
         return [
-            ExampleBatch(self.id, student_id, round, seq, wire_x[s:s + cfg.batch_limit], out_y[s:s + cfg.batch_limit],
-                         self.classes, distance[s:s + cfg.batch_limit], student.features)
+            ExampleBatch(
+                self.id,
+                student_id,
+                round,
+                seq,
+                wire_x[s : s + cfg.batch_limit],
+                out_y[s : s + cfg.batch_limit],
+                self.classes,
+                distance[s : s + cfg.batch_limit],
+                student.features,
+            )
             for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
         ]
 
@@ -504,8 +610,7 @@ class Peer:
     # -- evaluate ----------------------------------------------------------------------------
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict:
         pred = self.learner.predict(x)
-        per_class = [float((pred[y == c] == c).mean()) if (y == c).any() else None
-                     for c in range(len(self.classes))]
+        per_class = [float((pred[y == c] == c).mean()) if (y == c).any() else None for c in range(len(self.classes))]
         return {"accuracy": float((pred == y).mean()), "per_class": per_class}
 
 
@@ -521,4 +626,3 @@ class _FromUnit(torch.nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.module(self.low + u * self.span)
-

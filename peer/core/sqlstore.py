@@ -47,9 +47,21 @@ class SqliteExampleStore(ExampleStore):
         self._cache: list[ExampleBatch] | None = None
 
     def add(self, batch: ExampleBatch) -> bool:
-        row = (batch.sender, batch.round, batch.seq, batch.receiver, json.dumps(list(batch.classes)),
-               json.dumps(list(batch.features)), batch.x.tobytes(), batch.x.dtype.name, json.dumps(list(batch.x.shape)),
-               batch.y.tobytes(), batch.y.dtype.name, batch.distance.astype(np.float32).tobytes(), len(batch))
+        row = (
+            batch.sender,
+            batch.round,
+            batch.seq,
+            batch.receiver,
+            json.dumps(list(batch.classes)),
+            json.dumps(list(batch.features)),
+            batch.x.tobytes(),
+            batch.x.dtype.name,
+            json.dumps(list(batch.x.shape)),
+            batch.y.tobytes(),
+            batch.y.dtype.name,
+            batch.distance.astype(np.float32).tobytes(),
+            len(batch),
+        )
         with self._lock:
             cur = self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -65,8 +77,9 @@ class SqliteExampleStore(ExampleStore):
 
     def judge(self, sender: str, round: int, refused=()) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO judged VALUES (?,?,?)",
-                             (sender, int(round), json.dumps(sorted(set(refused)))))
+            self._db.execute(
+                "INSERT OR REPLACE INTO judged VALUES (?,?,?)", (sender, int(round), json.dumps(sorted(set(refused))))
+            )
 
     def judgements(self) -> dict[tuple[str, int], tuple[str, ...]]:
         with self._lock:
@@ -75,8 +88,12 @@ class SqliteExampleStore(ExampleStore):
 
     def __contains__(self, batch_id) -> bool:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM batches WHERE sender=? AND round=? AND seq=?",
-                                    tuple(batch_id)).fetchone() is not None
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM batches WHERE sender=? AND round=? AND seq=?", tuple(batch_id)
+                ).fetchone()
+                is not None
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -89,13 +106,22 @@ class SqliteExampleStore(ExampleStore):
     def batches(self) -> list[ExampleBatch]:
         with self._lock:
             if self._cache is None:
-                rows = self._db.execute("SELECT sender, round, seq, receiver, classes, features, x, x_dtype, x_shape, "
-                                        "y, y_dtype, distance FROM batches ORDER BY sender, round, seq").fetchall()
+                rows = self._db.execute(
+                    "SELECT sender, round, seq, receiver, classes, features, x, x_dtype, x_shape, "
+                    "y, y_dtype, distance FROM batches ORDER BY sender, round, seq"
+                ).fetchall()
                 self._cache = [
-                    ExampleBatch(s, rcv, int(r), int(q),
-                                 np.frombuffer(x, dtype=xd).reshape(json.loads(xs)),
-                                 np.frombuffer(y, dtype=yd), tuple(json.loads(cls)),
-                                 np.frombuffer(d, dtype=np.float32), tuple(json.loads(feat)))
+                    ExampleBatch(
+                        s,
+                        rcv,
+                        int(r),
+                        int(q),
+                        np.frombuffer(x, dtype=xd).reshape(json.loads(xs)),
+                        np.frombuffer(y, dtype=yd),
+                        tuple(json.loads(cls)),
+                        np.frombuffer(d, dtype=np.float32),
+                        tuple(json.loads(feat)),
+                    )
                     for s, r, q, rcv, cls, feat, x, xd, xs, y, yd, d in rows
                 ]
             return list(self._cache)

@@ -63,8 +63,12 @@ class ExampleStore:
         with self._lock:
             return dict(self._judged)
 
-    def training_arrays(self, classes: tuple[str, ...], input_shape: tuple[int, ...],
-                        skip: Mapping[tuple[str, int], Iterable[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def training_arrays(
+        self,
+        classes: tuple[str, ...],
+        input_shape: tuple[int, ...],
+        skip: Mapping[tuple[str, int], Iterable[str]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """All distinct received (x, y) not refused, inputs as float32, labels as indices into `classes`.
 
         `skip` leaves out more: (sender, round) -> class names, as a judgement would refuse them.

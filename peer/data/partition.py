@@ -31,8 +31,7 @@ def keep_fraction(labels: np.ndarray, n_peers: int, n_classes: int, fraction: fl
     """Shuffle into n disjoint parts; peer k keeps only `fraction` of its examples of class k."""
     _check(labels, n_peers, n_classes)
     if n_peers > n_classes:
-        raise UsageError(f"this split gives each peer its own weak class: {n_peers} peers but only "
-                         f"{n_classes} classes")
+        raise UsageError(f"this split gives each peer its own weak class: {n_peers} peers but only {n_classes} classes")
     if not 0.0 <= fraction <= 1.0:
         raise UsageError(f"keep fraction must be in [0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 1])
@@ -49,8 +48,9 @@ def miss_class(labels: np.ndarray, n_peers: int, n_classes: int, seed: int) -> l
     return keep_fraction(labels, n_peers, n_classes, 0.0, seed)
 
 
-def dirichlet(labels: np.ndarray, n_peers: int, n_classes: int, beta: float, seed: int,
-              min_size: int = 10) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray, n_peers: int, n_classes: int, beta: float, seed: int, min_size: int = 10
+) -> list[np.ndarray]:
     """Label skew: each class is divided among peers in Dirichlet(beta) proportions."""
     _check(labels, n_peers, n_classes)
     if beta <= 0:
@@ -71,8 +71,9 @@ def dirichlet(labels: np.ndarray, n_peers: int, n_classes: int, beta: float, see
     raise UsageError(f"Dirichlet beta={beta} leaves some peer with under {min_size} examples; raise beta")
 
 
-def split(name: str, labels: np.ndarray, n_peers: int, n_classes: int, seed: int,
-          fraction: float = 0.1, beta: float = 0.5) -> list[np.ndarray]:
+def split(
+    name: str, labels: np.ndarray, n_peers: int, n_classes: int, seed: int, fraction: float = 0.1, beta: float = 0.5
+) -> list[np.ndarray]:
     """Dispatch by split name; returns one sorted index array per peer."""
     if name == "miss-class":
         return miss_class(labels, n_peers, n_classes, seed)

@@ -33,14 +33,19 @@ def infer_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     kinds = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
     if suffix not in kinds:
-        raise UsageError(f"--data {path}: cannot tell its kind from the suffix {suffix!r}; "
-                         f"pass --data-kind ({', '.join(KINDS)})")
+        raise UsageError(
+            f"--data {path}: cannot tell its kind from the suffix {suffix!r}; pass --data-kind ({', '.join(KINDS)})"
+        )
     return kinds[suffix]
 
 
-def load_source(path: str | os.PathLike, kind: str | None = None, label: str | None = None,
-                test_path: str | os.PathLike | None = None, extra: tuple[str, ...] = ()
-                ) -> tuple[Dataset, Dataset | None]:
+def load_source(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    label: str | None = None,
+    test_path: str | os.PathLike | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[Dataset, Dataset | None]:
     """(train, test or None) from `path` (and `test_path`, read the same way and encoded alike).
     `extra`: class names (as the files spell them) beyond those in `path`, which the test set may hold."""
     path = Path(path)
@@ -119,15 +124,18 @@ def class_order(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def name_classes(data: Dataset, mapping: dict[str, str], extra: tuple[str, ...], where: str,
-                 check: bool = True) -> Dataset:
+def name_classes(
+    data: Dataset, mapping: dict[str, str], extra: tuple[str, ...], where: str, check: bool = True
+) -> Dataset:
     """`data` with its classes renamed by `mapping` (two spellings may become one class), plus the
     `extra` class names it has no examples of, in class_order. `check`: a mapped name must be a class."""
     if check:
         unknown = [m for m in mapping if m not in data.classes]
         if unknown:
-            raise UsageError(f"--class-map names class(es) {', '.join(repr(u) for u in unknown)}, which {where} "
-                             f"does not have (its classes: {', '.join(data.classes)})")
+            raise UsageError(
+                f"--class-map names class(es) {', '.join(repr(u) for u in unknown)}, which {where} "
+                f"does not have (its classes: {', '.join(data.classes)})"
+            )
     if not mapping and not extra:
         return data
     renamed = [mapping.get(c, c) for c in data.classes]
@@ -138,6 +146,7 @@ def name_classes(data: Dataset, mapping: dict[str, str], extra: tuple[str, ...],
 
 
 # -- tables -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Table:
@@ -231,8 +240,8 @@ class TableEncoding:
 
     label: str
     numeric: tuple[str, ...]
-    categories: dict[str, tuple[str, ...]]   # categorical column -> its values (one-hot order)
-    order: tuple[str, ...]                   # feature columns in file order
+    categories: dict[str, tuple[str, ...]]  # categorical column -> its values (one-hot order)
+    order: tuple[str, ...]  # feature columns in file order
     classes: tuple[str, ...]
 
     @classmethod
@@ -308,8 +317,9 @@ class TableEncoding:
         labels = [_label_name(v) for v in table.columns[self.label]]
         for r, (v, name) in enumerate(zip(table.columns[self.label], labels)):
             if _is_missing(v):
-                raise UsageError(f"{path}: label column {self.label!r} has a missing value (NaN or empty) "
-                                 f"in row {r + 1}")
+                raise UsageError(
+                    f"{path}: label column {self.label!r} has a missing value (NaN or empty) in row {r + 1}"
+                )
             if name not in lookup:
                 raise UsageError(f"{path}: label {name!r} in row {r + 1} is not a class of the training data")
         y = np.array([lookup[n] for n in labels], dtype=np.int64)
@@ -323,6 +333,7 @@ def _refuse_missing(col: list[Any], name: str, path: Path) -> None:
 
 
 # -- arrays -------------------------------------------------------------------------------------
+
 
 def load_npz(path: Path, min_classes: int = 2) -> Dataset:
     """An .npz with `x` and `y`; optional `features` (column names of a 2-d x) and `classes`.
@@ -350,8 +361,11 @@ def load_npz(path: Path, min_classes: int = 2) -> Dataset:
         raise UsageError(f"{path}: x holds NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
     classes, labels = _npz_labels(arrays, y, path, min_classes)
     if x.ndim == 2:
-        features = tuple(str(f) for f in arrays["features"]) if "features" in arrays else \
-            tuple(f"x{i}" for i in range(x.shape[1]))
+        features = (
+            tuple(str(f) for f in arrays["features"])
+            if "features" in arrays
+            else tuple(f"x{i}" for i in range(x.shape[1]))
+        )
         if len(features) != x.shape[1] or len(set(features)) != len(features):
             raise UsageError(f"{path}: features must be {x.shape[1]} distinct names, got {len(features)}")
         return Dataset(x.astype(np.float32), labels, classes, features)
@@ -392,11 +406,14 @@ def load_image_folder(path: Path, min_classes: int = 2) -> Dataset:
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory of class sub-folders")
     folders = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = {d.name: sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-             for d in folders}
+    files = {
+        d.name: sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) for d in folders
+    }
     if not any(files.values()):
-        raise UsageError(f"{path} holds no images (expected one sub-folder per class with image files "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UsageError(
+            f"{path} holds no images (expected one sub-folder per class with image files "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     empty = [name for name, fs in files.items() if not fs]
     if empty:
         raise UsageError(f"{path}: class folder(s) {', '.join(empty)} hold no images")
@@ -413,8 +430,10 @@ def load_image_folder(path: Path, min_classes: int = 2) -> Dataset:
             if size is None:
                 size, first = grey.shape, f
             elif grey.shape != size:
-                raise UsageError(f"image {f} is {grey.shape[1]}x{grey.shape[0]} but {first} is "
-                                 f"{size[1]}x{size[0]}; all images must have one size")
+                raise UsageError(
+                    f"image {f} is {grey.shape[1]}x{grey.shape[0]} but {first} is "
+                    f"{size[1]}x{size[0]}; all images must have one size"
+                )
             images.append(grey)
             labels.append(c)
     return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(files))

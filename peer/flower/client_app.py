@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 # torch and the learners are imported inside the handlers that need them: in deployment each
 # call is a fresh process, and query.model should not pay for them.
 
-SELF = "self"          # name of this peer's own model inside context.state
-STATE = "ckd.peer"     # ConfigRecord in context.state: the last round this peer trained
+SELF = "self"  # name of this peer's own model inside context.state
+STATE = "ckd.peer"  # ConfigRecord in context.state: the last round this peer trained
 JUDGED = "ckd.judged"  # ConfigRecord in context.state: the validation gate's judgements (JSON)
 # node-config keys that say where this machine keeps the data; they override the run config's
 NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data", "class-map", "classes")
@@ -75,12 +75,16 @@ def _whoami(context: Context) -> tuple[int, int]:
     """(partition-id, num-partitions) from the node config, checked."""
     nc = context.node_config
     if "partition-id" not in nc or "num-partitions" not in nc:
-        raise UsageError("this SuperNode has no partition-id / num-partitions in its node config "
-                         "(start it with --node-config \"partition-id=K num-partitions=N\")")
+        raise UsageError(
+            "this SuperNode has no partition-id / num-partitions in its node config "
+            '(start it with --node-config "partition-id=K num-partitions=N")'
+        )
     k, n = nc["partition-id"], nc["num-partitions"]
     if not isinstance(k, int) or not isinstance(n, int) or not 0 <= k < n or n < 2:
-        raise UsageError(f"node config partition-id={k!r} num-partitions={n!r}: need 0 <= partition-id < "
-                         "num-partitions and num-partitions >= 2")
+        raise UsageError(
+            f"node config partition-id={k!r} num-partitions={n!r}: need 0 <= partition-id < "
+            "num-partitions and num-partitions >= 2"
+        )
     return k, n
 
 
@@ -93,8 +97,9 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     k, n = _whoami(context)
     cfg = experiment_config(context.run_config, n)
     # a machine's own copy of the data wins over the run's
-    own = {key.replace("-", "_"): str(context.node_config[key]) or None
-           for key in NODE_DATA if key in context.node_config}
+    own = {
+        key.replace("-", "_"): str(context.node_config[key]) or None for key in NODE_DATA if key in context.node_config
+    }
     if own:
         cfg = ExperimentConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **own})
     return cfg, k
@@ -150,8 +155,9 @@ def _save(context: Context, peer: Peer, round: int) -> None:
 
 def _identity(context: Context) -> ConfigRecord:
     k, n = _whoami(context)
-    return ConfigRecord({"partition-id": k, "num-partitions": n, "peer-id": peer_id(k),
-                         "trained-round": _trained_round(context)})
+    return ConfigRecord(
+        {"partition-id": k, "num-partitions": n, "peer-id": peer_id(k), "trained-round": _trained_round(context)}
+    )
 
 
 @app.query("model")
@@ -172,17 +178,21 @@ def _round_of(msg: Message) -> int:
     return int(r)
 
 
-def _train_and_report(msg: Message, context: Context, peer: Peer, cfg: ExperimentConfig, round: int,
-                      epochs: int) -> Message:
+def _train_and_report(
+    msg: Message, context: Context, peer: Peer, cfg: ExperimentConfig, round: int, epochs: int
+) -> Message:
     from peer.round import train_step
 
     record = train_step(peer, round, epochs, *_test_set(cfg, peer))
     _save(context, peer, round)
-    content = RecordDict({
-        "peer": _identity(context),
-        "about": ConfigRecord({"learner": peer.learner.kind, "classes": list(peer.classes),
-                               "missing": peer.missing_classes()}),
-    })
+    content = RecordDict(
+        {
+            "peer": _identity(context),
+            "about": ConfigRecord(
+                {"learner": peer.learner.kind, "classes": list(peer.classes), "missing": peer.missing_classes()}
+            ),
+        }
+    )
     rec.put_record(content, record)
     rec.put_blob(content, peer.id, peer.learner.to_blob())
     return Message(content, reply_to=msg)
@@ -201,8 +211,9 @@ def _next_round(msg: Message, context: Context, verb: str) -> int:
     """The message's round r, refused unless this peer last trained in round r - 1."""
     r = _round_of(msg)
     if _trained_round(context) != r - 1:
-        raise InvalidPayload(f"asked to {verb} round {r}, but this peer last trained in round "
-                             f"{_trained_round(context)}")
+        raise InvalidPayload(
+            f"asked to {verb} round {r}, but this peer last trained in round {_trained_round(context)}"
+        )
     return r
 
 
@@ -243,8 +254,9 @@ def train_absorb(msg: Message, context: Context) -> Message:
     for key in rec.batch_keys(msg.content):
         batch = rec.get_batch(msg.content, key)
         if batch.receiver != peer.id or batch.round != r:
-            raise InvalidPayload(f"batch {batch.id} is for {batch.receiver} in round {batch.round}, "
-                                 f"not for me ({peer.id}) in round {r}")
+            raise InvalidPayload(
+                f"batch {batch.id} is for {batch.receiver} in round {batch.round}, not for me ({peer.id}) in round {r}"
+            )
         peer.absorb(batch)
         rec.put_batch(context.state, batch)  # kept for every later retrain
     return _train_and_report(msg, context, peer, cfg, r, cfg.retrain_epochs)

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from peer.core.blob import InvalidPayload, Limits, ModelBlob, PayloadTooLarge, _check_array
 
-MODEL = "model"        # key prefixes inside a RecordDict
+MODEL = "model"  # key prefixes inside a RecordDict
 BATCH = "batch"
 REPORT = "report"
 
@@ -93,7 +93,9 @@ def get_blob(content: RecordDict, name: str, limits: Limits = Limits()) -> Model
 
 
 def blob_names(content: RecordDict) -> list[str]:
-    return sorted(k[len(MODEL) + 1:-len(".spec")] for k in content if k.startswith(MODEL + ".") and k.endswith(".spec"))
+    return sorted(
+        k[len(MODEL) + 1 : -len(".spec")] for k in content if k.startswith(MODEL + ".") and k.endswith(".spec")
+    )
 
 
 # -- ExampleBatch ------------------------------------------------------------------------------
@@ -103,17 +105,25 @@ def batch_key(batch) -> str:
 
 def put_batch(content: RecordDict, batch) -> str:
     key = batch_key(batch)
-    content[key] = _arrays({"x": batch.x, "y": np.asarray(batch.y, np.int64),
-                            "distance": np.asarray(batch.distance, np.float32)})
-    content[key + ".meta"] = ConfigRecord({
-        "sender": batch.sender, "receiver": batch.receiver, "round": int(batch.round), "seq": int(batch.seq),
-        "classes": list(batch.classes), "features": list(batch.features)})
+    content[key] = _arrays(
+        {"x": batch.x, "y": np.asarray(batch.y, np.int64), "distance": np.asarray(batch.distance, np.float32)}
+    )
+    content[key + ".meta"] = ConfigRecord(
+        {
+            "sender": batch.sender,
+            "receiver": batch.receiver,
+            "round": int(batch.round),
+            "seq": int(batch.seq),
+            "classes": list(batch.classes),
+            "features": list(batch.features),
+        }
+    )
     return key
 
 
 def batch_keys(content: RecordDict, receiver: str | None = None) -> list[str]:
     prefix = f"{BATCH}." if receiver is None else f"{BATCH}.{receiver}."
-    return sorted(k[:-len(".meta")] for k in content if k.startswith(prefix) and k.endswith(".meta"))
+    return sorted(k[: -len(".meta")] for k in content if k.startswith(prefix) and k.endswith(".meta"))
 
 
 def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
@@ -143,8 +153,9 @@ def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
     x, y, distance = arrays["x"], arrays["y"], arrays["distance"]
     n = len(y) if y.ndim == 1 else -1
     if n < 0 or x.ndim < 2 or x.shape[0] != n or distance.shape != (n,):
-        raise InvalidPayload(f"{what}: shapes do not fit, x {list(x.shape)}, y {list(y.shape)}, "
-                             f"distance {list(distance.shape)}")
+        raise InvalidPayload(
+            f"{what}: shapes do not fit, x {list(x.shape)}, y {list(y.shape)}, distance {list(distance.shape)}"
+        )
     if n > limits.max_batch_examples:
         raise PayloadTooLarge(f"{what}: {n} examples, over the cap of {limits.max_batch_examples}")
     if y.dtype.kind not in "iu":

@@ -38,14 +38,14 @@ COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
 @dataclass
 class NodeConfig:
     experiment: ExperimentConfig
-    part: int | None                     # part of a shared split; None: the whole of --data is this peer's own
+    part: int | None  # part of a shared split; None: the whole of --data is this peer's own
     state_dir: Path
     peer_id: str = ""
     listen: str = "127.0.0.1:0"
-    advertise: str = ""                  # host:port others use (default: the listen address, actual port)
-    coordinator: str = ""                # host:port of `ckd server`
+    advertise: str = ""  # host:port others use (default: the listen address, actual port)
+    coordinator: str = ""  # host:port of `ckd server`
     peers: dict[str, str] = field(default_factory=dict)  # static list: id -> host:port (no coordinator)
-    learner: str = ""                    # this peer's learner kind (default: from --learners)
+    learner: str = ""  # this peer's learner kind (default: from --learners)
     round_deadline: float = 600.0
 
 
@@ -98,8 +98,9 @@ def wait_for_coordinator(security: Security, address: str, timeout: float, limit
                 code = exc.code()
                 why = f"{code.name}: {exc.details()}"
                 if code == grpc.StatusCode.NOT_FOUND:
-                    raise UsageError(f"--coordinator {address} answers but is not a ckd coordinator "
-                                     f"(no {COORDINATOR_SERVICE})") from None
+                    raise UsageError(
+                        f"--coordinator {address} answers but is not a ckd coordinator (no {COORDINATOR_SERVICE})"
+                    ) from None
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     break
                 time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
@@ -111,8 +112,10 @@ def wait_for_coordinator(security: Security, address: str, timeout: float, limit
     finally:
         channel.close()
     why = " ".join(why.split())
-    raise UsageError(f"coordinator {address} did not answer within {timeout:g} s ({why}); check --coordinator, "
-                     "that `ckd server` runs there, and --certs")
+    raise UsageError(
+        f"coordinator {address} did not answer within {timeout:g} s ({why}); check --coordinator, "
+        "that `ckd server` runs there, and --certs"
+    )
 
 
 class Membership:
@@ -139,9 +142,12 @@ class Membership:
                     st = node.transport.status(pid)
                 except grpc.RpcError:
                     continue
-                if (stage == cpb.STAGE_READY or stage == cpb.STAGE_DONE
-                        or (stage == cpb.STAGE_PUBLISHED and st.published_round >= round)
-                        or (stage == cpb.STAGE_TAUGHT and st.taught_round >= round)):
+                if (
+                    stage == cpb.STAGE_READY
+                    or stage == cpb.STAGE_DONE
+                    or (stage == cpb.STAGE_PUBLISHED and st.published_round >= round)
+                    or (stage == cpb.STAGE_TAUGHT and st.taught_round >= round)
+                ):
                     pending.discard(pid)
                     arrived.add(pid)
             if pending:
@@ -212,8 +218,9 @@ class Node:
                 break
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 59:
-                    raise UsageError(f"coordinator {self.cfg.coordinator} refused {self.id}: "
-                                     f"{exc.code().name}: {exc.details()}") from None
+                    raise UsageError(
+                        f"coordinator {self.cfg.coordinator} refused {self.id}: {exc.code().name}: {exc.details()}"
+                    ) from None
                 time.sleep(0.5)
         self.rounds = int(reply.rounds)
         self.cfg.round_deadline = reply.round_deadline
@@ -295,8 +302,14 @@ class Node:
         config = config_dict(exp)
         if self.cfg.part is None:  # its own data: the coordinator hears how it did, not where its files are
             config.update(data=None, test_data=None, data_dir=None)
-        about: dict = {"peer": self.id, "learner": self.kind, "missing": self.missing, "classes": list(self.classes),
-                       "config": config, "part": self.cfg.part}
+        about: dict = {
+            "peer": self.id,
+            "learner": self.kind,
+            "missing": self.missing,
+            "classes": list(self.classes),
+            "config": config,
+            "part": self.cfg.part,
+        }
         if self.cfg.part is None:
             about["own_data"] = True
         if done < 0:
@@ -307,9 +320,14 @@ class Node:
             if self.coord is not None:
                 self._peer_list()  # a peer that restarted may listen elsewhere now
             # a peer that was down may be back, maybe at a new address: retry until half the deadline
-            taught = teach_students(self.peer, r, arrived, self.transport,
-                                    deadline=time.monotonic() + self.cfg.round_deadline / 2,
-                                    refresh=self._peer_list if self.coord is not None else None)
+            taught = teach_students(
+                self.peer,
+                r,
+                arrived,
+                self.transport,
+                deadline=time.monotonic() + self.cfg.round_deadline / 2,
+                refresh=self._peer_list if self.coord is not None else None,
+            )
             taught.skipped = sorted(set(everyone) - set(arrived))
             self.servicer.taught_round = r
             self.membership.wait(r, cpb.STAGE_TAUGHT)
@@ -328,18 +346,24 @@ class Node:
         return self.metrics
 
     def wire(self) -> dict:
-        return {"bytes_sent": self.meter.sent, "payload_bytes": self.meter.payload, "by_kind": dict(self.meter.by_kind),
-                "refused": len(self.servicer.refused)}
+        return {
+            "bytes_sent": self.meter.sent,
+            "payload_bytes": self.meter.payload,
+            "by_kind": dict(self.meter.by_kind),
+            "refused": len(self.servicer.refused),
+        }
 
     def _save_gallery(self) -> None:
         """Private sources beside the counterfactuals sent, for this peer's operator only; never sent."""
         if not self.gallery:
             return
-        np.savez(self.cfg.state_dir / "gallery.npz",
-                 students=np.array([s for s, _ in self.gallery]),
-                 sources=np.stack([g[0] for _, g in self.gallery]),
-                 counterfactuals=np.stack([g[1] for _, g in self.gallery]),
-                 labels=np.array([g[2] for _, g in self.gallery]))
+        np.savez(
+            self.cfg.state_dir / "gallery.npz",
+            students=np.array([s for s, _ in self.gallery]),
+            sources=np.stack([g[0] for _, g in self.gallery]),
+            counterfactuals=np.stack([g[1] for _, g in self.gallery]),
+            labels=np.array([g[2] for _, g in self.gallery]),
+        )
 
     def stop(self) -> None:
         self._stopped.set()

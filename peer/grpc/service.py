@@ -65,8 +65,14 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     """Serves one Peer. `known` (if set) lists the peers allowed to pull and push."""
 
-    def __init__(self, peer: Peer, security: Security, limits: Limits = Limits(), meter: Meter | None = None,
-                 known: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        security: Security,
+        limits: Limits = Limits(),
+        meter: Meter | None = None,
+        known: set[str] | None = None,
+    ) -> None:
         self.peer = peer
         self.security = security
         self.limits = limits
@@ -93,8 +99,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         cert = caller(context)
         who = cert if cert is not None else claimed
         if cert is not None and claimed is not None and claimed != cert:
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"message claims sender {claimed!r} but the client certificate is {cert!r}")
+            self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"message claims sender {claimed!r} but the client certificate is {cert!r}",
+            )
         if self.known is not None and who not in self.known:
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"unknown peer {who!r}")
         return who or ""
@@ -105,8 +114,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         # published by the round loop, or by the in-process engine's Peer.snapshot (never made here)
         blob = self.published.get(request.round) or self.peer._published.get(request.round)
         if blob is None:
-            self._refuse(context, grpc.StatusCode.NOT_FOUND,
-                         f"{self.peer.id} has not published a model for round {request.round}")
+            self._refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"{self.peer.id} has not published a model for round {request.round}",
+            )
             return
         self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
@@ -122,8 +134,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._who(context, batch.sender)
         if batch.receiver != self.peer.id:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"batch {batch.id} is addressed to {batch.receiver!r}, this is {self.peer.id!r}")
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch {batch.id} is addressed to {batch.receiver!r}, this is {self.peer.id!r}",
+            )
         try:
             stored = self.peer.absorb(batch)
         except InvalidPayload as exc:
@@ -135,15 +150,19 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     def Status(self, request, context):
         store = self.peer.store
         reply = peer_pb2.StatusReply(
-            peer=self.peer.id, published_round=max(self.published, default=-1), taught_round=self.taught_round,
+            peer=self.peer.id,
+            published_round=max(self.published, default=-1),
+            taught_round=self.taught_round,
             batches_stored=store.batch_count() if hasattr(store, "batch_count") else len(store.batches()),
-            examples_stored=len(store))
+            examples_stored=len(store),
+        )
         self.meter.record("control", reply)
         return reply
 
 
-def serve(servicers: list[tuple[Callable, object]], security: Security, address: str, limits: Limits,
-          workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
+def serve(
+    servicers: list[tuple[Callable, object]], security: Security, address: str, limits: Limits, workers: int = 16
+) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started gRPC server with these servicers and grpc.health.v1; returns (server, port, health)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(limits))
     for add, servicer in servicers:
@@ -156,12 +175,17 @@ def serve(servicers: list[tuple[Callable, object]], security: Security, address:
     return server, port, checker
 
 
-_HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
-def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callable | None = None,
-                         security: Security | None = None) -> None:
+def add_tolerant_service(
+    server: grpc.Server, service, servicer, refuse: Callable | None = None, security: Security | None = None
+) -> None:
     """Register `servicer` for every method of `service` (a protobuf ServiceDescriptor), parsing
     requests itself: gRPC's own parsing answers bytes that do not parse with INTERNAL, here they
     get INVALID_ARGUMENT naming the message. `refuse(context, code, message)` aborts the call
@@ -190,6 +214,7 @@ def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callabl
             if not streaming and isinstance(request, Malformed):
                 refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem("request"))
             yield from method(request, context)
+
         return call, stream
 
     handlers = {}
@@ -198,17 +223,18 @@ def add_tolerant_service(server: grpc.Server, service, servicer, refuse: Callabl
         handlers[m.name] = _HANDLERS[m.client_streaming, m.server_streaming](
             stream if m.server_streaming else call,
             request_deserializer=tolerant(GetMessageClass(m.input_type)),
-            response_serializer=GetMessageClass(m.output_type).SerializeToString)
+            response_serializer=GetMessageClass(m.output_type).SerializeToString,
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def add_peer_service(servicer: PeerServicer, server: grpc.Server) -> None:
-    add_tolerant_service(server, peer_pb2.DESCRIPTOR.services_by_name["PeerService"], servicer, servicer._refuse,
-                         servicer.security)
+    add_tolerant_service(
+        server, peer_pb2.DESCRIPTOR.services_by_name["PeerService"], servicer, servicer._refuse, servicer.security
+    )
 
 
 def serve_peer(servicer: PeerServicer, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
-    server, port, checker = serve([(add_peer_service, servicer)],
-                                  servicer.security, address, servicer.limits, workers)
+    server, port, checker = serve([(add_peer_service, servicer)], servicer.security, address, servicer.limits, workers)
     checker.set("ckd.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)
     return server, port

@@ -82,39 +82,60 @@ def make_certs(out: Path, names: list[str], days: int = 365, hosts: Sequence[str
         os.replace(tmp, path)
 
     def key_pem(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     ca_cert_path, ca_key_path = out / "ca.pem", out / "ca.key"
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-        if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
-                                   ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        if not isinstance(
+            ca_key,
+            (
+                ec.EllipticCurvePrivateKey,
+                rsa.RSAPrivateKey,
+                dsa.DSAPrivateKey,
+                ed25519.Ed25519PrivateKey,
+                ed448.Ed448PrivateKey,
+            ),
+        ):
             raise UsageError(f"{ca_key_path}: a {type(ca_key).__name__} cannot sign certificates")
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckd CA")])
-        ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .sign(ca_key, hashes.SHA256()))
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
         write(ca_key_path, key_pem(ca_key), True)
         write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), False)
     written = [ca_cert_path]
     for n in names:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)]))
-                .issuer_name(ca_cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-                .add_extension(x509.SubjectAlternativeName(alt_names[n]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt_names[n]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
         write(out / f"{n}.key", key_pem(key), True)
         write(out / f"{n}.pem", cert.public_bytes(serialization.Encoding.PEM), False)
         written.append(out / f"{n}.pem")
@@ -142,11 +163,16 @@ def revoke(certs: Path, names: list[str], days: int = 365) -> Path:
         if cert.issuer != ca_cert.subject:
             raise UsageError(f"{path} was not issued by the CA in {certs}")
         revoked.setdefault(cert.serial_number, now)
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
-               .last_update(now).next_update(now + dt.timedelta(days=days)))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=days))
+    )
     for serial, when in sorted(revoked.items()):
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
     crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     out = certs / CRL_FILE
     tmp = out.with_name(f".{out.name}.tmp")
@@ -194,14 +220,14 @@ class Security:
                 raise UsageError("give either --certs or --insecure, not both")
             return cls(name)
         if not certs:
-            raise UsageError("mutual TLS needs --certs DIR (make one with `ckd certs`); "
-                         "plaintext only with --insecure")
+            raise UsageError("mutual TLS needs --certs DIR (make one with `ckd certs`); plaintext only with --insecure")
         certs = Path(certs)
         paths = [certs / "ca.pem", certs / f"{name}.key", certs / f"{name}.pem"]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise UsageError(f"missing certificate file(s) {', '.join(missing)}; run `ckd certs --out {certs} "
-                             f"--names {name}`")
+            raise UsageError(
+                f"missing certificate file(s) {', '.join(missing)}; run `ckd certs --out {certs} --names {name}`"
+            )
         try:
             ca, key, cert = (p.read_bytes() for p in paths)
         except OSError as exc:
@@ -238,16 +264,20 @@ class Security:
             raise UsageError(f"{where / (self.name + '.key')} is not an unencrypted PEM private key") from None
         names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if names != [self.name]:
-            raise UsageError(f"{where / (self.name + '.pem')} is a certificate for {', '.join(map(str, names))!r}, "
-                             f"not {self.name!r}")
+            raise UsageError(
+                f"{where / (self.name + '.pem')} is a certificate for {', '.join(map(str, names))!r}, not {self.name!r}"
+            )
         try:
             cert.verify_directly_issued_by(ca)
         except (InvalidSignature, ValueError, TypeError) as exc:
-            raise UsageError(f"{where / (self.name + '.pem')} was not signed by the CA in {where / 'ca.pem'} "
-                             f"({type(exc).__name__}); copy the ca.pem it was made with") from None
+            raise UsageError(
+                f"{where / (self.name + '.pem')} was not signed by the CA in {where / 'ca.pem'} "
+                f"({type(exc).__name__}); copy the ca.pem it was made with"
+            ) from None
         pub = serialization.PublicFormat.SubjectPublicKeyInfo
-        if (key.public_key().public_bytes(serialization.Encoding.PEM, pub)
-                != cert.public_key().public_bytes(serialization.Encoding.PEM, pub)):
+        if key.public_key().public_bytes(serialization.Encoding.PEM, pub) != cert.public_key().public_bytes(
+            serialization.Encoding.PEM, pub
+        ):
             raise UsageError(f"{where / (self.name + '.key')} is not the key of {where / (self.name + '.pem')}")
 
     def refusal(self, context: grpc.ServicerContext) -> str | None:
@@ -265,8 +295,9 @@ class Security:
         if self.insecure:
             port = server.add_insecure_port(address)
         else:
-            creds = grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
-                                                require_client_auth=True)
+            creds = grpc.ssl_server_credentials(
+                [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+            )
             port = server.add_secure_port(address, creds)
         if port == 0:
             raise UsageError(f"cannot listen on {address}")
@@ -277,8 +308,9 @@ class Security:
         options = list(options or [])
         if self.insecure:
             return grpc.insecure_channel(address, options=options)
-        creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
-                                             certificate_chain=self.cert)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
         return grpc.secure_channel(address, creds, options=options + [("grpc.ssl_target_name_override", server_name)])
 
 

@@ -22,8 +22,16 @@ class GrpcTransport(Transport):
     once, so a retry never duplicates examples.
     """
 
-    def __init__(self, me: str, addresses: dict[str, str], security: Security, limits: Limits = Limits(),
-                 meter: Meter | None = None, timeout: float = 300.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        me: str,
+        addresses: dict[str, str],
+        security: Security,
+        limits: Limits = Limits(),
+        meter: Meter | None = None,
+        timeout: float = 300.0,
+        retries: int = 3,
+    ) -> None:
         self.me = me
         self.addresses = dict(addresses)
         self.security = security
@@ -61,7 +69,7 @@ class GrpcTransport(Transport):
                 transient = exc.code() in (grpc.StatusCode.UNAVAILABLE,)
                 if not transient or attempt == self.retries:
                     raise PeerUnreachable(f"{what}: {exc.code().name}: {exc.details()}") from None
-                time.sleep(0.2 * 2 ** attempt)
+                time.sleep(0.2 * 2**attempt)
 
     def get_model(self, peer_id: str, round: int) -> ModelBlob:
         stub = self._stub(peer_id)
@@ -78,9 +86,10 @@ class GrpcTransport(Transport):
 
     def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
         stub = self._stub(peer_id)
-        ack = self._call(f"PushExamples to {peer_id} batch {batch.id}",
-                         lambda: stub.PushExamples(self.meter.wrap("examples", encode_batch(batch)),
-                                                   timeout=self.timeout))
+        ack = self._call(
+            f"PushExamples to {peer_id} batch {batch.id}",
+            lambda: stub.PushExamples(self.meter.wrap("examples", encode_batch(batch)), timeout=self.timeout),
+        )
         self.meter.add_payload(batch.nbytes())
         return not ack.duplicate
 

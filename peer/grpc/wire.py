@@ -66,18 +66,26 @@ def _chunks(parts: Iterable[bytes], chunk: int) -> Iterator[bytes]:
 
 def encode_blob(blob: ModelBlob, peer: str, round: int, chunk: int = CHUNK_BYTES) -> Iterator[wire_pb2.ModelChunk]:
     names = list(blob.arrays)
-    header = wire_pb2.BlobHeader(peer=peer, round=round, spec_json=blob.spec_json(),
-                                 arrays=[_info(n, blob.arrays[n]) for n in names])
+    header = wire_pb2.BlobHeader(
+        peer=peer, round=round, spec_json=blob.spec_json(), arrays=[_info(n, blob.arrays[n]) for n in names]
+    )
     yield wire_pb2.ModelChunk(header=header)
     for data in _chunks((_le(blob.arrays[n]) for n in names), chunk):
         yield wire_pb2.ModelChunk(data=data)
 
 
 def encode_batch(batch: ExampleBatch, chunk: int = CHUNK_BYTES) -> Iterator[wire_pb2.ExampleChunk]:
-    header = wire_pb2.BatchHeader(sender=batch.sender, receiver=batch.receiver, round=batch.round, seq=batch.seq,
-                                  classes=list(batch.classes), features=list(batch.features),
-                                  x=_info("x", batch.x), y=_info("y", batch.y),
-                                  distance=_info("distance", batch.distance))
+    header = wire_pb2.BatchHeader(
+        sender=batch.sender,
+        receiver=batch.receiver,
+        round=batch.round,
+        seq=batch.seq,
+        classes=list(batch.classes),
+        features=list(batch.features),
+        x=_info("x", batch.x),
+        y=_info("y", batch.y),
+        distance=_info("distance", batch.distance),
+    )
     yield wire_pb2.ExampleChunk(header=header)
     for data in _chunks((_le(a) for a in (batch.x, batch.y, batch.distance)), chunk):
         yield wire_pb2.ExampleChunk(data=data)
@@ -88,8 +96,9 @@ def _layout(infos: list[wire_pb2.ArrayInfo], cap: int, what: str) -> list[tuple[
     out, total = [], 0
     for info in infos:
         if info.dtype not in WIRE_DTYPES:
-            raise InvalidPayload(f"{what}: array {info.name!r} has dtype {info.dtype!r}, "
-                                 f"not one of {sorted(WIRE_DTYPES)}")
+            raise InvalidPayload(
+                f"{what}: array {info.name!r} has dtype {info.dtype!r}, not one of {sorted(WIRE_DTYPES)}"
+            )
         shape = tuple(int(d) for d in info.shape)
         if any(d < 0 for d in shape):
             raise InvalidPayload(f"{what}: array {info.name!r} has a negative dimension in shape {shape}")
@@ -187,15 +196,25 @@ def decode_batch(chunks: Iterable[wire_pb2.ExampleChunk], limits: Limits = Limit
         raise InvalidPayload(f"{what}: must name two or more distinct classes")
     n = int(h.y.shape[0]) if len(h.y.shape) == 1 else -1
     if n < 0 or len(h.x.shape) < 2 or h.x.shape[0] != n or list(h.distance.shape) != [n]:
-        raise InvalidPayload(f"{what}: shapes do not fit, x {list(h.x.shape)}, y {list(h.y.shape)}, "
-                             f"distance {list(h.distance.shape)}")
+        raise InvalidPayload(
+            f"{what}: shapes do not fit, x {list(h.x.shape)}, y {list(h.y.shape)}, distance {list(h.distance.shape)}"
+        )
     if n > limits.max_batch_examples:
         raise PayloadTooLarge(f"{what}: {n} examples, over the cap of {limits.max_batch_examples}")
     layout = _layout([h.x, h.y, h.distance], limits.max_batch_bytes, what)
     buf = _collect(chunks, sum(item[3] for item in layout), limits, what)
     arrays = list(_arrays(buf, layout).values())
-    batch = ExampleBatch(h.sender, h.receiver, int(h.round), int(h.seq), arrays[0], arrays[1], tuple(h.classes),
-                         arrays[2], tuple(h.features))
+    batch = ExampleBatch(
+        h.sender,
+        h.receiver,
+        int(h.round),
+        int(h.seq),
+        arrays[0],
+        arrays[1],
+        tuple(h.classes),
+        arrays[2],
+        tuple(h.features),
+    )
     if batch.y.dtype.kind not in "iu":
         raise InvalidPayload(f"{what}: labels are {batch.y.dtype}, expected integers")
     if n and (batch.y.min() < 0 or batch.y.max() >= len(batch.classes)):

@@ -38,7 +38,7 @@ class Learner(ABC):
         self.input_shape = tuple(input_shape)
         self.classes = tuple(classes)
         self.train_config = train
-        self.features: tuple[str, ...] = ()     # column names of a feature-vector input
+        self.features: tuple[str, ...] = ()  # column names of a feature-vector input
         self.neutral = np.zeros(0, np.float32)  # per column: the value a peer lacking it fills in
 
     def set_features(self, features: tuple[str, ...], x: np.ndarray) -> None:
@@ -57,8 +57,15 @@ class Learner(ABC):
         """Fit input scaling on private data (learners that are scale-invariant need none)."""
 
     @abstractmethod
-    def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None,
-            progress: Callable[[int], None] | None = None, seed: int | None = None) -> Learner:
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        seed: int | None = None,
+    ) -> Learner:
         """Train on (x, y); neural learners continue from their current weights.
 
         `seed` fixes this fit's randomness (shuffling, bootstrap) on its own, so a learner rebuilt
@@ -82,8 +89,7 @@ class Learner(ABC):
         return self.predict_proba(x).argmax(axis=1)
 
     def base_spec(self) -> dict:
-        spec = {"kind": self.kind, "input_shape": list(self.input_shape), "classes": list(self.classes),
-                "format": 1}
+        spec = {"kind": self.kind, "input_shape": list(self.input_shape), "classes": list(self.classes), "format": 1}
         if self.features:
             spec["features"] = list(self.features)
             spec["neutral"] = [float(v) for v in self.neutral]
@@ -102,8 +108,9 @@ def learner_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_learner(kind: str, input_shape: tuple[int, ...], classes: tuple[str, ...],
-                 train: TrainConfig | None = None) -> Learner:
+def make_learner(
+    kind: str, input_shape: tuple[int, ...], classes: tuple[str, ...], train: TrainConfig | None = None
+) -> Learner:
     if kind not in _REGISTRY:
         raise UsageError(f"unknown learner kind {kind!r}; choose from {', '.join(learner_kinds())}")
     return _REGISTRY[kind](input_shape, classes, train or TrainConfig())
@@ -131,6 +138,5 @@ def expect_arrays(blob: ModelBlob, expected: dict[str, tuple[tuple[int, ...], st
         arr = blob.arrays[name]
         if tuple(arr.shape) != tuple(shape) or arr.dtype.name != dtype:
             raise InvalidPayload(
-                f"{blob.kind} blob array {name!r} is {arr.dtype.name}{list(arr.shape)}, "
-                f"spec needs {dtype}{list(shape)}"
+                f"{blob.kind} blob array {name!r} is {arr.dtype.name}{list(arr.shape)}, spec needs {dtype}{list(shape)}"
             )

@@ -31,9 +31,11 @@ class ForestLearner(Learner):
     def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         forest = RandomForestClassifier(
-            n_estimators=int(self.arch["trees"]), max_depth=self.arch["max_depth"],
+            n_estimators=int(self.arch["trees"]),
+            max_depth=self.arch["max_depth"],
             min_samples_leaf=int(self.arch["min_samples_leaf"]),
-            random_state=self.train_config.seed if seed is None else seed % 2**31, n_jobs=1,
+            random_state=self.train_config.seed if seed is None else seed % 2**31,
+            n_jobs=1,
         ).fit(flat, y)
         self.arrays = _flatten_forest(forest, len(self.classes))
         if progress:
@@ -52,17 +54,28 @@ class ForestLearner(Learner):
 
     @classmethod
     def from_blob(cls, blob: ModelBlob) -> ForestLearner:
-        learner = cls(tuple(blob.spec["input_shape"]), tuple(blob.spec["classes"]), TrainConfig(),
-                      blob.spec.get("arch") if isinstance(blob.spec.get("arch"), dict) else None)
+        learner = cls(
+            tuple(blob.spec["input_shape"]),
+            tuple(blob.spec["classes"]),
+            TrainConfig(),
+            blob.spec.get("arch") if isinstance(blob.spec.get("arch"), dict) else None,
+        )
         roots = blob.arrays.get("roots")
         feature = blob.arrays.get("feature")
         if roots is None or feature is None or roots.ndim != 1 or feature.ndim != 1:
             raise InvalidPayload("forest blob needs 1-d arrays 'roots' and 'feature'")
         n, n_classes, n_features = len(feature), len(learner.classes), int(np.prod(learner.input_shape))
-        expect_arrays(blob, {
-            "roots": ((len(roots),), "int32"), "left": ((n,), "int32"), "right": ((n,), "int32"),
-            "feature": ((n,), "int32"), "threshold": ((n,), "float64"), "value": ((n, n_classes), "float32"),
-        })
+        expect_arrays(
+            blob,
+            {
+                "roots": ((len(roots),), "int32"),
+                "left": ((n,), "int32"),
+                "right": ((n,), "int32"),
+                "feature": ((n,), "int32"),
+                "threshold": ((n,), "float64"),
+                "value": ((n, n_classes), "float32"),
+            },
+        )
         a = blob.arrays
         leaf = a["left"] < 0
         inner = ~leaf

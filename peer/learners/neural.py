@@ -61,13 +61,16 @@ class TorchLearner(Learner):
         opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
         total = epochs * -(-len(xs) // cfg.batch_size)
         # one cycle per fit: warm up to 2x lr, then cosine decay (about +1 point over a constant lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2 * cfg.lr, total_steps=total, pct_start=0.15) \
-            if total > 0 else None
+        sched = (
+            torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2 * cfg.lr, total_steps=total, pct_start=0.15)
+            if total > 0
+            else None
+        )
         self.module.train()
         for _ in range(epochs):
             order = torch.randperm(len(xs), generator=generator).to(self.device)
             for start in range(0, len(xs), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
+                idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(self.module(xs[idx]), ys[idx])
                 loss.backward()
@@ -84,15 +87,14 @@ class TorchLearner(Learner):
         self.module.eval()
         out = []
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32))
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
             out.append(torch.softmax(self.module(xb.to(self.device)), dim=1).float().cpu())
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.cat(out).numpy()
 
     def to_blob(self) -> ModelBlob:
-        arrays = {k: v.detach().cpu().numpy().astype(np.float32)
-                  for k, v in self.module.state_dict().items()}
+        arrays = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.module.state_dict().items()}
         return ModelBlob({**self.base_spec(), "arch": self.arch}, arrays)
 
     @classmethod
@@ -171,9 +173,14 @@ class CNNLearner(TorchLearner):
         flat = 2 * width * math.ceil(math.ceil(height / 2) / 2) * math.ceil(math.ceil(wide / 2) / 2)
         return nn.Sequential(
             nn.Unflatten(1, (1, height)) if len(self.input_shape) == 2 else nn.Identity(),
-            nn.Conv2d(channels, width, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, len(self.classes)),
+            nn.Conv2d(channels, width, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(flat, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, len(self.classes)),
         )
 
 
@@ -205,5 +212,6 @@ class LinearLearner(TorchLearner):
     kind = "linear"
 
     def build(self, arch: dict) -> nn.Module:
-        return nn.Sequential(_input_layer(self.input_shape),
-                             nn.Linear(int(np.prod(self.input_shape)), len(self.classes)))
+        return nn.Sequential(
+            _input_layer(self.input_shape), nn.Linear(int(np.prod(self.input_shape)), len(self.classes))
+        )

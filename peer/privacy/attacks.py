@@ -48,6 +48,7 @@ Model = Callable[[np.ndarray], np.ndarray] | torch.nn.Module | _HasProba
 
 # --- evaluation -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class AttackResult:
     """How well an attack's scores separate members from non-members."""
@@ -100,9 +101,14 @@ def roc(scores_members: Array, scores_non_members: Array) -> AttackResult:
     """AUC (Mann-Whitney, ties count half) and TPR at 1% and 0.1% FPR; higher score = member."""
     pos, neg = _scores(scores_members, "scores_members"), _scores(scores_non_members, "scores_non_members")
     ranks = _ranks(np.concatenate([pos, neg]))
-    u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
-    return AttackResult(auc=float(u / (len(pos) * len(neg))), tpr_at_1pct_fpr=tpr_at_fpr(pos, neg, 0.01),
-                        tpr_at_01pct_fpr=tpr_at_fpr(pos, neg, 0.001), n_members=len(pos), n_non_members=len(neg))
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
+    return AttackResult(
+        auc=float(u / (len(pos) * len(neg))),
+        tpr_at_1pct_fpr=tpr_at_fpr(pos, neg, 0.01),
+        tpr_at_01pct_fpr=tpr_at_fpr(pos, neg, 0.001),
+        n_members=len(pos),
+        n_non_members=len(neg),
+    )
 
 
 def best(results: dict[str, AttackResult]) -> tuple[str, AttackResult]:
@@ -114,6 +120,7 @@ def best(results: dict[str, AttackResult]) -> tuple[str, AttackResult]:
 
 
 # --- inputs -----------------------------------------------------------------------------------
+
 
 def _numpy(x: Array) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -157,8 +164,10 @@ def _all_or_none(**labels: np.ndarray | None) -> bool:
 
 # --- distance attacks -------------------------------------------------------------------------
 
-def min_distance(candidates: np.ndarray, pool: np.ndarray, candidates_y: np.ndarray | None = None,
-                 pool_y: np.ndarray | None = None) -> np.ndarray:
+
+def min_distance(
+    candidates: np.ndarray, pool: np.ndarray, candidates_y: np.ndarray | None = None, pool_y: np.ndarray | None = None
+) -> np.ndarray:
     """L2 distance from each candidate to its closest pool example (same label when labels given; inf if none)."""
     if candidates_y is None or pool_y is None:
         return nearest(candidates, pool)[0] if len(pool) else np.full(len(candidates), np.inf)
@@ -170,20 +179,35 @@ def min_distance(candidates: np.ndarray, pool: np.ndarray, candidates_y: np.ndar
     return out
 
 
-def distance_attack(received: Array, members: Array, non_members: Array, received_y: Array | None = None,
-                    members_y: Array | None = None, non_members_y: Array | None = None) -> AttackResult:
+def distance_attack(
+    received: Array,
+    members: Array,
+    non_members: Array,
+    received_y: Array | None = None,
+    members_y: Array | None = None,
+    non_members_y: Array | None = None,
+) -> AttackResult:
     """Score = minus the L2 distance to the closest received example (of the same label when labels given)."""
     rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
     _same_width(rec, mem, "received", "members")
     _same_width(rec, non, "received", "non_members")
-    ry, my, ny = (_labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y"),
-                  _labels(non_members_y, len(non), "non_members_y"))
+    ry, my, ny = (
+        _labels(received_y, len(rec), "received_y"),
+        _labels(members_y, len(mem), "members_y"),
+        _labels(non_members_y, len(non), "non_members_y"),
+    )
     _all_or_none(received_y=ry, members_y=my, non_members_y=ny)
     return roc(-min_distance(mem, rec, my, ry), -min_distance(non, rec, ny, ry))
 
 
-def aligned_min_distance(candidates: np.ndarray, pool: np.ndarray, image_shape: tuple[int, ...], radius: int = 2,
-                         candidates_y: np.ndarray | None = None, pool_y: np.ndarray | None = None) -> np.ndarray:
+def aligned_min_distance(
+    candidates: np.ndarray,
+    pool: np.ndarray,
+    image_shape: tuple[int, ...],
+    radius: int = 2,
+    candidates_y: np.ndarray | None = None,
+    pool_y: np.ndarray | None = None,
+) -> np.ndarray:
     """`min_distance` minimised over the whole-pixel shifts of each candidate image within `radius`."""
     moved = shifted(candidates.reshape(len(candidates), *image_shape), radius)
     flat = moved.reshape(len(moved) * len(candidates), -1)
@@ -191,9 +215,16 @@ def aligned_min_distance(candidates: np.ndarray, pool: np.ndarray, image_shape: 
     return min_distance(flat, pool, labels, pool_y).reshape(len(moved), len(candidates)).min(axis=0)
 
 
-def aligned_distance_attack(received: Array, members: Array, non_members: Array, image_shape: tuple[int, ...],
-                            received_y: Array | None = None, members_y: Array | None = None,
-                            non_members_y: Array | None = None, radius: int = 2) -> AttackResult:
+def aligned_distance_attack(
+    received: Array,
+    members: Array,
+    non_members: Array,
+    image_shape: tuple[int, ...],
+    received_y: Array | None = None,
+    members_y: Array | None = None,
+    non_members_y: Array | None = None,
+    radius: int = 2,
+) -> AttackResult:
     """Score = minus the L2 distance from any whole-pixel shift (within `radius`) of the candidate
     image to the closest received example (of the same label when labels given)."""
     rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
@@ -201,15 +232,25 @@ def aligned_distance_attack(received: Array, members: Array, non_members: Array,
     _same_width(rec, non, "received", "non_members")
     if int(np.prod(image_shape)) != rec.shape[1]:
         raise ValueError(f"image_shape {tuple(image_shape)} does not hold {rec.shape[1]} inputs")
-    ry, my, ny = (_labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y"),
-                  _labels(non_members_y, len(non), "non_members_y"))
+    ry, my, ny = (
+        _labels(received_y, len(rec), "received_y"),
+        _labels(members_y, len(mem), "members_y"),
+        _labels(non_members_y, len(non), "non_members_y"),
+    )
     _all_or_none(received_y=ry, members_y=my, non_members_y=ny)
-    return roc(-aligned_min_distance(mem, rec, image_shape, radius, my, ry),
-               -aligned_min_distance(non, rec, image_shape, radius, ny, ry))
+    return roc(
+        -aligned_min_distance(mem, rec, image_shape, radius, my, ry),
+        -aligned_min_distance(non, rec, image_shape, radius, ny, ry),
+    )
 
 
-def _shadow_subset(reference: np.ndarray, reference_y: np.ndarray | None, received_y: np.ndarray | None,
-                   size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+def _shadow_subset(
+    reference: np.ndarray,
+    reference_y: np.ndarray | None,
+    received_y: np.ndarray | None,
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference examples drawn without replacement like the received set: per label, as many as
     were received of it (all the reference has when it has fewer)."""
     if reference_y is None or received_y is None:
@@ -223,8 +264,9 @@ def _shadow_subset(reference: np.ndarray, reference_y: np.ndarray | None, receiv
     return reference[idx], reference_y[idx]
 
 
-def _apply_shadow(shadow_fn: ShadowFn | None, x: np.ndarray,
-                  y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _apply_shadow(
+    shadow_fn: ShadowFn | None, x: np.ndarray, y: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     if shadow_fn is None:
         return x, y
     out = shadow_fn(x, y)
@@ -248,16 +290,23 @@ def _calibrate(log_d: np.ndarray, log_shadow: np.ndarray, prior_weight: float = 
     dof = np.maximum(counts - 1, 0)
     pooled = np.sqrt(sq.sum() / dof.sum()) if dof.sum() > 0 else 0.0
     pooled = pooled if pooled > 0 else 1.0
-    sigma = np.sqrt((sq + prior_weight * pooled ** 2) / (dof + prior_weight))
+    sigma = np.sqrt((sq + prior_weight * pooled**2) / (dof + prior_weight))
     score = (mu - log_d) / sigma
     # no finite shadow distance (no reference of that label reached): fall back to the raw distance
     return np.where(np.isnan(mu), -log_d / pooled, score)
 
 
-def calibrated_scores(received: np.ndarray, candidates: np.ndarray, reference: np.ndarray,
-                      received_y: np.ndarray | None = None, candidates_y: np.ndarray | None = None,
-                      reference_y: np.ndarray | None = None, shadow_fn: ShadowFn | None = None,
-                      n_shadow: int = 4, rng: np.random.Generator | int | None = None) -> np.ndarray:
+def calibrated_scores(
+    received: np.ndarray,
+    candidates: np.ndarray,
+    reference: np.ndarray,
+    received_y: np.ndarray | None = None,
+    candidates_y: np.ndarray | None = None,
+    reference_y: np.ndarray | None = None,
+    shadow_fn: ShadowFn | None = None,
+    n_shadow: int = 4,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
     """Per candidate z: (mu(z) - log d(z)) / sigma(z), d(z) its distance to the closest received
     example and mu, sigma the mean and spread of log d_s(z) over `n_shadow` shadow received sets.
 
@@ -283,11 +332,19 @@ def calibrated_scores(received: np.ndarray, candidates: np.ndarray, reference: n
     return _calibrate(log_d, log_shadow)
 
 
-def calibrated_attack(received: Array, members: Array, non_members: Array, reference: Array,
-                      received_y: Array | None = None, members_y: Array | None = None,
-                      non_members_y: Array | None = None, reference_y: Array | None = None,
-                      shadow_fn: ShadowFn | None = None, n_shadow: int = 4,
-                      rng: np.random.Generator | int | None = None) -> AttackResult:
+def calibrated_attack(
+    received: Array,
+    members: Array,
+    non_members: Array,
+    reference: Array,
+    received_y: Array | None = None,
+    members_y: Array | None = None,
+    non_members_y: Array | None = None,
+    reference_y: Array | None = None,
+    shadow_fn: ShadowFn | None = None,
+    n_shadow: int = 4,
+    rng: np.random.Generator | int | None = None,
+) -> AttackResult:
     """The distance attack calibrated per candidate with shadow sets from `reference` (see
     `calibrated_scores`). `reference` must share the candidates' classes and be disjoint from
     both candidate groups; labels are given for all four sets or for none."""
@@ -300,9 +357,18 @@ def calibrated_attack(received: Array, members: Array, non_members: Array, refer
     if _all_or_none(received_y=ry, members_y=my, non_members_y=ny, reference_y=fy) and fy is not None:
         _check_classes(fy, np.concatenate([my, ny]))
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    scores = calibrated_scores(rec, np.concatenate([mem, non]), ref, ry,
-                               None if my is None else np.concatenate([my, ny]), fy, shadow_fn, n_shadow, gen)
-    return roc(scores[:len(mem)], scores[len(mem):])
+    scores = calibrated_scores(
+        rec,
+        np.concatenate([mem, non]),
+        ref,
+        ry,
+        None if my is None else np.concatenate([my, ny]),
+        fy,
+        shadow_fn,
+        n_shadow,
+        gen,
+    )
+    return roc(scores[: len(mem)], scores[len(mem) :])
 
 
 def _check_classes(reference_y: np.ndarray, candidates_y: np.ndarray) -> None:
@@ -312,6 +378,7 @@ def _check_classes(reference_y: np.ndarray, candidates_y: np.ndarray) -> None:
 
 
 # --- model confidence -------------------------------------------------------------------------
+
 
 def predict_proba(model: Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """(N, C) class probabilities from a callable, an object with predict_proba, or a torch module
@@ -331,8 +398,10 @@ def _module_proba(module: torch.nn.Module, x: np.ndarray, batch_size: int) -> np
     try:
         with torch.no_grad():
             device = next(module.parameters(), torch.empty(0)).device
-            out = [torch.softmax(module(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32, device=device)), 1)
-                   for i in range(0, len(x), batch_size)]
+            out = [
+                torch.softmax(module(torch.as_tensor(x[i : i + batch_size], dtype=torch.float32, device=device)), 1)
+                for i in range(0, len(x), batch_size)
+            ]
         return torch.cat(out).double().cpu().numpy()
     finally:
         module.train(was_training)
@@ -344,8 +413,9 @@ def logit_confidence(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def confidence_scores(model: Model, candidates: np.ndarray, candidates_y: np.ndarray, reference: np.ndarray,
-                      reference_y: np.ndarray) -> np.ndarray:
+def confidence_scores(
+    model: Model, candidates: np.ndarray, candidates_y: np.ndarray, reference: np.ndarray, reference_y: np.ndarray
+) -> np.ndarray:
     """Per candidate (phi(z) - mu_c) / sigma_c: its logit-scaled confidence on its true class c,
     standardised by phi over the attacker's reference examples of class c (non-members of the
     teacher). A model fits its training data more confidently than unseen data of the class."""
@@ -359,24 +429,42 @@ def confidence_scores(model: Model, candidates: np.ndarray, candidates_y: np.nda
     return out
 
 
-def confidence_attack(model: Model, members: Array, members_y: Array, non_members: Array, non_members_y: Array,
-                      reference: Array, reference_y: Array) -> AttackResult:
+def confidence_attack(
+    model: Model,
+    members: Array,
+    members_y: Array,
+    non_members: Array,
+    non_members_y: Array,
+    reference: Array,
+    reference_y: Array,
+) -> AttackResult:
     """Membership from the teacher model's calibrated confidence (see `confidence_scores`)."""
     mem, non, ref = _inputs(members, "members"), _inputs(non_members, "non_members"), _inputs(reference, "reference")
     my, ny = _labels(members_y, len(mem), "members_y"), _labels(non_members_y, len(non), "non_members_y")
     fy = _labels(reference_y, len(ref), "reference_y")
     _check_classes(fy, np.concatenate([my, ny]))
     scores = confidence_scores(model, np.concatenate([mem, non]), np.concatenate([my, ny]), ref, fy)
-    return roc(scores[:len(mem)], scores[len(mem):])
+    return roc(scores[: len(mem)], scores[len(mem) :])
 
 
 # --- all together -----------------------------------------------------------------------------
 
-def run_attacks(received: Array, received_y: Array | None, members: Array, members_y: Array | None,
-                non_members: Array, non_members_y: Array | None, reference: Array, reference_y: Array | None,
-                model: Model | None = None, shadow_fn: ShadowFn | None = None, n_shadow: int = 4,
-                rng: np.random.Generator | int | None = 0,
-                image_shape: tuple[int, ...] | None = None) -> dict[str, AttackResult]:
+
+def run_attacks(
+    received: Array,
+    received_y: Array | None,
+    members: Array,
+    members_y: Array | None,
+    non_members: Array,
+    non_members_y: Array | None,
+    reference: Array,
+    reference_y: Array | None,
+    model: Model | None = None,
+    shadow_fn: ShadowFn | None = None,
+    n_shadow: int = 4,
+    rng: np.random.Generator | int | None = 0,
+    image_shape: tuple[int, ...] | None = None,
+) -> dict[str, AttackResult]:
     """Every attack the inputs allow, by name: "distance", "calibrated", with `image_shape`
     "aligned" (distance over shifts), and with a model and labels "confidence" and "combined"
     (calibrated distance score + calibrated confidence score)."""
@@ -394,16 +482,17 @@ def run_attacks(received: Array, received_y: Array | None, members: Array, membe
     if fy is not None and cand_y is not None:  # labelled
         _check_classes(fy, cand_y)
     dist_scores = calibrated_scores(rec, cand, ref, ry, cand_y, fy, shadow_fn, n_shadow, gen)
-    results["calibrated"] = roc(dist_scores[:len(mem)], dist_scores[len(mem):])
+    results["calibrated"] = roc(dist_scores[: len(mem)], dist_scores[len(mem) :])
     if model is not None and fy is not None and cand_y is not None:  # labelled
         conf = confidence_scores(model, cand, cand_y, ref, fy)
-        results["confidence"] = roc(conf[:len(mem)], conf[len(mem):])
+        results["confidence"] = roc(conf[: len(mem)], conf[len(mem) :])
         both = dist_scores + conf
-        results["combined"] = roc(both[:len(mem)], both[len(mem):])
+        results["combined"] = roc(both[: len(mem)], both[len(mem) :])
     return results
 
 
 # --- reconstruction view ----------------------------------------------------------------------
+
 
 class ReconstructionPair(NamedTuple):
     received: np.ndarray
@@ -411,8 +500,9 @@ class ReconstructionPair(NamedTuple):
     distance: float
 
 
-def reconstruction_pairs(received: Array, private: Array, k: int = 8,
-                         distinct: bool = True) -> list[ReconstructionPair]:
+def reconstruction_pairs(
+    received: Array, private: Array, k: int = 8, distinct: bool = True
+) -> list[ReconstructionPair]:
     """The k received examples closest to a private example, each with that private example and
     the L2 distance, closest first: what a receiver could reconstruct of the private set.
     `distinct` keeps only the closest received example per private example (no repeats)."""

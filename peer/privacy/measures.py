@@ -47,11 +47,12 @@ import torch
 
 DEFAULT_CHUNK = 1024
 _REFINE = 4  # candidates per point whose distance is recomputed exactly in float64
-_F32_ERR = 8 * 2.0 ** -23  # margin on float32 squared distances, per sqrt(dim) and unit of |a|^2 + |b|^2
+_F32_ERR = 8 * 2.0**-23  # margin on float32 squared distances, per sqrt(dim) and unit of |a|^2 + |b|^2
 _COPY_RTOL = 1e-10  # squared distances below this fraction of |a|^2 + |b|^2 count as 0 (float64 noise)
 
 
 # --- inputs -----------------------------------------------------------------------------------
+
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -80,6 +81,7 @@ def _check_chunk(chunk: int) -> None:
 
 # --- nearest neighbours -----------------------------------------------------------------------
 
+
 def _sq_dist_chunk(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
     """|a_i - b_j|^2 for a chunk of rows `a`, in one (len(a), len(b)) buffer, clamped at 0."""
     d2 = torch.mm(a, b.T).mul_(-2.0)
@@ -96,8 +98,9 @@ def _refine(a: torch.Tensor, b: torch.Tensor, cand: torch.Tensor) -> tuple[torch
     return dist[rows, best], cand[rows, best]
 
 
-def _candidates(rows: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor, own: torch.Tensor | None,
-                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(
+    rows: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor, own: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest squared distances from each row to `ref` (own row excluded) and their indices."""
     d2 = _sq_dist_chunk(rows, ref, rows.square().sum(dim=1), ref_sq)
     if own is not None:
@@ -119,8 +122,9 @@ class _Reference:
         self.max_sq = float(self.sq64.max())
 
 
-def _nearest_chunk(rows: torch.Tensor, ref: _Reference, own: torch.Tensor | None,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_chunk(
+    rows: torch.Tensor, ref: _Reference, own: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest reference row per row: float32 search, exact float64 refinement of the k best, and
     a float64 search for rows whose float32 ranking could have missed the true nearest."""
     centred = rows.double() - ref.centre
@@ -138,8 +142,12 @@ def _nearest_chunk(rows: torch.Tensor, ref: _Reference, own: torch.Tensor | None
     return best_d, best_i
 
 
-def nearest(points: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor,
-            exclude_self: bool = False, chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    points: np.ndarray | torch.Tensor,
+    reference: np.ndarray | torch.Tensor,
+    exclude_self: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
     """L2 distance (float64) and index (int64) of each point's nearest row of `reference`.
 
     Inputs are flattened per example. The search runs `chunk` points at a time with one float32
@@ -164,11 +172,11 @@ def nearest(points: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Ten
     k = min(_REFINE, len(b) - int(exclude_self))
     with torch.no_grad():
         for start in range(0, len(a), chunk):
-            rows = a[start:start + chunk]
+            rows = a[start : start + chunk]
             own = torch.arange(start, start + len(rows)) if exclude_self else None
             best_d, best_i = _nearest_chunk(rows, ref, own, k)
-            dist[start:start + len(rows)] = best_d.numpy()
-            index[start:start + len(rows)] = best_i.numpy()
+            dist[start : start + len(rows)] = best_d.numpy()
+            index[start : start + len(rows)] = best_i.numpy()
     return dist, index
 
 
@@ -189,8 +197,13 @@ def _ratio(to_nearest: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return ratio
 
 
-def nearest_ratio(points: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor, private_nn: np.ndarray,
-                  chunk: int = DEFAULT_CHUNK, exact: bool = False) -> np.ndarray:
+def nearest_ratio(
+    points: np.ndarray | torch.Tensor,
+    private: np.ndarray | torch.Tensor,
+    private_nn: np.ndarray,
+    chunk: int = DEFAULT_CHUNK,
+    exact: bool = False,
+) -> np.ndarray:
     """Per point, min over private examples j of |point - x_j| / private_nn[j]: below 1, the point
     is a near-copy of some x_j (closer to it than any other private example is).
 
@@ -201,7 +214,7 @@ def nearest_ratio(points: np.ndarray | torch.Tensor, private: np.ndarray | torch
     """
     _check_chunk(chunk)
     dtype = torch.float64 if exact else torch.float32
-    copy_rtol = _COPY_RTOL if exact else 64 * 2.0 ** -23
+    copy_rtol = _COPY_RTOL if exact else 64 * 2.0**-23
     a, b = _as_2d(points, "points").double(), _as_2d(private, "private").double()
     _check_dims(a, b, "points", "private")
     scale = torch.as_tensor(np.asarray(private_nn, np.float64))
@@ -213,18 +226,23 @@ def nearest_ratio(points: np.ndarray | torch.Tensor, private: np.ndarray | torch
     out = np.full(len(a), np.inf)
     with torch.no_grad():
         for start in range(0, len(a), chunk):
-            rows = a[start:start + chunk]
+            rows = a[start : start + chunk]
             rows_sq = rows.square().sum(dim=1)
             d2 = _sq_dist_chunk(rows, b, rows_sq, b_sq)
             copy = d2 <= copy_rtol * (rows_sq[:, None] + b_sq[None, :])
             ratio = d2.sqrt_().div_(scale[None, :]).masked_fill_(copy, 0.0)
             if len(b):
-                out[start:start + len(rows)] = ratio.min(dim=1).values.double().numpy()
+                out[start : start + len(rows)] = ratio.min(dim=1).values.double().numpy()
     return out
 
 
-def near_copy_mask(sent: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor, private_nn: np.ndarray,
-                   fraction: float = 1.0, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def near_copy_mask(
+    sent: np.ndarray | torch.Tensor,
+    private: np.ndarray | torch.Tensor,
+    private_nn: np.ndarray,
+    fraction: float = 1.0,
+    chunk: int = DEFAULT_CHUNK,
+) -> np.ndarray:
     """Bool (M,): sent examples closer to some private example j than fraction * private_nn[j]
     (nearest_ratio below `fraction`, in float64); an exact copy (distance 0) always counts."""
     if fraction < 0:
@@ -284,9 +302,10 @@ def aligned_nearest_ratio(sent: np.ndarray, private: np.ndarray, radius: int = 2
 
 # --- SSIM -------------------------------------------------------------------------------------
 
+
 def _gaussian_1d(size: int, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -300,8 +319,9 @@ def _as_images(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, window: int = 11,
-         chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def ssim(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, window: int = 11, chunk: int = DEFAULT_CHUNK
+) -> np.ndarray:
     """Mean SSIM (float64, (N,)) of each pair (a[i], b[i]) of images in [0, 1].
 
     The standard SSIM of Wang et al. (2004): a Gaussian window (sigma 1.5, `window` pixels,
@@ -323,25 +343,26 @@ def ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, window: int
     out = np.empty(len(x), np.float64)
     with torch.no_grad():
         for start in range(0, len(x), chunk):
-            out[start:start + chunk] = _ssim_chunk(x[start:start + chunk], y[start:start + chunk], g).numpy()
+            out[start : start + chunk] = _ssim_chunk(x[start : start + chunk], y[start : start + chunk], g).numpy()
     return out
 
 
 def _ssim_chunk(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Mean SSIM per pair; the Gaussian blur is separable, so two 1-D passes over the five maps at once."""
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     groups = maps.shape[1]
     blurred = torch.nn.functional.conv2d(maps, g.view(1, 1, -1, 1).expand(groups, 1, -1, 1), groups=groups)
     blurred = torch.nn.functional.conv2d(blurred, g.view(1, 1, 1, -1).expand(groups, 1, 1, -1), groups=groups)
     mu_x, mu_y, xx, yy, xy = blurred.chunk(5, dim=1)
-    var_x, var_y, cov = xx - mu_x ** 2, yy - mu_y ** 2, xy - mu_x * mu_y
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (num / den).flatten(1).mean(dim=1)
 
 
 # --- leakage summary --------------------------------------------------------------------------
+
 
 def _f32(values: np.ndarray | Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(-1)
@@ -387,8 +408,12 @@ class LeakageStats:
         """One LeakageStats holding the examples of all of `stats`, in order."""
         if not stats:
             return cls()
-        return cls(*(np.concatenate([getattr(s, name) for s in stats])
-                     for name in ("to_source", "to_nearest", "ratio", "ssim_nearest")))
+        return cls(
+            *(
+                np.concatenate([getattr(s, name) for s in stats])
+                for name in ("to_source", "to_nearest", "ratio", "ssim_nearest")
+            )
+        )
 
     def to_dict(self) -> dict[str, float | int | None]:
         """A compact JSON-able summary; keys are listed in this module's docstring."""
@@ -427,9 +452,14 @@ def _to_source(sent: torch.Tensor, private: torch.Tensor, sources: np.ndarray | 
     return (sent.double() - src_t.double()).norm(dim=1).numpy()
 
 
-def measure_leakage(sent: np.ndarray | torch.Tensor, private: np.ndarray | torch.Tensor,
-                    private_nn: np.ndarray | None = None, sources: np.ndarray | torch.Tensor | None = None,
-                    image: bool = True, chunk: int = DEFAULT_CHUNK) -> LeakageStats:
+def measure_leakage(
+    sent: np.ndarray | torch.Tensor,
+    private: np.ndarray | torch.Tensor,
+    private_nn: np.ndarray | None = None,
+    sources: np.ndarray | torch.Tensor | None = None,
+    image: bool = True,
+    chunk: int = DEFAULT_CHUNK,
+) -> LeakageStats:
     """LeakageStats of `sent` against `private`.
 
     `private_nn` (from `private_nn(private)`) is computed when not given; pass it when measuring

@@ -32,13 +32,14 @@ from peer.privacy.measures import nearest_ratio
 
 START_MODES = ("instance", "mix", "prototype", "noise")
 PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
-STEER_STEPS = 10         # gradient steps that steer a noise start toward its class
-STEER_STEP = 0.1         # largest change of one input in one steering step
+STEER_STEPS = 10  # gradient steps that steer a noise start toward its class
+STEER_STEP = 0.1  # largest change of one input in one steering step
 
 
 # -- minimum distance -------------------------------------------------------------------------
-def min_distance_keep(candidates: np.ndarray, private: np.ndarray, private_nn: np.ndarray,
-                      fraction: float, chunk: int = 1024) -> np.ndarray:
+def min_distance_keep(
+    candidates: np.ndarray, private: np.ndarray, private_nn: np.ndarray, fraction: float, chunk: int = 1024
+) -> np.ndarray:
     """Boolean mask of the candidates that may be released: none closer to a private example p
     than `fraction` x nn(p). `fraction` 0 keeps everything (and computes nothing)."""
     if fraction <= 0 or len(candidates) == 0:
@@ -83,8 +84,9 @@ def class_pools(y: np.ndarray, correct: np.ndarray, classes: int) -> list[np.nda
     return pools
 
 
-def mix_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray], k: int,
-               rng: np.random.Generator) -> Starts:
+def mix_starts(
+    x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray], k: int, rng: np.random.Generator
+) -> Starts:
     """Mean of instance idx[i] and k-1 other instances of its class drawn from `pools` without
     replacement (fewer when the pool is smaller)."""
     if k < 2:
@@ -101,8 +103,14 @@ def mix_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.nda
     return Starts(starts, sources, np.ones(len(idx), dtype=bool))
 
 
-def prototype_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray],
-                     rng: np.random.Generator, jitter: float = PROTOTYPE_JITTER) -> Starts:
+def prototype_starts(
+    x: np.ndarray,
+    y: np.ndarray,
+    idx: np.ndarray,
+    pools: list[np.ndarray],
+    rng: np.random.Generator,
+    jitter: float = PROTOTYPE_JITTER,
+) -> Starts:
     """The class prototype of each instance plus N(0, jitter^2) noise, clipped to [0, 1]."""
     protos = {c: x[pools[c]].mean(axis=0) for c in np.unique(y[idx])}
     base = np.stack([protos[c] for c in y[idx]]) if len(idx) else np.zeros((0, *x.shape[1:]), np.float32)
@@ -110,8 +118,9 @@ def prototype_starts(x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[
     return Starts(starts.astype(np.float32), [pools[c] for c in y[idx]], np.ones(len(idx), dtype=bool))
 
 
-def steer(module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int = STEER_STEPS,
-          step: float = STEER_STEP) -> np.ndarray:
+def steer(
+    module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int = STEER_STEPS, step: float = STEER_STEP
+) -> np.ndarray:
     """Move each x toward its label under a torch model: normalised gradient steps on log p(label)
     inside [0, 1], each example stopping once the model predicts its label. Returns the moved x."""
     if len(x) == 0:
@@ -141,9 +150,13 @@ def steer(module: torch.nn.Module, x: np.ndarray, labels: np.ndarray, steps: int
             p.requires_grad_(w)
 
 
-def noise_starts(shape: tuple[int, ...], labels: np.ndarray, rng: np.random.Generator,
-                 module: torch.nn.Module | None = None,
-                 predict_proba: Callable[[np.ndarray], np.ndarray] | None = None) -> Starts:
+def noise_starts(
+    shape: tuple[int, ...],
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    module: torch.nn.Module | None = None,
+    predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Starts:
     """Uniform noise in [0, 1]^shape, one per label, steered toward its label by a torch `module`
     when the teacher has one. With `predict_proba`, starts the teacher does not (yet) assign to
     their label stay ok: a gradient-free search with target argmax = label steers them itself."""
@@ -157,18 +170,29 @@ def noise_starts(shape: tuple[int, ...], labels: np.ndarray, rng: np.random.Gene
     return Starts(starts.astype(np.float32), [empty] * len(labels), ok)
 
 
-def start_points(mode: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, correct: np.ndarray,
-                 classes: int, rng: np.random.Generator, k: int = 4,
-                 module: torch.nn.Module | None = None,
-                 predict_proba: Callable[[np.ndarray], np.ndarray] | None = None) -> Starts:
+def start_points(
+    mode: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    idx: np.ndarray,
+    correct: np.ndarray,
+    classes: int,
+    rng: np.random.Generator,
+    k: int = 4,
+    module: torch.nn.Module | None = None,
+    predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Starts:
     """Start points of the search for private instances `idx` of (x, y) in search space.
 
     `correct`: which private rows the teacher classifies right (mix and prototype use only those
     of each class). `module` / `predict_proba`: the teacher's model in search space (noise mode).
     """
     if mode == "instance":
-        return Starts(x[idx].astype(np.float32, copy=False), [np.array([j], dtype=np.int64) for j in idx],
-                      np.ones(len(idx), dtype=bool))
+        return Starts(
+            x[idx].astype(np.float32, copy=False),
+            [np.array([j], dtype=np.int64) for j in idx],
+            np.ones(len(idx), dtype=bool),
+        )
     if mode == "mix":
         return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng)
     if mode == "prototype":
