@@ -205,6 +205,7 @@ def main() -> int:
         test_limit=args.test_limit,
         privacy="custom",
         device=args.device,
+        validation_share=0.0,  # the release knobs alone, on the peers' whole parts: no validation gate
     )
     train, test = load_fashion_mnist(base.data_dir)
     attack_x, attack_y = test.float_inputs(), test.y  # non-members and attacker reference: all test images
