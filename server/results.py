@@ -91,14 +91,23 @@ def summarise(exp: Experiment) -> dict:
         "errors": log.errors,
         "skipped": log.skipped,
         "peers": peers,
-        "pairs": [{**r.summary(), **_judged(judged.get((r.student, r.round, r.teacher)))} for r in teach],
+        "pairs": [
+            {
+                **r.summary(),
+                **_judged(judged.get((r.student, r.round, r.teacher)), r.sent, exp.config.validation_share > 0),
+            }
+            for r in teach
+        ],
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
     }
 
 
-def _judged(decision: dict | None) -> dict:
-    """A pair's examples the student's gate accepted and refused (None where it had no gate)."""
+def _judged(decision: dict | None, sent: int, gated: bool) -> dict:
+    """A pair's examples the student's gate accepted and refused (None where it had no gate; 0 and 0
+    where the teacher sent nothing to judge)."""
+    if decision is None and gated and sent == 0:
+        return {"accepted": 0, "refused": 0}
     return {
         "accepted": None if decision is None else decision["accepted"],
         "refused": None if decision is None else decision["refused"],
