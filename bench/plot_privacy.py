@@ -19,7 +19,10 @@ MARKERS = {"paper": "*", "cf_start": "o", "min_distance": "s", "noise_scale": "^
 
 
 def main() -> int:
-    rows = json.loads((ROOT / "bench" / "results" / "privacy.json").read_text())
+    # a setting that sent nothing has no attack to plot
+    rows = [
+        r for r in json.loads((ROOT / "bench" / "results" / "privacy.json").read_text()) if r["mia_auc"] is not None
+    ]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for knob, marker in MARKERS.items():
         mine = [r for r in rows if r["knob"] == knob]

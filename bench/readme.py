@@ -97,11 +97,13 @@ def results_table(results: Path = RESULTS) -> str:
 
 
 def _setting(r: dict) -> str:
+    mark = " (earlier code)" if r.get("earlier_code") else ""
     if r["knob"] == "paper":
-        return "paper (`--privacy paper`)"
+        return "paper (`--privacy paper`)" + mark
     if r["knob"] == "combination":
-        return r["value"]
-    return f"`{r['knob']}` {r['value']}"
+        guarded = r["value"] == "cf_start=mix cf_start_k=4 min_distance=1.0"
+        return r["value"] + (" (`--privacy guarded`, the default)" if guarded else "") + mark
+    return f"`{r['knob']}` {r['value']}" + mark
 
 
 def privacy_table(results: Path = RESULTS) -> str:
@@ -114,12 +116,14 @@ def privacy_table(results: Path = RESULTS) -> str:
     for r in rows if isinstance(rows, list) else []:
         aligned = r.get("aligned_near_copy_share")
         ratio = r.get("median_nearest_private_ratio")
+        auc = r.get("mia_auc")
+        sent = r.get("sent")
         lines.append(
             f"| {_setting(r)} | {_pct(r['median_accuracy_after'])} | {100 * r['accuracy_gain']:+.1f} | "
-            f"{_pct(r['gain_ratio'], 0)} | {_pct(r['near_copy_share'])} | "
-            f"{'not measured' if aligned is None else _pct(aligned)} | "
+            f"{_pct(r['gain_ratio'], 0)} | {_pct(r['near_copy_share']) if sent else 'nothing sent'} | "
+            f"{_pct(aligned) if aligned is not None else ('n/a' if not sent else 'not measured')} | "
             f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {r.get('best_attack') or 'n/a'} | "
-            f"{r['mia_auc']:.3f} | {_pct(r['tpr_at_1pct_fpr'])} |"
+            f"{'n/a' if auc is None else f'{auc:.3f}'} | {_pct(r['tpr_at_1pct_fpr'])} |"
         )
     return "\n".join(lines)
 
