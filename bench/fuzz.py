@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -41,6 +40,7 @@ sys.path[:0] = [str(ROOT)]
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
+from fmnist10 import machine as cpu_machine  # noqa: E402  (bench/ is this script's folder on sys.path)
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -54,16 +54,8 @@ from peer.learners import learner_from_blob  # noqa: E402
 from protos.ckd.v1 import coordinator_pb2 as cpb  # noqa: E402
 from protos.ckd.v1 import coordinator_pb2_grpc  # noqa: E402
 from tests import fuzz_cases as fc  # noqa: E402
-from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, SENDER, SHAPE  # noqa: E402
+from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, REFUSALS, SENDER, SHAPE  # noqa: E402
 
-REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
 # cases per target at --scale 1 (14,000 in all)
 PLAN = {
     "PushExamples": 4000,
@@ -142,23 +134,9 @@ def healthy(channel, service: str = "") -> bool:
 
 
 def machine() -> dict:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
+        **cpu_machine(),
         "grpc": grpc.__version__,
         "load_average_at_start": [round(v, 1) for v in load] if load else None,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import grpc
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -18,6 +19,16 @@ from peer.core.blob import ExampleBatch, Limits, ModelBlob
 from peer.grpc.wire import encode_batch, encode_blob
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import peer_pb2, wire_pb2
+
+# what a service answers when it refuses a hostile message
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 CLASSES = ("c0", "c1", "c2", "c3")
 SHAPE = (8, 8)

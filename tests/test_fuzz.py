@@ -32,18 +32,9 @@ from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc, peer_pb2
 from server.coordinator import Coordinator, serve_coordinator
 from tests import fuzz_cases as fc
-from tests.fuzz_cases import CLASSES, FUZZ, LIMITS, RECEIVER, SENDER, SHAPE
+from tests.fuzz_cases import CLASSES, FUZZ, LIMITS, RECEIVER, REFUSALS, SENDER, SHAPE
 
 pytestmark = pytest.mark.fuzz
-
-REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
 
 
 @pytest.fixture(scope="module")
