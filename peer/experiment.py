@@ -98,15 +98,20 @@ def build_peer(
     data = train.subset(part)
     if features:
         data = data.columns(features)
+    return _peer(cfg, peer_ids(cfg.peers)[k], k, kind, data, train.classes)
+
+
+def _peer(cfg: ExperimentConfig, peer_id: str, k: int, kind: str, data: Dataset, classes: tuple[str, ...]) -> Peer:
+    """A peer on `data` with a fresh learner of `kind`, seeded by its index k."""
     try:
-        learner = make_learner(kind, data.x.shape[1:], train.classes, cfg.train(k))
+        learner = make_learner(kind, data.x.shape[1:], classes, cfg.train(k))
     except ValueError as exc:
-        raise UsageError(f"{peer_ids(cfg.peers)[k]}: learner {kind} cannot take this data: {exc}") from exc
+        raise UsageError(f"{peer_id}: learner {kind} cannot take this data: {exc}") from exc
     return Peer(
-        peer_ids(cfg.peers)[k],
+        peer_id,
         data.float_inputs(),
         data.y,
-        train.classes,
+        classes,
         learner,
         cfg.teach(),
         seed=cfg.seed * 1000 + k,
@@ -140,22 +145,7 @@ def build_whole_peer(cfg: ExperimentConfig, peer_id: str, kind: str, train: Data
     its own columns and its own class names, matched to other peers' by name. --train-per-peer
     still caps its rows."""
     data = train.subset(np.arange(min(cfg.train_per_peer, len(train)))) if cfg.train_per_peer else train
-    k = seed_index(peer_id)
-    try:
-        learner = make_learner(kind, data.x.shape[1:], data.classes, cfg.train(k))
-    except ValueError as exc:
-        raise UsageError(f"{peer_id}: learner {kind} cannot take this data: {exc}") from exc
-    return Peer(
-        peer_id,
-        data.float_inputs(),
-        data.y,
-        data.classes,
-        learner,
-        cfg.teach(),
-        seed=cfg.seed * 1000 + k,
-        image=True,
-        features=data.features,
-    )
+    return _peer(cfg, peer_id, seed_index(peer_id), kind, data, data.classes)
 
 
 def test_inputs(peer: Peer, test: Dataset) -> np.ndarray:

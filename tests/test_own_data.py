@@ -122,4 +122,4 @@ def test_an_image_peer_is_its_npz_with_its_own_class_names(tmp_path):
     assert train.classes == test.classes == ("bird", "canis", "felis")
     peer = build_whole_peer(cfg, "clinic-7", "mlp", train)
     assert peer.id == "clinic-7" and peer.input_shape == (8, 8) and peer.missing_classes() == [0]
-    assert len(peer.y) + len(test) == 40 and peer.x.max() <= 1.0
+    assert len(peer.y) + len(peer.val_y) + len(test) == 40 and len(peer.val_y) > 0 and peer.x.max() <= 1.0
