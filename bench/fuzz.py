@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from peer.learners import learner_from_blob  # noqa: E402
 from protos.ckd.v1 import coordinator_pb2 as cpb  # noqa: E402
 from protos.ckd.v1 import coordinator_pb2_grpc  # noqa: E402
 from tests import fuzz_cases as fc  # noqa: E402
+from tests import hostile_server  # noqa: E402
 from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, REFUSALS, SENDER, SHAPE  # noqa: E402
 
 # cases per target at --scale 1 (14,000 in all)
@@ -155,17 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ckd-fuzz-") as tmp:
         certs = Path(tmp) / "certs"
         make_certs(certs, ["coordinator", RECEIVER, SENDER, fc.OTHER])
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.hostile_server", str(certs), str(Path(tmp) / "state")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
+        proc = hostile_server.start(certs, Path(tmp) / "state", log, {**os.environ, "OMP_NUM_THREADS": "1"})
 
         def stats() -> dict:
             proc.stdin.write("stats\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -517,3 +518,16 @@ def blob_stream(blob: ModelBlob, peer: str, round: int) -> list[bytes]:
     msgs = list(encode_blob(ModelBlob({}, blob.arrays), peer, round, chunk=4096))
     msgs[0].header.spec_json = json.dumps(blob.spec)
     return _raw(msgs)
+
+
+def target_peer(store: Path):
+    """The peer every hostile client attacks: RECEIVER with an untrained mlp on 8 random inputs
+    and a SQLite store at `store`; returns (peer, learner)."""
+    from peer.core.peer import Peer
+    from peer.core.sqlstore import SqliteExampleStore
+    from peer.learners import TrainConfig, make_learner
+
+    learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
+    rng = np.random.default_rng(0)
+    x = rng.random((8, *SHAPE), dtype=np.float32)
+    return Peer(RECEIVER, x, np.arange(8) % 4, CLASSES, learner, store=SqliteExampleStore(store)), learner

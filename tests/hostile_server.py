@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from peer.core.peer import Peer
-from peer.core.sqlstore import SqliteExampleStore
 from peer.grpc.service import PeerServicer, serve_peer
 from peer.grpc.tls import Security
-from peer.learners import TrainConfig, make_learner
 from server.coordinator import Coordinator, serve_coordinator
-from tests.fuzz_cases import CLASSES, LIMITS, RECEIVER, SENDER, SHAPE
+from tests.fuzz_cases import LIMITS, RECEIVER, SENDER, target_peer
 
 EXPECTED = {RECEIVER, SENDER, "peer-2", "peer-3"}
 
@@ -31,20 +27,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def start(certs: Path, state: Path, stderr, env: dict[str, str]) -> subprocess.Popen:
+    """This module as a process of its own (text pipes on stdin and stdout, `stderr` a file), run
+    from the repository root with `env` plus the root on PYTHONPATH."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.hostile_server", str(certs), str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**env, "PYTHONPATH": str(root)},
+        cwd=root,
+    )
+
+
 def main(argv: list[str]) -> int:
     certs, state = Path(argv[0]), Path(argv[1])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
-    rng = np.random.default_rng(0)
     state.mkdir(parents=True, exist_ok=True)
-    peer = Peer(
-        RECEIVER,
-        rng.random((8, *SHAPE), dtype=np.float32),
-        np.arange(8) % 4,
-        CLASSES,
-        learner,
-        store=SqliteExampleStore(state / "examples.sqlite"),
-    )
+    peer, learner = target_peer(state / "examples.sqlite")
     servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS, known=EXPECTED | {"mallory"})
     servicer.publish(1, learner.to_blob())
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)

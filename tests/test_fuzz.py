@@ -20,14 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peer.core.blob import InvalidPayload, ModelBlob
-from peer.core.peer import Peer
-from peer.core.sqlstore import SqliteExampleStore
 from peer.flower import records as rec
 from peer.grpc.service import PeerServicer, grpc_options, serve, serve_peer
 from peer.grpc.tls import Security, make_certs
 from peer.grpc.transport import GrpcTransport, PeerUnreachable
 from peer.grpc.wire import decode_blob
-from peer.learners import TrainConfig, learner_from_blob, make_learner
+from peer.learners import learner_from_blob
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc, peer_pb2
 from server.coordinator import Coordinator, serve_coordinator
@@ -47,16 +45,7 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def peer_server(certs, tmp_path_factory):
     """peer-0 on loopback (mTLS, the small caps), model published for round 1; a raw channel as peer-1."""
-    learner = make_learner("mlp", SHAPE, CLASSES, TrainConfig(epochs=1, seed=0))
-    rng = np.random.default_rng(0)
-    peer = Peer(
-        RECEIVER,
-        rng.random((8, *SHAPE), dtype=np.float32),
-        np.arange(8) % 4,
-        CLASSES,
-        learner,
-        store=SqliteExampleStore(tmp_path_factory.mktemp("store") / "examples.sqlite"),
-    )
+    peer, learner = fc.target_peer(tmp_path_factory.mktemp("store") / "examples.sqlite")
     servicer = PeerServicer(peer, Security.from_dir(RECEIVER, certs, False), LIMITS, known={RECEIVER, SENDER, fc.OTHER})
     servicer.publish(1, learner.to_blob())
     server, port = serve_peer(servicer, "127.0.0.1:0", workers=4)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from peer.grpc.wire import encode_batch
 from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc, peer_pb2, peer_pb2_grpc
 from server.cli import main as ckd
+from tests import hostile_server
 from tests.fuzz_cases import good_batch
 
 pytestmark = pytest.mark.grpc
@@ -72,18 +71,9 @@ def world(tmp_path_factory):
     assert ckd(["certs", "--out", str(certs), "--revoke", "peer-2"]) == 0
     expired_cert(certs, "peer-3")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}  # gRPC's default logging
-    env["PYTHONPATH"] = str(ROOT)
     stderr = base / "server.log"
     with open(stderr, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.hostile_server", str(certs), str(base / "state")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
+        proc = hostile_server.start(certs, base / "state", err, env)
     try:
         ports = json.loads(proc.stdout.readline())
         yield certs, other, ports, proc, stderr
