@@ -47,8 +47,15 @@ from peer.inprocess import InProcessTransport  # noqa: E402
 from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio  # noqa: E402
 from peer.round import RunLog, teach_students, train_step  # noqa: E402
 
-KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale")
-PAPER = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale", "release_tries", "augment_copies")
+PAPER = {
+    "cf_start": "instance",
+    "cf_start_k": 4,
+    "min_distance": 0.0,
+    "noise_scale": 0.0,
+    "release_tries": 1,
+    "augment_copies": 1,
+}
 
 
 def settings() -> list[tuple[str, str, dict]]:
@@ -68,6 +75,11 @@ def settings() -> list[tuple[str, str, dict]]:
         {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.1},
         {"cf_start": "instance", "min_distance": 1.0, "noise_scale": 0.2},
         {"cf_start": "prototype", "min_distance": 1.0},
+        # an instance whose x' the filter dropped searched again from a new mix
+        {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0, "release_tries": 4},
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "release_tries": 4},
+        {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0, "release_tries": 8},
+        {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0, "release_tries": 4, "augment_copies": 3},
     ]
     for c in combos:
         out.append(("combination", " ".join(f"{k}={v}" for k, v in c.items()), c))
@@ -251,6 +263,7 @@ def main() -> int:
             "gain_ratio": gain / paper_gain if paper_gain else None,
             **measure(peers, transport, attack_x, attack_y, args.sample, cfg.seed),
             "filtered": sum(rep.filtered for rep in log.teach),
+            "retried": sum(rep.retried for rep in log.teach),
             "failed": sum(rep.failed for rep in log.teach),
             "counterfactuals": sum(rep.counterfactuals for rep in log.teach),
             "seconds": round(time.perf_counter() - t, 1),

@@ -18,7 +18,14 @@ from peer.learners import TrainConfig, make_learner
 from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio
 from peer.privacy.release import START_MODES, min_distance_keep, release_noise, start_points
 
-KNOBS = {"privacy": "guarded", "cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "noise_scale": 0.0}
+KNOBS = {
+    "privacy": "guarded",
+    "cf_start": "mix",
+    "cf_start_k": 4,
+    "min_distance": 1.0,
+    "noise_scale": 0.0,
+    "release_tries": 1,
+}
 
 
 def blobs(n_per_class: int = 30, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +132,29 @@ def test_teach_with_mix_and_the_filter_sends_no_near_copy():
     assert paper.near_copies > 0 and paper.filtered == 0
 
 
+def test_instances_whose_x_prime_was_filtered_are_searched_again_from_new_mixes():
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1, data=bars)
+    snap = student.snapshot(1)
+    once = TeachConfig(CounterfactualConfig(start="mix", start_k=2), min_distance=1.0)
+    _, one = _image_peer(once, data=bars).teach(student.id, snap, 1)
+    teacher = _image_peer(
+        TeachConfig(CounterfactualConfig(start="mix", start_k=2), min_distance=1.0, release_tries=4), data=bars
+    )
+    batches, four = teacher.teach(student.id, snap, 1)
+    assert one.filtered > 0 and one.retried == 0  # the case this is for: some x' dropped on the first search
+    assert four.retried > 0 and four.sent > one.sent
+    assert four.retried <= 3 * four.attempted and four.counterfactuals > one.counterfactuals
+    sent = np.concatenate([b.x for b in batches]).astype(np.float32) / 255
+    assert (nearest_ratio(sent, teacher.x, teacher.private_nn()) >= 1.0).all() and four.near_copies == 0
+    assert four.leakage["count"] == four.sent  # measured once, over everything released
+    # the paper's start is not random: a new search from it would find the same x', so none is made
+    paper = _image_peer(TeachConfig(min_distance=1.0, release_tries=4), data=bars)
+    _, rep = paper.teach(student.id, snap, 1)
+    assert rep.retried == 0
+    with pytest.raises(Exception, match="release_tries"):
+        TeachConfig(release_tries=0)
+
+
 def test_teach_on_a_table_with_every_start_mode():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 3)).astype(np.float32) * 5 + 10
@@ -170,7 +200,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
     from peer.config import PRIVACY_PRESETS
 
     assert PRIVACY_PRESETS["guarded"] == {k: v for k, v in KNOBS.items() if k != "privacy"}  # the default
-    paper = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0}
+    paper = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0, "release_tries": 1}
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():
         values = with_privacy({**KNOBS, "privacy": name, "min_distance": 0.3}, {"min_distance"})

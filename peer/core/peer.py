@@ -64,12 +64,17 @@ class TeachConfig:
     measure_leakage: bool = True  # distance of each x' sent to the nearest private example
     min_distance: float = 0.0  # release nothing closer to a private p than this x p's nearest-other distance
     noise_scale: float = 0.0  # std of Gaussian noise added to every input sent (search-space units)
+    # searches per instance: an instance whose x' the min-distance filter dropped is searched again
+    # from a fresh random start (a new mix, jitter or noise), up to this many searches in all
+    release_tries: int = 1
 
     def __post_init__(self) -> None:
         if self.min_distance < 0 or self.noise_scale < 0:
             raise UsageError(
                 f"min_distance and noise_scale must be >= 0, got {self.min_distance} and {self.noise_scale}"
             )
+        if self.release_tries < 1:
+            raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
 
 
 @dataclass
@@ -91,6 +96,7 @@ class TeachReport:
     source_l1: float = 0.0  # mean L1 distance x' to its source x
     near_copies: int = 0  # examples sent closer to some private p than p's nearest other private example
     filtered: int = 0  # examples (counterfactuals and copies) the min-distance filter dropped
+    retried: int = 0  # searches again from a fresh start for instances whose x' the filter dropped
     # what was sent against my private data (peer.privacy.measures.LeakageStats.to_dict, near-copies
     # counted over everything sent), and a seeded sample of per-example values for run-level figures
     leakage: dict = field(default_factory=dict)
@@ -105,12 +111,14 @@ class TeachReport:
         "counterfactuals",
         "near_copies",
         "filtered",
+        "retried",
         "sent",
         "mean_steps",
         "seconds",
         "counterfactual_seconds",
         "source_l1",
     )
+    OPTIONAL = ("retried",)  # absent from reports stored before it existed
 
     def to_dict(self) -> dict:
         """Everything but the gallery (private sources never leave the teacher), JSON-able."""
@@ -128,6 +136,8 @@ class TeachReport:
         """The report back from to_dict; KeyError or TypeError on a malformed one."""
         report = cls(str(data["teacher"]), str(data["student"]), int(data["round"]))
         for k in cls.NUMBERS:
+            if k in cls.OPTIONAL and k not in data:
+                continue
             setattr(report, k, type(getattr(report, k))(data[k]))
         report.leakage = dict(data.get("leakage", {}))
         report.leakage_sample = {
@@ -160,6 +170,7 @@ class TeachReport:
                     "duplicates",
                     "counterfactuals",
                     "filtered",
+                    "retried",
                     "near_copies",
                     "sent",
                     "seconds",
@@ -170,6 +181,23 @@ class TeachReport:
             "source_l1": round(self.source_l1, 3),
             "leakage": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.leakage.items()},
         }
+
+
+@dataclass
+class Found:
+    """Distinct successful counterfactuals of one search: x', labels, starts, the private instance
+    each was searched for, and the steps of every search made (failures included)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    src: np.ndarray
+    instances: np.ndarray
+    steps: np.ndarray
+
+    @classmethod
+    def empty(cls, space: np.ndarray) -> Found:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(space[:0], none, space[:0], none, np.zeros(0))
 
 
 class Peer:
@@ -427,11 +455,9 @@ class Peer:
         batches: list[ExampleBatch] = []
         if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
             idx = self._select(student, report, rng)
-            found = self._search(idx, report, rng) if len(idx) else None
-            if found is not None:
-                out_x, out_y, out_src = self._release(*found, report, rng)
-                if len(out_y):
-                    batches = self._encode(student_id, round, student, out_x, out_y, out_src, report)
+            released = self._search_and_release(idx, report, rng) if len(idx) else None
+            if released is not None:
+                batches = self._encode(student_id, round, student, *released, report)
         report.seconds = time.perf_counter() - start
         return batches, report
 
@@ -445,10 +471,47 @@ class Peer:
         report.attempted = len(idx)
         return idx
 
-    def _search(
+    def _search_and_release(
         self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """x' per selected instance from its start point; (x', labels, starts) of the distinct successes."""
+        """Search and release for instances `idx`; those whose x' the min-distance filter dropped are
+        searched again from fresh random starts, up to `release_tries` searches in all. What is sent is
+        measured once, over everything released. None when nothing may leave."""
+        cfg = self.teach_config
+        # a fresh start differs only where it is random: the paper's start is the instance itself
+        tries = cfg.release_tries if cfg.min_distance > 0 and cfg.counterfactual.start != "instance" else 1
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        steps: list[np.ndarray] = []
+        l1: list[np.ndarray] = []
+        pending = idx
+        for attempt in range(tries):
+            if attempt:
+                report.retried += len(pending)
+            found = self._search(pending, report, rng)
+            steps.append(found.steps)
+            if len(found.y) == 0:
+                break
+            l1.append(np.abs(found.x - found.src).reshape(len(found.y), -1).sum(axis=1))
+            out_x, out_y, out_src, ratio, pending = self._release(found, report, rng)
+            parts.append((out_x, out_y, out_src, ratio))
+            if len(pending) == 0:
+                break
+        all_steps = np.concatenate(steps)
+        report.mean_steps = float(all_steps.mean()) if len(all_steps) else 0.0
+        report.source_l1 = float(np.concatenate(l1).mean()) if l1 else 0.0
+        if not parts:
+            return None
+        out_x, out_y, out_src, ratio = (np.concatenate(a) for a in zip(*parts))
+        report.near_copies = int((ratio < 1.0).sum())
+        if cfg.measure_leakage and len(out_y):
+            self._measure(out_x, out_src, ratio, report, rng)
+        if len(out_y) == 0:
+            return None
+        return out_x, out_y, out_src
+
+    def _search(self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator) -> Found:
+        """x' per selected instance from its start point: the distinct successes, each with its start
+        and instance, and the steps of every search made."""
         cc = self.teach_config.counterfactual
         t0 = time.perf_counter()
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
@@ -460,7 +523,6 @@ class Peer:
         module = None
         if self.learner.differentiable and isinstance(self.learner, TorchLearner):
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
-        unstarted = 0
         if cc.start == "instance":  # the paper: the search starts at the instance itself
             x0, proba0 = space[idx], mine[idx]
         else:
@@ -476,13 +538,12 @@ class Peer:
                 module=module,
                 predict_proba=predict,
             )
-            unstarted = int((~st.ok).sum())
+            report.failed += int((~st.ok).sum())
             idx, x0 = idx[st.ok], st.x[st.ok]
             proba0 = predict(x0) if len(idx) else mine[:0]
-        report.failed = unstarted
         if len(idx) == 0:
-            report.counterfactual_seconds = time.perf_counter() - t0
-            return None
+            report.counterfactual_seconds += time.perf_counter() - t0
+            return Found.empty(space)
         target = soft_targets(proba0, self.y[idx], cc.alpha)  # y' from my prediction at the start point
         if module is not None:
             res = gradient_counterfactuals(module, x0, target, cc, levels=self.levels)
@@ -491,27 +552,26 @@ class Peer:
             if cc.start == "noise":  # data-free: no line search toward a prototype of private data
                 protos = np.full_like(protos, 0.5)
             res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels)
-        report.counterfactual_seconds = time.perf_counter() - t0
+        report.counterfactual_seconds += time.perf_counter() - t0
         report.failed += res.failed
-        report.mean_steps = float(res.steps.mean())
         good = np.flatnonzero(res.ok)
-        cx, cy, src = res.x[good], self.y[idx][good], x0[good]  # src: the start, where x' was searched from
-        keep = dedupe(cx, cy)
-        report.duplicates = len(good) - len(keep)
-        report.counterfactuals = len(keep)
-        if len(keep) == 0:
-            return None
-        cx, cy, src = cx[keep], cy[keep], src[keep]
-        report.source_l1 = float(np.abs(cx - src).reshape(len(cx), -1).sum(axis=1).mean())
-        report.gallery = [(src[i], cx[i], int(cy[i])) for i in range(min(8, len(cy)))]
-        return cx, cy, src
+        keep = good[dedupe(res.x[good], self.y[idx][good])]
+        report.duplicates += len(good) - len(keep)
+        report.counterfactuals += len(keep)
+        # src: the start, where x' was searched from
+        found = Found(res.x[keep], self.y[idx][keep], x0[keep], idx[keep], np.asarray(res.steps, np.float64))
+        if not report.gallery:
+            report.gallery = [(found.src[i], found.x[i], int(found.y[i])) for i in range(min(8, len(found.y)))]
+        return found
 
     def _release(
-        self, cx: np.ndarray, cy: np.ndarray, src: np.ndarray, report: TeachReport, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What may leave: x' and augmented copies, release noise, nothing nearer a private example
-        than min_distance; near-copies among the rest counted and what is sent measured."""
+        self, found: Found, report: TeachReport, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What may leave of `found`: x' and augmented copies, release noise, nothing nearer a private
+        example than min_distance. Returns (inputs, labels, starts, nearest-private ratio) of what
+        passed (ratio inf where not measured) and the instances whose x' the filter dropped."""
         cfg = self.teach_config
+        cx, cy, src = found.x, found.y, found.src
         if self.image:
             ax, ay = augment_images(cx, cy, cfg.augment, rng, self.levels)
         else:
@@ -519,22 +579,21 @@ class Peer:
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
         out_x = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        none_dropped = found.instances[:0]
         if not (cfg.measure_leakage or cfg.min_distance > 0):
-            return out_x, out_y, out_src
+            return out_x, out_y, out_src, np.full(len(out_y), np.inf), none_dropped
         space, nn = self.search_space(), self.private_nn()
         ratio = nearest_ratio(out_x, space, nn)  # below 1: a near-copy of some private example
         # an augmented copy reveals what its x' reveals (a public shift or rotation can be undone):
         # it counts as near as its x', so the filter drops x' and all its copies together
         parent = np.arange(len(cx), len(out_x)) % max(len(cx), 1)
         ratio[len(cx) :] = np.minimum(ratio[len(cx) :], ratio[parent])
-        if cfg.min_distance > 0:
-            keep = ratio >= cfg.min_distance
-            report.filtered = int((~keep).sum())
-            out_x, out_y, out_src, ratio = out_x[keep], out_y[keep], out_src[keep], ratio[keep]
-        report.near_copies = int((ratio < 1.0).sum())
-        if cfg.measure_leakage and len(out_y):
-            self._measure(out_x, out_src, ratio, report, rng)
-        return out_x, out_y, out_src
+        if cfg.min_distance <= 0:
+            return out_x, out_y, out_src, ratio, none_dropped
+        keep = ratio >= cfg.min_distance
+        report.filtered += int((~keep).sum())
+        dropped = found.instances[~keep[: len(cx)]]
+        return out_x[keep], out_y[keep], out_src[keep], ratio[keep], dropped
 
     def _measure(
         self,
