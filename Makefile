@@ -54,7 +54,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-grpc bench-flower bench-fuzz bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-privacy
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -65,6 +65,8 @@ bench-hetero: venv data
 bench-tabular: venv
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
+bench-column-fill: venv
+	$(PY) bench/column_fill.py
 bench-grpc: venv data
 	$(PY) bench/grpc_fmnist10.py
 bench-flower: venv data

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
-from peer.config import ExperimentConfig  # noqa: E402
+from peer.config import ExperimentConfig, with_privacy  # noqa: E402
 from peer.data.fashion import Dataset  # noqa: E402
 from peer.data.sources import holdout  # noqa: E402
 from peer.experiment import build_peer, evaluation_inputs  # noqa: E402
@@ -109,9 +111,14 @@ def main() -> int:
         default="nothing else",
         help="what else ran on the machine during the measurement (recorded in the JSON)",
     )
+    parser.add_argument(
+        "--column-fill", choices=("conditional", "median"), default="conditional", help="see `ckd demo --help`"
+    )
+    parser.add_argument("--privacy", default="paper", help="release preset (see `ckd demo --help`)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/tabular*.json)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("CKD_THREADS", "1")))
-    cfg = CONFIG
+    cfg = replace(CONFIG, column_fill=args.column_fill, **with_privacy({"privacy": args.privacy}, set()))
     data = load(args.dataset)
     train, test = holdout(data, 0.25, seed=0)
     features = feature_sets(args.dataset, data)
@@ -157,7 +164,7 @@ def main() -> int:
     what = {"digits": "scikit-learn digits as a 64-column table", "wine": "scikit-learn wine (13 columns)"}
     result = {
         "experiment": f"tabular: {what[args.dataset]}, 3 peers with overlapping columns and different learners",
-        "command": "python bench/tabular.py" + ("" if args.dataset == "digits" else f" --dataset {args.dataset}"),
+        "command": "python bench/tabular.py " + shlex.join(sys.argv[1:]),
         "pooled_accuracy": best,
         "pooled_by_learner": reference,
         "weakest_peer": weakest["id"],
@@ -177,7 +184,7 @@ def main() -> int:
         },
     }
     name = "tabular.json" if args.dataset == "digits" else f"tabular_{args.dataset}.json"
-    write_json(ROOT / "bench" / "results" / name, result)
+    write_json(args.out or ROOT / "bench" / "results" / name, result)
     for r in rows:
         print(
             f"{r['id']} {r['learner']:<7} {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy_after']:.1f}% "

@@ -86,6 +86,11 @@ class ExperimentConfig:
         0.0,
         "std of Gaussian noise added to every input sent (pixels in [0, 1]; tables: their [min, max] scaled to [0, 1])",
     )
+    column_fill: str = option(
+        "conditional",
+        "tables: a column the student has and the teacher lacks is drawn from the student's declared per-class "
+        "column statistics given the shared columns (conditional) or set to the student's median (median)",
+    )
     augment_copies: int = option(1, "augmented copies (shift, rotation, noise) sent with each counterfactual")
     max_per_student: int = option(0, "most instances a teacher teaches one student per round (0: all qualified)")
     validation_share: float = option(
@@ -193,6 +198,7 @@ class ExperimentConfig:
             min_distance=self.min_distance,
             noise_scale=self.noise_scale,
             release_tries=self.release_tries,
+            column_fill=self.column_fill,
         )
 
     def gate(self) -> GateConfig:

@@ -97,17 +97,22 @@ def _toy_peer(pid, features, classes=("no", "yes"), missing=None, kind="mlp", se
     return Peer(pid, x, labels, classes, learner, TeachConfig(), seed=seed, features=features)
 
 
-def test_counterfactuals_are_sent_in_the_students_columns_with_its_neutral_values():
+def test_counterfactuals_are_sent_in_the_students_columns_filled_from_its_column_model():
     teacher = _toy_peer("t", ("a", "b", "c", "e"))
     student = _toy_peer("s", ("d", "c", "a"), missing=1, seed=1)  # reordered, 'd' unknown to the teacher
     teacher.train()
     student.train()
     batches, report = teacher.teach("s", student.snapshot(1), 1)
     assert report.counterfactuals > 0 and batches
-    neutral_d = float(np.median(student.x[:, 0]))
+    d = student.x[:, 0]
+    sent_d = np.concatenate([b.x[:, 0] for b in batches])
+    # 'd' drawn as the student's own rows have it (independent of the rest here), not one constant
+    assert sent_d.min() >= d.min() - 1e-4 and sent_d.max() <= d.max() + 1e-4 and len(np.unique(sent_d)) > 1
+    # (within a standard deviation: the class sent is one the student lacks, so its shared columns lie
+    # outside the student's rows and the sample's chance correlations move the conditional mean)
+    assert abs(sent_d.mean() - d.mean()) < d.std() and sent_d.std() > 0.5 * d.std()
     for b in batches:
         assert b.features == ("d", "c", "a") and b.x.dtype == np.float32 and b.x.shape[1] == 3
-        np.testing.assert_allclose(b.x[:, 0], neutral_d, rtol=1e-6)  # the student's own median, no guess
         for j, name in ((1, "c"), (2, "a")):  # inside the teacher's own range of that column
             col = teacher.x[:, teacher.features.index(name)]
             assert b.x[:, j].min() >= col.min() - 1e-4 and b.x[:, j].max() <= col.max() + 1e-4
@@ -116,6 +121,51 @@ def test_counterfactuals_are_sent_in_the_students_columns_with_its_neutral_value
     stranger = _toy_peer("x", ("a", "c", "d"))  # same names, other order: refused, never re-read by position
     with pytest.raises(InvalidPayload, match="feature columns"):
         stranger.absorb(batches[0])
+
+
+def test_column_model_fills_a_missing_column_from_the_shared_ones_and_the_class():
+    from peer.core.features import ColumnModel
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    k = rng.normal(0, 1, 2000)
+    m = 2 * k + 5 * y + rng.normal(0, 0.1, 2000)  # m follows k within a class, shifted by the class
+    model = ColumnModel.fit(np.column_stack([k, m]).astype(np.float32), y, classes=3)  # class 2: no rows
+    known = np.array([[-1.0], [0.0], [1.0]], np.float32)
+    for c in (0, 1):
+        got = model.fill(known, np.array([0]), np.array([1]), np.full(3, c), np.random.default_rng(1))
+        np.testing.assert_allclose(got[:, 0], 2 * known[:, 0] + 5 * c, atol=0.5)
+    pooled = model.fill(known, np.array([0]), np.array([1]), np.array([2, -1, 9]), np.random.default_rng(1))
+    assert (pooled >= m.min() - 1e-4).all() and (pooled <= m.max() + 1e-4).all()
+    # one constant (the old fill) against draws that keep the column's spread within the class
+    draws = model.fill(np.zeros((500, 1), np.float32), np.array([0]), np.array([1]), np.zeros(500), rng)
+    assert 0.05 < draws.std() < 0.3
+    # forged arrays are refused
+    arrays = model.arrays()
+    for name, bad in (
+        ("columns.cov", arrays["columns.cov"][:, :1]),
+        ("columns.mean", np.full_like(arrays["columns.mean"], np.nan)),
+        ("columns.low", arrays["columns.high"] + 1),
+    ):
+        with pytest.raises(InvalidPayload):
+            ColumnModel.from_arrays({**arrays, name: bad}, 3, 2)
+
+
+def test_column_model_travels_in_the_blob():
+    learner = make_learner("forest", (3,), ("lo", "hi"), TrainConfig())
+    rng = np.random.default_rng(0)
+    x = rng.normal(50, 10, (60, 3)).astype(np.float32)
+    y = (x[:, 0] > 50).astype(np.int64)
+    learner.set_features(("a", "b", "c"), x, y)
+    learner.fit(x, y)
+    blob = learner.to_blob()
+    rebuilt = learner_from_blob(ModelBlob(dict(blob.spec), dict(blob.arrays)))
+    assert rebuilt.columns is not None
+    np.testing.assert_array_equal(rebuilt.columns.cov, learner.columns.cov)
+    np.testing.assert_array_equal(rebuilt.predict_proba(x), learner.predict_proba(x))
+    unnamed = {k: v for k, v in blob.spec.items() if k not in ("features", "neutral")}
+    with pytest.raises(InvalidPayload, match="column model"):
+        learner_from_blob(ModelBlob(unnamed, dict(blob.arrays)))
 
 
 def test_a_teacher_without_column_names_refuses_a_tabular_student():

@@ -55,6 +55,9 @@ def _rounded(values: np.ndarray) -> list[float | None]:
     return [round(float(v), 4) if np.isfinite(v) else None for v in values]
 
 
+COLUMN_FILLS = ("conditional", "median")
+
+
 @dataclass(frozen=True)
 class TeachConfig:
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
@@ -67,6 +70,9 @@ class TeachConfig:
     # searches per instance: an instance whose x' the min-distance filter dropped is searched again
     # from a fresh random start (a new mix, jitter or noise), up to this many searches in all
     release_tries: int = 1
+    # a student's column this teacher lacks: "conditional" (drawn from the student's declared column
+    # model given the shared columns and the class) or "median" (the student's median, one constant)
+    column_fill: str = "conditional"
 
     def __post_init__(self) -> None:
         if self.min_distance < 0 or self.noise_scale < 0:
@@ -75,6 +81,8 @@ class TeachConfig:
             )
         if self.release_tries < 1:
             raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
+        if self.column_fill not in COLUMN_FILLS:
+            raise UsageError(f"unknown column fill {self.column_fill!r}; choose from {', '.join(COLUMN_FILLS)}")
 
 
 @dataclass
@@ -242,7 +250,7 @@ class Peer:
             if self.x.ndim != 2 or self.x.shape[1] != len(self.features):
                 raise ValueError(f"peer {peer_id}: inputs {self.x.shape} do not fit {len(self.features)} features")
             if learner.features != self.features:
-                learner.set_features(self.features, self.x)  # fitted on private data only
+                learner.set_features(self.features, self.x, self.y)  # fitted on private data only
             self.low, self.high = self.x.min(axis=0), self.x.max(axis=0)
         self.seed = seed
         self._own_proba: np.ndarray | None = None
@@ -419,8 +427,12 @@ class Peer:
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         return (self.low + np.clip(u, 0.0, 1.0) * (self.high - self.low)).astype(np.float32)
 
-    def in_student_space(self, x: np.ndarray, student: Learner) -> np.ndarray:
-        """My rows in the student's columns, by name; columns I lack get the student's neutral values."""
+    def in_student_space(
+        self, x: np.ndarray, student: Learner, y: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """My rows in the student's columns, by name. Columns I lack are drawn from the student's
+        declared column model given the columns we share and each row's class `y` (my class indices,
+        matched to the student's by name), else take the student's neutral values."""
         if not self.features:
             if student.features:
                 raise InvalidPayload("student model names feature columns; my inputs have no column names")
@@ -429,11 +441,18 @@ class Peer:
             return x
         if not student.features:
             raise InvalidPayload(f"student model of kind {student.kind} names no feature columns; mine are a table")
-        return map_columns(x, self.features, student.features, student.neutral)
+        labels = None
+        if y is not None:
+            index = {name: i for i, name in enumerate(student.classes)}
+            labels = np.array([index.get(self.classes[c], -1) for c in y], dtype=np.int64)
+        columns = student.columns if self.teach_config.column_fill == "conditional" else None
+        return map_columns(x, self.features, student.features, student.neutral, columns, labels, rng)
 
     def _student_proba(self, student: Learner) -> np.ndarray:
         """The student's predictions on my data, its columns mapped to my class names."""
-        proba = student.predict_proba(self.in_student_space(self.x, student))
+        # columns I lack filled as the student's own rows of each class would have them (seeded)
+        fill_rng = np.random.default_rng([self.seed, 11])
+        proba = student.predict_proba(self.in_student_space(self.x, student, self.y, fill_rng))
         if student.classes == self.classes:
             return proba
         cols = {name: i for i, name in enumerate(student.classes)}
@@ -457,7 +476,7 @@ class Peer:
             idx = self._select(student, report, rng)
             released = self._search_and_release(idx, report, rng) if len(idx) else None
             if released is not None:
-                batches = self._encode(student_id, round, student, *released, report)
+                batches = self._encode(student_id, round, student, *released, report, rng)
         report.seconds = time.perf_counter() - start
         return batches, report
 
@@ -632,6 +651,7 @@ class Peer:
         out_y: np.ndarray,
         out_src: np.ndarray,
         report: TeachReport,
+        rng: np.random.Generator,
     ) -> list[ExampleBatch]:
         """Batches in the student's inputs: uint8 images, or a table in the student's columns by name."""
         cfg = self.teach_config
@@ -639,7 +659,7 @@ class Peer:
         if self.image:
             wire_x = np.round(out_x * 255).astype(np.uint8)
         elif self.features:
-            wire_x = self.in_student_space(self.from_unit(out_x), student)
+            wire_x = self.in_student_space(self.from_unit(out_x), student, out_y, rng)
             keep = dedupe(wire_x, out_y)  # rows that differ only in columns the student lacks
             wire_x, out_y, distance = wire_x[keep], out_y[keep], distance[keep]
         else:

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from peer.core.blob import InvalidPayload, ModelBlob
+from peer.core.features import COLUMN_ARRAYS, ColumnModel
 from peer.errors import UsageError
 
 
@@ -40,18 +41,27 @@ class Learner(ABC):
         self.train_config = train
         self.features: tuple[str, ...] = ()  # column names of a feature-vector input
         self.neutral = np.zeros(0, np.float32)  # per column: the value a peer lacking it fills in
+        self.columns: ColumnModel | None = None  # how the columns vary together, per class
 
-    def set_features(self, features: tuple[str, ...], x: np.ndarray) -> None:
+    def set_features(self, features: tuple[str, ...], x: np.ndarray, y: np.ndarray | None = None) -> None:
         """Name the input columns and fit what the model needs to run on them, from private `x`.
 
-        The neutral value of each column is its median in `x`; neural learners also fit their
-        input scaling here. Only these travel in the blob, never the data.
+        The neutral value of each column is its median in `x`; with labels `y`, the columns' mean
+        and covariance per class and pooled (`ColumnModel`), from which a teacher lacking some
+        columns fills them given those it has; neural learners also fit their input scaling here.
+        Only these statistics travel in the blob, never the data.
         """
         if len(self.input_shape) != 1 or len(features) != self.input_shape[0]:
             raise ValueError(f"{len(features)} feature names for input shape {self.input_shape}")
         self.features = tuple(features)
         self.neutral = np.median(np.asarray(x, dtype=np.float64), axis=0).astype(np.float32)
+        if y is not None:
+            self.columns = ColumnModel.fit(x, np.asarray(y), len(self.classes))
         self.fit_scaling(np.asarray(x, dtype=np.float32))
+
+    def column_arrays(self) -> dict[str, np.ndarray]:
+        """The column model's arrays for the blob (none for images or when not fitted)."""
+        return self.columns.arrays() if self.columns is not None and self.features else {}
 
     def fit_scaling(self, x: np.ndarray) -> None:  # noqa: B027 (optional hook, a no-op by default)
         """Fit input scaling on private data (learners that are scale-invariant need none)."""
@@ -121,10 +131,17 @@ def learner_from_blob(blob: ModelBlob) -> Learner:
     blob.validate()
     if blob.kind not in _REGISTRY:
         raise InvalidPayload(f"model blob has unknown learner kind {blob.kind!r}")
+    columns = {k: v for k, v in blob.arrays.items() if k in COLUMN_ARRAYS}
+    if columns:
+        if not blob.features:
+            raise InvalidPayload("model blob declares a column model but names no feature columns")
+        blob = ModelBlob(blob.spec, {k: v for k, v in blob.arrays.items() if k not in COLUMN_ARRAYS})
     learner = _REGISTRY[blob.kind].from_blob(blob)
     if blob.features:
         learner.features = blob.features
         learner.neutral = np.asarray(blob.spec["neutral"], dtype=np.float32)
+        if columns:
+            learner.columns = ColumnModel.from_arrays(columns, len(learner.classes), len(learner.features))
     return learner
 
 

@@ -50,7 +50,7 @@ class ForestLearner(Learner):
     def to_blob(self) -> ModelBlob:
         if self.arrays is None:
             raise ValueError("forest has not been fitted")
-        return ModelBlob({**self.base_spec(), "arch": self.arch}, dict(self.arrays))
+        return ModelBlob({**self.base_spec(), "arch": self.arch}, {**self.arrays, **self.column_arrays()})
 
     @classmethod
     def from_blob(cls, blob: ModelBlob) -> ForestLearner:

@@ -95,7 +95,7 @@ class TorchLearner(Learner):
 
     def to_blob(self) -> ModelBlob:
         arrays = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.module.state_dict().items()}
-        return ModelBlob({**self.base_spec(), "arch": self.arch}, arrays)
+        return ModelBlob({**self.base_spec(), "arch": self.arch}, {**arrays, **self.column_arrays()})
 
     @classmethod
     def from_blob(cls, blob: ModelBlob) -> TorchLearner:
