@@ -91,6 +91,11 @@ class ExperimentConfig:
         "tables: a column the student has and the teacher lacks is drawn from the student's declared per-class "
         "column statistics given the shared columns (conditional) or set to the student's median (median)",
     )
+    blob_precision: str = option(
+        "float32",
+        "precision of the model a peer publishes for its teachers: float32, float16 (half the bytes) or int8 "
+        "(a quarter: 8 bits per weight with a scale per array); the peer's own model stays float32",
+    )
     augment_copies: int = option(1, "augmented copies (shift, rotation, noise) sent with each counterfactual")
     max_per_student: int = option(0, "most instances a teacher teaches one student per round (0: all qualified)")
     validation_share: float = option(
@@ -199,6 +204,7 @@ class ExperimentConfig:
             noise_scale=self.noise_scale,
             release_tries=self.release_tries,
             column_fill=self.column_fill,
+            blob_precision=self.blob_precision,
         )
 
     def gate(self) -> GateConfig:

@@ -16,7 +16,7 @@ import numpy as np
 from peer.errors import UsageError
 
 # dtypes allowed on the wire; anything else (object, void, ...) is refused.
-WIRE_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float32", "float64", "bool"})
+WIRE_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_INPUT_VALUES = 1 << 24  # values in one input example a model blob may declare
 
 

@@ -33,6 +33,7 @@ from peer.core.gate import (
     lacking_credit,
     paired_harm,
 )
+from peer.core.precision import PRECISIONS, compact
 from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
@@ -73,6 +74,7 @@ class TeachConfig:
     # a student's column this teacher lacks: "conditional" (drawn from the student's declared column
     # model given the shared columns and the class) or "median" (the student's median, one constant)
     column_fill: str = "conditional"
+    blob_precision: str = "float32"  # of the model I publish: float32, float16 or int8 (peer.core.precision)
 
     def __post_init__(self) -> None:
         if self.min_distance < 0 or self.noise_scale < 0:
@@ -81,6 +83,8 @@ class TeachConfig:
             )
         if self.release_tries < 1:
             raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
+        if self.blob_precision not in PRECISIONS:
+            raise UsageError(f"unknown blob precision {self.blob_precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.column_fill not in COLUMN_FILLS:
             raise UsageError(f"unknown column fill {self.column_fill!r}; choose from {', '.join(COLUMN_FILLS)}")
 
@@ -383,7 +387,8 @@ class Peer:
         """The model as published for `round`; later training does not change it."""
         if round not in self._published:
             self._published = {r: b for r, b in self._published.items() if r >= round - 1}
-            self._published[round] = self.learner.to_blob()
+            # what teachers evaluate; my own model stays float32
+            self._published[round] = compact(self.learner.to_blob(), self.teach_config.blob_precision)
         return self._published[round]
 
     # -- teach -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 
 from peer.core.blob import InvalidPayload, ModelBlob
 from peer.core.features import COLUMN_ARRAYS, ColumnModel
+from peer.core.precision import expand
 from peer.errors import UsageError
 
 
@@ -129,6 +130,7 @@ def make_learner(
 def learner_from_blob(blob: ModelBlob) -> Learner:
     """Validate an untrusted blob and rebuild its learner."""
     blob.validate()
+    blob = expand(blob)  # a compacted blob (float16 or 8-bit weights) back in float32
     if blob.kind not in _REGISTRY:
         raise InvalidPayload(f"model blob has unknown learner kind {blob.kind!r}")
     columns = {k: v for k, v in blob.arrays.items() if k in COLUMN_ARRAYS}
