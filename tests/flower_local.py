@@ -5,11 +5,15 @@ Everything binds to free loopback ports, keeps its state under a given directory
 never installs dependencies at run time, and is stopped (its whole process group) on exit.
 With tls=True the SuperLink serves HTTPS with a certificate from `ckd certs` (a new CA in
 tmp/certs), and the SuperNodes and `flwr run` verify it against that CA, as README's recipe
-for separate machines does.
+for separate machines does. With node_auth=True as well, the SuperLink admits only SuperNodes
+whose public key was registered with `flwr supernode register` (Flower's CLI-managed SuperNode
+authentication): make a key pair per SuperNode with supernode_key, register its public half with
+Flower.register, and start the SuperNode with the private half (start_supernode(key=...)).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from peer.grpc.tls import make_certs
 
@@ -48,6 +54,31 @@ def flower_env(home: Path) -> dict:
         }
     )
     return env
+
+
+def supernode_key(path: Path, ssh_keygen: bool = False) -> Path:
+    """An EC P-384 key pair for one SuperNode, in OpenSSH format: the private key at PATH, the
+    public key at PATH.pub (returned). With ssh_keygen, made by README's command
+    `ssh-keygen -t ecdsa -b 384 -N "" -f PATH` (OpenSSH must be installed); else the same with
+    the `cryptography` package."""
+    pub = path.with_name(path.name + ".pub")
+    if ssh_keygen:
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return pub
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    return pub
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -88,7 +119,9 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, ca: Path | None,
 class Flower:
     """A SuperLink on a free port, the CLI's connection to it, and its SuperNodes."""
 
-    def __init__(self, tmp: Path, simulation: bool, tls: bool = False):
+    def __init__(self, tmp: Path, simulation: bool, tls: bool = False, node_auth: bool = False):
+        if node_auth and not tls:
+            raise ValueError("Flower authenticates SuperNodes over TLS only")
         self.tmp = Path(tmp)
         self.home = tmp / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -96,7 +129,8 @@ class Flower:
         self.port = free_port()
         self.simulation = simulation
         self.procs: list[subprocess.Popen] = []
-        self.supernodes: dict[int, subprocess.Popen] = {}
+        self.node_auth = node_auth
+        self.supernodes: dict[int | str, subprocess.Popen] = {}
         self.logs: list[Path] = []
         self.certs = self.tmp / "certs" if tls else None
         if self.certs:
@@ -149,12 +183,19 @@ class Flower:
         ]
         if self.simulation:
             args.append("--simulation")
+        if self.node_auth:
+            args.append("--enable-supernode-auth")
         log = self.tmp / "superlink.log"
         proc = self._spawn(args, log)
         _wait_healthy(self.port, proc, log, self.ca)
 
-    def start_supernode(self, partition: int, partitions: int, **node_config: str) -> None:
-        home = self.tmp / f"supernode-{partition}"
+    def start_supernode(
+        self, partition: int, partitions: int, key: Path | None = None, name: str | None = None, **node_config: str
+    ) -> subprocess.Popen:
+        """A SuperNode holding `partition`, authenticating with the private `key` if given; it is
+        supernodes[name] (default: the partition), its FLWR_HOME and log are named after it."""
+        label = name or partition
+        home = self.tmp / f"supernode-{label}"
         home.mkdir(exist_ok=True)
         env = {**self.env, "FLWR_HOME": str(home)}
         config = " ".join(
@@ -175,7 +216,47 @@ class Flower:
             "--node-config",
             config,
         ]
-        self.supernodes[partition] = self._spawn(args, self.tmp / f"supernode-{partition}.log", env)
+        if key is not None:
+            args += ["--auth-supernode-private-key", str(key)]
+        proc = self._spawn(args, self.supernode_log(label), env)
+        self.supernodes[label] = proc
+        return proc
+
+    def supernode_log(self, name: str | int) -> Path:
+        return self.tmp / f"supernode-{name}.log"
+
+    def cli(self, *args: str, timeout: float = 60) -> dict:
+        """`flwr ARGS... loopback --format json` against this SuperLink: its JSON answer."""
+        res = subprocess.run(
+            [str(BIN / "flwr"), *args, "loopback", "--format", "json"],
+            env=self.env,
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        try:
+            return json.loads(res.stdout[res.stdout.index("{") :])
+        except ValueError:
+            problem = f"flwr {' '.join(args)} exited with {res.returncode}: {res.stdout}{res.stderr}"
+            raise RuntimeError(problem) from None
+
+    def register(self, public_key: Path) -> int:
+        """`flwr supernode register PUBLIC_KEY`: the node id the SuperLink gives that key."""
+        answer = self.cli("supernode", "register", str(public_key))
+        assert answer.get("success"), answer
+        return int(answer["node-id"])
+
+    def unregister(self, node_id: int) -> None:
+        """`flwr supernode unregister NODE_ID`."""
+        answer = self.cli("supernode", "unregister", str(node_id))
+        assert answer.get("success"), answer
+
+    def nodes(self) -> list[dict]:
+        """`flwr supernode list`: every SuperNode the SuperLink knows, with its status."""
+        answer = self.cli("supernode", "list")
+        assert answer.get("success"), answer
+        return answer["nodes"]
 
     def _run_args(self, run_config: dict, federation_config: str | None) -> list[str]:
         """`flwr run . loopback --stream` with this run config."""
@@ -239,8 +320,8 @@ class Flower:
 
 
 @contextmanager
-def flower(tmp: Path, simulation: bool, tls: bool = False) -> Iterator[Flower]:
-    fl = Flower(tmp, simulation, tls)
+def flower(tmp: Path, simulation: bool, tls: bool = False, node_auth: bool = False) -> Iterator[Flower]:
+    fl = Flower(tmp, simulation, tls, node_auth)
     try:
         fl.start_superlink()
         yield fl
