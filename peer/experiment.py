@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -136,8 +137,11 @@ def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> 
 
 
 def seed_index(peer_id: str) -> int:
-    """A peer on its own data has no part number: its seeds come from its id (0..999)."""
-    return zlib.crc32(peer_id.encode()) % 1000
+    """A peer on its own data has no part number: its seeds come from its id. The id peer-K, which
+    part K of a split has in every runtime, gives K, so a peer on its own file named peer-K seeds
+    as part K does (the same rows give the same run); any other id a number hashed from it (0..999)."""
+    match = re.fullmatch(r"peer-(0|[1-9][0-9]{0,2})", peer_id)
+    return int(match.group(1)) if match else zlib.crc32(peer_id.encode()) % 1000
 
 
 def build_whole_peer(cfg: ExperimentConfig, peer_id: str, kind: str, train: Dataset) -> Peer:
