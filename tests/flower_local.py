@@ -96,7 +96,7 @@ class Flower:
         self.port = free_port()
         self.simulation = simulation
         self.procs: list[subprocess.Popen] = []
-        self.supernodes: dict[int, subprocess.Popen] = {}
+        self.supernodes: dict[int | str, subprocess.Popen] = {}
         self.logs: list[Path] = []
         self.certs = self.tmp / "certs" if tls else None
         if self.certs:
@@ -154,16 +154,15 @@ class Flower:
         _wait_healthy(self.port, proc, log, self.ca)
 
     def start_supernode(self, partition: int, partitions: int, **node_config: str) -> None:
-        home = self.tmp / f"supernode-{partition}"
+        """A SuperNode holding part `partition` of a shared split (`node_config` adds keys, e.g. data-dir)."""
+        self.start_node(partition, {"partition-id": partition, "num-partitions": partitions, **node_config})
+
+    def start_node(self, name: int | str, node_config: dict[str, int | str]) -> None:
+        """A SuperNode with this node config (strings quoted), its state and log named after `name`."""
+        home = self.tmp / f"supernode-{name}"
         home.mkdir(exist_ok=True)
         env = {**self.env, "FLWR_HOME": str(home)}
-        config = " ".join(
-            [
-                f"partition-id={partition}",
-                f"num-partitions={partitions}",
-                *(f"{k}='{v}'" for k, v in node_config.items()),
-            ]
-        )
+        config = " ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v}" for k, v in node_config.items())
         tls = ["--root-certificates", str(self.ca)] if self.ca else ["--insecure"]
         args = [
             str(BIN / "flower-supernode"),
@@ -175,7 +174,7 @@ class Flower:
             "--node-config",
             config,
         ]
-        self.supernodes[partition] = self._spawn(args, self.tmp / f"supernode-{partition}.log", env)
+        self.supernodes[name] = self._spawn(args, self.tmp / f"supernode-{name}.log", env)
 
     def _run_args(self, run_config: dict, federation_config: str | None) -> list[str]:
         """`flwr run . loopback --stream` with this run config."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
 
-from peer.config import ExperimentConfig, to_argv
+from peer.config import ExperimentConfig, run_config_key, to_argv
+from peer.errors import UsageError
 from peer.experiment import limit_test, partition
 from peer.grpc.tls import make_certs
 from server.cli import main
@@ -123,3 +126,113 @@ def test_peers_on_their_own_files_match_demo_on_the_same_rows(files, demo, tmp_p
     assert summary["transport"] == "grpc" and summary["status"] == "ok"
     assert [p["id"] for p in summary["peers"]] == IDS
     _same_as_demo(summary, demo)
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_flower_client_apps_on_their_own_files_match_demo_on_the_same_rows(files, demo, tmp_path):
+    """A deployment SuperLink and one SuperNode per file, its node config naming the peer and its
+    own data (id, data, test-data; no partition-id); the run config holds the demo's options and
+    no data. The ServerApp learns peer ids, never the files."""
+    from tests.flower_local import flower
+
+    defaults = ExperimentConfig()
+    run_config = {
+        run_config_key(f.name): getattr(CFG, f.name)
+        for f in fields(CFG)
+        if getattr(CFG, f.name) != getattr(defaults, f.name)
+    }
+    out = tmp_path / "out"
+    with flower(tmp_path, simulation=False) as fl:
+        for pid in IDS:
+            fl.start_node(pid, {"id": pid, "data": str(files[pid]), "test-data": str(files["test"])})
+        res = fl.run({**run_config, "threads": 1, "out": str(out), "wait-nodes": 60.0}, timeout=420)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    text = (out / "results.json").read_text()
+    summary = json.loads(text)
+    assert summary["transport"] == "flower" and summary["status"] == "ok", summary.get("error")
+    assert sorted(summary["flower"]["nodes"]) == IDS
+    assert str(files["test"].parent) not in text and "npz" not in text  # no file of a peer named
+    _same_as_demo(summary, demo)
+
+
+def _context(node_config: dict, run_config: dict | None = None) -> Context:
+    return Context(run_id=1, node_id=2, node_config=node_config, state=RecordDict(), run_config=run_config or {})
+
+
+def test_a_client_app_on_its_own_file_builds_the_peer_demo_builds(files, fmnist):
+    """No partition-id: the node config's id and data make the peer, the same rows, validation slice
+    and first weights as part K of the demo's split."""
+    from peer.experiment import build_peers
+    from peer.flower.client_app import _identity, load_peer
+
+    run_config = {"peers": 3, "learners": "mlp", "train-per-peer": 300, "test-limit": 300}
+    own = {"id": "peer-1", "data": str(files["peer-1"]), "test-data": str(files["test"])}
+    peer, cfg = load_peer(_context(own, run_config))
+    reference = build_peers(CFG, fmnist[0])[1]
+    assert peer.id == "peer-1" and cfg.data == str(files["peer-1"]) and peer.classes == reference.classes
+    for a, b in ((peer.x, reference.x), (peer.y, reference.y), (peer.val_x, reference.val_x)):
+        np.testing.assert_array_equal(a, b)
+    assert peer.seed == reference.seed and peer.missing_classes() == [1]
+    for (name, a), (_, b) in zip(peer.learner.to_blob().arrays.items(), reference.learner.to_blob().arrays.items()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # what the node tells the ServerApp: its id, never its file
+    who = _identity(_context(own, run_config))
+    assert dict(who) == {"peer-id": "peer-1", "own-data": True, "trained-round": -1}
+
+
+def test_a_node_on_its_own_data_is_set_up_right_or_refused_in_one_line(files):
+    from peer.flower.client_app import load_peer
+
+    run_config = {"peers": 3, "learners": "mlp"}
+    for node_config, says in (
+        ({"id": "peer-1"}, "a peer on its own data needs data=PATH"),
+        ({"id": "site a", "data": str(files["peer-1"])}, "node config id='site a': a peer id is letters"),
+        ({"data": str(files["peer-1"])}, 'or "id=NAME data=PATH" for its own data'),
+        (
+            {"partition-id": 0, "num-partitions": 3, "id": "peer-0"},
+            "give id and learner only to a peer on its own data",
+        ),
+        ({"id": "peer-1", "data": str(files["peer-1"]), "learner": "tree"}, "unknown node config learner 'tree'"),
+    ):
+        with pytest.raises(UsageError, match=says):
+            load_peer(_context(node_config, run_config))
+    with pytest.raises(UsageError, match="several kinds .*give this peer's node config learner"):
+        load_peer(_context({"id": "peer-1", "data": str(files["peer-1"])}, {"peers": 2, "learners": "mlp,cnn"}))
+    peer, _ = load_peer(
+        _context({"id": "peer-1", "data": str(files["peer-1"]), "learner": "cnn"}, {"peers": 2, "learners": "mlp,cnn"})
+    )
+    assert peer.learner.kind == "cnn"
+
+
+class _Nodes:
+    """A Federation whose nodes answer query.model with the given identities."""
+
+    def __init__(self, who: dict[int, dict]):
+        from server.flower_app import Federation
+
+        self.fed = Federation(grid=None, timeout=1)
+        self.fed.exchange = lambda phase, r, contents: {  # type: ignore[method-assign]
+            n: RecordDict({"peer": ConfigRecord(w)}) for n, w in who.items()
+        }
+
+
+def test_the_server_app_takes_peers_on_their_own_data_by_id_and_refuses_a_mix():
+    from server.flower_app import RunFailed, discover
+
+    nodes = _Nodes({7: {"peer-id": "site-b", "own-data": True}, 3: {"peer-id": "site-a", "own-data": True}})
+    assert discover(nodes.fed, [3, 7], 2) is True
+    assert nodes.fed.node_of == {"site-a": 3, "site-b": 7}
+    for who, peers, says in (
+        ({3: {"peer-id": "site-a", "own-data": True}, 7: {"peer-id": "site-a", "own-data": True}}, 2, "both are peer"),
+        ({3: {"peer-id": "site-a", "own-data": True}}, 2, "1 nodes bring their own data, but this run has peers=2"),
+        (
+            {3: {"peer-id": "site-a", "own-data": True}, 7: {"partition-id": 0, "num-partitions": 2}},
+            2,
+            "nodes 7 hold parts of a shared split .* and nodes 3 their own data",
+        ),
+    ):
+        with pytest.raises(UsageError, match=says):
+            discover(_Nodes(who).fed, sorted(who), peers)
+    with pytest.raises(RunFailed, match="malformed reply to query.model: ValueError: peer id"):
+        discover(_Nodes({3: {"peer-id": "a.b", "own-data": True}}).fed, [3], 1)
