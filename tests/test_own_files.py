@@ -236,3 +236,68 @@ def test_the_server_app_takes_peers_on_their_own_data_by_id_and_refuses_a_mix():
             discover(_Nodes(who).fed, sorted(who), peers)
     with pytest.raises(RunFailed, match="malformed reply to query.model: ValueError: peer id"):
         discover(_Nodes({3: {"peer-id": "a.b", "own-data": True}}).fed, [3], 1)
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+
+def _table(path: Path, rows: int, seed: int) -> Path:
+    """Three classes told apart by three numeric columns and a colour (grey for 30% of rows)."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, 3, rows)
+    x = np.array([[0, 0, 0], [3, 1, -2], [-2, 3, 2]], float)[kinds] + rng.normal(0, 1.8, (rows, 3))
+    colours = np.where(rng.random(rows) < 0.7, np.array(["red", "green", "blue"])[kinds], "grey")
+    lines = ["a,b,c,colour,kind"] + [f"{r[0]:.3f},{r[1]:.3f},{r[2]:.3f},{c},k{k}" for r, c, k in zip(x, colours, kinds)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _own_table_run(tmp_path: Path, split: str):
+    """The demo on train.csv (tested on test.csv) in process, and the same peers each on a CSV of its
+    own part's rows: (demo's Experiment, own peers, own RunLog)."""
+    from dataclasses import replace
+
+    from peer.experiment import build_whole_peer, load_data, test_inputs
+    from peer.inprocess import InProcessTransport, run_experiment, run_rounds
+
+    train_csv, test_csv = _table(tmp_path / "train.csv", 240, 0), _table(tmp_path / "test.csv", 90, 1)
+    cfg = ExperimentConfig(
+        data=str(train_csv), test_data=str(test_csv), label="kind", peers=3, split=split, learners="mlp",
+        epochs=15, retrain_epochs=5, rounds=1, seed=3, privacy="paper",
+    )  # fmt: skip
+    demo = run_experiment(cfg, quiet=True)
+    train, _ = load_data(cfg)
+    lines = train_csv.read_text().splitlines()
+    peers, tests = [], {}
+    for k, part in enumerate(partition(cfg, train)):
+        path = tmp_path / f"peer-{k}.csv"
+        path.write_text("\n".join([lines[0], *(lines[1 + i] for i in part)]) + "\n")
+        lacks = [c for c in train.classes if c not in {lines[1 + i].rsplit(",", 1)[1] for i in part}]
+        own = replace(cfg, data=str(path), classes=",".join(lacks) or None)
+        mine, test = load_data(own)
+        peers.append(build_whole_peer(own, f"peer-{k}", "mlp", mine))
+        tests[peers[-1].id] = test_inputs(peers[-1], test)
+        np.testing.assert_array_equal(test.y, demo.test_y)
+    log = run_rounds(peers, InProcessTransport({p.id: p for p in peers}), tests, demo.test_y, 1, 15, 5, quiet=True)
+    return demo, peers, log
+
+
+def test_peers_on_their_own_table_files_match_demo_when_each_file_has_every_category(tmp_path):
+    demo, peers, log = _own_table_run(tmp_path, "iid")
+    assert all(p.features == demo.features[p.id] for p in peers)
+    assert log.evaluations == demo.log.evaluations
+    assert [(r.teacher, r.student, r.sent) for r in log.teach] == [
+        (r.teacher, r.student, r.sent) for r in demo.log.teach
+    ]
+    assert sum(r.sent for r in demo.log.teach) > 0, [r.sent for r in demo.log.teach]  # something was taught
+
+
+def test_a_category_only_other_peers_rows_hold_is_no_column_of_a_peer_on_its_own_table(tmp_path):
+    """miss-class: peer k lacks class k, and with it every row of that class's colour. The demo's peer
+    has that colour's column (all zeros); the peer on its own file has no such column, as its file
+    has no such value: their models differ, and so may their results (by design)."""
+    demo, peers, log = _own_table_run(tmp_path, "miss-class")
+    for k, peer in enumerate(peers):
+        assert set(demo.features[peer.id]) - set(peer.features) == {f"colour={('red', 'green', 'blue')[k]}"}
+        assert set(peer.features) < set(demo.features[peer.id])
+    assert all(len(e) == 2 for e in log.evaluations.values())  # it runs, on its own columns
