@@ -238,6 +238,28 @@ def test_the_server_app_takes_peers_on_their_own_data_by_id_and_refuses_a_mix():
         discover(_Nodes({3: {"peer-id": "a.b", "own-data": True}}).fed, [3], 1)
 
 
+def test_the_server_app_puts_peers_own_classes_and_learners_side_by_side():
+    """Peers on their own data may name their own classes, in their own order, and run their own
+    learners (node config learner): results.json has every class once, each peer's own order where
+    it differs, per-class accuracies re-indexed, and the learners each peer ran."""
+    from peer.round import PeerRound
+    from server.flower_app import Collector
+    from server.results import summarise
+
+    col = Collector(["site-a", "site-b"])
+    col.classes = {"site-a": ("benign", "malignant", "normal"), "site-b": ("malignant", "benign")}
+    col.learners = {"site-a": "mlp", "site-b": "forest"}
+    col.missing = {"site-a": [], "site-b": [1]}
+    col.add(PeerRound("site-a", 0, evaluation={"accuracy": 0.9, "per_class": [1.0, 0.8, 0.9]}))
+    col.add(PeerRound("site-b", 0, evaluation={"accuracy": 0.7, "per_class": [0.5, 0.0]}))
+    summary = summarise(col.experiment(ExperimentConfig(peers=2, learners="mlp", rounds=0), 1.0))
+    assert summary["classes"] == ["benign", "malignant", "normal"] and summary["config"]["learners"] == "mlp,forest"
+    b = summary["peers"][1]
+    assert b["classes"] == ["malignant", "benign"] and b["learner"] == "forest"
+    assert b["per_class_before"] == [0.0, 0.5, None] and b["missing_classes"] == ["benign"]
+    assert "classes" not in summary["peers"][0]
+
+
 # -- tables -------------------------------------------------------------------------------------
 
 
