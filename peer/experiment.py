@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from peer.core.peer import Peer
 from peer.data.fashion import Dataset, load_fashion_mnist
 from peer.data.partition import split
 from peer.errors import UsageError
-from peer.learners import make_learner
+from peer.learners import learner_kinds, make_learner
 from peer.round import RunLog
 
 
@@ -136,8 +137,23 @@ def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> 
 
 
 def seed_index(peer_id: str) -> int:
-    """A peer on its own data has no part number: its seeds come from its id (0..999)."""
-    return zlib.crc32(peer_id.encode()) % 1000
+    """A peer on its own data has no part number: its seeds come from its id. The id peer-K, which
+    part K of a split has in every runtime, gives K, so a peer on its own file named peer-K seeds
+    as part K does (the same rows give the same run); any other id a number hashed from it (0..999)."""
+    match = re.fullmatch(r"peer-(0|[1-9][0-9]{0,2})", peer_id)
+    return int(match.group(1)) if match else zlib.crc32(peer_id.encode()) % 1000
+
+
+def whole_peer_kind(cfg: ExperimentConfig, learner: str, flag: str = "--learner") -> str:
+    """The learner kind of a peer on its own data: `learner` if given, else the one kind --learners names."""
+    kinds = sorted(set(cfg.learner_list()))
+    if learner:
+        if learner not in learner_kinds():
+            raise UsageError(f"unknown {flag} {learner!r}; choose from {', '.join(learner_kinds())}")
+        return learner
+    if len(kinds) > 1:
+        raise UsageError(f"--learners names several kinds ({', '.join(kinds)}); give this peer's {flag}")
+    return kinds[0]
 
 
 def build_whole_peer(cfg: ExperimentConfig, peer_id: str, kind: str, train: Dataset) -> Peer:

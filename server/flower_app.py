@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,15 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from peer.config import config_dict
+from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import InvalidPayload
 from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
 from peer.flower import records as rec
-from peer.flower.client_app import experiment_config, round_message, run_option
+from peer.flower.client_app import PEER_ID, experiment_config, round_message, run_option
 from peer.round import PeerRound, RunLog
 from server import results
-from server.results import staged_output, table, write_json
+from server.results import staged_output, table, union_classes, write_json
 
 app = ServerApp()
 
@@ -122,25 +123,48 @@ def wait_for_nodes(grid: Grid, peers: int, wait: float) -> list[int]:
         time.sleep(1.0)
 
 
-def discover(fed: Federation, nodes: list[int], peers: int) -> None:
-    """Ask each node which part it holds (query.model) and check the parts are 0..peers-1, once each."""
+def discover(fed: Federation, nodes: list[int], peers: int) -> bool:
+    """Ask each node who it is (query.model): either every node holds a part of the split, 0..peers-1
+    once each, or every node is a peer on its own data with an id of its own. Returns the latter."""
     replies = fed.exchange("query.model", 0, {n: RecordDict({"round": round_message(0)}) for n in nodes})
     by_part: dict[int, int] = {}
-    for node, content in replies.items():
+    by_id: dict[str, int] = {}
+    for node, content in sorted(replies.items()):
         with reply_of(fed, node, "query.model"):
             who = _config_of(content, "peer")
+            if who.get("own-data"):
+                pid = str(who["peer-id"])
+                if not PEER_ID.fullmatch(pid):
+                    raise ValueError(f"peer id {pid[:80]!r} is not a peer id")
+                if pid in by_id:
+                    raise UsageError(f"nodes {by_id[pid]} and {node} both are peer {pid!r} (node config id)")
+                by_id[pid] = node
+                continue
             k, n = int(who["partition-id"]), int(who["num-partitions"])
         if n != peers:
             raise UsageError(f"node {node} has num-partitions={n}, but this run has peers={peers}")
         if k in by_part:
             raise UsageError(f"nodes {by_part[k]} and {node} both hold partition-id={k}")
         by_part[k] = node
+    if by_id and by_part:
+        raise UsageError(
+            f"nodes {', '.join(str(n) for n in sorted(by_part.values()))} hold parts of a shared split (partition-id) "
+            f"and nodes {', '.join(str(n) for n in sorted(by_id.values()))} their own data (id); a run takes one or "
+            "the other"
+        )
+    if by_id:
+        if len(by_id) != peers:
+            raise UsageError(f"{len(by_id)} nodes bring their own data, but this run has peers={peers}")
+        for pid, node in sorted(by_id.items()):
+            fed.peer_of[node], fed.node_of[pid] = pid, node
+        return True
     missing = sorted(set(range(peers)) - set(by_part))
     if missing:
         raise UsageError(f"no node holds partition-id {missing}")
     ids = peer_ids(peers)
     for k, node in sorted(by_part.items()):
         fed.peer_of[node], fed.node_of[ids[k]] = ids[k], node
+    return False
 
 
 class Collector:
@@ -152,7 +176,7 @@ class Collector:
         self.models: dict[str, tuple] = {}
         self.learners: dict[str, str] = {}
         self.missing: dict[str, list[int]] = {}
-        self.classes: tuple[str, ...] = ()
+        self.classes: dict[str, tuple[str, ...]] = {}  # each peer's class names (its own, on its own data)
         self.gallery: list[tuple[str, str, np.ndarray, str]] = []
 
     def add(self, record: PeerRound) -> None:
@@ -168,7 +192,7 @@ class Collector:
                     raise ValueError(f"record names peer {record.peer!r}")
                 about = _config_of(content, "about")
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
-                self.classes = tuple(str(c) for c in about["classes"])
+                self.classes[pid] = tuple(str(c) for c in about["classes"])
                 rec.get_blob(content, pid)  # a forged model is refused here, not relayed to every peer
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
             self.add(record)
@@ -179,6 +203,16 @@ class Collector:
 
     def log(self) -> RunLog:
         return RunLog.from_records(list(self.records.values()), self.ids)
+
+    def experiment(self, cfg: ExperimentConfig, wall: float) -> Experiment:
+        """The run as the peers reported it; peers on their own data may name their own classes
+        (put side by side as `ckd server` does) and their own learners."""
+        log = self.log()
+        learners = [self.learners[p] for p in self.ids]
+        if cfg.learner_list() != learners:  # a node config named another learner
+            cfg = replace(cfg, learners=",".join(learners))
+        classes, missing, own = union_classes(log, {p: self.classes[p] for p in self.ids}, self.missing)
+        return Experiment(cfg, learners, missing, log, wall, classes, peer_classes=own)
 
     def model_records(self, exclude: str) -> RecordDict:
         out = RecordDict()
@@ -235,10 +269,10 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
     cfg = experiment_config(run_config, peers)
     fed = Federation(grid, run_option(run_config, "timeout"))
     nodes = wait_for_nodes(grid, peers, run_option(run_config, "wait-nodes"))
-    discover(fed, nodes, peers)
+    own_data = discover(fed, nodes, peers)
     if len(nodes) > peers:
         log(INFO, "ckd: %d nodes connected, using the %d that hold partitions 0..%d", len(nodes), peers, peers - 1)
-    ids = peer_ids(peers)
+    ids = sorted(fed.node_of) if own_data else peer_ids(peers)
     col = Collector(ids)
     start = time.perf_counter()
 
@@ -265,9 +299,10 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
             float(np.median([col.accuracy(p, r) for p in ids])),
         )
     wall = time.perf_counter() - start
-    exp = Experiment(cfg, [col.learners[p] for p in ids], col.missing, col.log(), wall, col.classes)
+    exp = col.experiment(cfg, wall)
     order = {p: i for i, p in enumerate(ids)}
-    flower = {
+    flower: dict[str, Any] = {"own_data": True} if own_data else {}
+    flower |= {
         "nodes": {p: fed.node_of[p] for p in ids},
         "gallery": sorted(col.gallery, key=lambda g: (order[g[0]], order[g[1]]))[:12],
         "what": "wall_seconds runs from the first train.local to the last reply",
@@ -278,6 +313,8 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
 def write_results(out: Path, exp: Experiment, flower: dict) -> dict:
     """results.json and the figures as every runtime writes them, plus counterfactuals.png."""
     gallery = flower.pop("gallery", [])
+    # peers on their own data: the run is named as `ckd server` names it (this app knows no file names)
+    extra = {"experiment": "own-data"} if flower.pop("own_data", False) else {}
 
     def also(stage: Path) -> list[str]:
         if gallery and np.asarray(gallery[0][2]).ndim >= 2:  # images
@@ -285,7 +322,7 @@ def write_results(out: Path, exp: Experiment, flower: dict) -> dict:
             return ["counterfactuals.png"]
         return []
 
-    return results.write_results(out, exp, "flower", {"flower": flower}, quiet=True, also=also)
+    return results.write_results(out, exp, "flower", {"flower": flower, **extra}, quiet=True, also=also)
 
 
 def write_gallery(gallery: list, path: Path) -> None:

@@ -192,19 +192,19 @@ class Flower:
     def start_supernode(
         self, partition: int, partitions: int, key: Path | None = None, name: str | None = None, **node_config: str
     ) -> subprocess.Popen:
-        """A SuperNode holding `partition`, authenticating with the private `key` if given; it is
-        supernodes[name] (default: the partition), its FLWR_HOME and log are named after it."""
-        label = name or partition
-        home = self.tmp / f"supernode-{label}"
+        """A SuperNode holding part `partition` of a shared split (`node_config` adds keys, e.g. data-dir),
+        authenticating with the private `key` if given; it is supernodes[name] (default: the partition)."""
+        config: dict[str, int | str] = {"partition-id": partition, "num-partitions": partitions, **node_config}
+        return self.start_node(name or partition, config, key)
+
+    def start_node(
+        self, name: int | str, node_config: dict[str, int | str], key: Path | None = None
+    ) -> subprocess.Popen:
+        """A SuperNode with this node config (strings quoted), its state and log named after `name`."""
+        home = self.tmp / f"supernode-{name}"
         home.mkdir(exist_ok=True)
         env = {**self.env, "FLWR_HOME": str(home)}
-        config = " ".join(
-            [
-                f"partition-id={partition}",
-                f"num-partitions={partitions}",
-                *(f"{k}='{v}'" for k, v in node_config.items()),
-            ]
-        )
+        config = " ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v}" for k, v in node_config.items())
         tls = ["--root-certificates", str(self.ca)] if self.ca else ["--insecure"]
         args = [
             str(BIN / "flower-supernode"),
@@ -218,8 +218,8 @@ class Flower:
         ]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]
-        proc = self._spawn(args, self.supernode_log(label), env)
-        self.supernodes[label] = proc
+        proc = self._spawn(args, self.supernode_log(name), env)
+        self.supernodes[name] = proc
         return proc
 
     def supernode_log(self, name: str | int) -> Path:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,35 @@ def run_sites(
 ) -> dict:
     """`ckd server` and one `ckd peer` per site, each started with its prefix (e.g. `ip netns exec NS`);
     returns results.json. `coordinator_address` None: read the port the server printed (it listens on port 0)."""
+
+    def peers(address: str) -> dict[str, list[str]]:
+        return {
+            site.id: peer_argv(
+                site, data[site.id], address, peer_listen[site.id], certs[site.id], tmp / "hosts" / site.id / "state"
+            )
+            for site in SITES
+        }
+
+    return run_coordinator_and_peers(
+        tmp, certs["coordinator"], 1, len(SITES), peers, coordinator_listen, coordinator_address, prefix, timeout
+    )
+
+
+def run_coordinator_and_peers(
+    tmp: Path,
+    coordinator_certs: Path,
+    rounds: int,
+    min_peers: int,
+    peers: Callable[[str], dict[str, list[str]]],
+    coordinator_listen: str = "127.0.0.1:0",
+    coordinator_address: str | None = None,
+    prefix: dict[str, list[str]] | None = None,
+    timeout: float = 180.0,
+) -> dict:
+    """`ckd server` (out directory tmp/out, logs in tmp/logs) and the peers `peers(address)` names (name
+    -> command line, given the coordinator's address), `min_peers` of them, each started with its
+    prefix; waits for all to exit 0 and returns results.json. `coordinator_address` None: read the
+    port the server printed (it listens on port 0)."""
     prefix = prefix or {}
     out = tmp / "out"
     logs = tmp / "logs"
@@ -202,13 +232,13 @@ def run_sites(
                 "--listen",
                 coordinator_listen,
                 "--rounds",
-                "1",
+                str(rounds),
                 "--min-peers",
-                str(len(SITES)),
+                str(min_peers),
                 "--round-deadline",
                 "120",
                 "--certs",
-                str(certs["coordinator"]),
+                str(coordinator_certs),
                 "--out",
                 str(out),
             ],
@@ -218,23 +248,12 @@ def run_sites(
         )
     try:
         address = coordinator_address or _printed_address(logs / "coordinator.log", procs["coordinator"])
-        for site in SITES:
-            with open(logs / f"{site.id}.log", "w") as log:
-                procs[site.id] = subprocess.Popen(
-                    [
-                        *prefix.get(site.id, []),
-                        *peer_argv(
-                            site,
-                            data[site.id],
-                            address,
-                            peer_listen[site.id],
-                            certs[site.id],
-                            tmp / "hosts" / site.id / "state",
-                        ),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env(),
+        argvs = peers(address)
+        assert len(argvs) == min_peers, sorted(argvs)
+        for name, argv in argvs.items():
+            with open(logs / f"{name}.log", "w") as log:
+                procs[name] = subprocess.Popen(
+                    [*prefix.get(name, []), *argv], stdout=log, stderr=subprocess.STDOUT, env=env()
                 )
         end = time.monotonic() + timeout
         while any(p.poll() is None for p in procs.values()):

@@ -1,6 +1,7 @@
 """Peers on separate machines, each on its own file: a coordinator and three peers in network
 namespaces of their own, joined by veth pairs to a bridge inside a namespace of this test's, on
-10.77.0.0/24 with mutual TLS; the run equals the same run on loopback (which runs everywhere).
+10.77.0.0/24 with mutual TLS; the run equals the same run on loopback (which runs everywhere), and
+so does the run of the same sites as Flower SuperNodes on their own data.
 
 The namespaces need root and `ip netns` (iproute2); that test is skipped otherwise. Nothing is added to the host's own
 network: every link, the bridge included, lives in a namespace the test creates, and all of them
@@ -9,6 +10,7 @@ are deleted at the end, whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -104,12 +106,12 @@ def loopback(sites) -> dict:
     return results
 
 
-def _check_own_data_run(results: dict) -> None:
-    assert results["status"] == "ok" and results["transport"] == "grpc", results["errors"]
+def _check_own_data_run(results: dict, transport: str = "grpc") -> None:
+    assert results["status"] == "ok" and results["transport"] == transport, results.get("errors")
     assert results["experiment"] == "own-data" and results["classes"] == list(CLASSES)
     assert [p["id"] for p in results["peers"]] == [s.id for s in SITES]
     assert all(p["received"] > 0 for p in results["peers"])
-    # the coordinator learnt how each peer did on its own test slice, never where its files are
+    # the coordinator (the ServerApp) learnt how each peer did on its own test slice, never where its files are
     assert results["config"]["data"] is None and results["config"]["test_data"] is None
     # site-b holds no `normal` rows and named the class with --classes; its own test file has them:
     # it knows none before the round and learns them from the counterfactuals of the others
@@ -142,3 +144,31 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
     for site in SITES:
         log = (tmp_path / "logs" / f"{site.id}.log").read_text()
         assert f"serving on {ADDRESSES[site.id]}:{PEER_PORT}" in log, log
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_flower_supernodes_on_their_own_files_equal_the_grpc_run(sites, loopback, tmp_path):
+    """The same sites as SuperNodes of a deployment SuperLink on loopback, each node config naming
+    the peer and its own data options (id, data, label, class-map, classes, test-data); the run
+    config the experiment's other options. The same results as `ckd peer`; the ServerApp never
+    learns a path or a label column."""
+    from tests.flower_local import flower
+    from tests.own_sites import RUN
+    from tests.results_compare import assert_same_results
+
+    _, data, _ = sites
+    run_config: dict = {k[2:]: (int(v) if v.isdigit() else v) for k, v in zip(RUN[::2], RUN[1::2])}
+    out = tmp_path / "out"
+    with flower(tmp_path, simulation=False) as fl:
+        for site in SITES:
+            args = site.data_args(data[site.id])
+            fl.start_node(site.id, {"id": site.id, **{k[2:]: v for k, v in zip(args[::2], args[1::2])}})
+        res = fl.run({**run_config, "peers": len(SITES), "out": str(out), "wait-nodes": 60.0}, timeout=420)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    text = (out / "results.json").read_text()
+    results = json.loads(text)
+    assert str(data["site-a"].parent) not in text and "diagnosis" not in text
+    # the gRPC run's config is its first peer's options (its label column and class map included)
+    assert_same_results({**results, "config": None}, {**loopback, "config": None})
+    _check_own_data_run(results, "flower")

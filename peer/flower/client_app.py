@@ -1,9 +1,10 @@
-"""The Flower runtime, peer side: one SuperNode is one peer, its partition-id its part of the split.
+"""The Flower runtime, peer side: one SuperNode is one peer, its partition-id its part of the split,
+or, with `id` and `data` and no partition-id in its node config, a peer on its own data.
 
 Flower has no client-to-client calls, so the ServerApp relays what peers exchange. Each
 handler runs one step of peer.round for this peer and answers with what the others need:
 
-    query.model    -> partition-id, num-partitions, peer id, and the model if trained
+    query.model    -> peer id (and partition-id, num-partitions, or own-data), and the model if trained
     train.local    train_step(round 0)                        -> PeerRound record + model
     train.distill  teach_students over the models that came   -> example batches + PeerRound record
     train.absorb   absorb the batches sent to me, train_step(r) -> PeerRound record + model
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,10 @@ STATE = "ckd.peer"  # ConfigRecord in context.state: the last round this peer tr
 JUDGED = "ckd.judged"  # ConfigRecord in context.state: the validation gate's judgements (JSON)
 # node-config keys that say where this machine keeps the data; they override the run config's
 NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data", "class-map", "classes")
+# node-config keys of a peer on its own data (no partition-id), as `ckd peer --id NAME --learner KIND`
+NODE_OWN = ("id", "learner")
+# a peer id on its own data: it names the peer in records and in keys of context.state
+PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # run-config keys that are not ExperimentConfig fields
 RUN_ONLY = {"peers": 10, "out": "runs/flower", "threads": 1, "timeout": 3600.0, "wait-nodes": 120.0}
 
@@ -71,13 +77,25 @@ def _dataset(cfg: ExperimentConfig):
     return load_data(cfg)
 
 
-def _whoami(context: Context) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config, checked."""
+def _whoami(context: Context) -> tuple[int, int] | str:
+    """(partition-id, num-partitions) from the node config, checked; or, for a node that brings its
+    own data (`id` and `data`, no partition-id), its peer id."""
     nc = context.node_config
+    if "partition-id" not in nc and "num-partitions" not in nc and "id" in nc:
+        pid = str(nc["id"])
+        if not PEER_ID.fullmatch(pid):
+            raise UsageError(
+                f"node config id={pid!r}: a peer id is letters, digits, '-' and '_' (at most 64), "
+                "starting with a letter or digit"
+            )
+        if not str(nc.get("data", "")):
+            raise UsageError(f"node config id={pid!r} without partition-id: a peer on its own data needs data=PATH")
+        return pid
     if "partition-id" not in nc or "num-partitions" not in nc:
         raise UsageError(
             "this SuperNode has no partition-id / num-partitions in its node config "
-            '(start it with --node-config "partition-id=K num-partitions=N")'
+            '(start it with --node-config "partition-id=K num-partitions=N" for part K of a shared split, '
+            'or "id=NAME data=PATH" for its own data)'
         )
     k, n = nc["partition-id"], nc["num-partitions"]
     if not isinstance(k, int) or not isinstance(n, int) or not 0 <= k < n or n < 2:
@@ -85,16 +103,23 @@ def _whoami(context: Context) -> tuple[int, int]:
             f"node config partition-id={k!r} num-partitions={n!r}: need 0 <= partition-id < "
             "num-partitions and num-partitions >= 2"
         )
+    if any(key in nc for key in NODE_OWN):
+        raise UsageError(
+            f"node config partition-id={k} with {', '.join(key for key in NODE_OWN if key in nc)}: a part of a "
+            "shared split is peer-K with the run's learners; give id and learner only to a peer on its own data"
+        )
     return k, n
 
 
-def _setup(context: Context) -> tuple[ExperimentConfig, int]:
+def _setup(context: Context) -> tuple[ExperimentConfig, int | str]:
+    """The experiment as this node runs it, and which peer it is: part K, or the id of a peer on its own data."""
     import torch
 
     from peer.config import ExperimentConfig
 
     torch.set_num_threads(run_option(context.run_config, "threads"))
-    k, n = _whoami(context)
+    who = _whoami(context)
+    n = who[1] if isinstance(who, tuple) else run_option(context.run_config, "peers")
     cfg = experiment_config(context.run_config, n)
     # a machine's own copy of the data wins over the run's
     own = {
@@ -102,7 +127,7 @@ def _setup(context: Context) -> tuple[ExperimentConfig, int]:
     }
     if own:
         cfg = ExperimentConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **own})
-    return cfg, k
+    return cfg, who[0] if isinstance(who, tuple) else who
 
 
 def _test_set(cfg: ExperimentConfig, peer: Peer):
@@ -114,13 +139,18 @@ def _test_set(cfg: ExperimentConfig, peer: Peer):
 
 
 def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
-    """This node's peer: its part of the split, its model and received examples from state."""
-    from peer.experiment import build_own_peer
+    """This node's peer: its part of the split (or the whole of its own data), its model and received
+    examples from state."""
+    from peer.experiment import build_own_peer, build_whole_peer, whole_peer_kind
     from peer.learners import learner_from_blob
 
-    cfg, k = _setup(context)
+    cfg, who = _setup(context)
     train, _ = _dataset(cfg)
-    peer = build_own_peer(cfg, k, cfg.learner_list()[k], train)
+    if isinstance(who, str):
+        kind = whole_peer_kind(cfg, str(context.node_config.get("learner", "")), "node config learner")
+        peer = build_whole_peer(cfg, who, kind, train)
+    else:
+        peer = build_own_peer(cfg, who, cfg.learner_list()[who], train)
     state = context.state
     if f"{rec.MODEL}.{SELF}.spec" in state:
         learner = learner_from_blob(rec.get_blob(state, SELF))
@@ -154,7 +184,11 @@ def _save(context: Context, peer: Peer, round: int) -> None:
 
 
 def _identity(context: Context) -> ConfigRecord:
-    k, n = _whoami(context)
+    """Who this node is; of a peer on its own data only its id (never where its data is)."""
+    who = _whoami(context)
+    if isinstance(who, str):
+        return ConfigRecord({"peer-id": who, "own-data": True, "trained-round": _trained_round(context)})
+    k, n = who
     return ConfigRecord(
         {"partition-id": k, "num-partitions": n, "peer-id": peer_id(k), "trained-round": _trained_round(context)}
     )
@@ -162,7 +196,7 @@ def _identity(context: Context) -> ConfigRecord:
 
 @app.query("model")
 def query_model(msg: Message, context: Context) -> Message:
-    """Who I am (partition-id -> peer id) and, once trained, my model."""
+    """Who I am (partition-id -> peer id, or my own id) and, once trained, my model."""
     content = RecordDict({"peer": _identity(context)})
     if _trained_round(context) >= 0:
         content[f"{rec.MODEL}.{SELF}"] = context.state[f"{rec.MODEL}.{SELF}"]
@@ -266,4 +300,4 @@ def round_message(r: int) -> ConfigRecord:
     return ConfigRecord({"round": int(r)})
 
 
-__all__ = ["app", "experiment_config", "load_peer", "round_message", "run_option"]
+__all__ = ["PEER_ID", "app", "experiment_config", "load_peer", "round_message", "run_option"]
