@@ -607,10 +607,14 @@ class Peer:
         if not (cfg.measure_leakage or cfg.min_distance > 0):
             return out_x, out_y, out_src, np.full(len(out_y), np.inf), none_dropped
         space, nn = self.search_space(), self.private_nn()
-        ratio = nearest_ratio(out_x, space, nn)  # below 1: a near-copy of some private example
-        # an augmented copy reveals what its x' reveals (a public shift or rotation can be undone):
-        # it counts as near as its x', so the filter drops x' and all its copies together
+        # below 1: a near-copy of some private example. An augmented copy reveals what its x'
+        # reveals (a public shift or rotation can be undone): it counts as near as its x', so the
+        # filter drops x' and all its copies together, and a copy of a dropped x' is not measured
+        ratio = np.full(len(out_x), np.inf)
+        ratio[: len(cx)] = nearest_ratio(out_x[: len(cx)], space, nn)
         parent = np.arange(len(cx), len(out_x)) % max(len(cx), 1)
+        copies = len(cx) + np.flatnonzero(ratio[parent] >= cfg.min_distance)
+        ratio[copies] = nearest_ratio(out_x[copies], space, nn)
         ratio[len(cx) :] = np.minimum(ratio[len(cx) :], ratio[parent])
         if cfg.min_distance <= 0:
             return out_x, out_y, out_src, ratio, none_dropped
