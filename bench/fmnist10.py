@@ -9,6 +9,7 @@ wall_seconds is the CKD run alone (local training, teaching, retraining), baseli
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -78,6 +79,13 @@ def main() -> int:
     parser.add_argument("--hetero", action="store_true", help=f"heterogeneous learners {HETERO}")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument(
+        "--baselines-from",
+        type=Path,
+        default=None,
+        help="with --no-baselines: copy the baselines (local-only, pooled, FedAvg; they do not depend on "
+        "ckd's settings) from this earlier result, naming the run that measured them",
+    )
+    parser.add_argument(
         "--privacy",
         default=DEFAULT_PRIVACY,
         choices=sorted(PRIVACY_PRESETS),
@@ -119,6 +127,7 @@ def main() -> int:
         "counterfactuals": summary["counterfactuals"],
         "leakage": summary["leakage"],
         "by_learner": by_learner(summary),
+        "gate": summary.get("gate"),
     }
     print(
         f"CKD: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
@@ -149,6 +158,14 @@ def main() -> int:
             "what": "local_only: each peer alone for as many epochs as in CKD (median); pooled: one CNN on "
             "all parts, 5 epochs; fedavg: CNN, 10 rounds of 1 local epoch, weights averaged by size",
             "seconds": {k: round(v, 1) for k, v in timings.items()},
+        }
+    elif args.baselines_from:
+        # local-only, pooled and FedAvg do not depend on what ckd releases: taken from an earlier run
+        earlier = json.loads(Path(args.baselines_from).read_text())
+        result["baselines"] = {
+            **earlier["baselines"],
+            "measured_by": earlier.get("command"),
+            "measured_on": earlier.get("date"),
         }
     result["peers"] = summary["peers"]
     result["config"] = summary["config"]
