@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-faults test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: venv
 
 test: venv data lint
 	$(PY) -m pytest -q
+
+# the tests marked `faults` (`make test` leaves them out: minutes of real processes killed and
+# restarted, on top of its own); CI runs both
+test-faults: venv data
+	$(PY) -m pytest -q -m faults
 
 # docker-compose.yml for real (README, "Docker"): as root, installs docker.io, docker-compose and
 # debootstrap with apt where missing, starts dockerd without bridge or iptables where no engine
