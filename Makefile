@@ -59,7 +59,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -78,6 +78,9 @@ bench-flower: venv data
 	$(PY) bench/flower_fmnist10.py --compare
 bench-fuzz: venv
 	$(PY) bench/fuzz.py
+# listed after bench-fuzz: faults.json repeats fuzz.json's case and crash counts
+bench-faults: venv data
+	$(PY) bench/faults.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').
