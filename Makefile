@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-faults test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ lint: venv
 test: venv data lint
 	$(PY) -m pytest -q
 
+# the tests marked `faults` (`make test` leaves them out: minutes of real processes killed and
+# restarted, on top of its own); CI runs both
+test-faults: venv data
+	$(PY) -m pytest -q -m faults
+
 # docker-compose.yml for real (README, "Docker"): as root, installs docker.io, docker-compose and
 # debootstrap with apt where missing, starts dockerd without bridge or iptables where no engine
 # runs, builds the image, runs 10 peers small on loopback, checks results.json, stops that dockerd.
@@ -54,7 +59,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -73,6 +78,9 @@ bench-flower: venv data
 	$(PY) bench/flower_fmnist10.py --compare
 bench-fuzz: venv
 	$(PY) bench/fuzz.py
+# listed after bench-fuzz: faults.json repeats fuzz.json's case and crash counts
+bench-faults: venv data
+	$(PY) bench/faults.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

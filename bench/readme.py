@@ -4,8 +4,9 @@
     python bench/readme.py --check   # exit 1 (and show the difference) when README.md disagrees
 
 Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
-outside the markers is left alone. Tables: `results` (the headline runs) and `privacy` (the sweep
-of bench/privacy.py). A test runs the check, so a README that disagrees with its JSON fails CI.
+outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
+of bench/privacy.py) and `faults` (bench/faults.py's scenarios). A test runs the check, so a
+README that disagrees with its JSON fails CI.
 """
 
 from __future__ import annotations
@@ -128,7 +129,27 @@ def privacy_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"results": results_table, "privacy": privacy_table}
+def faults_table(results: Path = RESULTS) -> str:
+    d = _load("faults", results)
+    lines = [
+        "| scenario | faults injected | batches acknowledged / stored | lost | duplicated | "
+        "median accuracy after (undisturbed) | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in (d.get("by_scenario", {}) if isinstance(d, dict) else {}).items():
+        lines.append(
+            f"| {name} | {s['faults_injected']} | {s['batches_acknowledged']} / {s['batches_stored']} | "
+            f"{s['lost']} | {s['duplicates']} | {_pct(s['median_accuracy_after'])} "
+            f"({_pct(s['undisturbed_median_accuracy_after'])}) | {s['seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "results": results_table,
+    "privacy": privacy_table,
+    "faults": faults_table,
+}
 
 
 def render(readme: str, results: Path = RESULTS) -> str:

@@ -53,6 +53,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     add_option(srv, "round_deadline", 600.0, "seconds a barrier waits for slow peers before it skips them")
     add_option(srv, "out", "runs/server", "output directory for results.json and accuracy.png")
     add_option(srv, "expect_peers", "", "comma-separated peer names; when given, every other name is refused")
+    add_option(
+        srv,
+        "state_dir",
+        "",
+        "keep the run's state here (peers, barriers, metrics); started again on it, the server goes on "
+        "where it stopped (default: none, a restart loses the run)",
+    )
+    add_option(srv, "idle_timeout", 1800.0, "seconds without a call from any peer after which the server gives up")
+    add_option(
+        srv, "heartbeat_timeout", 30.0, "seconds without a heartbeat after which a barrier no longer waits for a peer"
+    )
     from peer.cli import security_options
 
     security_options(srv)
@@ -69,6 +80,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     add_option(launch, "out", "runs/launch", "output directory (replaced only when the run succeeds)")
     add_option(launch, "state_dir", "", "peers' state directories and logs (default: a temporary directory)")
     add_option(launch, "round_deadline", 600.0, "seconds a barrier waits for slow peers")
+    add_option(launch, "idle_timeout", 1800.0, "seconds without a call from any peer after which the run is stopped")
     add_option(launch, "threads", 1, "torch CPU threads per peer process")
     launch.add_argument("--insecure", action="store_true", help="plaintext gRPC between the processes")
     launch.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -107,19 +119,28 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import experiment_from_reports, write_results
 
-    if args.rounds < 0 or args.min_peers < 1 or args.round_deadline <= 0:
-        raise UsageError("--rounds must be >= 0, --min-peers >= 1 and --round-deadline > 0")
+    waits = (args.round_deadline, args.idle_timeout, args.heartbeat_timeout)
+    if args.rounds < 0 or args.min_peers < 1 or min(waits) <= 0:
+        raise UsageError(
+            "--rounds must be >= 0, --min-peers >= 1, --round-deadline, --idle-timeout and --heartbeat-timeout > 0"
+        )
     out = _out_dir(args.out)
     expected = {check_name(n.strip()) for n in args.expect_peers.split(",") if n.strip()} or None
     if expected is not None and len(expected) < args.min_peers:
         raise UsageError(f"--expect-peers names {len(expected)} peers, fewer than --min-peers {args.min_peers}")
     coordinator = Coordinator(
-        security("coordinator", args), args.rounds, args.min_peers, args.round_deadline, expected=expected
+        security("coordinator", args),
+        args.rounds,
+        args.min_peers,
+        args.round_deadline,
+        args.heartbeat_timeout,
+        expected=expected,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     server, port = serve_coordinator(coordinator, args.listen)
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
-        coordinator.finished.wait()
+        wait_finished(coordinator, args.idle_timeout)
         exp, extra = experiment_from_reports(
             coordinator.metrics, args.rounds, coordinator.wall_seconds(), coordinator.skipped()
         )
@@ -127,6 +148,20 @@ def cmd_server(args: argparse.Namespace) -> int:
     finally:
         server.stop(grace=5)
     return 0
+
+
+def wait_finished(coordinator, idle_timeout: float, check=None) -> None:
+    """Until the run's last barrier released; a UsageError when no peer called for `idle_timeout`
+    seconds. `check()` runs every half second (e.g. to notice a peer process that failed)."""
+    while not coordinator.finished.wait(timeout=0.5):
+        if check is not None:
+            check()
+        if coordinator.idle_seconds() > idle_timeout:
+            done = sorted({r for rounds in coordinator.metrics.values() for r in rounds})
+            raise UsageError(
+                f"no peer called the coordinator for {idle_timeout:g} s (rounds reported: "
+                f"{', '.join(map(str, done)) or 'none'}); nothing written"
+            )
 
 
 def _peer_command(
@@ -160,8 +195,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import experiment_from_reports, write_results
 
-    if args.threads < 1 or args.round_deadline <= 0:
-        raise UsageError("--threads must be >= 1 and --round-deadline > 0")
+    if args.threads < 1 or args.round_deadline <= 0 or args.idle_timeout <= 0:
+        raise UsageError("--threads must be >= 1, --round-deadline and --idle-timeout > 0")
     out = _out_dir(args.out)
     values, data = with_data(from_args(args), set(args._given))
     cfg = ExperimentConfig(**values)
@@ -203,7 +238,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
                 )
         if not args.quiet:
             print(f"coordinator on 127.0.0.1:{port}, {len(procs)} peers, state in {state}", flush=True)
-        while not coordinator.finished.wait(timeout=0.5):
+
+        def check() -> None:
             for pid, p in zip(ids, procs):
                 if p.poll() is not None and p.returncode != 0:
                     tail = (state / f"{pid}.log").read_text().strip().splitlines()[-1:]
@@ -211,6 +247,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
                         f"{pid} exited with code {p.returncode}: {' '.join(tail)} "
                         f"(log {state / f'{pid}.log'}); nothing written"
                     )
+
+        wait_finished(coordinator, args.idle_timeout, check)
         for p in procs:
             p.wait(timeout=120)
         exp, extra = experiment_from_reports(

@@ -6,6 +6,12 @@ one did, so a slow peer is skipped for that stage rather than waited on forever.
 
 Given `expected` peer names (`ckd server --expect-peers`), it refuses every other name, whatever
 CA signed its certificate. Every refusal is logged and kept in `refused`.
+
+Given a state directory, it keeps there (coordinator.json, replaced atomically) the registered
+peers, the participants, the metrics reported and every barrier released, each written before the
+call that changed it returns: a coordinator killed and started again on that directory goes on
+where it was. Peers retry their calls meanwhile; a barrier that had not released is rebuilt from
+their retried arrivals.
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
+from peer.durable import atomic_write
+from peer.errors import UsageError
+from peer.faults import fault
 from peer.grpc.tls import Security, caller
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
@@ -31,15 +41,17 @@ STAGES: dict[int, str] = {
 }
 MAX_METRICS_BYTES = 64 << 20
 MAX_ADDRESS_CHARS = 300
+STATE_FILE = "coordinator.json"
 log = logging.getLogger("ckd.coordinator")
 
 
 @dataclass
 class Barrier:
-    arrived: list[str] = field(default_factory=list)
+    arrived: list[str] = field(default_factory=list)  # before it released
     first: float = 0.0
     released: float | None = None
     timed_out: bool = False
+    late: list[str] = field(default_factory=list)  # arrived after it released
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -51,8 +63,10 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         round_deadline: float = 600.0,
         heartbeat_timeout: float = 30.0,
         expected: set[str] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.security = security
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.expected = set(expected) if expected is not None else None
         self.refused: list[tuple[str, str]] = []  # (status code name, message), newest last
         self.heartbeat_timeout = heartbeat_timeout  # a peer silent this long is not waited for
@@ -65,7 +79,49 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.barriers: dict[tuple[int, int], Barrier] = {}
         self.metrics: dict[str, dict[int, dict]] = {}
         self.finished = threading.Event()
+        self.last_call = time.monotonic()  # the last call from a registered peer
         self._cond = threading.Condition()
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # -- state on disk ------------------------------------------------------------------------------
+    def _save(self) -> None:
+        """Write the state (call with the lock held), before the call that changed it returns."""
+        if self.state_dir is None:
+            return
+        state = {
+            "rounds": self.rounds,
+            "peers": self.peers,
+            "participants": self.participants,
+            "metrics": {p: {str(r): m for r, m in rounds.items()} for p, rounds in self.metrics.items()},
+            "barriers": [[r, stage, asdict(b)] for (r, stage), b in sorted(self.barriers.items()) if b.released],
+        }
+        atomic_write(self.state_dir / STATE_FILE, json.dumps(state), point="coordinator-state")
+
+    def _load(self) -> None:
+        assert self.state_dir is not None
+        path = self.state_dir / STATE_FILE
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        if state["rounds"] != self.rounds:
+            raise UsageError(
+                f"{path} holds a run of {state['rounds']} rounds, not {self.rounds}; give another --state-dir"
+            )
+        self.peers = dict(state["peers"])
+        self.participants = state["participants"]
+        self.metrics = {p: {int(r): m for r, m in rounds.items()} for p, rounds in state["metrics"].items()}
+        self.barriers = {(int(r), int(stage)): Barrier(**b) for r, stage, b in state["barriers"]}
+        now = time.time()
+        self.heartbeats = dict.fromkeys(self.peers, now)  # a heartbeat's time to show up again
+        if (self.rounds, pb.STAGE_DONE) in self.barriers:
+            self.finished.set()
+        log.info("resumed from %s: %d peers, %d barriers released", path, len(self.peers), len(self.barriers))
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last call from a registered peer (or since start)."""
+        return time.monotonic() - self.last_call
 
     def refuse(self, context, code: grpc.StatusCode, message: str):
         """Abort this call with `code`, logged and kept in `refused`."""
@@ -91,6 +147,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
         if must_be_registered and claimed not in self.peers:
             self.refuse(context, grpc.StatusCode.NOT_FOUND, f"unknown peer {claimed!r}: register first")
+        self.last_call = time.monotonic()
         return claimed
 
     def Register(self, request, context):
@@ -112,8 +169,11 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"the run has started with {len(self.participants)} peers; {peer!r} is not one",
                 )
+            changed = self.peers.get(peer) != request.address
             self.peers[peer] = request.address
             self.heartbeats[peer] = time.time()
+            if changed:
+                self._save()
             self._cond.notify_all()
         return pb.RegisterReply(rounds=self.rounds, round_deadline=self.round_deadline)
 
@@ -157,9 +217,14 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         with self._cond:
             barrier = self.barriers.setdefault(key, Barrier(first=time.time()))
             self.heartbeats[peer] = time.time()
-            if peer not in barrier.arrived:
+            if barrier.released is not None:
+                if peer not in barrier.arrived and peer not in barrier.late:
+                    barrier.late.append(peer)
+            elif peer not in barrier.arrived:
                 barrier.arrived.append(peer)
             self._cond.notify_all()
+        fault("barrier")
+        with self._cond:
             while barrier.released is None:
                 if self._release_ready(key, barrier):
                     barrier.released = time.time()
@@ -170,10 +235,12 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 else:
                     self._cond.wait(timeout=0.5)
                     continue
+                self._save()  # before any waiter hears of the release
                 self._cond.notify_all()
                 if key == (self.rounds, pb.STAGE_DONE):
                     self.finished.set()
-            return pb.WaitRoundReply(arrived=sorted(barrier.arrived), timed_out=barrier.timed_out)
+            arrived = sorted(set(barrier.arrived) | {peer})
+            return pb.WaitRoundReply(arrived=arrived, timed_out=barrier.timed_out)
 
     def ReportMetrics(self, request, context):
         peer = self._identity(context, request.peer)
@@ -193,6 +260,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "metrics must be a JSON object")
         with self._cond:
             self.metrics.setdefault(peer, {})[int(request.round)] = data
+            self._save()
         return pb.MetricsReply()
 
     # -- what the run measured -----------------------------------------------------------------

@@ -32,6 +32,7 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
     (results / "privacy.json").write_text(json.dumps(rows))
     text = (
         "intro\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n<!-- bench:privacy -->\n<!-- /bench:privacy -->\n"
+        "<!-- bench:faults -->\n<!-- /bench:faults -->\n"
     )
     out = readme.render(text, results)
     assert "| 0.123 |" in out and "old" not in out and out.startswith("intro\n")

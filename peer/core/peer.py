@@ -373,7 +373,7 @@ class Peer:
             report.outcome = "no examples"
         for (sender, r), batches in fresh.items():
             refused = kept.get((sender, r), set())
-            self.store.judge(sender, r, refused)
+            self.store.judge(sender, r, refused, at=round)
             for b in batches:
                 out = np.isin(b.y, [i for i, name in enumerate(b.classes) if name in refused])
                 report.teachers[sender]["refused"] += int(out.sum())

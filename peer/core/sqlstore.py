@@ -16,6 +16,7 @@ import numpy as np
 
 from peer.core.blob import ExampleBatch
 from peer.core.store import ExampleStore
+from peer.faults import fault
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (sender, round, seq)
 );
 CREATE TABLE IF NOT EXISTS judged (
-    sender TEXT NOT NULL, round INTEGER NOT NULL, refused TEXT NOT NULL,
+    sender TEXT NOT NULL, round INTEGER NOT NULL, refused TEXT NOT NULL, at INTEGER NOT NULL DEFAULT -1,
     PRIMARY KEY (sender, round)
 )
 """
@@ -44,6 +45,8 @@ class SqliteExampleStore(ExampleStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if "at" not in {row[1] for row in self._db.execute("PRAGMA table_info(judged)")}:  # a store of before `at`
+            self._db.execute("ALTER TABLE judged ADD COLUMN at INTEGER NOT NULL DEFAULT -1")
         self._cache: list[ExampleBatch] | None = None
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -67,6 +70,7 @@ class SqliteExampleStore(ExampleStore):
             try:
                 cur = self._db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
                 stored = cur.rowcount == 1
+                fault("store")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -75,11 +79,16 @@ class SqliteExampleStore(ExampleStore):
                 self._cache = None
             return stored
 
-    def judge(self, sender: str, round: int, refused=()) -> None:
+    def judge(self, sender: str, round: int, refused=(), at: int | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO judged VALUES (?,?,?)", (sender, int(round), json.dumps(sorted(set(refused))))
+                "INSERT OR REPLACE INTO judged VALUES (?,?,?,?)",
+                (sender, int(round), json.dumps(sorted(set(refused))), -1 if at is None else int(at)),
             )
+
+    def forget_judgements(self, after: int) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM judged WHERE at > ?", (int(after),)).rowcount
 
     def judgements(self) -> dict[tuple[str, int], tuple[str, ...]]:
         with self._lock:

@@ -26,6 +26,7 @@ class ExampleStore:
     def __init__(self) -> None:
         self._batches: dict[tuple[str, int, int], ExampleBatch] = {}
         self._judged: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._judged_at: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -53,10 +54,21 @@ class ExampleStore:
         return counts
 
     # -- judgements of the validation gate ------------------------------------------------------
-    def judge(self, sender: str, round: int, refused: Iterable[str] = ()) -> None:
-        """Record the gate's decision on `sender`'s examples of `round`: the class names refused."""
+    def judge(self, sender: str, round: int, refused: Iterable[str] = (), at: int | None = None) -> None:
+        """Record the gate's decision on `sender`'s examples of `round`: the class names refused.
+        `at`: the round whose training made the decision (None: unknown, never forgotten)."""
         with self._lock:
             self._judged[(sender, int(round))] = tuple(sorted(set(refused)))
+            self._judged_at[(sender, int(round))] = -1 if at is None else int(at)
+
+    def forget_judgements(self, after: int) -> int:
+        """Drop the decisions made by training rounds after `after`: a peer resumed after round
+        `after` trains those rounds again and judges their examples afresh. Returns how many."""
+        with self._lock:
+            gone = [k for k, at in self._judged_at.items() if at > after]
+            for k in gone:
+                del self._judged[k], self._judged_at[k]
+            return len(gone)
 
     def judgements(self) -> dict[tuple[str, int], tuple[str, ...]]:
         """(sender, round) -> refused class names, for every judged (sender, round)."""

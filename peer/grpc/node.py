@@ -9,6 +9,7 @@ round deadline. The algorithm itself is all in peer.round and peer.core.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -21,11 +22,12 @@ import numpy as np
 from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import ModelBlob
 from peer.core.sqlstore import SqliteExampleStore
+from peer.durable import append_line, atomic_write
 from peer.errors import UsageError
 from peer.experiment import build_own_peer, build_whole_peer, limit_test, load_data, test_inputs
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.grpc.tls import Security
-from peer.grpc.transport import GrpcTransport
+from peer.grpc.transport import GrpcTransport, backoff
 from peer.grpc.wire import Limits
 from peer.learners.neural import TorchLearner
 from peer.round import PeerRound, teach_students, train_step
@@ -33,6 +35,9 @@ from protos.ckd.v1 import coordinator_pb2 as cpb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
 COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
+ACKED = "acked.jsonl"  # in the state directory: every batch a student acknowledged, one JSON line each
+# coordinator calls that fail with these are retried (the coordinator may be restarting)
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass
@@ -50,13 +55,14 @@ class NodeConfig:
 
 
 def save_checkpoint(directory: Path, round: int, blob: ModelBlob) -> Path:
-    """The model after `round` as spec JSON plus an npz of its arrays (never pickled)."""
+    """The model after `round` as spec JSON plus an npz of its arrays (never pickled), each file
+    replaced atomically, the npz last: a round whose npz exists has both files whole."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"round-{round}.npz"
-    tmp = directory / f".round-{round}.tmp.npz"
-    np.savez(tmp, allow_pickle=False, **blob.arrays)
-    (directory / f"round-{round}.json").write_text(blob.spec_json())
-    tmp.replace(path)
+    arrays = io.BytesIO()
+    np.savez(arrays, allow_pickle=False, **blob.arrays)
+    atomic_write(directory / f"round-{round}.json", blob.spec_json())
+    atomic_write(path, arrays.getvalue(), point="checkpoint")
     return path
 
 
@@ -130,7 +136,9 @@ class Membership:
         if node.coord is not None:
             request = cpb.WaitRoundRequest(peer=node.id, round=round, stage=stage)
             node.meter.record("control", request)
-            reply = node.coord.WaitRound(request, timeout=node.cfg.round_deadline * 2 + 3600)
+            reply = node.coordinator_call(
+                "WaitRound", lambda t: node.coord.WaitRound(request, timeout=t), node.cfg.round_deadline * 2 + 3600
+            )
             return list(reply.arrived)
         # static peer list: poll the others' Status until they got there or the deadline passed
         deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
@@ -202,28 +210,57 @@ class Node:
         if cfg.coordinator:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        self.transport = GrpcTransport(self.id, self.addresses, security, limits, self.meter)
+        self.transport = GrpcTransport(self.id, self.addresses, security, limits, self.meter, on_ack=self._acked)
         self.membership = Membership(self)
         self.metrics: dict[int, dict] = {}
         self.gallery: list = []
         self._stopped = threading.Event()
 
+    def patience(self) -> float:
+        """Seconds a coordinator call keeps retrying while the coordinator is unavailable."""
+        return max(60.0, self.cfg.round_deadline)
+
+    def coordinator_call(self, what: str, call, timeout: float):
+        """`call(timeout)`, a coordinator RPC, retried with backoff while the coordinator is down or
+        restarting, for up to `patience()` seconds from the first failure; every coordinator RPC is
+        idempotent (a second arrival at a barrier or a second report changes nothing). A coordinator
+        that lost this peer (restarted without its state) is registered with again. Gives up with a
+        one-line UsageError."""
+        assert self.coord is not None, "a coordinator call needs a coordinator"
+        give_up: float | None = None
+        attempt = 0
+        while True:
+            try:
+                return call(timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                now = time.monotonic()
+                give_up = now + self.patience() if give_up is None else give_up
+                if code == grpc.StatusCode.NOT_FOUND and what != "Register" and now < give_up:
+                    self._register()  # a coordinator that lost its state forgot us
+                    continue
+                if code not in TRANSIENT or now >= give_up:
+                    raise UsageError(
+                        f"coordinator {self.cfg.coordinator}: {what} from {self.id} failed: "
+                        f"{code.name}: {' '.join(str(exc.details()).split())}"
+                    ) from None
+                time.sleep(min(backoff(attempt, 0.5, 5.0), max(give_up - now, 0.0)))
+                attempt += 1
+
     def _register(self) -> None:
         assert self.coord is not None, "registers only with a coordinator"
+        coord = self.coord
         request = cpb.RegisterRequest(peer=self.id, address=self.address)
         self.meter.record("control", request)
-        for attempt in range(60):
-            try:
-                reply = self.coord.Register(request, timeout=10)
-                break
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 59:
-                    raise UsageError(
-                        f"coordinator {self.cfg.coordinator} refused {self.id}: {exc.code().name}: {exc.details()}"
-                    ) from None
-                time.sleep(0.5)
+        reply = self.coordinator_call("Register", lambda t: coord.Register(request, timeout=t), 10)
         self.rounds = int(reply.rounds)
         self.cfg.round_deadline = reply.round_deadline
+
+    def _acked(self, student: str, batch, ack) -> None:
+        """A student acknowledged `batch`: one line in the state directory's acked.jsonl."""
+        line = {"student": student, "sender": batch.sender, "round": batch.round, "seq": batch.seq}
+        line.update(examples=len(batch), duplicate=ack.duplicate)
+        append_line(self.cfg.state_dir / ACKED, json.dumps(line))
 
     def _heartbeat(self, every: float = 5.0) -> None:
         """Tell the coordinator this peer is alive, also while it trains (a daemon thread)."""
@@ -237,20 +274,23 @@ class Node:
                 pass
 
     def _peer_list(self) -> None:
-        if self.coord is not None:
+        coord = self.coord
+        if coord is not None:
             request = cpb.ListPeersRequest()
             self.meter.record("control", request)
-            self.addresses = {p.id: p.address for p in self.coord.ListPeers(request, timeout=30).peers}
+            reply = self.coordinator_call("ListPeers", lambda t: coord.ListPeers(request, timeout=t), 30)
+            self.addresses = {p.id: p.address for p in reply.peers}
         self.transport.set_addresses(self.addresses)
         self.servicer.known = set(self.addresses)
 
     def _report(self, round: int, data: dict) -> None:
         self.metrics[round] = data
-        (self.cfg.state_dir / "metrics.json").write_text(json.dumps(self.metrics))
-        if self.coord is not None:
+        atomic_write(self.cfg.state_dir / "metrics.json", json.dumps(self.metrics), point="metrics")
+        coord = self.coord
+        if coord is not None:
             request = cpb.MetricsRequest(peer=self.id, round=round, json=json.dumps(data))
             self.meter.record("control", request)
-            self.coord.ReportMetrics(request, timeout=60)
+            self.coordinator_call("ReportMetrics", lambda t: coord.ReportMetrics(request, timeout=t), 60)
 
     def _train(self, epochs: int, round: int) -> PeerRound:
         record = train_step(self.peer, round, epochs, self.test_x, self.test_y)
@@ -261,20 +301,21 @@ class Node:
         """Pick up from the state directory: the model after the last round reported, its metrics.
 
         Returns that round (-1 for a fresh start). Received examples are already in the SQLite
-        store, and training randomness depends on (seed, round) only, so the peer goes on as if it
-        had never stopped.
+        store, the validation gate's judgements of later rounds are dropped (those rounds are
+        trained again), and training randomness depends on (seed, round) only, so the peer goes on
+        as if it had never stopped.
         """
         from peer.learners import learner_from_blob
 
         path = self.cfg.state_dir / "metrics.json"
-        if not path.exists():
-            return -1
-        metrics = {int(r): m for r, m in json.loads(path.read_text()).items()}
+        metrics = {int(r): m for r, m in json.loads(path.read_text()).items()} if path.exists() else {}
         ckpt = self.cfg.state_dir / "checkpoints"
         done = [r for r in sorted(metrics) if (ckpt / f"round-{r}.npz").exists()]
         if not done or done != list(range(len(done))):
+            self.examples.forget_judgements(after=-1)
             return -1
         last = done[-1]
+        self.examples.forget_judgements(after=last)
         restored = learner_from_blob(load_checkpoint(ckpt, last))
         current = self.peer.learner
         if isinstance(current, TorchLearner) and isinstance(restored, TorchLearner):
@@ -320,14 +361,16 @@ class Node:
             if self.coord is not None:
                 self._peer_list()  # a peer that restarted may listen elsewhere now
             # a peer that was down may be back, maybe at a new address: retry until half the deadline
+            self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
             taught = teach_students(
                 self.peer,
                 r,
                 arrived,
                 self.transport,
-                deadline=time.monotonic() + self.cfg.round_deadline / 2,
+                deadline=self.transport.deadline,
                 refresh=self._peer_list if self.coord is not None else None,
             )
+            self.transport.deadline = None
             taught.skipped = sorted(set(everyone) - set(arrived))
             self.servicer.taught_round = r
             self.membership.wait(r, cpb.STAGE_TAUGHT)

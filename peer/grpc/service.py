@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from peer.core.blob import InvalidPayload, ModelBlob
 from peer.core.peer import Peer
+from peer.faults import fault
 from peer.grpc.tls import Security, caller
 from peer.grpc.wire import Limits, Malformed, PayloadTooLarge, decode_batch, encode_blob, tolerant
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
@@ -55,6 +56,16 @@ class Meter:
         for msg in messages:
             self.record(kind, msg)
             yield msg
+
+
+def after_first(messages, point: str, settle: float = 0.0):
+    """`messages` as they come, with the fault point `point` once the first went and before the
+    second is asked for (halfway through a stream: its header, not its data)."""
+    it = iter(messages)
+    for msg in it:
+        yield msg
+        fault(point, settle)
+        yield from it
 
 
 def grpc_options(limits: Limits) -> list[tuple[str, int]]:
@@ -127,7 +138,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if caller(context) is not None:  # an unknown certificate is refused before its stream is read
             self._who(context)
         try:
-            batch = decode_batch(request_iterator, self.limits)
+            batch = decode_batch(after_first(request_iterator, "receive"), self.limits)
         except PayloadTooLarge as exc:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except InvalidPayload as exc:
@@ -143,6 +154,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             stored = self.peer.absorb(batch)
         except InvalidPayload as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        fault("ack")  # committed, not yet acknowledged
         reply = peer_pb2.Ack(stored=True, duplicate=not stored, examples=len(batch))
         self.meter.record("control", reply)
         return reply

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
-from peer.grpc.service import Meter, grpc_options
+from peer.grpc.service import Meter, after_first, grpc_options
 from peer.grpc.tls import Security
 from peer.grpc.wire import Limits, decode_blob, encode_batch
 from peer.round import PeerUnreachable, Transport, UnknownPeer
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 
 
+def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Seconds before retry `attempt` (0, 1, ...): exponential up to `cap`, with jitter so that
+    peers retrying together do not stay in step."""
+    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+
+
 class GrpcTransport(Transport):
     """Pulls models from and pushes batches to peers at known addresses.
 
-    A push is retried on transient failures with the same batch id; the receiver stores a batch
-    once, so a retry never duplicates examples.
+    Every call has a deadline: `timeout` seconds, and never past `deadline` (time.monotonic()
+    seconds, when set: the round's teaching ends there). A call that finds the peer unavailable is
+    retried up to `retries` times with exponential backoff; a push is retried with the same batch
+    id, which the receiver stores once, so a retry never duplicates examples. `on_ack(student,
+    batch, ack)` hears of every acknowledged push.
     """
 
     def __init__(
@@ -31,6 +42,7 @@ class GrpcTransport(Transport):
         meter: Meter | None = None,
         timeout: float = 300.0,
         retries: int = 3,
+        on_ack: Callable[[str, ExampleBatch, peer_pb2.Ack], None] | None = None,
     ) -> None:
         self.me = me
         self.addresses = dict(addresses)
@@ -39,6 +51,8 @@ class GrpcTransport(Transport):
         self.meter = meter or Meter()
         self.timeout = timeout
         self.retries = retries
+        self.on_ack = on_ack
+        self.deadline: float | None = None
         self._stubs: dict[str, peer_pb2_grpc.PeerServiceStub] = {}
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
@@ -61,15 +75,23 @@ class GrpcTransport(Transport):
                     self._stubs.pop(pid, None)
             self.addresses = dict(addresses)
 
+    def _timeout(self) -> float:
+        """Seconds the next call may take: `timeout`, cut at `deadline` (at least 1 s)."""
+        if self.deadline is None:
+            return self.timeout
+        return max(1.0, min(self.timeout, self.deadline - time.monotonic()))
+
     def _call(self, what: str, fn):
         for attempt in range(self.retries + 1):
             try:
                 return fn()
             except grpc.RpcError as exc:
                 transient = exc.code() in (grpc.StatusCode.UNAVAILABLE,)
-                if not transient or attempt == self.retries:
+                pause = backoff(attempt)
+                late = self.deadline is not None and time.monotonic() + pause >= self.deadline
+                if not transient or attempt == self.retries or late:
                     raise PeerUnreachable(f"{what}: {exc.code().name}: {exc.details()}") from None
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(pause)
 
     def get_model(self, peer_id: str, round: int) -> ModelBlob:
         stub = self._stub(peer_id)
@@ -77,7 +99,8 @@ class GrpcTransport(Transport):
 
         def pull() -> ModelBlob:
             self.meter.record("control", request)
-            blob, publisher, r = decode_blob(stub.GetModel(request, timeout=self.timeout), self.limits)
+            stream = after_first(stub.GetModel(request, timeout=self._timeout()), "pull")
+            blob, publisher, r = decode_blob(stream, self.limits)
             if publisher != peer_id or r != round:
                 raise InvalidPayload(f"asked {peer_id!r} for round {round}, got {publisher!r} round {r}")
             return blob
@@ -88,9 +111,14 @@ class GrpcTransport(Transport):
         stub = self._stub(peer_id)
         ack = self._call(
             f"PushExamples to {peer_id} batch {batch.id}",
-            lambda: stub.PushExamples(self.meter.wrap("examples", encode_batch(batch)), timeout=self.timeout),
+            lambda: stub.PushExamples(
+                after_first(self.meter.wrap("examples", encode_batch(batch)), "push", settle=0.5),
+                timeout=self._timeout(),
+            ),
         )
         self.meter.add_payload(batch.nbytes())
+        if self.on_ack is not None:
+            self.on_ack(peer_id, batch, ack)
         return not ack.duplicate
 
     def status(self, peer_id: str, timeout: float = 5.0) -> peer_pb2.StatusReply:

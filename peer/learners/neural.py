@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from peer.core.blob import InvalidPayload, ModelBlob
+from peer.faults import fault
 from peer.learners.base import Learner, TrainConfig, expect_arrays, register
 
 
@@ -79,6 +80,7 @@ class TorchLearner(Learner):
                     sched.step()
                 if progress:
                     progress(len(idx))
+                fault("train")
         self.module.eval()
         return self
 
