@@ -98,12 +98,23 @@ def main() -> int:
         default="nothing else",
         help="what else ran on the machine during the measurement (recorded in the JSON)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="an option on top of the preset, e.g. --set cf_start_k=2 (needs --out)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    cfg = ExperimentConfig(
-        learners=HETERO if args.hetero else "cnn", privacy=args.privacy, **PRIVACY_PRESETS[args.privacy]
-    )
+    if args.set and not args.out:
+        parser.error("--set needs --out: the result is not the preset's")
+    knobs = dict(PRIVACY_PRESETS[args.privacy])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kind = type(getattr(ExperimentConfig(), key))
+        knobs[key] = kind(value)
+    cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn", privacy=args.privacy, **knobs)
     name = ("fmnist10_hetero" if args.hetero else "fmnist10") + (
         "" if args.privacy == DEFAULT_PRIVACY else f"_{args.privacy}"
     )
