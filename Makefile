@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-faults test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: venv data lint
 # restarted, on top of its own); CI runs both
 test-faults: venv data
 	$(PY) -m pytest -q -m faults
+
+# Flower's deployment engine with SuperNode authentication, and peers on their own files as
+# SuperNodes (minutes of real SuperLinks and SuperNodes; `make test` leaves them out); CI runs it
+test-deploy: venv data
+	$(PY) -m pytest -q -m deploy
 
 # docker-compose.yml for real (README, "Docker"): as root, installs docker.io, docker-compose and
 # debootstrap with apt where missing, starts dockerd without bridge or iptables where no engine

@@ -24,7 +24,7 @@ from peer.data.fashion import find_data_dir
 from tests.flower_local import flower, supernode_key
 from tests.flower_util import SMALL
 
-pytestmark = [pytest.mark.flower, pytest.mark.slow]
+pytestmark = [pytest.mark.flower, pytest.mark.slow, pytest.mark.deploy]
 
 # two peers, a few hundred images each, one round, one epoch
 TINY = {**SMALL, "peers": 2, "epochs": 1, "train-per-peer": 300, "test-limit": 500}

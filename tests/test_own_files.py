@@ -130,6 +130,7 @@ def test_peers_on_their_own_files_match_demo_on_the_same_rows(files, demo, tmp_p
 
 @pytest.mark.flower
 @pytest.mark.slow
+@pytest.mark.deploy
 def test_flower_client_apps_on_their_own_files_match_demo_on_the_same_rows(files, demo, tmp_path):
     """A deployment SuperLink and one SuperNode per file, its node config naming the peer and its
     own data (id, data, test-data; no partition-id); the run config holds the demo's options and

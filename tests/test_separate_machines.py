@@ -148,6 +148,7 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
 
 @pytest.mark.flower
 @pytest.mark.slow
+@pytest.mark.deploy
 def test_flower_supernodes_on_their_own_files_equal_the_grpc_run(sites, loopback, tmp_path):
     """The same sites as SuperNodes of a deployment SuperLink on loopback, each node config naming
     the peer and its own data options (id, data, label, class-map, classes, test-data); the run
