@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -77,6 +77,8 @@ bench-tabular: venv
 	$(PY) bench/tabular.py --dataset wine
 bench-column-fill: venv
 	$(PY) bench/column_fill.py
+bench-precision: venv data
+	$(PY) bench/precision.py
 bench-grpc: venv data
 	$(PY) bench/grpc_fmnist10.py
 bench-flower: venv data
