@@ -112,7 +112,9 @@ def _check_own_data_run(results: dict, transport: str = "grpc") -> None:
     assert [p["id"] for p in results["peers"]] == [s.id for s in SITES]
     assert all(p["received"] > 0 for p in results["peers"])
     # the coordinator (the ServerApp) learnt how each peer did on its own test slice, never where its files are
-    assert results["config"]["data"] is None and results["config"]["test_data"] is None
+    # nor how its files are laid out (label column, class spellings)
+    for key in ("data", "test_data", "data_dir", "label", "class_map", "classes"):
+        assert results["config"].get(key) is None, key
     # site-b holds no `normal` rows and named the class with --classes; its own test file has them:
     # it knows none before the round and learns them from the counterfactuals of the others
     site_b = next(p for p in results["peers"] if p["id"] == "site-b")

@@ -341,8 +341,8 @@ class Node:
         everyone = self.membership.wait(0, cpb.STAGE_READY)
         self._peer_list()
         config = config_dict(exp)
-        if self.cfg.part is None:  # its own data: the coordinator hears how it did, not where its files are
-            config.update(data=None, test_data=None, data_dir=None)
+        if self.cfg.part is None:  # its own data: the coordinator hears how it did, not what its files hold
+            config.update(data=None, test_data=None, data_dir=None, label=None, class_map=None, classes=None)
         about: dict = {
             "peer": self.id,
             "learner": self.kind,
