@@ -100,11 +100,18 @@ class RecordingTransport(InProcessTransport):
 
 ALIGNED_SAMPLE = 300  # sent images per teacher checked at every shift (25 shifts each)
 REFERENCE = 3000  # most attacker reference images per teacher (shadow sets, confidence calibration)
-ON_SENT = ("distance", "aligned", "calibrated")  # attacks on what was sent; "confidence" reads the teacher's model
+# attacks on what was sent ("unmix" where the search starts at a mix); "confidence" reads the teacher's model
+ON_SENT = ("distance", "aligned", "calibrated", "unmix")
 
 
 def measure(
-    peers, transport: RecordingTransport, attack_x: np.ndarray, attack_y: np.ndarray, sample: int, seed: int
+    peers,
+    transport: RecordingTransport,
+    attack_x: np.ndarray,
+    attack_y: np.ndarray,
+    sample: int,
+    seed: int,
+    mix_k: int | None = None,
 ) -> dict:
     """Near-copies, ratio median and attacks over everything each teacher sent.
 
@@ -148,6 +155,7 @@ def measure(
             attack_y[ref],
             rng=rng,
             image_shape=tuple(p.input_shape) if p.image else None,
+            mix_k=mix_k,
             model=lambda a, p=p: p.learner.predict_proba(a.reshape(-1, *p.input_shape)),
         )
         for name, r in res.items():
@@ -261,7 +269,15 @@ def main() -> int:
             "median_accuracy_after": after,
             "accuracy_gain": gain,
             "gain_ratio": gain / paper_gain if paper_gain else None,
-            **measure(peers, transport, attack_x, attack_y, args.sample, cfg.seed),
+            **measure(
+                peers,
+                transport,
+                attack_x,
+                attack_y,
+                args.sample,
+                cfg.seed,
+                mix_k=cfg.cf_start_k if cfg.cf_start == "mix" else None,
+            ),
             "filtered": sum(rep.filtered for rep in log.teach),
             "retried": sum(rep.retried for rep in log.teach),
             "failed": sum(rep.failed for rep in log.teach),

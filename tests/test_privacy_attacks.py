@@ -261,3 +261,24 @@ def test_aligned_attack_sees_shifted_copies_that_plain_distance_misses():
     )
     with pytest.raises(ValueError):
         aligned_distance_attack(flat(received), flat(members), flat(non), (9, 10))
+
+
+def test_unmix_attack_finds_the_sources_of_mixes_and_not_unrelated_examples():
+    from peer.privacy.attacks import unmix_attack
+
+    rng = np.random.default_rng(0)
+
+    def images(n):  # textured images: any two differ in most pixels
+        return rng.random((n, 256), dtype=np.float32)
+
+    members, non_members, others = images(200), images(200), images(200)
+    # the first 100 members are each mixed with another image (as a mix of 2 starts), then quantised to
+    # the uint8 levels that go on the wire
+    mixes = np.round((members[:100] + others[:100]) / 2 * 255) / 255
+    found = unmix_attack(np.clip(mixes, 0, 1), members[:100], non_members[:100], k=2)
+    assert found.auc > 0.95 and found.tpr_at_1pct_fpr > 0.5
+    # examples unrelated to the private set tell nothing
+    unrelated = unmix_attack(images(100), members, non_members, k=2)
+    assert abs(unrelated.auc - 0.5) < 0.1
+    with pytest.raises(ValueError, match="k >= 2"):
+        unmix_attack(mixes, members, non_members, k=1)

@@ -21,10 +21,10 @@ from peer.privacy.release import START_MODES, min_distance_keep, release_noise, 
 KNOBS = {
     "privacy": "guarded",
     "cf_start": "mix",
-    "cf_start_k": 2,
+    "cf_start_k": 4,
     "min_distance": 1.0,
     "noise_scale": 0.0,
-    "release_tries": 4,
+    "release_tries": 1,
 }
 
 
@@ -225,7 +225,7 @@ def test_privacy_preset_through_cli_and_flower():
     resolved, _ = with_data({**values, "privacy": "paper"}, {"privacy"})
     assert (resolved["cf_start"], resolved["min_distance"]) == ("instance", 0.0)
     cfg = experiment_config({"privacy": "guarded", "min-distance": 0.5}, 3)
-    assert (cfg.cf_start, cfg.cf_start_k, cfg.min_distance) == ("mix", 2, 0.5)
+    assert (cfg.cf_start, cfg.cf_start_k, cfg.min_distance) == ("mix", 4, 0.5)
     assert experiment_config({"privacy": "paper"}, 3).cf_start == "instance"
 
 

@@ -19,6 +19,7 @@ from peer.privacy.attacks import (
     run_attacks,
     save_reconstruction_grid,
     tpr_at_fpr,
+    unmix_attack,
 )
 from peer.privacy.measures import (
     LeakageStats,
@@ -37,6 +38,7 @@ __all__ = [
     "LeakageStats",
     "ReconstructionPair",
     "aligned_distance_attack",
+    "unmix_attack",
     "aligned_min_distance",
     "aligned_nearest_ratio",
     "nearest_ratio",

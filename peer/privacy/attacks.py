@@ -244,6 +244,33 @@ def aligned_distance_attack(
     )
 
 
+def unmix_violation(candidates: np.ndarray, pool: np.ndarray, k: int, chunk: int = 32) -> np.ndarray:
+    """Per candidate c, min over pool examples x of how far k x - c falls outside [0, k - 1] (L1):
+    were x the mean of c and k - 1 other inputs in [0, 1], k x - c would be their sum, inside."""
+    if len(pool) == 0:
+        return np.full(len(candidates), np.inf)
+    pool_t = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
+    out = []
+    for i in range(0, len(candidates), chunk):
+        c = torch.from_numpy(np.ascontiguousarray(candidates[i : i + chunk], dtype=np.float32))
+        rest = k * pool_t[None] - c[:, None]  # (chunk, pool, inputs): the other k - 1, summed
+        off = torch.relu(-rest).sum(-1) + torch.relu(rest - (k - 1)).sum(-1)
+        out.append(off.min(dim=1).values)
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def unmix_attack(received: Array, members: Array, non_members: Array, k: int) -> AttackResult:
+    """Against a release whose search starts at the mean of k private inputs: score = minus
+    `unmix_violation`, small when the candidate is one of a received example's sources (the
+    receiver is assumed to know k, as results.json records it)."""
+    if k < 2:
+        raise ValueError(f"unmixing needs k >= 2, got {k}")
+    rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
+    _same_width(rec, mem, "received", "members")
+    _same_width(rec, non, "received", "non_members")
+    return roc(-unmix_violation(mem, rec, k), -unmix_violation(non, rec, k))
+
+
 def _shadow_subset(
     reference: np.ndarray,
     reference_y: np.ndarray | None,
@@ -464,10 +491,12 @@ def run_attacks(
     n_shadow: int = 4,
     rng: np.random.Generator | int | None = 0,
     image_shape: tuple[int, ...] | None = None,
+    mix_k: int | None = None,
 ) -> dict[str, AttackResult]:
     """Every attack the inputs allow, by name: "distance", "calibrated", with `image_shape`
-    "aligned" (distance over shifts), and with a model and labels "confidence" and "combined"
-    (calibrated distance score + calibrated confidence score)."""
+    "aligned" (distance over shifts), with `mix_k` (the release mixed k inputs) "unmix", and with a
+    model and labels "confidence" and "combined" (calibrated distance score + calibrated
+    confidence score)."""
     rec, mem, non = _inputs(received, "received"), _inputs(members, "members"), _inputs(non_members, "non_members")
     ref = _inputs(reference, "reference")
     ry, my = _labels(received_y, len(rec), "received_y"), _labels(members_y, len(mem), "members_y")
@@ -477,6 +506,8 @@ def run_attacks(
     results = {"distance": distance_attack(rec, mem, non, ry, my, ny)}
     if image_shape is not None:
         results["aligned"] = aligned_distance_attack(rec, mem, non, image_shape, ry, my, ny)
+    if mix_k is not None and mix_k >= 2:
+        results["unmix"] = unmix_attack(rec, mem, non, mix_k)
     cand = np.concatenate([mem, non])
     cand_y = np.concatenate([my, ny]) if labelled else None
     if fy is not None and cand_y is not None:  # labelled
