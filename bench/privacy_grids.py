@@ -3,7 +3,8 @@
     python bench/privacy_grids.py   # -> bench/figures/privacy_grid_<preset>.png
 
 Two fmnist-10 peers (the fixed split, their whole parts, 2 epochs): peer-1 teaches peer-0,
-which never saw class 0. For each --privacy preset (and --min-distance 1 alone) the grid shows the
+which never saw class 0. For each --privacy preset (and --min-distance 1 alone, and a mix of 2 with
+the filter and 4 searches) the grid shows the
 8 examples peer-1 sends that sit closest to one of its private images (top row), that private
 image (bottom row) and their L2 distance (pixels in [0, 1]; two distinct private images of this
 set sit about 3.5 apart).
@@ -37,7 +38,11 @@ def main() -> int:
     teacher.train(round=0)
     blob = student.snapshot(1)
     # the presets, and --min-distance 1 alone (the paper's start with the filter)
-    settings = {**PRIVACY_PRESETS, "min-distance-1": {**PRIVACY_PRESETS["paper"], "min_distance": 1.0}}
+    settings = {
+        **PRIVACY_PRESETS,
+        "min-distance-1": {**PRIVACY_PRESETS["paper"], "min_distance": 1.0},
+        "mix2": {**PRIVACY_PRESETS["guarded"], "cf_start_k": 2, "release_tries": 4},  # see bench/unmix.py
+    }
     for name, knobs in settings.items():
         cfg = replace(base, privacy=name if name in PRIVACY_PRESETS else "custom", **knobs)
         t = Peer(teacher.id, teacher.x, teacher.y, teacher.classes, teacher.learner, cfg.teach(), seed=teacher.seed)

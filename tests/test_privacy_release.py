@@ -24,7 +24,7 @@ KNOBS = {
     "cf_start_k": 4,
     "min_distance": 1.0,
     "noise_scale": 0.0,
-    "release_tries": 1,
+    "release_tries": 4,
 }
 
 
