@@ -23,20 +23,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
 from peer.config import PRIVACY_PRESETS, ExperimentConfig  # noqa: E402
-from peer.core.peer import Peer  # noqa: E402
+from peer.core.blob import ModelBlob  # noqa: E402
+from peer.core.peer import Peer, TeachConfig  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.experiment import build_peers  # noqa: E402
 from peer.privacy.attacks import reconstruction_pairs, save_reconstruction_grid  # noqa: E402
+
+
+def two_peers(base: ExperimentConfig, train) -> tuple[Peer, Peer, ModelBlob]:
+    """Peers 0 (the student) and 1 (the teacher) of the fixed split trained on their whole parts,
+    and the student's model as published for round 1."""
+    student, teacher = build_peers(base, train)[:2]
+    student.train(round=0)
+    teacher.train(round=0)
+    return student, teacher, student.snapshot(1)
+
+
+def teaching_as(teacher: Peer, teach: TeachConfig) -> Peer:
+    """The trained teacher (its data and model shared) releasing under `teach`."""
+    return Peer(teacher.id, teacher.x, teacher.y, teacher.classes, teacher.learner, teach, seed=teacher.seed)
 
 
 def main() -> int:
     torch.set_num_threads(1)
     base = ExperimentConfig(epochs=2)
     train, _ = load_fashion_mnist(base.data_dir)
-    student, teacher = build_peers(base, train)[:2]
-    student.train(round=0)
-    teacher.train(round=0)
-    blob = student.snapshot(1)
+    student, teacher, blob = two_peers(base, train)
     # the presets, and --min-distance 1 alone (the paper's start with the filter)
     settings = {
         **PRIVACY_PRESETS,
@@ -45,8 +57,7 @@ def main() -> int:
     }
     for name, knobs in settings.items():
         cfg = replace(base, privacy=name if name in PRIVACY_PRESETS else "custom", **knobs)
-        t = Peer(teacher.id, teacher.x, teacher.y, teacher.classes, teacher.learner, cfg.teach(), seed=teacher.seed)
-        batches, report = t.teach(student.id, blob, 1)
+        batches, report = teaching_as(teacher, cfg.teach()).teach(student.id, blob, 1)
         sent = np.concatenate([b.inputs() for b in batches]) if batches else np.zeros((0, *teacher.input_shape))
         if not len(sent):
             print(f"{name}: nothing sent")

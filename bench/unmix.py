@@ -26,11 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fmnist10 import machine  # noqa: E402
+from privacy_grids import teaching_as, two_peers  # noqa: E402
 
 from peer.config import PRIVACY_PRESETS, ExperimentConfig  # noqa: E402
-from peer.core.peer import Peer  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
-from peer.experiment import build_peers  # noqa: E402
 from peer.privacy.attacks import distance_attack, unmix_attack  # noqa: E402
 from server.results import write_json  # noqa: E402
 
@@ -52,17 +51,13 @@ def main() -> int:
     torch.set_num_threads(2)
     base = ExperimentConfig(epochs=2)
     train, test = load_fashion_mnist(base.data_dir)
-    student, teacher = build_peers(base, train)[:2]
-    student.train(round=0)
-    teacher.train(round=0)
-    blob = student.snapshot(1)
+    student, teacher, blob = two_peers(base, train)
     tx, ty = test.float_inputs().reshape(len(test), -1), test.y
     rows = []
     for name, knobs in SETTINGS.items():
         cfg = replace(base, privacy="custom", **knobs)
         rng = np.random.default_rng(0)
-        t = Peer(teacher.id, teacher.x, teacher.y, teacher.classes, teacher.learner, cfg.teach(), seed=teacher.seed)
-        batches, report = t.teach(student.id, blob, 1)
+        batches, report = teaching_as(teacher, cfg.teach()).teach(student.id, blob, 1)
         sent = np.concatenate([b.inputs() for b in batches]).astype(np.float32).reshape(report.sent, -1)
         classes = np.unique(np.concatenate([b.y for b in batches]))
         mem_pool = np.flatnonzero(np.isin(teacher.y, classes))
