@@ -369,6 +369,7 @@ class Node:
                 self.transport,
                 deadline=self.transport.deadline,
                 refresh=self._peer_list if self.coord is not None else None,
+                fanout=exp.fanout,
             )
             self.transport.deadline = None
             taught.skipped = sorted(set(everyone) - set(arrived))
