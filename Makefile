@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-scale
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -104,6 +104,10 @@ flower: venv data
 bench-privacy: venv data
 	$(PY) bench/privacy.py $(ARGS)
 	$(PY) bench/plot_privacy.py
+
+# 2 to 32 peer processes over gRPC, all pairs against a fan-out of 3: round time, bytes, memory
+bench-scale: venv data
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf runs .pytest_cache

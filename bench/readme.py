@@ -149,10 +149,28 @@ def faults_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def scale_table(results: Path = RESULTS) -> str:
+    runs = _load("scale", results)
+    lines = [
+        "| peers | teachers per student | pairs taught | round 1 wall time | bytes on the wire | "
+        "peak memory of a peer process (median) | median accuracy before -> after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs if isinstance(runs, list) else []:
+        fan = "all others" if not r["fanout"] else f"{r['fanout']} most useful"
+        lines.append(
+            f"| {r['peers']} | {fan} | {r['pairs']} | {r['round_seconds']:.1f} s | {r['bytes'] / 1e6:.1f} MB | "
+            f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | "
+            f"{_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
     "faults": faults_table,
+    "scale": scale_table,
 }
 
 

@@ -98,6 +98,12 @@ class ExperimentConfig:
         "(a quarter: 8 bits per weight with a scale per array); the peer's own model stays float32",
     )
     augment_copies: int = option(1, "augmented copies (shift, rotation, noise) sent with each counterfactual")
+    fanout: int = option(
+        0,
+        "each student is taught by its K most useful teachers for the classes it is weak on, judged from the "
+        "per-class validation accuracy every published model carries (0: every peer teaches every other); "
+        "a round then costs peers * K pulls and searches instead of peers * (peers - 1)",
+    )
     max_per_student: int = option(0, "most instances a teacher teaches one student per round (0: all qualified)")
     validation_share: float = option(
         0.1,
@@ -158,6 +164,8 @@ class ExperimentConfig:
             raise UsageError("--batch-size must be >= 1 and --lr > 0")
         if self.release_tries < 1:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
+        if self.fanout < 0:
+            raise UsageError(f"--fanout must be 0 (every peer teaches every other) or >= 1, got {self.fanout}")
         if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
             raise UsageError("--augment-copies, --max-per-student, --train-per-peer and --test-limit must be >= 0")
         if self.privacy not in PRIVACY_PRESETS and self.privacy != "custom":

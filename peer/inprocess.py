@@ -61,11 +61,13 @@ def run_rounds(
     epochs: int,
     retrain_epochs: int,
     quiet: bool = False,
+    fanout: int = 0,
 ) -> RunLog:
     """The whole experiment in this process: round 0 (local training), then `rounds` rounds, all
     peers stepping together (every peer publishes, then every peer teaches, then all retrain).
 
-    `test_x` may give each peer its own columns (peer id -> inputs).
+    `test_x` may give each peer its own columns (peer id -> inputs). `fanout` K > 0: each student
+    is taught by its K most useful teachers only (peer.core.fanout).
     """
     ids = [p.id for p in peers]
     records = _train_all(peers, 0, epochs, test_x, test_y, "train", quiet)
@@ -73,9 +75,10 @@ def run_rounds(
         for p in peers:
             p.snapshot(r)  # publish
         taught = {}
-        with _bar(len(peers) * (len(peers) - 1), f"round {r}/{rounds} teach", quiet, "pair") as bar:
+        per_student = len(peers) - 1 if fanout <= 0 else min(fanout, len(peers) - 1)
+        with _bar(len(peers) * per_student, f"round {r}/{rounds} teach", quiet, "pair") as bar:
             for p in peers:
-                taught[p.id] = teach_students(p, r, ids, transport, on_report=lambda _: bar.update(1))
+                taught[p.id] = teach_students(p, r, ids, transport, on_report=lambda _: bar.update(1), fanout=fanout)
         retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{rounds} retrain", quiet)
         records += [rec.merge(taught[rec.peer]) for rec in retrained]
     return RunLog.from_records(records, ids)
@@ -105,6 +108,7 @@ def run_experiment(
             cfg.epochs,
             cfg.retrain_epochs,
             quiet=quiet,
+            fanout=cfg.fanout,
         )
     finally:
         getattr(moves, "close", lambda: None)()

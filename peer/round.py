@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.fanout import Profile, profile_of, students_of
 from peer.core.gate import GateReport
 from peer.core.peer import Peer, TeachReport
 
@@ -40,6 +41,11 @@ class Transport(ABC):
     @abstractmethod
     def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
         """Deliver a batch; True if stored, False if that batch id was already stored."""
+
+    def get_spec(self, peer_id: str, round: int) -> dict[str, Any]:
+        """The spec of the model `peer_id` published for `round` (its profile included), without
+        its weights where the transport can send less than the whole model."""
+        return self.get_model(peer_id, round).spec
 
 
 class PeerUnreachable(RuntimeError):
@@ -171,8 +177,12 @@ def teach_students(
     refresh: Callable[[], None] | None = None,
     on_report: Callable[[TeachReport], None] | None = None,
     retry_every: float = 1.0,
+    fanout: int = 0,
 ) -> PeerRound:
     """Teach each student given (never itself); a record with the reports and the students it could not teach.
+
+    With `fanout` K > 0, only the students whose K most useful teachers include this peer
+    (peer.core.fanout.plan over the profiles of the models published for this round).
 
     A student whose model is malformed or who is unknown is recorded and not retried. One that
     is unreachable is retried (after `refresh`, e.g. a new peer list) until `deadline`
@@ -181,6 +191,8 @@ def teach_students(
     record = PeerRound(peer.id, round)
     start = time.perf_counter()
     pending = [s for s in students if s != peer.id]
+    if fanout > 0 and fanout < len(pending):
+        pending, record.errors = choose_students(peer, round, pending, transport, fanout)
     errors: dict[str, str] = {}
     while pending:
         for sid in list(pending):
@@ -203,9 +215,29 @@ def teach_students(
         time.sleep(retry_every)
         if refresh is not None:
             refresh()
-    record.errors = [{"teacher": peer.id, "student": s, "round": round, "error": e} for s, e in errors.items()]
+    record.errors += [{"teacher": peer.id, "student": s, "round": round, "error": e} for s, e in errors.items()]
     record.teach_seconds = time.perf_counter() - start
     return record
+
+
+def choose_students(
+    peer: Peer, round: int, others: Sequence[str], transport: Transport, fanout: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The students among `others` that the fan-out plan gives `peer` this round, and errors.
+
+    Every peer reads the same profiles (one spec per peer, not its weights) and computes the same
+    plan. A peer whose spec cannot be read is left out of the plan and recorded as an error; the
+    plan of the others stands.
+    """
+    profiles: dict[str, Profile | None] = {peer.id: profile_of(peer.snapshot(round).spec)}
+    errors = []
+    for sid in others:
+        try:
+            profiles[sid] = profile_of(transport.get_spec(sid, round))
+        except (PeerUnreachable, InvalidPayload, UnknownPeer) as exc:
+            errors.append({"teacher": peer.id, "student": sid, "round": round, "error": f"profile: {exc}"})
+    chosen = set(students_of(peer.id, profiles, fanout))
+    return [s for s in others if s in chosen], errors
 
 
 # What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever

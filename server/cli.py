@@ -144,6 +144,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         exp, extra = experiment_from_reports(
             coordinator.metrics, args.rounds, coordinator.wall_seconds(), coordinator.skipped()
         )
+        extra["round_wall_seconds"] = coordinator.round_seconds()
         write_results(out, exp, "grpc", extra)
     finally:
         server.stop(grace=5)
@@ -258,6 +259,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             coordinator.skipped(),
             {p: state / p for p in ids},
         )
+        extra["round_wall_seconds"] = coordinator.round_seconds()
         write_results(out, exp, "grpc", extra, quiet=args.quiet)
     finally:
         for p in procs:

@@ -279,6 +279,16 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 )
         return out
 
+    def round_seconds(self) -> list[float | None]:
+        """Wall seconds of each round r >= 1: from the release of its publish barrier (every model
+        of the round out) to the next round's, or to the last barrier for the last round."""
+        out: list[float | None] = []
+        for r in range(1, self.rounds + 1):
+            start = self.released(r, pb.STAGE_PUBLISHED)
+            end = self.released(r + 1, pb.STAGE_PUBLISHED) if r < self.rounds else self.released(r, pb.STAGE_DONE)
+            out.append(None if start is None or end is None else round(end - start, 3))
+        return out
+
     def wall_seconds(self) -> float | None:
         start = self.released(0, pb.STAGE_READY)
         end = self.released(self.rounds, pb.STAGE_DONE)

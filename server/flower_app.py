@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import InvalidPayload
+from peer.core.fanout import Profile, by_teacher, plan, profile_of
 from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
 from peer.flower import records as rec
@@ -178,6 +179,7 @@ class Collector:
         self.missing: dict[str, list[int]] = {}
         self.classes: dict[str, tuple[str, ...]] = {}  # each peer's class names (its own, on its own data)
         self.gallery: list[tuple[str, str, np.ndarray, str]] = []
+        self.profiles: dict[str, Profile | None] = {}  # each published model's per-class accuracy
 
     def add(self, record: PeerRound) -> None:
         key = (record.peer, record.round)
@@ -193,7 +195,8 @@ class Collector:
                 about = _config_of(content, "about")
                 learner, missing = str(about["learner"]), [int(c) for c in about["missing"]]
                 self.classes[pid] = tuple(str(c) for c in about["classes"])
-                rec.get_blob(content, pid)  # a forged model is refused here, not relayed to every peer
+                # a forged model is refused here, not relayed to every peer
+                self.profiles[pid] = profile_of(rec.get_blob(content, pid).spec)
                 self.models[pid] = (content[f"{rec.MODEL}.{pid}"], content[f"{rec.MODEL}.{pid}.spec"])
             self.add(record)
             self.learners[pid], self.missing[pid] = learner, missing
@@ -214,12 +217,17 @@ class Collector:
         classes, missing, own = union_classes(log, {p: self.classes[p] for p in self.ids}, self.missing)
         return Experiment(cfg, learners, missing, log, wall, classes, peer_classes=own)
 
-    def model_records(self, exclude: str) -> RecordDict:
+    def model_records(self, students: list[str]) -> RecordDict:
         out = RecordDict()
         for pid, (arrays, spec) in self.models.items():
-            if pid != exclude:
+            if pid in students:
                 out[f"{rec.MODEL}.{pid}"], out[f"{rec.MODEL}.{pid}.spec"] = arrays, spec
         return out
+
+    def students(self, fanout: int) -> dict[str, list[str]]:
+        """Teacher -> the students whose models it is sent this round (all others, or the fan-out
+        plan of peer.core.fanout over the profiles of the models just published)."""
+        return by_teacher(plan({p: self.profiles.get(p) for p in self.ids}, fanout))
 
 
 def relay(
@@ -284,8 +292,9 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
     log(INFO, "ckd: round 0 trained; median accuracy %.4f", float(np.median([col.accuracy(p, 0) for p in ids])))
     for r in range(1, cfg.rounds + 1):
         asks = {}
+        students = col.students(cfg.fanout)
         for p in ids:
-            content = col.model_records(exclude=p)
+            content = col.model_records(students[p])
             content["round"] = round_message(r)
             asks[fed.node_of[p]] = content
         inbox = relay(fed.exchange("train.distill", r, asks), fed, r, col, col.gallery if r == 1 else None)

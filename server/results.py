@@ -448,4 +448,5 @@ def wire_summary(metrics: dict[str, dict[int, dict]], ids: list[str], rounds: in
         "payload_bytes": payload,
         "overhead": round(sum(sent) / payload, 4) if payload else None,
         "refused": sum(w.get("refused", 0) for w in wire),
+        "peak_rss_mb": [w.get("peak_rss_mb") for w in wire],  # each peer process's peak resident memory
     }

@@ -49,12 +49,16 @@ def _assert_same_results(flower_summary: dict, expected: dict) -> None:
 
 
 def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_process):
+    """With a fan-out of 1 (the ServerApp sends each teacher only its planned students' models);
+    the deployment test below runs all pairs."""
     out = tmp_path / "out"
+    config = {**SMALL, "fanout": 1}
     with flower(tmp_path, simulation=True) as fl:
-        res = fl.run({**SMALL, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        res = fl.run({**config, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
-    _assert_same_results(summary, in_process(SMALL))
+    _assert_same_results(summary, in_process(config))
+    assert len(summary["pairs"]) == 3 and {p["student"] for p in summary["pairs"]} == {"peer-0", "peer-1", "peer-2"}
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "counterfactuals.png").stat().st_size > 0
     assert "ckd: results:" in res.stdout
 

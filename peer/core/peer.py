@@ -24,6 +24,7 @@ from peer.core.counterfactual import (
     search_counterfactuals,
     soft_targets,
 )
+from peer.core.fanout import PROFILE_KEY, Profile
 from peer.core.features import map_columns, shared
 from peer.core.gate import (
     GateConfig,
@@ -388,8 +389,23 @@ class Peer:
         if round not in self._published:
             self._published = {r: b for r, b in self._published.items() if r >= round - 1}
             # what teachers evaluate; my own model stays float32
-            self._published[round] = compact(self.learner.to_blob(), self.teach_config.blob_precision)
+            blob = compact(self.learner.to_blob(), self.teach_config.blob_precision)
+            spec = {**blob.spec, PROFILE_KEY: self.profile().to_spec()}
+            self._published[round] = ModelBlob(spec, blob.arrays)
         return self._published[round]
+
+    def profile(self) -> Profile:
+        """My model's accuracy per class on my validation slice (on my training data when I keep
+        none): published with the model, so peers can choose whom to teach (`--fanout`). It says
+        no more about my data than the model itself does to anyone who evaluates it."""
+        x, y, on = self.val_x, self.val_y, "validation"
+        if not len(y):
+            x, y, on = self.x, self.y, "training"
+        pred = self.learner.predict(x) if len(y) else np.zeros(0, dtype=np.int64)
+        accuracy = tuple(
+            round(float((pred[y == c] == c).mean()), 4) if (y == c).any() else None for c in range(len(self.classes))
+        )
+        return Profile(self.classes, accuracy, on)
 
     # -- teach -------------------------------------------------------------------------------
     def own_proba(self) -> np.ndarray:

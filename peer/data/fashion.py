@@ -6,6 +6,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,7 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MAX_IDX_BYTES = 8 << 30  # one IDX file's data; a header promising more is refused before allocating
 _IDX_DTYPES: dict[int, npt.DTypeLike] = {
     0x08: np.uint8,
     0x09: np.int8,
@@ -86,27 +88,39 @@ class Dataset:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzipped); raise UsageError on anything malformed."""
+    """Read one IDX file (optionally gzipped); raise UsageError on anything malformed.
+
+    The data is read straight into the array it becomes (no whole-file buffer beside it), so a
+    peer's memory peaks at the data set's size, not at two or three times it."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with path.open("rb") as probe:
+            gz = probe.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gz else path.open("rb") as f:
+            return _read_idx_stream(f, path)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UsageError(f"cannot read IDX file {path}: {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+
+
+def _read_idx_stream(f: Any, path: Path) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
         raise UsageError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise UsageError(f"{path} is truncated: header cut short")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise UsageError(
-            f"{path} is corrupt: header promises shape {shape} ({expected} bytes) but holds {len(raw) - header} bytes"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if expected > MAX_IDX_BYTES:
+        raise UsageError(f"{path}: header promises shape {shape} ({expected} bytes), over the cap of {MAX_IDX_BYTES}")
+    out = np.empty(shape, dtype=dtype)
+    got = f.readinto(memoryview(out).cast("B")) if expected else 0  # type: ignore[arg-type]
+    extra = len(f.read(1 << 20))
+    if got != expected or extra:
+        held = got + extra if extra < (1 << 20) else f"over {got + extra}"
+        raise UsageError(f"{path} is corrupt: header promises shape {shape} ({expected} bytes) but holds {held} bytes")
+    return out.astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -160,5 +174,5 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Datas
             raise UsageError(f"{directory}: {split} images {x.shape} and labels {y.shape} don't match")
         if y.size and (y.min() < 0 or y.max() >= len(FASHION_CLASSES)):
             raise UsageError(f"{directory}: {split} labels outside 0..{len(FASHION_CLASSES) - 1}")
-        parts.append(Dataset(x.astype(np.uint8), y.astype(np.int64), FASHION_CLASSES))
+        parts.append(Dataset(x.astype(np.uint8, copy=False), y.astype(np.int64), FASHION_CLASSES))
     return parts[0], parts[1]

@@ -228,7 +228,8 @@ def _train_and_report(
         }
     )
     rec.put_record(content, record)
-    rec.put_blob(content, peer.id, peer.learner.to_blob())
+    # what teachers get for the next round: at --blob-precision, with the model's profile
+    rec.put_blob(content, peer.id, peer.snapshot(round + 1))
     return Message(content, reply_to=msg)
 
 

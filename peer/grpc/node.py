@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import resource
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
 ACKED = "acked.jsonl"  # in the state directory: every batch a student acknowledged, one JSON line each
 # coordinator calls that fail with these are retried (the coordinator may be restarting)
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @dataclass
@@ -369,6 +375,7 @@ class Node:
                 self.transport,
                 deadline=self.transport.deadline,
                 refresh=self._peer_list if self.coord is not None else None,
+                fanout=exp.fanout,
             )
             self.transport.deadline = None
             taught.skipped = sorted(set(everyone) - set(arrived))
@@ -394,6 +401,7 @@ class Node:
             "payload_bytes": self.meter.payload,
             "by_kind": dict(self.meter.by_kind),
             "refused": len(self.servicer.refused),
+            "peak_rss_mb": peak_rss_mb(),
         }
 
     def _save_gallery(self) -> None:

@@ -7,6 +7,7 @@ problem; nothing is stored and the server keeps serving.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -130,6 +131,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"{self.peer.id} has not published a model for round {request.round}",
             )
+            return
+        if request.header_only:  # the spec and its profile, for peers choosing whom to teach
+            yield from self.meter.wrap("control", itertools.islice(encode_blob(blob, self.peer.id, request.round), 1))
             return
         self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))

@@ -6,13 +6,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
 from peer.grpc.service import Meter, after_first, grpc_options
 from peer.grpc.tls import Security
-from peer.grpc.wire import Limits, decode_blob, encode_batch
+from peer.grpc.wire import Limits, decode_blob, decode_blob_header, encode_batch
 from peer.round import PeerUnreachable, Transport, UnknownPeer
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 
@@ -106,6 +107,20 @@ class GrpcTransport(Transport):
             return blob
 
         return self._call(f"GetModel from {peer_id} round {round}", pull)
+
+    def get_spec(self, peer_id: str, round: int) -> dict[str, Any]:
+        stub = self._stub(peer_id)
+        request = peer_pb2.GetModelRequest(requester=self.me, round=round, header_only=True)
+
+        def pull() -> dict[str, Any]:
+            self.meter.record("control", request)
+            stream = after_first(stub.GetModel(request, timeout=self._timeout()), "pull")
+            spec, publisher, r = decode_blob_header(stream, self.limits)
+            if publisher != peer_id or r != round:
+                raise InvalidPayload(f"asked {peer_id!r} for round {round}, got {publisher!r} round {r}")
+            return spec
+
+        return self._call(f"GetModel header from {peer_id} round {round}", pull)
 
     def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
         stub = self._stub(peer_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -153,9 +154,7 @@ def _first(chunks: Iterator, part: str, what: str):
     return getattr(msg, part)
 
 
-def decode_blob(chunks: Iterable[wire_pb2.ModelChunk], limits: Limits = Limits()) -> tuple[ModelBlob, str, int]:
-    """(blob, publishing peer, round) from a model stream; validated, or InvalidPayload."""
-    chunks = iter(chunks)
+def _blob_header(chunks: Iterator[wire_pb2.ModelChunk], limits: Limits) -> tuple[wire_pb2.BlobHeader, dict, str]:
     header = _first(chunks, "header", "model blob")
     what = f"model blob of {header.peer!r} round {header.round}"
     if len(header.arrays) > limits.max_arrays:
@@ -171,6 +170,25 @@ def decode_blob(chunks: Iterable[wire_pb2.ModelChunk], limits: Limits = Limits()
         raise InvalidPayload(f"{what}: spec is not JSON ({exc})") from None
     if not isinstance(spec, dict):
         raise InvalidPayload(f"{what}: spec is not a JSON object")
+    return header, spec, what
+
+
+def decode_blob_header(
+    chunks: Iterable[wire_pb2.ModelChunk], limits: Limits = Limits()
+) -> tuple[dict[str, Any], str, int]:
+    """(spec, publishing peer, round) from a header-only model stream (GetModel with header_only);
+    a stream that carries weights after its header is refused."""
+    chunks = iter(chunks)
+    header, spec, what = _blob_header(chunks, limits)
+    if next(chunks, None) is not None:
+        raise InvalidPayload(f"{what}: header-only reply carries data after its header")
+    return spec, header.peer, int(header.round)
+
+
+def decode_blob(chunks: Iterable[wire_pb2.ModelChunk], limits: Limits = Limits()) -> tuple[ModelBlob, str, int]:
+    """(blob, publishing peer, round) from a model stream; validated, or InvalidPayload."""
+    chunks = iter(chunks)
+    header, spec, what = _blob_header(chunks, limits)
     layout = _layout(list(header.arrays), limits.max_blob_bytes, what)
     buf = _collect(chunks, sum(item[3] for item in layout), limits, what)
     blob = ModelBlob(spec, _arrays(buf, layout))

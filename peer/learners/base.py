@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from peer.core.blob import InvalidPayload, ModelBlob
+from peer.core.fanout import profile_of
 from peer.core.features import COLUMN_ARRAYS, ColumnModel
 from peer.core.precision import expand
 from peer.errors import UsageError
@@ -130,6 +131,7 @@ def make_learner(
 def learner_from_blob(blob: ModelBlob) -> Learner:
     """Validate an untrusted blob and rebuild its learner."""
     blob.validate()
+    profile_of(blob.spec)  # a malformed profile is refused with the model
     blob = expand(blob)  # a compacted blob (float16 or 8-bit weights) back in float32
     if blob.kind not in _REGISTRY:
         raise InvalidPayload(f"model blob has unknown learner kind {blob.kind!r}")

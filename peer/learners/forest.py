@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
 
 from peer.core.blob import InvalidPayload, ModelBlob
 from peer.learners.base import Learner, TrainConfig, expect_arrays, register
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import RandomForestClassifier
 
 
 @register
@@ -29,6 +32,9 @@ class ForestLearner(Learner):
         self.arrays: dict[str, np.ndarray] | None = None
 
     def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
+        # imported here: scikit-learn costs every peer process ~90 MB and seconds, forest peers only need it
+        from sklearn.ensemble import RandomForestClassifier
+
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         forest = RandomForestClassifier(
             n_estimators=int(self.arch["trees"]),

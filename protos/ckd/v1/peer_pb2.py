@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.ckd.v1 import wire_pb2 as ckd_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63kd/v1/peer.proto\x12\x06\x63kd.v1\x1a\x11\x63kd/v1/wire.proto\"3\n\x0fGetModelRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\":\n\x03\x41\x63k\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\"\x0f\n\rStatusRequest\"{\n\x0bStatusReply\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x17\n\x0fpublished_round\x18\x02 \x01(\x03\x12\x14\n\x0ctaught_round\x18\x03 \x01(\x03\x12\x16\n\x0e\x62\x61tches_stored\x18\x04 \x01(\x03\x12\x17\n\x0f\x65xamples_stored\x18\x05 \x01(\x03\x32\xb3\x01\n\x0bPeerService\x12\x39\n\x08GetModel\x12\x17.ckd.v1.GetModelRequest\x1a\x12.ckd.v1.ModelChunk0\x01\x12\x33\n\x0cPushExamples\x12\x14.ckd.v1.ExampleChunk\x1a\x0b.ckd.v1.Ack(\x01\x12\x34\n\x06Status\x12\x15.ckd.v1.StatusRequest\x1a\x13.ckd.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63kd/v1/peer.proto\x12\x06\x63kd.v1\x1a\x11\x63kd/v1/wire.proto\"H\n\x0fGetModelRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0bheader_only\x18\x03 \x01(\x08\":\n\x03\x41\x63k\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\"\x0f\n\rStatusRequest\"{\n\x0bStatusReply\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x17\n\x0fpublished_round\x18\x02 \x01(\x03\x12\x14\n\x0ctaught_round\x18\x03 \x01(\x03\x12\x16\n\x0e\x62\x61tches_stored\x18\x04 \x01(\x03\x12\x17\n\x0f\x65xamples_stored\x18\x05 \x01(\x03\x32\xb3\x01\n\x0bPeerService\x12\x39\n\x08GetModel\x12\x17.ckd.v1.GetModelRequest\x1a\x12.ckd.v1.ModelChunk0\x01\x12\x33\n\x0cPushExamples\x12\x14.ckd.v1.ExampleChunk\x1a\x0b.ckd.v1.Ack(\x01\x12\x34\n\x06Status\x12\x15.ckd.v1.StatusRequest\x1a\x13.ckd.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ckd.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETMODELREQUEST']._serialized_start=48
-  _globals['_GETMODELREQUEST']._serialized_end=99
-  _globals['_ACK']._serialized_start=101
-  _globals['_ACK']._serialized_end=159
-  _globals['_STATUSREQUEST']._serialized_start=161
-  _globals['_STATUSREQUEST']._serialized_end=176
-  _globals['_STATUSREPLY']._serialized_start=178
-  _globals['_STATUSREPLY']._serialized_end=301
-  _globals['_PEERSERVICE']._serialized_start=304
-  _globals['_PEERSERVICE']._serialized_end=483
+  _globals['_GETMODELREQUEST']._serialized_end=120
+  _globals['_ACK']._serialized_start=122
+  _globals['_ACK']._serialized_end=180
+  _globals['_STATUSREQUEST']._serialized_start=182
+  _globals['_STATUSREQUEST']._serialized_end=197
+  _globals['_STATUSREPLY']._serialized_start=199
+  _globals['_STATUSREPLY']._serialized_end=322
+  _globals['_PEERSERVICE']._serialized_start=325
+  _globals['_PEERSERVICE']._serialized_end=504
 # @@protoc_insertion_point(module_scope)

@@ -6,12 +6,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetModelRequest(_message.Message):
-    __slots__ = ("requester", "round")
+    __slots__ = ("requester", "round", "header_only")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    HEADER_ONLY_FIELD_NUMBER: _ClassVar[int]
     requester: str
     round: int
-    def __init__(self, requester: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    header_only: bool
+    def __init__(self, requester: _Optional[str] = ..., round: _Optional[int] = ..., header_only: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("stored", "duplicate", "examples")
