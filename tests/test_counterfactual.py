@@ -112,3 +112,35 @@ def test_dedupe_keeps_first_of_each_input_label_pair():
     y = np.array([0, 0, 0, 1, 0])
     assert dedupe(x, y).tolist() == [0, 2, 3]
     assert dedupe(x[:0], y[:0]).tolist() == []
+
+
+def test_newton_without_minimum_steps_leaves_examples_at_their_target_alone():
+    module = _teacher()
+    x = np.random.default_rng(2).random((16, 4, 4), dtype=np.float32)
+    with torch.no_grad():
+        proba = torch.softmax(module(torch.from_numpy(x)), 1).numpy()
+    y = proba.argmax(axis=1)
+    target = soft_targets(proba, y, 0.0)  # alpha 0: already there
+    res = gradient_counterfactuals(module, x, target, CounterfactualConfig(min_steps=0), levels=None)
+    assert (res.steps == 0).all() and not res.moved.any() and not res.ok.any()
+    assert np.array_equal(res.x, x)
+    other = soft_targets(proba, (y + 1) % 3, 0.5)
+    moved = gradient_counterfactuals(module, x, other, CounterfactualConfig(min_steps=0))
+    assert (moved.steps >= 1).all() and moved.ok.mean() > 0.8
+
+
+def test_convolutional_teacher_searches_a_channels_last_copy_of_the_same_function():
+    from peer.core.counterfactual import _fast_layout
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Unflatten(1, (1, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    fast = _fast_layout(module, torch.device("cpu"))
+    assert fast is not module and fast[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert module[1].weight.is_contiguous()  # the teacher's own module is untouched
+    x = torch.rand(32, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), module(x), atol=1e-5)
+    mlp = _teacher()
+    assert _fast_layout(mlp, torch.device("cpu")) is mlp  # no convolution: searched as it is

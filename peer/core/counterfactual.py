@@ -18,6 +18,7 @@ whose gap did not shrink to the tolerance, is a failure and is not sent.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,17 +121,16 @@ def gradient_counterfactuals(
     grads = [p.requires_grad for p in module.parameters()]
     for p in module.parameters():
         p.requires_grad_(False)
+    search = _fast_layout(module, device)
     outs = []
     try:
         for start in range(0, len(x), cfg.batch_size):
             x0 = torch.from_numpy(np.ascontiguousarray(x[start : start + cfg.batch_size], dtype=np.float32)).to(device)
             tgt = torch.from_numpy(target[start : start + cfg.batch_size]).to(device)
-            with torch.no_grad():
-                gap0 = _gap(torch.softmax(module(x0), dim=1), tgt)
-            xs, steps = step(module, x0, tgt, gap0, cfg)
+            xs, steps, gap0 = step(search, x0, tgt, cfg)
             with torch.no_grad():
                 xq = _quantise(xs, levels)
-                gap = _gap(torch.softmax(module(xq), dim=1), tgt)
+                gap = _gap(torch.softmax(search(xq), dim=1), tgt)
                 moved, ok = _judge(_quantise(x0, levels), xq, gap, gap0, cfg)
             outs.append(
                 CounterfactualResult(
@@ -143,6 +143,14 @@ def gradient_counterfactuals(
     return _concat(outs, x)
 
 
+def _fast_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to search with: on a CPU, a copy of a convolutional one with its weights in
+    channels-last layout (oneDNN's fast path: about 2x faster passes, the same function)."""
+    if device.type != "cpu" or not any(isinstance(m, torch.nn.Conv2d) for m in module.modules()):
+        return module
+    return copy.deepcopy(module).to(memory_format=torch.channels_last)
+
+
 def _done(gap: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig) -> torch.Tensor:
     return gap <= torch.clamp(gap0 * cfg.rel_tol, min=cfg.abs_tol)
 
@@ -152,26 +160,42 @@ _TRUST = 0.25  # most change of any one input in one step
 
 
 def _newton_batch(
-    module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Newton steps in logit space.
+    module, x0: torch.Tensor, target: torch.Tensor, cfg: CounterfactualConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gauss-Newton steps in logit space; returns x', steps taken and the starting gap.
 
     The logits z(x') should move by r = log y' - log f(x') (centred). Each step goes along
     d = J^T r, the steepest direction for that change, by the length t that best fits
     J(t d) = r, where J d is read off one extra forward pass (a finite difference, exact for a
     ReLU network within one linear region); a trust region caps each step. Minimal-norm steps
     keep x' close to x without a distance term; two to four steps usually reach the target.
+
+    Work is spent on the examples still moving only: whether an example has reached its target
+    is read off a forward pass without gradient, and only those that have not take the
+    gradient pass and the probe.
     """
     log_target = torch.log(target.clamp_min(1e-12))
     xs = x0.clone()
     steps = torch.zeros(len(x0), dtype=torch.int32, device=x0.device)
     active = torch.arange(len(x0), device=x0.device)
     shape = (-1,) + (1,) * (x0.dim() - 1)
+    gap0 = torch.zeros(0, device=x0.device)
     for t in range(1, cfg.max_steps + 1):
-        xa = xs[active].requires_grad_(True)
+        xa = xs[active]
+        if t > cfg.min_steps:  # who has reached the target stops here, before any gradient work
+            with torch.no_grad():
+                gap = _gap(torch.softmax(module(xa), dim=1), target[active])
+            if t == 1:
+                gap0 = gap
+            going = ~_done(gap, gap0[active], cfg)
+            active, xa = active[going], xa[going]
+            if len(active) == 0:
+                break
+        xa.requires_grad_(True)
         z = module(xa)
         logp = torch.log_softmax(z, dim=1)
-        done = _done(_gap(logp.exp(), target[active]), gap0[active], cfg) & (t > cfg.min_steps)
+        if t == 1 and cfg.min_steps >= 1:
+            gap0 = _gap(logp.detach().exp(), target)
         r = (log_target[active] - logp).detach()
         r = r - r.mean(dim=1, keepdim=True)
         zc = z - z.mean(dim=1, keepdim=True)
@@ -181,19 +205,17 @@ def _newton_batch(
             u = module(xa + _PROBE * d)
             u = (u - u.mean(dim=1, keepdim=True) - zc) / _PROBE  # J d, by a finite difference
             length = ((r * u).sum(dim=1) / (u * u).sum(dim=1).clamp_min(1e-12)).clamp_(0.0, _TRUST)
-            stepped = (xa + length.view(shape) * d).clamp_(0.0, 1.0)
-            xs[active[~done]] = stepped[~done]
-            steps[active[~done]] = t
-            active = active[~done]
-        if len(active) == 0:
-            break
-    return xs, steps
+            xs[active] = (xa + length.view(shape) * d).clamp_(0.0, 1.0)
+            steps[active] = t
+    return xs, steps, gap0
 
 
 def _adam_batch(
-    module, x0: torch.Tensor, target: torch.Tensor, gap0: torch.Tensor, cfg: CounterfactualConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
+    module, x0: torch.Tensor, target: torch.Tensor, cfg: CounterfactualConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper's objective ||f(x') - y'||^2 + lam ||x' - x||_1 by projected Adam."""
+    with torch.no_grad():
+        gap0 = _gap(torch.softmax(module(x0), dim=1), target)
     xs = x0.clone()
     steps = torch.zeros(len(x0), dtype=torch.int32, device=x0.device)
     active = torch.arange(len(x0), device=x0.device)
@@ -216,7 +238,7 @@ def _adam_batch(
             active = active[~done]
         if len(active) == 0:
             break
-    return xs, steps
+    return xs, steps, gap0
 
 
 def search_counterfactuals(
