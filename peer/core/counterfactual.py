@@ -5,9 +5,10 @@ Formulas (docs: ALGORITHM.md):
 - soft_targets:   y' = f_i(x) + alpha * (onehot(y) - f_i(x))
 - counterfactual x' in [0, 1]^D close to x with f_i(x') = y'. Differentiable teachers take
   Gauss-Newton steps in logit space ("newton", the default: minimal-norm moves, 2 to 4 steps)
-  or the paper's projected Adam on ||f_i(x') - y'||^2 + lam * ||x' - x||_1 ("adam"); other
-  teachers a derivative-free search (a line search toward the class prototype, then an
-  evolution strategy).
+  or the paper's projected Adam on ||f_i(x') - y'||^2 + lam * ||x' - x||_1 ("adam"); a forest
+  a search of its own leaf boxes (the nearest points where more of its trees vote for the
+  target); other teachers a derivative-free search (a line search toward the class prototype,
+  then an evolution strategy).
 
 Early stop. A confident teacher starts close to its own target, so an absolute tolerance would
 stop at x' = x. Here an example stops once its gap max|f_i(x') - y'| falls to `rel_tol` times
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from peer.errors import UsageError
+from peer.learners.forest import LeafBoxes
 
 METHODS = ("newton", "adam")
 
@@ -44,6 +46,9 @@ class CounterfactualConfig:
     population: int = 16  # candidates per example and step of the gradient-free search
     start: str = "instance"  # where the search starts: instance (the paper), mix, prototype, noise
     start_k: int = 4  # start "mix": instances averaged (the instance and k-1 of its class)
+    # a forest's leaf-box search leaves few examples unreached, mostly targets its votes (multiples of
+    # 1/trees) cannot hit; these steps of the gradient-free search (1: the line search) try them again
+    fallback_steps: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -62,6 +67,8 @@ class CounterfactualConfig:
 
         if self.start not in START_MODES:
             raise UsageError(f"unknown counterfactual start {self.start!r}; choose from {', '.join(START_MODES)}")
+        if not 1 <= self.fallback_steps <= self.max_steps:
+            raise UsageError(f"fallback_steps must be in 1..max_steps, got {self.fallback_steps}")
         if self.start_k < 2:
             raise UsageError(f"start_k (instances averaged by start mix) must be >= 2, got {self.start_k}")
 
@@ -249,6 +256,31 @@ def search_counterfactuals(
     cfg: CounterfactualConfig,
     rng: np.random.Generator,
     levels: int | None = 255,
+    boxes: LeafBoxes | None = None,
+) -> CounterfactualResult:
+    """Counterfactuals for a teacher that can only predict: with a forest's `boxes`, the leaf-box
+    search (`leaf_box_counterfactuals`) and, for what it does not reach, `cfg.fallback_steps` of
+    the derivative-free search; else the derivative-free search alone."""
+    if boxes is None:
+        return _sampling_search(predict_proba, x, target, prototypes, cfg, rng, levels)
+    res = leaf_box_counterfactuals(boxes, predict_proba, x, target, cfg, levels)
+    again = np.flatnonzero(~res.ok)
+    if len(again):
+        short = replace(cfg, max_steps=cfg.fallback_steps, min_steps=min(cfg.min_steps, cfg.fallback_steps))
+        more = _sampling_search(predict_proba, x[again], target[again], prototypes, short, rng, levels)
+        res.x[again], res.ok[again], res.moved[again], res.gap[again] = more.x, more.ok, more.moved, more.gap
+        res.steps[again] += more.steps
+    return res
+
+
+def _sampling_search(
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    target: np.ndarray,
+    prototypes: np.ndarray,
+    cfg: CounterfactualConfig,
+    rng: np.random.Generator,
+    levels: int | None = 255,
 ) -> CounterfactualResult:
     """Derivative-free counterfactuals for any teacher that can only predict.
 
@@ -312,6 +344,153 @@ def search_counterfactuals(
     gap = np.abs(predict_proba(best.reshape(n, *shape)) - tgt).max(axis=1)
     moved = (best != q(x0)).any(axis=1)
     return CounterfactualResult(best.reshape(n, *shape), moved & (gap <= goal), moved, steps, gap)
+
+
+def _on_grid(low: np.ndarray, high: np.ndarray, levels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """For bounds low < v <= high, the least and the most value of [0, 1] that v may take, on the
+    `levels` grid when given (as float32, the precision the forest compares); empty where least > most."""
+    if levels is None:
+        vmin, vmax = np.where(np.isfinite(low), low + 1e-6, 0.0), high
+    else:
+        with np.errstate(invalid="ignore"):
+            k = np.floor(np.clip(low, -1.0, 2.0) * levels)
+            vmin = np.where((k / levels).astype(np.float32) > low, k, k + 1) / levels
+            k = np.floor(np.clip(high, -1.0, 2.0) * levels)
+            k = np.where(((k + 1) / levels).astype(np.float32) <= high, k + 1, k)
+            vmax = np.where((k / levels).astype(np.float32) <= high, k, k - 1) / levels
+    return np.clip(vmin, 0.0, 1.0).astype(np.float32), np.clip(vmax, 0.0, 1.0).astype(np.float32)
+
+
+def _box_distances(
+    boxes: LeafBoxes, x: np.ndarray, levels: int | None, leaves: np.ndarray, chunk: int = 1 << 24
+) -> np.ndarray:
+    """(rows, len(leaves)) L1 distance from each row of x to each of those leaf boxes on the grid,
+    inf for a box with no grid point. Grown from the roots down over the nodes above those leaves:
+    a split moves one bound of one feature, so a child adds clip(s x - s b, 0, s b' - s b) to its
+    parent's distance (b its bound, b' the parent's, s = +1 for an upper bound, -1 for a lower)."""
+    vmin, vmax = _on_grid(boxes.node_low, boxes.node_high, levels)
+    pmin, pmax = _on_grid(boxes.parent_low, boxes.parent_high, levels)
+    upper = vmax < pmax  # which bound the split moved (a split that moves neither adds nothing)
+    sign = np.where(upper, 1.0, -1.0).astype(np.float32)
+    bound = np.where(upper, vmax, -vmin)
+    width = np.where(upper, pmax - vmax, vmin - pmin)
+    empty = vmin > vmax
+    bound[empty], width[empty] = -np.inf, np.inf
+    keep = np.zeros(len(boxes.depth), dtype=bool)  # the nodes on the paths to `leaves`
+    node = boxes.leaf_node[leaves]
+    while len(node):
+        keep[node] = True
+        node = np.unique(boxes.parent[node])
+        node = node[(node >= 0) & ~keep[np.maximum(node, 0)]]
+    depth = np.where(keep, boxes.depth, 0)
+    by_depth = [np.flatnonzero(depth == k) for k in range(1, int(depth.max(initial=0)) + 1)]
+    at = np.full(len(boxes.depth), -1, dtype=np.int64)
+    kept = np.flatnonzero(keep)
+    at[kept] = np.arange(len(kept))
+    out = np.empty((len(x), len(leaves)), dtype=np.float32)
+    per = max(1, chunk // max(len(kept), 1))
+    for s in range(0, len(x), per):
+        xs = x[s : s + per]
+        dist = np.zeros((len(xs), len(kept)), dtype=np.float32)
+        for nodes in by_depth:
+            step = xs[:, boxes.split[nodes]] * sign[nodes] - bound[nodes]
+            np.clip(step, 0.0, width[nodes], out=step)
+            dist[:, at[nodes]] = dist[:, at[boxes.parent[nodes]]] + step
+        out[s : s + per] = dist[:, at[boxes.leaf_node[leaves]]]
+    return out
+
+
+def leaf_box_counterfactuals(
+    boxes: LeafBoxes,
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    target: np.ndarray,
+    cfg: CounterfactualConfig,
+    levels: int | None = 255,
+) -> CounterfactualResult:
+    """Counterfactuals for a forest from its own structure, no sampling.
+
+    For the target class c of each example, every tree offers the leaf predicting c whose box is
+    nearest to x (L1; the nearest point of a box is x clipped to it, also nearest in L2). Trees are
+    taken in order of that distance, each box intersected with those before it where they overlap
+    (skipped where they do not), and x' is x clipped to the intersection, on the `levels` grid: a
+    path of ever more trees voting c at the least change of x. The first point on that path where
+    the forest's prediction reaches the target (the gap rule of the gradient searches) is x'; an
+    example whose path overshoots the target or runs out of trees is a failure. `steps` counts the
+    forest evaluations spent on an example.
+    """
+    n = len(x)
+    shape = x.shape[1:]
+    d = int(np.prod(shape))
+    q = (lambda a: np.round(a * levels) / levels) if levels is not None else (lambda a: a)
+    x0 = x.reshape(n, d).astype(np.float32)
+    tgt = target.astype(np.float32)
+    gap0 = np.abs(predict_proba(x) - tgt).max(axis=1)
+    goal = np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol)
+    start = np.concatenate([q(x0), np.zeros((n, 1), np.float32)], axis=1).astype(np.float32)  # + dummy column
+    best = start.copy()
+    ok = np.zeros(n, dtype=bool)
+    steps = np.zeros(n, dtype=np.int32)
+    gap = gap0.copy()
+    vmin, vmax = _on_grid(boxes.low, boxes.high, levels)
+    voted = boxes.value.argmax(axis=1)
+    cls = tgt.argmax(axis=1)
+    there = gap0 <= goal  # at the target already: x' must still move, to another box voting c
+    for c in np.unique(cls):
+        rows = np.flatnonzero(cls == c)
+        cand = np.flatnonzero(voted == c)
+        if len(cand) == 0:
+            continue
+        trees, first = np.unique(boxes.tree[cand], return_index=True)  # leaves are in tree order
+        dist = _box_distances(boxes, start[rows], levels, cand)
+        dist[there[rows][:, None] & (dist <= 0)] = np.inf
+        bounds = np.append(first, len(cand))
+        nearest = np.stack([cand[a + dist[:, a:b].argmin(axis=1)] for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+        near_dist = np.stack([dist[:, a:b].min(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+        order = np.argsort(near_dist, axis=1, kind="stable")
+        low = np.full((len(rows), d + 1), -np.inf, dtype=np.float32)
+        high = np.full((len(rows), d + 1), np.inf, dtype=np.float32)
+        point = start[rows].copy()
+        live = np.ones(len(rows), dtype=bool)
+        r = np.arange(len(rows))[:, None]
+        for k in range(len(trees)):
+            leaf = nearest[np.arange(len(rows)), order[:, k]]
+            reachable = np.isfinite(near_dist[np.arange(len(rows)), order[:, k]])
+            lf = boxes.feature[leaf]
+            nlo = np.maximum(low[r, lf], vmin[leaf])
+            nhi = np.minimum(high[r, lf], vmax[leaf])
+            fits = live & reachable & (nlo <= nhi).all(axis=1)
+            if not fits.any():
+                continue
+            i = np.flatnonzero(fits)
+            fi = lf[i]
+            saved = low[i[:, None], fi], high[i[:, None], fi], point[i[:, None], fi]
+            low[i[:, None], fi], high[i[:, None], fi] = nlo[i], nhi[i]
+            new = np.clip(start[rows[i]][np.arange(len(i))[:, None], fi], nlo[i], nhi[i])
+            point[i[:, None], fi] = new
+            moves = (new != saved[2]).any(axis=1)
+            changed = i[moves]
+            if len(changed) == 0:
+                continue
+            proba = predict_proba(point[changed, :d].reshape(-1, *shape))
+            rc = rows[changed]
+            steps[rc] += 1
+            g = np.abs(proba - tgt[rc]).max(axis=1)
+            gap[rc] = g
+            reached = g <= goal[rc]
+            best[rc[reached]] = point[changed[reached]]
+            ok[rc[reached]] = True
+            live[changed[reached]] = False
+            # past the target's confidence: this box is left out, the path goes on without it
+            over = np.flatnonzero(moves)[~reached & (proba[:, c] > tgt[rc, c] + goal[rc])]
+            if len(over):
+                back = i[over][:, None], fi[over]
+                low[back], high[back], point[back] = saved[0][over], saved[1][over], saved[2][over]
+            if not live.any():
+                break
+    out = best[:, :d]
+    moved = (out != start[:, :d]).any(axis=1)
+    return CounterfactualResult(out.reshape(n, *shape), ok & moved, moved, steps, gap)
 
 
 def _concat(parts: list[CounterfactualResult], x: np.ndarray) -> CounterfactualResult:
