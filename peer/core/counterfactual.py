@@ -177,9 +177,10 @@ def _newton_batch(
     ReLU network within one linear region); a trust region caps each step. Minimal-norm steps
     keep x' close to x without a distance term; two to four steps usually reach the target.
 
-    Work is spent on the examples still moving only: whether an example has reached its target
-    is read off a forward pass without gradient, and only those that have not take the
-    gradient pass and the probe.
+    Work is spent on the examples still moving: where the last check stopped many examples,
+    whether an example has reached its target is read off a forward pass without gradient and
+    only those that have not take the gradient pass; where it stopped few, the gradient pass of
+    all serves as the check. Only the examples still moving take the probe.
     """
     log_target = torch.log(target.clamp_min(1e-12))
     xs = x0.clone()
@@ -187,26 +188,40 @@ def _newton_batch(
     active = torch.arange(len(x0), device=x0.device)
     shape = (-1,) + (1,) * (x0.dim() - 1)
     gap0 = torch.zeros(0, device=x0.device)
+    stopped = 0.0  # share of the examples the last check stopped
     for t in range(1, cfg.max_steps + 1):
         xa = xs[active]
-        if t > cfg.min_steps:  # who has reached the target stops here, before any gradient work
+        check = t > cfg.min_steps
+        if check and stopped >= 0.5:  # many stop: check without gradient, then work on the rest
             with torch.no_grad():
                 gap = _gap(torch.softmax(module(xa), dim=1), target[active])
             if t == 1:
                 gap0 = gap
-            going = ~_done(gap, gap0[active], cfg)
-            active, xa = active[going], xa[going]
+            moving = ~_done(gap, gap0[active], cfg)
+            stopped = 1.0 - moving.float().mean().item()
+            active, xa, check = active[moving], xa[moving], False
             if len(active) == 0:
                 break
         xa.requires_grad_(True)
         z = module(xa)
         logp = torch.log_softmax(z, dim=1)
-        if t == 1 and cfg.min_steps >= 1:
+        going: torch.Tensor | None = None
+        if check:  # few stop: the pass with gradient serves the check too
+            gap = _gap(logp.detach().exp(), target[active])
+            if t == 1:
+                gap0 = gap
+            going = ~_done(gap, gap0[active], cfg)
+            stopped = 1.0 - going.float().mean().item()
+            if not going.any():
+                break
+        elif t == 1:
             gap0 = _gap(logp.detach().exp(), target)
         r = (log_target[active] - logp).detach()
         r = r - r.mean(dim=1, keepdim=True)
         zc = z - z.mean(dim=1, keepdim=True)
         (d,) = torch.autograd.grad((zc * r).sum(), xa)
+        if going is not None:  # rows are independent: those that stopped are dropped after the pass
+            active, xa, d, r, zc = active[going], xa[going], d[going], r[going], zc[going]
         with torch.no_grad():
             d = d / d.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(shape)  # max |d| = 1
             u = module(xa + _PROBE * d)
