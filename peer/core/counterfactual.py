@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,9 +46,9 @@ class CounterfactualConfig:
     population: int = 16  # candidates per example and step of the gradient-free search
     start: str = "instance"  # where the search starts: instance (the paper), mix, prototype, noise
     start_k: int = 4  # start "mix": instances averaged (the instance and k-1 of its class)
-    # a forest's leaf-box search leaves few examples unreached, mostly targets its votes (multiples of
-    # 1/trees) cannot hit; these steps of the gradient-free search (1: the line search) try them again
-    fallback_steps: int = 1
+    # a forest: steps in all (at most max_steps) of the gradient-free search for examples neither its
+    # line search nor its leaf boxes reach, where some output of the forest can reach the target
+    fallback_steps: int = 20
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -67,8 +67,8 @@ class CounterfactualConfig:
 
         if self.start not in START_MODES:
             raise UsageError(f"unknown counterfactual start {self.start!r}; choose from {', '.join(START_MODES)}")
-        if not 1 <= self.fallback_steps <= self.max_steps:
-            raise UsageError(f"fallback_steps must be in 1..max_steps, got {self.fallback_steps}")
+        if self.fallback_steps < 1:
+            raise UsageError(f"fallback_steps must be >= 1, got {self.fallback_steps}")
         if self.start_k < 2:
             raise UsageError(f"start_k (instances averaged by start mix) must be >= 2, got {self.start_k}")
 
@@ -273,19 +273,12 @@ def search_counterfactuals(
     levels: int | None = 255,
     boxes: LeafBoxes | None = None,
 ) -> CounterfactualResult:
-    """Counterfactuals for a teacher that can only predict: with a forest's `boxes`, the leaf-box
-    search (`leaf_box_counterfactuals`) and, for what it does not reach, `cfg.fallback_steps` of
-    the derivative-free search; else the derivative-free search alone."""
-    if boxes is None:
-        return _sampling_search(predict_proba, x, target, prototypes, cfg, rng, levels)
-    res = leaf_box_counterfactuals(boxes, predict_proba, x, target, cfg, levels)
-    again = np.flatnonzero(~res.ok)
-    if len(again):
-        short = replace(cfg, max_steps=cfg.fallback_steps, min_steps=min(cfg.min_steps, cfg.fallback_steps))
-        more = _sampling_search(predict_proba, x[again], target[again], prototypes, short, rng, levels)
-        res.x[again], res.ok[again], res.moved[again], res.gap[again] = more.x, more.ok, more.moved, more.gap
-        res.steps[again] += more.steps
-    return res
+    """Counterfactuals for a teacher that can only predict (see `_sampling_search`); with a
+    forest's `boxes`, what the line search toward the prototype does not reach goes on through the
+    forest's leaf boxes (`leaf_box_counterfactuals`) from the line search's best point, and only
+    what those miss, where the forest's votes can reach the target at all (`votes_can_reach`),
+    through the evolution strategy, up to `cfg.fallback_steps` steps in all."""
+    return _sampling_search(predict_proba, x, target, prototypes, cfg, rng, levels, boxes)
 
 
 def _sampling_search(
@@ -296,6 +289,7 @@ def _sampling_search(
     cfg: CounterfactualConfig,
     rng: np.random.Generator,
     levels: int | None = 255,
+    boxes: LeafBoxes | None = None,
 ) -> CounterfactualResult:
     """Derivative-free counterfactuals for any teacher that can only predict.
 
@@ -329,11 +323,23 @@ def _sampling_search(
     best_cost = np.abs(best_proba - tgt).sum(axis=1) + cfg.lam * np.abs(best - x0).sum(axis=1)
     steps = np.ones(n, dtype=np.int32)
 
-    # 2. evolution strategy for the rest
     active = np.flatnonzero(~reached.any(axis=1))
+    last = cfg.max_steps
+    if boxes is not None and len(active):  # a forest: its leaf boxes from the line search's best point
+        found = leaf_box_counterfactuals(
+            boxes, predict_proba, best[active].reshape(-1, *shape), tgt[active], cfg, levels, goal[active]
+        )
+        won = active[found.ok]
+        best[won] = found.x[found.ok].reshape(len(won), dim)
+        steps[active] += found.steps
+        active = active[~found.ok]
+        active = active[votes_can_reach(boxes, tgt[active], goal[active])]  # no budget on the impossible
+        last = min(cfg.fallback_steps, cfg.max_steps)
+
+    # 2. evolution strategy for the rest
     sigma = np.full(n, 0.25, dtype=np.float32)
     frac = min(1.0, max(8.0 / dim, 0.05))
-    for t in range(2, cfg.max_steps + 1):
+    for _ in range(2, last + 1):
         if len(active) == 0:
             break
         k = len(active)
@@ -353,7 +359,7 @@ def _sampling_search(
         best_cost[active[better]] = c[better, pick[better]]
         best_proba[active[better]] = proba[rows]
         sigma[active] = np.where(better, sigma[active] * 1.5, sigma[active] * 0.85).clip(0.02, 1.0)
-        steps[active] = t
+        steps[active] += 1
         active = active[np.abs(best_proba[active] - tgt[active]).max(axis=1) > goal[active]]
 
     gap = np.abs(predict_proba(best.reshape(n, *shape)) - tgt).max(axis=1)
@@ -415,6 +421,19 @@ def _box_distances(
     return out
 
 
+def votes_can_reach(boxes: LeafBoxes, target: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Per row, whether some forest output lies within `goal` of `target` in every class. A forest
+    whose leaves each vote for one class outputs votes / trees: each class needs a whole number of
+    votes in its band, and those numbers must add up to the trees. True for any other forest."""
+    if not np.isin(boxes.value, (0.0, 1.0)).all():
+        return np.ones(len(target), dtype=bool)
+    trees = int(boxes.tree.max(initial=0)) + 1
+    eps = 1e-6
+    low = np.clip(np.ceil((target - goal[:, None]) * trees - eps), 0, trees)
+    high = np.clip(np.floor((target + goal[:, None]) * trees + eps), 0, trees)
+    return (low <= high).all(axis=1) & (low.sum(axis=1) <= trees) & (high.sum(axis=1) >= trees)
+
+
 def leaf_box_counterfactuals(
     boxes: LeafBoxes,
     predict_proba: Callable[[np.ndarray], np.ndarray],
@@ -422,6 +441,7 @@ def leaf_box_counterfactuals(
     target: np.ndarray,
     cfg: CounterfactualConfig,
     levels: int | None = 255,
+    goal: np.ndarray | None = None,
 ) -> CounterfactualResult:
     """Counterfactuals for a forest from its own structure, no sampling.
 
@@ -431,8 +451,8 @@ def leaf_box_counterfactuals(
     (skipped where they do not), and x' is x clipped to the intersection, on the `levels` grid: a
     path of ever more trees voting c at the least change of x. The first point on that path where
     the forest's prediction reaches the target (the gap rule of the gradient searches) is x'; an
-    example whose path overshoots the target or runs out of trees is a failure. `steps` counts the
-    forest evaluations spent on an example.
+    example whose path runs out of trees is a failure (a box that overshoots the target is left
+    out). `steps` counts the forest evaluations spent on an example.
     """
     n = len(x)
     shape = x.shape[1:]
@@ -441,7 +461,8 @@ def leaf_box_counterfactuals(
     x0 = x.reshape(n, d).astype(np.float32)
     tgt = target.astype(np.float32)
     gap0 = np.abs(predict_proba(x) - tgt).max(axis=1)
-    goal = np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol)
+    if goal is None:  # else the gap each example must reach, from a search before this one
+        goal = np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol)
     start = np.concatenate([q(x0), np.zeros((n, 1), np.float32)], axis=1).astype(np.float32)  # + dummy column
     best = start.copy()
     ok = np.zeros(n, dtype=bool)
