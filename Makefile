@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -88,6 +88,10 @@ bench-fuzz: venv
 # listed after bench-fuzz: faults.json repeats fuzz.json's case and crash counts
 bench-faults: venv data
 	$(PY) bench/faults.py
+# counterfactual search speed per teacher kind (cnn, mlp, forest) against a per-example loop and
+# the floor of its passes; writes bench/results/cf_speed.json
+bench-cf-speed: venv data
+	$(PY) bench/cf_speed.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

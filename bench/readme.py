@@ -5,8 +5,9 @@
 
 Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
 outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
-of bench/privacy.py) and `faults` (bench/faults.py's scenarios). A test runs the check, so a
-README that disagrees with its JSON fails CI.
+of bench/privacy.py), `faults` (bench/faults.py's scenarios) and `cf_speed` (counterfactual
+search speed per teacher, bench/cf_speed.py). A test runs the check, so a README that disagrees
+with its JSON fails CI.
 """
 
 from __future__ import annotations
@@ -149,10 +150,44 @@ def faults_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def cf_speed_table(results: Path = RESULTS) -> str:
+    d = _load("cf_speed", results)
+    lines = [
+        "| teacher | counterfactuals/s | per CPU second | one at a time | floor | x of floor | mean steps | "
+        "made / failed | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for kind, k in d["kinds"].items():
+        lines.append(
+            f"| {kind} | {k['counterfactuals_per_second']:.0f} | {k.get('counterfactuals_per_cpu_second', 'n/a')} | "
+            f"{k['per_example_loop_per_second']:.0f} | "
+            f"{k['floor_per_second']:.0f} | {k['within_x_of_floor']:.2f} | {k['mean_steps']} | "
+            f"{k['made']} / {k['failed']} | {_when(d)} |"
+        )
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    forest = (d["kinds"].get("forest") or {}).get("compared_with_sampling_search")
+    if forest:
+        new, old, box = forest["default"], forest["sampling_only"], forest["leaf_box_only"]
+        both = forest["mean_l1_both_ok"]
+        lines.append(
+            f"Forest, the same {forest['instances']} instances searched from themselves: the search that teaches "
+            f"{new['ok']} made ({new['per_second']:.0f}/s), the derivative-free search it replaces {old['ok']} "
+            f"({old['per_second']:.0f}/s), mean L1 to the start where both made one {both['default']} against "
+            f"{both['sampling_only']}; the leaf boxes alone {box['ok']} ({box['per_second']:.0f}/s, mean L1 "
+            f"{box['mean_l1_of_ok']}). The forest predicts the target class for "
+            f"{_pct(new['ok_predicted_as_target'])} of what the search that teaches made."
+        )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
     "faults": faults_table,
+    "cf_speed": cf_speed_table,
 }
 
 

@@ -33,9 +33,28 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
     text = (
         "intro\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n<!-- bench:privacy -->\n<!-- /bench:privacy -->\n"
         "<!-- bench:faults -->\n<!-- /bench:faults -->\n"
+        "<!-- bench:cf_speed -->\n<!-- /bench:cf_speed -->\n"
     )
     out = readme.render(text, results)
     assert "| 0.123 |" in out and "old" not in out and out.startswith("intro\n")
     assert readme.render(out, results) == out  # rendering is stable
+    assert "<!-- bench:cf_speed -->\n| teacher |" in out  # no cf_speed.json: the table's head alone
+    speed = {
+        "command": "python bench/cf_speed.py",
+        "date": "2026-11-29",
+        "kinds": {
+            "cnn": {
+                "counterfactuals_per_second": 2345.6,
+                "per_example_loop_per_second": 12.0,
+                "floor_per_second": 3000.0,
+                "within_x_of_floor": 1.28,
+                "mean_steps": 2.0,
+                "made": 10,
+                "failed": 1,
+            }
+        },
+    }
+    (results / "cf_speed.json").write_text(json.dumps(speed))
+    assert "| cnn | 2346 | n/a | 12 | 3000 | 1.28 | 2.0 | 10 / 1 |" in readme.render(text, results)
     with pytest.raises(ValueError, match="bench:privacy"):
         readme.render("<!-- bench:results -->\n<!-- /bench:results -->\n", results)

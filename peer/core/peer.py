@@ -37,6 +37,7 @@ from peer.core.precision import PRECISIONS, compact
 from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
+from peer.learners.forest import ForestLearner
 from peer.learners.neural import TorchLearner
 from peer.privacy.measures import LeakageStats, measure_leakage, nearest, nearest_ratio
 from peer.privacy.release import release_noise, start_points
@@ -575,7 +576,10 @@ class Peer:
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
             if cc.start == "noise":  # data-free: no line search toward a prototype of private data
                 protos = np.full_like(protos, 0.5)
-            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels)
+            boxes = None  # a forest is searched through its own leaf boxes, in my search space
+            if isinstance(self.learner, ForestLearner):
+                boxes = self.learner.leaf_boxes(self.low, self.high) if self.features else self.learner.leaf_boxes()
+            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels, boxes=boxes)
         report.counterfactual_seconds += time.perf_counter() - t0
         report.failed += res.failed
         good = np.flatnonzero(res.ok)
