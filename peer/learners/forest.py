@@ -68,7 +68,7 @@ class ForestLearner(Learner):
         return ModelBlob({**self.base_spec(), "arch": self.arch}, {**self.arrays, **self.column_arrays()})
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> ForestLearner:
+    def from_blob(cls, blob: ModelBlob, device: str = "auto") -> ForestLearner:  # numpy: no device
         learner = cls(
             tuple(blob.spec["input_shape"]),
             tuple(blob.spec["classes"]),
