@@ -30,6 +30,7 @@ from peer.errors import UsageError
 from peer.learners.forest import LeafBoxes
 
 METHODS = ("newton", "adam")
+FOREST_SEARCHES = ("leaf-box", "sampling")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class CounterfactualConfig:
     # a forest: steps in all (at most max_steps) of the gradient-free search for examples neither its
     # line search nor its leaf boxes reach, where some output of the forest can reach the target
     fallback_steps: int = 20
+    # a forest: "leaf-box" (its leaf boxes after the line search) or "sampling" (the gradient-free
+    # search alone, as for any teacher that can only predict)
+    forest_search: str = "leaf-box"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -67,6 +71,8 @@ class CounterfactualConfig:
 
         if self.start not in START_MODES:
             raise UsageError(f"unknown counterfactual start {self.start!r}; choose from {', '.join(START_MODES)}")
+        if self.forest_search not in FOREST_SEARCHES:
+            raise UsageError(f"unknown forest search {self.forest_search!r}; choose from {', '.join(FOREST_SEARCHES)}")
         if self.fallback_steps < 1:
             raise UsageError(f"fallback_steps must be >= 1, got {self.fallback_steps}")
         if self.start_k < 2:
