@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) bench-gpu flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,12 @@ bench-faults: venv data
 # the floor of its passes; writes bench/results/cf_speed.json
 bench-cf-speed: venv data
 	$(PY) bench/cf_speed.py
+# on whatever torch device there is (CUDA when present): a CNN peer's training, evaluation and
+# counterfactual search; writes bench/results/gpu_check.json. Not part of make bench: meant for a
+# machine with a GPU (on one without, it measures the CPU)
+bench-gpu: venv data
+	$(PY) bench/gpu_check.py --device $(or $(DEVICE),auto)
+	$(PY) bench/readme.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

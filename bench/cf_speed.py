@@ -12,9 +12,9 @@ right (a superset of what any student qualifies), at most --examples of them. Ra
   points, search, judging, de-duplication), the median of --repeats runs;
 - per_example_loop_per_second: the same Peer._search called on one instance at a time;
 - floor_per_second: a torch teacher's cost of one forward and backward pass (input gradient,
-  batched as the search batches) per search step, times the mean steps: the rate of a search
-  that did nothing but its gradient passes. The forest has no gradient; its floor is one batched
-  predict_proba per instance per step of its search.
+  batched as the search batches, in the layout the search uses) per search step, times the mean
+  steps: the rate of a search that did nothing but its gradient passes. The forest has no
+  gradient; its floor is one batched predict_proba per instance per step of its search.
 
 The forest's leaf-box search (peer.core.counterfactual.forest_counterfactuals) is compared with
 the derivative-free search it replaces on the same instances: validity (the forest predicts the
@@ -41,7 +41,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from fmnist10 import machine  # noqa: E402
 
 from peer.config import DEFAULT_PRIVACY, PRIVACY_PRESETS, ExperimentConfig  # noqa: E402
-from peer.core.counterfactual import leaf_box_counterfactuals, search_counterfactuals, soft_targets  # noqa: E402
+from peer.core.counterfactual import (  # noqa: E402
+    _fast_layout,
+    leaf_box_counterfactuals,
+    search_counterfactuals,
+    soft_targets,
+)
 from peer.core.peer import Peer, TeachReport  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.experiment import build_peer, partition  # noqa: E402
@@ -65,10 +70,15 @@ CPU_SECONDS: dict[int, float] = {}  # id(report) -> CPU seconds of this process 
 
 
 def search(peer: Peer, idx: np.ndarray, seed: int) -> TeachReport:
+    """One Peer._search over `idx`; the report's mean steps and L1 to the start filled in from what
+    it found, as Peer._search_and_release fills them in for a teaching call."""
     report = TeachReport(peer.id, "student", 1)
     cpu = time.process_time()
-    peer._search(idx, report, np.random.default_rng(seed))
+    found = peer._search(idx, report, np.random.default_rng(seed))
     CPU_SECONDS[id(report)] = time.process_time() - cpu
+    report.mean_steps = float(found.steps.mean()) if len(found.steps) else 0.0
+    if len(found.y):
+        report.source_l1 = float(np.abs(found.x - found.src).reshape(len(found.y), -1).sum(axis=1).mean())
     return report
 
 
@@ -80,7 +90,10 @@ def rate(reports: list[TeachReport]) -> float:
 def gradient_pass_seconds(peer: Peer, x: np.ndarray, batch: int, repeats: int = 5) -> float:
     """Seconds per example of one forward and backward pass (gradient wrt the input), batched."""
     assert isinstance(peer.learner, TorchLearner)
-    module = peer.learner.module.eval()
+    # the module the search runs (on a CPU, a convolutional teacher's channels-last copy)
+    module = _fast_layout(peer.learner.module.eval(), peer.learner.device)
+    for p in module.parameters():
+        p.requires_grad_(False)
     xb = torch.from_numpy(np.ascontiguousarray(x[:batch], dtype=np.float32))
     best = float("inf")
     for _ in range(repeats):

@@ -5,9 +5,10 @@
 
 Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
 outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
-of bench/privacy.py), `faults` (bench/faults.py's scenarios) and `cf_speed` (counterfactual
-search speed per teacher, bench/cf_speed.py). A test runs the check, so a README that disagrees
-with its JSON fails CI.
+of bench/privacy.py), `faults` (bench/faults.py's scenarios), `cf_speed` (counterfactual
+search speed per teacher, bench/cf_speed.py) and `gpu_check` (a CNN peer's speed on the device
+there was, bench/gpu_check.py). A test runs the check, so a README that disagrees with its JSON
+fails CI.
 """
 
 from __future__ import annotations
@@ -183,11 +184,31 @@ def cf_speed_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def gpu_check_table(results: Path = RESULTS) -> str:
+    d = _load("gpu_check", results)
+    lines = [
+        "| device | torch (CUDA) | training images/s | evaluation images/s | counterfactuals/s | floor | "
+        "x of floor | measured | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    cf = d["counterfactuals"]
+    lines.append(
+        f"| {d['device_name']} ({d['device']}) | {d['torch']} ({d.get('cuda_version') or 'none'}) | "
+        f"{d['train']['images_per_second']:.0f} | {d['evaluate']['images_per_second']:.0f} | "
+        f"{cf['counterfactuals_per_second']:.0f} | {cf['floor_per_second']:.0f} | {cf['within_x_of_floor']:.2f} | "
+        f"{_when(d)} | `{d['command']}` |"
+    )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
     "faults": faults_table,
     "cf_speed": cf_speed_table,
+    "gpu_check": gpu_check_table,
 }
 
 

@@ -34,6 +34,7 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
         "intro\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n<!-- bench:privacy -->\n<!-- /bench:privacy -->\n"
         "<!-- bench:faults -->\n<!-- /bench:faults -->\n"
         "<!-- bench:cf_speed -->\n<!-- /bench:cf_speed -->\n"
+        "<!-- bench:gpu_check -->\n<!-- /bench:gpu_check -->\n"
     )
     out = readme.render(text, results)
     assert "| 0.123 |" in out and "old" not in out and out.startswith("intro\n")
@@ -56,5 +57,24 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
     }
     (results / "cf_speed.json").write_text(json.dumps(speed))
     assert "| cnn | 2346 | n/a | 12 | 3000 | 1.28 | 2.0 | 10 / 1 |" in readme.render(text, results)
+    gpu = {
+        "command": "python bench/gpu_check.py",
+        "date": "2026-11-29",
+        "device": "cuda",
+        "device_name": "NVIDIA H200",
+        "torch": "2.14.1",
+        "cuda_version": "13.0",
+        "train": {"images_per_second": 51234.4},
+        "evaluate": {"images_per_second": 250000.0},
+        "counterfactuals": {
+            "counterfactuals_per_second": 40321.0,
+            "floor_per_second": 60000.0,
+            "within_x_of_floor": 1.49,
+        },
+    }
+    (results / "gpu_check.json").write_text(json.dumps(gpu))
+    assert "| NVIDIA H200 (cuda) | 2.14.1 (13.0) | 51234 | 250000 | 40321 | 60000 | 1.49 | 2026-11-29 |" in (
+        readme.render(text, results)
+    )
     with pytest.raises(ValueError, match="bench:privacy"):
         readme.render("<!-- bench:results -->\n<!-- /bench:results -->\n", results)
