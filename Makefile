@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -75,6 +75,10 @@ bench-hetero: venv data
 bench-tabular: venv
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
+# a forest teacher's leaf-box search against the gradient-free one on the digits table, 5 seeds
+# under the paper and guarded releases; writes bench/results/forest_search.json
+bench-forest-search: venv
+	$(PY) bench/forest_search.py
 bench-column-fill: venv
 	$(PY) bench/column_fill.py
 bench-precision: venv data

@@ -6,8 +6,9 @@
 Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
 outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
 of bench/privacy.py), `faults` (bench/faults.py's scenarios), `cf_speed` (counterfactual
-search speed per teacher, bench/cf_speed.py) and `gpu_check` (a CNN peer's speed on the device
-there was, bench/gpu_check.py). A test runs the check, so a README that disagrees with its JSON
+search speed per teacher, bench/cf_speed.py), `forest_search` (what a forest's two searches
+taught on the digits table, bench/forest_search.py) and `gpu_check` (a CNN peer's speed on the
+device there was, bench/gpu_check.py). A test runs the check, so a README that disagrees with its JSON
 fails CI.
 """
 
@@ -184,6 +185,30 @@ def cf_speed_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def forest_search_table(results: Path = RESULTS) -> str:
+    d = _load("forest_search", results)
+    lines = [
+        "| release | forest's search | seeds | mlp after (each seed) | mean mlp / forest / linear after | "
+        "forest sent (mean) | forest's search seconds (each seed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for privacy, by_search in d["by_privacy"].items():
+        for search, s in by_search.items():
+            runs, mean = s["runs"], s["mean_accuracy_after"]
+            seconds = " / ".join(f"{r['forest_search_seconds']:.1f}" for r in runs)
+            lines.append(
+                f"| {privacy} | {search} | {len(runs)} | "
+                f"{' / '.join(_pct(r['accuracy_after']['mlp']) for r in runs)} | "
+                f"{' / '.join(_pct(mean[k]) for k in ('mlp', 'forest', 'linear'))} | {s['mean_forest_sent']:.0f} | "
+                f"{seconds} |"
+            )
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`; each run `{d['each_run']}`.")
+    return "\n".join(lines)
+
+
 def gpu_check_table(results: Path = RESULTS) -> str:
     d = _load("gpu_check", results)
     lines = [
@@ -208,6 +233,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "privacy": privacy_table,
     "faults": faults_table,
     "cf_speed": cf_speed_table,
+    "forest_search": forest_search_table,
     "gpu_check": gpu_check_table,
 }
 

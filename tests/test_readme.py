@@ -34,6 +34,7 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
         "intro\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n<!-- bench:privacy -->\n<!-- /bench:privacy -->\n"
         "<!-- bench:faults -->\n<!-- /bench:faults -->\n"
         "<!-- bench:cf_speed -->\n<!-- /bench:cf_speed -->\n"
+        "<!-- bench:forest_search -->\n<!-- /bench:forest_search -->\n"
         "<!-- bench:gpu_check -->\n<!-- /bench:gpu_check -->\n"
     )
     out = readme.render(text, results)
