@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) flower venv data clean protos
+.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) bench-gpu flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-scale
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -75,6 +75,10 @@ bench-hetero: venv data
 bench-tabular: venv
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
+# a forest teacher's leaf-box search against the gradient-free one on the digits table, 5 seeds
+# under the paper and guarded releases; writes bench/results/forest_search.json
+bench-forest-search: venv
+	$(PY) bench/forest_search.py
 bench-column-fill: venv
 	$(PY) bench/column_fill.py
 bench-precision: venv data
@@ -88,6 +92,16 @@ bench-fuzz: venv
 # listed after bench-fuzz: faults.json repeats fuzz.json's case and crash counts
 bench-faults: venv data
 	$(PY) bench/faults.py
+# counterfactual search speed per teacher kind (cnn, mlp, forest) against a per-example loop and
+# the floor of its passes; writes bench/results/cf_speed.json
+bench-cf-speed: venv data
+	$(PY) bench/cf_speed.py
+# on whatever torch device there is (CUDA when present): a CNN peer's training, evaluation and
+# counterfactual search; writes bench/results/gpu_check.json. Not part of make bench: meant for a
+# machine with a GPU (on one without, it measures the CPU)
+bench-gpu: venv data
+	$(PY) bench/gpu_check.py --device $(or $(DEVICE),auto)
+	$(PY) bench/readme.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink
 # it starts keeps running; stop it by its PID (ss -ltnpH 'sport = :39091').

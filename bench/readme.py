@@ -5,8 +5,11 @@
 
 Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md; everything
 outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
-of bench/privacy.py) and `faults` (bench/faults.py's scenarios). A test runs the check, so a
-README that disagrees with its JSON fails CI.
+of bench/privacy.py), `faults` (bench/faults.py's scenarios), `cf_speed` (counterfactual
+search speed per teacher, bench/cf_speed.py), `forest_search` (what a forest's two searches
+taught on the digits table, bench/forest_search.py) and `gpu_check` (a CNN peer's speed on the
+device there was, bench/gpu_check.py). A test runs the check, so a README that disagrees with its JSON
+fails CI.
 """
 
 from __future__ import annotations
@@ -149,6 +152,82 @@ def faults_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def cf_speed_table(results: Path = RESULTS) -> str:
+    d = _load("cf_speed", results)
+    lines = [
+        "| teacher | counterfactuals/s | per CPU second | one at a time | floor | x of floor | mean steps | "
+        "made / failed | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for kind, k in d["kinds"].items():
+        lines.append(
+            f"| {kind} | {k['counterfactuals_per_second']:.0f} | {k.get('counterfactuals_per_cpu_second', 'n/a')} | "
+            f"{k['per_example_loop_per_second']:.0f} | "
+            f"{k['floor_per_second']:.0f} | {k['within_x_of_floor']:.2f} | {k['mean_steps']} | "
+            f"{k['made']} / {k['failed']} | {_when(d)} |"
+        )
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    forest = (d["kinds"].get("forest") or {}).get("compared_with_sampling_search")
+    if forest:
+        new, old, box = forest["default"], forest["sampling_only"], forest["leaf_box_only"]
+        both = forest["mean_l1_both_ok"]
+        lines.append(
+            f"Forest, the same {forest['instances']} instances searched from themselves: the search that teaches "
+            f"{new['ok']} made ({new['per_second']:.0f}/s), the derivative-free search it replaces {old['ok']} "
+            f"({old['per_second']:.0f}/s), mean L1 to the start where both made one {both['default']} against "
+            f"{both['sampling_only']}; the leaf boxes alone {box['ok']} ({box['per_second']:.0f}/s, mean L1 "
+            f"{box['mean_l1_of_ok']}). The forest predicts the target class for "
+            f"{_pct(new['ok_predicted_as_target'])} of what the search that teaches made."
+        )
+    return "\n".join(lines)
+
+
+def forest_search_table(results: Path = RESULTS) -> str:
+    d = _load("forest_search", results)
+    lines = [
+        "| release | forest's search | seeds | mlp after (each seed) | mean mlp / forest / linear after | "
+        "forest sent (mean) | forest's search seconds (each seed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for privacy, by_search in d["by_privacy"].items():
+        for search, s in by_search.items():
+            runs, mean = s["runs"], s["mean_accuracy_after"]
+            seconds = " / ".join(f"{r['forest_search_seconds']:.1f}" for r in runs)
+            lines.append(
+                f"| {privacy} | {search} | {len(runs)} | "
+                f"{' / '.join(_pct(r['accuracy_after']['mlp']) for r in runs)} | "
+                f"{' / '.join(_pct(mean[k]) for k in ('mlp', 'forest', 'linear'))} | {s['mean_forest_sent']:.0f} | "
+                f"{seconds} |"
+            )
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`; each run `{d['each_run']}`.")
+    return "\n".join(lines)
+
+
+def gpu_check_table(results: Path = RESULTS) -> str:
+    d = _load("gpu_check", results)
+    lines = [
+        "| device | torch (CUDA) | training images/s | evaluation images/s | counterfactuals/s | floor | "
+        "x of floor | measured | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    cf = d["counterfactuals"]
+    lines.append(
+        f"| {d['device_name']} ({d['device']}) | {d['torch']} ({d.get('cuda_version') or 'none'}) | "
+        f"{d['train']['images_per_second']:.0f} | {d['evaluate']['images_per_second']:.0f} | "
+        f"{cf['counterfactuals_per_second']:.0f} | {cf['floor_per_second']:.0f} | {cf['within_x_of_floor']:.2f} | "
+        f"{_when(d)} | `{d['command']}` |"
+    )
+    return "\n".join(lines)
+
+
 def scale_table(results: Path = RESULTS) -> str:
     runs = _load("scale", results)
     lines = [
@@ -170,6 +249,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
     "faults": faults_table,
+    "cf_speed": cf_speed_table,
+    "forest_search": forest_search_table,
+    "gpu_check": gpu_check_table,
     "scale": scale_table,
 }
 

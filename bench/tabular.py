@@ -2,6 +2,7 @@
 
     python bench/tabular.py                  # digits -> bench/results/tabular.json (about a minute on 2 cores)
     python bench/tabular.py --dataset wine   # wine -> bench/results/tabular_wine.json (seconds)
+    python bench/tabular.py --set cf_forest_search=sampling --out /tmp/t.json   # an option changed
 
 The paper's tabular setting on data that ships with scikit-learn: the 8x8 digits as a table of
 64 named pixel columns ("pixel_r_c", values 0..16). Everything is fixed up front:
@@ -116,9 +117,25 @@ def main() -> int:
     )
     parser.add_argument("--privacy", default="paper", help="release preset (see `ckd demo --help`)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/tabular*.json)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="an option on top of the setting, e.g. --set cf_forest_search=sampling (needs --out)",
+    )
     args = parser.parse_args()
+    if args.set and not args.out:
+        parser.error("--set needs --out: the result is not the benchmark's setting")
     torch.set_num_threads(int(os.environ.get("CKD_THREADS", "1")))
+    knobs = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(CONFIG, key):
+            parser.error(f"--set {item}: no option {key!r}")
+        knobs[key] = type(getattr(CONFIG, key))(value)
     cfg = replace(CONFIG, column_fill=args.column_fill, **with_privacy({"privacy": args.privacy}, set()))
+    cfg = replace(cfg, **knobs)
     data = load(args.dataset)
     train, test = holdout(data, 0.25, seed=0)
     features = feature_sets(args.dataset, data)

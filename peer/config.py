@@ -55,6 +55,12 @@ class ExperimentConfig:
     cf_lr: float = option(0.02, "step size of the adam counterfactual search")
     cf_steps: int = option(20, "most steps of the counterfactual search")
     cf_min_steps: int = option(1, "fewest steps before an example may stop")
+    cf_forest_search: str = option(
+        "leaf-box",
+        "counterfactual search of forest teachers: leaf-box (a line search toward the class prototype, then "
+        "the forest's own leaf boxes, the gradient-free search for what is left) or sampling (the "
+        "gradient-free search alone)",
+    )
     cf_rel_tol: float = option(
         0.3, "an example has reached its target when its gap max|f(x') - y'| is this fraction of its start"
     )
@@ -200,6 +206,7 @@ class ExperimentConfig:
             max_steps=self.cf_steps,
             min_steps=self.cf_min_steps,
             rel_tol=self.cf_rel_tol,
+            forest_search=self.cf_forest_search,
             start=self.cf_start,
             start_k=self.cf_start_k,
         )

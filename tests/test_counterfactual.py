@@ -9,11 +9,15 @@ from peer.core.counterfactual import (
     CounterfactualConfig,
     dedupe,
     gradient_counterfactuals,
+    leaf_box_counterfactuals,
     qualified_mask,
     search_counterfactuals,
     soft_targets,
+    votes_can_reach,
 )
 from peer.errors import UsageError
+from peer.learners import TrainConfig
+from peer.learners.forest import ForestLearner
 
 
 def test_qualified_mask_is_teacher_right_and_student_wrong():
@@ -112,3 +116,124 @@ def test_dedupe_keeps_first_of_each_input_label_pair():
     y = np.array([0, 0, 0, 1, 0])
     assert dedupe(x, y).tolist() == [0, 2, 3]
     assert dedupe(x[:0], y[:0]).tolist() == []
+
+
+def test_newton_without_minimum_steps_leaves_examples_at_their_target_alone():
+    module = _teacher()
+    x = np.random.default_rng(2).random((16, 4, 4), dtype=np.float32)
+    with torch.no_grad():
+        proba = torch.softmax(module(torch.from_numpy(x)), 1).numpy()
+    y = proba.argmax(axis=1)
+    target = soft_targets(proba, y, 0.0)  # alpha 0: already there
+    res = gradient_counterfactuals(module, x, target, CounterfactualConfig(min_steps=0), levels=None)
+    assert (res.steps == 0).all() and not res.moved.any() and not res.ok.any()
+    assert np.array_equal(res.x, x)
+    other = soft_targets(proba, (y + 1) % 3, 0.5)
+    moved = gradient_counterfactuals(module, x, other, CounterfactualConfig(min_steps=0))
+    assert (moved.steps >= 1).all() and moved.ok.mean() > 0.8
+
+
+def test_convolutional_teacher_searches_a_channels_last_copy_of_the_same_function():
+    from peer.core.counterfactual import _fast_layout
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Unflatten(1, (1, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    fast = _fast_layout(module, torch.device("cpu"))
+    assert fast is not module and fast[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert module[1].weight.is_contiguous()  # the teacher's own module is untouched
+    x = torch.rand(32, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), module(x), atol=1e-5)
+    mlp = _teacher()
+    assert _fast_layout(mlp, torch.device("cpu")) is mlp  # no convolution: searched as it is
+
+
+def _stumps() -> ForestLearner:
+    """Three hand-made stumps on two inputs, each voting class 1 above its threshold:
+    x0 > 0.5, x1 > 0.6, x0 > 0.7."""
+    forest = ForestLearner((2,), ("a", "b"), TrainConfig())
+    splits = [(0, 0.5), (1, 0.6), (0, 0.7)]
+    forest.arrays = {
+        "roots": np.array([0, 3, 6], dtype=np.int32),
+        "left": np.array([1, -1, -1, 4, -1, -1, 7, -1, -1], dtype=np.int32),
+        "right": np.array([2, -1, -1, 5, -1, -1, 8, -1, -1], dtype=np.int32),
+        "feature": np.array([f for f, _ in splits for f in (f, 0, 0)], dtype=np.int32),
+        "threshold": np.array([t for _, t in splits for t in (t, 0.0, 0.0)], dtype=np.float64),
+        "value": np.tile(np.array([[0, 0], [1, 0], [0, 1]], dtype=np.float32), (3, 1)),
+    }
+    return forest
+
+
+def test_leaf_box_search_takes_the_nearest_boxes_of_a_hand_made_forest():
+    forest = _stumps()
+    x = np.array([[51, 51], [51, 230]], dtype=np.float32) / 255  # on the grid of what is sent
+    proba = forest.predict_proba(x)
+    assert np.allclose(proba[:, 1], [0.0, 1 / 3])
+    target = soft_targets(proba, np.array([1, 1]), 1.0)  # all three trees must vote b
+    target[0] = [1 / 3, 2 / 3]  # two of the three
+    res = leaf_box_counterfactuals(forest.leaf_boxes(), forest.predict_proba, x, target, CounterfactualConfig())
+    assert res.ok.all()
+    # the two nearest stumps, each crossed by the least step on the 255-level grid (153/255 as
+    # float32 lies just above 0.6, where the forest, comparing float32 inputs, sees it)
+    assert np.array_equal(res.x[0], np.array([128 / 255, 153 / 255], dtype=np.float32))
+    assert np.array_equal(res.x[1], np.array([179 / 255, 230 / 255], dtype=np.float32))  # past 0.7 is past 0.5
+    assert np.allclose(forest.predict_proba(res.x), target, atol=1e-6)
+    assert np.allclose(res.gap, 0.0, atol=1e-6)
+
+
+def test_leaf_box_search_is_valid_and_closer_than_sampling_on_a_real_forest():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    y = digits.target
+    forest = ForestLearner((8, 8), tuple(str(c) for c in range(10)), TrainConfig(), {"trees": 20})
+    forest.fit(x[:1000], y[:1000])
+    proba = forest.predict_proba(x[1000:1200])
+    right = np.flatnonzero(proba.argmax(axis=1) == y[1000:1200])
+    xs, ys = x[1000:1200][right], y[1000:1200][right]
+    target = soft_targets(proba[right], ys, 0.5)
+    cfg = CounterfactualConfig()
+    res = leaf_box_counterfactuals(forest.leaf_boxes(), forest.predict_proba, xs, target, cfg)
+    after = forest.predict_proba(res.x)
+    gap0 = np.abs(proba[right] - target).max(axis=1)
+    assert res.ok.mean() > 0.4  # the rest mostly asks for confidences 20 votes cannot make
+    assert (after.argmax(axis=1) == ys)[res.ok].all()
+    assert (np.abs(after - target).max(axis=1) <= np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol) + 1e-6)[res.ok].all()
+    assert np.allclose(res.x * 255, np.round(res.x * 255), atol=1e-4) and res.x.min() >= 0 and res.x.max() <= 1
+    assert (res.x != np.round(xs * 255) / 255).reshape(len(xs), -1).any(axis=1)[res.ok].all()
+    protos = np.stack([x[:1000][y[:1000] == c].mean(axis=0) for c in range(10)])
+    old = search_counterfactuals(forest.predict_proba, xs, target, protos, cfg, np.random.default_rng(0))
+    both = res.ok & old.ok
+    l1 = lambda a: np.abs(a - xs).reshape(len(xs), -1).sum(axis=1)  # noqa: E731
+    assert both.sum() > 40 and l1(res.x)[both].mean() < 0.5 * l1(old.x)[both].mean()
+    # with the boxes, search_counterfactuals is the line search, the leaf boxes from its best point
+    # and the evolution strategy for what the forest's votes can still reach: as many as the
+    # gradient-free search alone (within a few), as valid, no farther
+    full = search_counterfactuals(
+        forest.predict_proba, xs, target, protos, cfg, np.random.default_rng(0), boxes=forest.leaf_boxes()
+    )
+    both = full.ok & old.ok
+    assert full.ok.sum() >= 0.97 * old.ok.sum()
+    assert (forest.predict_proba(full.x).argmax(axis=1) == ys)[full.ok].all()
+    assert l1(full.x)[both].mean() <= l1(old.x)[both].mean()
+
+
+def test_votes_can_reach_only_outputs_a_forest_can_make():
+    boxes = _stumps().leaf_boxes()  # three trees of one-class leaves: outputs are thirds
+    target = np.array([[1 / 3, 2 / 3], [0.5, 0.5], [0.5, 0.5]], dtype=np.float32)
+    goal = np.array([0.01, 0.1, 0.2])
+    assert votes_can_reach(boxes, target, goal).tolist() == [True, False, True]
+
+
+def test_leaf_boxes_follow_a_table_into_its_unit_search_space():
+    forest = _stumps()
+    low, high = np.array([-10.0, 0.0], np.float32), np.array([10.0, 2.0], np.float32)
+    unit = lambda u: forest.predict_proba(low + u * (high - low))  # noqa: E731
+    u = np.array([[0.2, 0.1]], dtype=np.float32)  # x = (-6, 0.2): every stump votes a
+    target = np.array([[0.0, 1.0]], dtype=np.float32)
+    res = leaf_box_counterfactuals(forest.leaf_boxes(low, high), unit, u, target, CounterfactualConfig(), levels=None)
+    assert res.ok.all() and np.allclose(unit(res.x), target)
+    assert np.allclose(res.x[0], [(0.7 + 10) / 20, 0.6 / 2], atol=1e-5)  # just past x0 = 0.7 and x1 = 0.6

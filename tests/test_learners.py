@@ -88,3 +88,17 @@ def test_forest_blob_with_cyclic_children_is_refused():
 def test_unknown_learner_kind_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown learner kind 'svm'"):
         make_learner("svm", (8, 8), CLASSES)
+
+
+@pytest.mark.filterwarnings("ignore:.*non-meta parameter")  # loading weights into meta tensors is a no-op
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_a_torch_model_from_a_blob_is_built_on_the_device_asked_for(kind):
+    """A received model runs where the receiving peer's own does (its --device), not wherever
+    "auto" would put it. The meta device stands in for a second device on a machine without one."""
+    x, y = _data()
+    blob = make_learner(kind, (8, 8), CLASSES, TrainConfig(epochs=1, seed=1)).fit(x, y).to_blob()
+    on_cpu = learner_from_blob(blob, "cpu")
+    assert {p.device.type for p in on_cpu.module.parameters()} == {"cpu"}
+    on_meta = learner_from_blob(blob, "meta")
+    assert on_meta.device.type == "meta"
+    assert {p.device.type for p in on_meta.module.parameters()} == {"meta"}

@@ -140,3 +140,57 @@ def test_peer_rebuilt_from_its_blob_trains_and_teaches_as_the_original(kind):
     rebuilt.train(epochs=2, round=1)
     x = original.x[:50]
     np.testing.assert_array_equal(original.learner.predict_proba(x), rebuilt.learner.predict_proba(x))
+
+
+def test_a_teacher_rebuilds_the_student_model_on_its_own_device(monkeypatch):
+    """The student's model (what the teacher selects with) is rebuilt on the teacher's --device."""
+    import peer.core.peer as peer_module
+
+    teacher, student = _peer("a", missing=2), _peer("b", missing=0, seed=1)
+    teacher.learner.train_config = TrainConfig(epochs=5, seed=0, device="cpu")
+    teacher.train()
+    student.train()
+    devices = []
+    real = peer_module.learner_from_blob
+
+    def rebuild(blob, device="auto"):
+        devices.append(device)
+        return real(blob, device)
+
+    monkeypatch.setattr(peer_module, "learner_from_blob", rebuild)
+    teacher.teach("b", student.snapshot(1), 1)
+    assert devices == ["cpu"]
+
+
+@pytest.mark.parametrize("search", ["leaf-box", "sampling"])
+def test_a_forest_teacher_searches_as_cf_forest_search_says(monkeypatch, search):
+    """--cf-forest-search: the forest's leaf boxes go to the search only under leaf-box; under
+    sampling the gradient-free search runs alone, and both teach."""
+    from dataclasses import replace
+
+    import peer.core.peer as peer_module
+    from peer.core.counterfactual import CounterfactualConfig
+
+    teacher, student = _peer("a", missing=2, kind="forest"), _peer("b", missing=0, seed=1)
+    teacher.teach_config = replace(teacher.teach_config, counterfactual=CounterfactualConfig(forest_search=search))
+    teacher.train()
+    student.train()
+    boxes = []
+    real = peer_module.search_counterfactuals
+
+    def recorded(*args, **kwargs):
+        boxes.append(kwargs.get("boxes"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(peer_module, "search_counterfactuals", recorded)
+    batches, report = teacher.teach("b", student.snapshot(1), 1)
+    assert report.counterfactuals > 0 and batches
+    assert len(boxes) == 1 and (boxes[0] is not None) == (search == "leaf-box")
+
+
+def test_an_unknown_forest_search_is_a_usage_error():
+    from peer.config import ExperimentConfig
+    from peer.errors import UsageError
+
+    with pytest.raises(UsageError, match="forest search 'boxes'"):
+        ExperimentConfig(cf_forest_search="boxes").counterfactual()

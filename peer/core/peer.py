@@ -38,6 +38,7 @@ from peer.core.precision import PRECISIONS, compact
 from peer.core.store import ExampleStore
 from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
+from peer.learners.forest import ForestLearner
 from peer.learners.neural import TorchLearner
 from peer.privacy.measures import LeakageStats, measure_leakage, nearest, nearest_ratio
 from peer.privacy.release import release_noise, start_points
@@ -491,7 +492,7 @@ class Peer:
         report = TeachReport(self.id, student_id, round)
         # randomness from (seed, round, student) alone: the same whatever order students come in
         rng = np.random.default_rng([self.seed, 7, round, zlib.crc32(student_id.encode())])
-        student = learner_from_blob(student_blob)
+        student = learner_from_blob(student_blob, self.learner.train_config.device)
         batches: list[ExampleBatch] = []
         if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
             idx = self._select(student, report, rng)
@@ -591,7 +592,10 @@ class Peer:
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
             if cc.start == "noise":  # data-free: no line search toward a prototype of private data
                 protos = np.full_like(protos, 0.5)
-            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels)
+            boxes = None  # a forest is searched through its own leaf boxes, in my search space
+            if isinstance(self.learner, ForestLearner) and cc.forest_search == "leaf-box":
+                boxes = self.learner.leaf_boxes(self.low, self.high) if self.features else self.learner.leaf_boxes()
+            res = search_counterfactuals(predict, x0, target, protos, cc, rng, levels=self.levels, boxes=boxes)
         report.counterfactual_seconds += time.perf_counter() - t0
         report.failed += res.failed
         good = np.flatnonzero(res.ok)

@@ -153,7 +153,7 @@ def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
         peer = build_own_peer(cfg, who, cfg.learner_list()[who], train)
     state = context.state
     if f"{rec.MODEL}.{SELF}.spec" in state:
-        learner = learner_from_blob(rec.get_blob(state, SELF))
+        learner = learner_from_blob(rec.get_blob(state, SELF), peer.learner.train_config.device)
         learner.train_config = peer.learner.train_config
         peer.learner = learner
     for key in rec.batch_keys(state, peer.id):

@@ -322,7 +322,7 @@ class Node:
             return -1
         last = done[-1]
         self.examples.forget_judgements(after=last)
-        restored = learner_from_blob(load_checkpoint(ckpt, last))
+        restored = learner_from_blob(load_checkpoint(ckpt, last), self.peer.learner.train_config.device)
         current = self.peer.learner
         if isinstance(current, TorchLearner) and isinstance(restored, TorchLearner):
             # torch: same module, device and train config, saved weights

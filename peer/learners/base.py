@@ -94,8 +94,9 @@ class Learner(ABC):
 
     @classmethod
     @abstractmethod
-    def from_blob(cls, blob: ModelBlob) -> Learner:
-        """Rebuild a learner from a (validated) blob; raise InvalidPayload if it does not fit."""
+    def from_blob(cls, blob: ModelBlob, device: str = "auto") -> Learner:
+        """Rebuild a learner from a (validated) blob on `device` (torch learners; "auto": CUDA when
+        present); raise InvalidPayload if it does not fit."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_proba(x).argmax(axis=1)
@@ -128,8 +129,9 @@ def make_learner(
     return _REGISTRY[kind](input_shape, classes, train or TrainConfig())
 
 
-def learner_from_blob(blob: ModelBlob) -> Learner:
-    """Validate an untrusted blob and rebuild its learner."""
+def learner_from_blob(blob: ModelBlob, device: str = "auto") -> Learner:
+    """Validate an untrusted blob and rebuild its learner, a torch one on `device` (a peer passes
+    its own --device, so a model it receives runs where its own does)."""
     blob.validate()
     profile_of(blob.spec)  # a malformed profile is refused with the model
     blob = expand(blob)  # a compacted blob (float16 or 8-bit weights) back in float32
@@ -140,7 +142,7 @@ def learner_from_blob(blob: ModelBlob) -> Learner:
         if not blob.features:
             raise InvalidPayload("model blob declares a column model but names no feature columns")
         blob = ModelBlob(blob.spec, {k: v for k, v in blob.arrays.items() if k not in COLUMN_ARRAYS})
-    learner = _REGISTRY[blob.kind].from_blob(blob)
+    learner = _REGISTRY[blob.kind].from_blob(blob, device)
     if blob.features:
         learner.features = blob.features
         learner.neutral = np.asarray(blob.spec["neutral"], dtype=np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 @register
 class ForestLearner(Learner):
-    """Non-differentiable: teaches through a gradient-free counterfactual search.
+    """Non-differentiable: teaches through a search of its own leaf boxes (`leaf_boxes`), with the
+    gradient-free search for what that does not reach.
 
     After fitting, the trees are flattened into arrays (children, feature, threshold, class
     probabilities per node); prediction walks those arrays, so a forest rebuilt from a blob
@@ -30,6 +32,7 @@ class ForestLearner(Learner):
         super().__init__(input_shape, classes, train)
         self.arch = {"trees": 50, "max_depth": 20, "min_samples_leaf": 1, **(arch or {})}
         self.arrays: dict[str, np.ndarray] | None = None
+        self._boxes: dict[tuple, LeafBoxes] = {}
 
     def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
         # imported here: scikit-learn costs every peer process ~90 MB and seconds, forest peers only need it
@@ -44,6 +47,7 @@ class ForestLearner(Learner):
             n_jobs=1,
         ).fit(flat, y)
         self.arrays = _flatten_forest(forest, len(self.classes))
+        self._boxes = {}
         if progress:
             progress(len(x) * (epochs or self.train_config.epochs))
         return self
@@ -53,13 +57,24 @@ class ForestLearner(Learner):
             return np.full((len(x), len(self.classes)), 1.0 / len(self.classes), dtype=np.float32)
         return _predict(self.arrays, np.asarray(x, dtype=np.float32).reshape(len(x), -1))
 
+    def leaf_boxes(self, low: np.ndarray | None = None, high: np.ndarray | None = None) -> LeafBoxes | None:
+        """The leaves as boxes of the search space: the input itself, or with `low` and `high` the
+        [0, 1] coordinates u of the box low + u (high - low) (a table's search space). None before
+        fitting. Built once per fitted forest and space."""
+        if self.arrays is None:
+            return None
+        key = (None, None) if low is None or high is None else (low.tobytes(), high.tobytes())
+        if key not in self._boxes:
+            self._boxes = {key: leaf_boxes(self.arrays, int(np.prod(self.input_shape)), low, high)}
+        return self._boxes[key]
+
     def to_blob(self) -> ModelBlob:
         if self.arrays is None:
             raise ValueError("forest has not been fitted")
         return ModelBlob({**self.base_spec(), "arch": self.arch}, {**self.arrays, **self.column_arrays()})
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> ForestLearner:
+    def from_blob(cls, blob: ModelBlob, device: str = "auto") -> ForestLearner:  # numpy: no device
         learner = cls(
             tuple(blob.spec["input_shape"]),
             tuple(blob.spec["classes"]),
@@ -99,6 +114,95 @@ class ForestLearner(Learner):
         return learner
 
 
+@dataclass(frozen=True)
+class LeafBoxes:
+    """Every leaf of a forest as the box of inputs that reach it, in the search space.
+
+    Leaf i is node `leaf_node[i]` of tree `tree[i]`, predicts `value[i]` and is reached by x iff
+    low[i, j] < x[feature[i, j]] <= high[i, j] for every j: one pair of bounds per feature its path
+    splits on, padded with unbounded pairs on the dummy feature `n_features`.
+
+    Per node (the forest's own numbering), the split that leads to it from its parent: the feature
+    `split[n]` (`n_features` at a root) bounded to (`node_low[n]`, `node_high[n]`] here and to
+    (`parent_low[n]`, `parent_high[n]`] at the parent, and the node's `depth`; enough to grow the
+    distance from an input to every box from the root down, one split at a time.
+    """
+
+    tree: np.ndarray  # (L,) int32
+    leaf_node: np.ndarray  # (L,) int64
+    value: np.ndarray  # (L, classes) float32
+    feature: np.ndarray  # (L, D) int32
+    low: np.ndarray  # (L, D) float64
+    high: np.ndarray  # (L, D) float64
+    parent: np.ndarray  # (nodes,) int64, -1 at a root
+    depth: np.ndarray  # (nodes,) int32
+    split: np.ndarray  # (nodes,) int32
+    node_low: np.ndarray  # (nodes,) float64
+    node_high: np.ndarray
+    parent_low: np.ndarray
+    parent_high: np.ndarray
+    n_features: int
+
+
+def leaf_boxes(
+    a: dict[str, np.ndarray], n_features: int, low: np.ndarray | None = None, high: np.ndarray | None = None
+) -> LeafBoxes:
+    """The leaf boxes of a flattened forest; with `low` and `high`, in u = (x - low) / (high - low)
+    (a feature with high == low cannot move: its splits are decided once, from its value low)."""
+    left, right, feature, threshold = a["left"], a["right"], a["feature"], a["threshold"]
+    if low is not None and high is not None:
+        lo64, span = low.astype(np.float64), (high - low).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moved = (threshold - lo64[feature]) / span[feature]
+        fixed = np.where(lo64[feature] <= threshold, np.inf, -np.inf)
+        threshold = np.where(span[feature] > 0, moved, fixed)
+    nodes = len(left)
+    parent = np.full(nodes, -1, dtype=np.int64)
+    depth = np.zeros(nodes, dtype=np.int32)
+    split = np.full(nodes, n_features, dtype=np.int32)
+    node_low, node_high = np.full(nodes, -np.inf), np.full(nodes, np.inf)
+    parent_low, parent_high = np.full(nodes, -np.inf), np.full(nodes, np.inf)
+    leaves: list[tuple[int, int, dict[int, tuple[float, float]]]] = []
+    for t, root in enumerate(a["roots"]):
+        stack: list[tuple[int, dict[int, tuple[float, float]]]] = [(int(root), {})]
+        while stack:
+            node, bounds = stack.pop()
+            if left[node] < 0:
+                leaves.append((t, node, bounds))
+                continue
+            f, thr = int(feature[node]), float(threshold[node])
+            lo, hi = bounds.get(f, (-np.inf, np.inf))
+            for child, box in ((int(left[node]), (lo, min(hi, thr))), (int(right[node]), (max(lo, thr), hi))):
+                parent[child], depth[child], split[child] = node, depth[node] + 1, f
+                node_low[child], node_high[child] = box
+                parent_low[child], parent_high[child] = lo, hi
+                stack.append((child, {**bounds, f: box}))
+    width = max((len(b) for _, _, b in leaves), default=0) or 1
+    feat = np.full((len(leaves), width), n_features, dtype=np.int32)
+    lows = np.full((len(leaves), width), -np.inf)
+    highs = np.full((len(leaves), width), np.inf)
+    for i, (_, _, bounds) in enumerate(leaves):
+        for j, (f, (lo, hi)) in enumerate(bounds.items()):
+            feat[i, j], lows[i, j], highs[i, j] = f, lo, hi
+    leaf_node = np.array([n for _, n, _ in leaves], dtype=np.int64)
+    return LeafBoxes(
+        np.array([t for t, _, _ in leaves], dtype=np.int32),
+        leaf_node,
+        a["value"][leaf_node].astype(np.float32),
+        feat,
+        lows,
+        highs,
+        parent,
+        depth,
+        split,
+        node_low,
+        node_high,
+        parent_low,
+        parent_high,
+        n_features,
+    )
+
+
 def _flatten_forest(forest: RandomForestClassifier, n_classes: int) -> dict[str, np.ndarray]:
     roots, left, right, feature, threshold, value = [], [], [], [], [], []
     offset = 0
@@ -126,8 +230,8 @@ def _flatten_forest(forest: RandomForestClassifier, n_classes: int) -> dict[str,
     }
 
 
-def _predict(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Walk all trees for all rows at once; returns the mean of the leaves' class probabilities."""
+def _leaves(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """(rows, trees): the leaf each row of x reaches in each tree, all trees walked at once."""
     rows = np.arange(len(x))[:, None]
     node = np.broadcast_to(a["roots"][None, :], (len(x), len(a["roots"]))).copy()
     left, right, feature, threshold = a["left"], a["right"], a["feature"], a["threshold"]
@@ -139,4 +243,9 @@ def _predict(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         cur = node[r, t]
         go_left = x[rows[r, 0], feature[cur]] <= threshold[cur]
         node[r, t] = np.where(go_left, left[cur], right[cur])
-    return a["value"][node].mean(axis=1).astype(np.float32)
+    return node
+
+
+def _predict(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Walk all trees for all rows at once; returns the mean of the leaves' class probabilities."""
+    return a["value"][_leaves(a, x)].mean(axis=1).astype(np.float32)

@@ -48,8 +48,8 @@ class TorchLearner(Learner):
             # A column that never varies in the private data (a category this peer never met)
             # carries no evidence yet: its weights start at zero, so an unseen value does not sway
             # predictions at random. Examples that vary it (counterfactuals) still train them.
-            constant = torch.from_numpy(np.asarray(x).std(axis=0) <= 1e-6)
             layer = next(m for m in self.module.children() if isinstance(m, nn.Linear))
+            constant = torch.from_numpy(np.asarray(x).std(axis=0) <= 1e-6).to(layer.weight.device)
             with torch.no_grad():
                 layer.weight[:, constant] = 0.0
 
@@ -101,7 +101,7 @@ class TorchLearner(Learner):
         return ModelBlob({**self.base_spec(), "arch": self.arch}, {**arrays, **self.column_arrays()})
 
     @classmethod
-    def from_blob(cls, blob: ModelBlob) -> TorchLearner:
+    def from_blob(cls, blob: ModelBlob, device: str = "auto") -> TorchLearner:
         arch = blob.spec.get("arch", {})
         if not isinstance(arch, dict):
             raise InvalidPayload(f"{blob.kind} blob arch is not an object")
@@ -116,7 +116,7 @@ class TorchLearner(Learner):
         except (TypeError, ValueError, RuntimeError, KeyError) as exc:
             raise InvalidPayload(f"{blob.kind} blob spec cannot build a model: {type(exc).__name__}: {exc}") from None
         expect_arrays(blob, {k: (tuple(v.shape), "float32") for k, v in shapes.items()})
-        learner = cls(input_shape, classes, TrainConfig(device="auto"), arch)
+        learner = cls(input_shape, classes, TrainConfig(device=device), arch)
         learner.module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in blob.arrays.items()})
         learner.module.eval()
         return learner
