@@ -393,6 +393,7 @@ class Node:
             "bytes_sent": self.meter.sent,
             "payload_bytes": self.meter.payload,
             "by_kind": dict(self.meter.by_kind),
+            "payload_by_kind": dict(self.meter.payload_by_kind),
             "refused": len(self.servicer.refused),
         }
 
