@@ -32,10 +32,14 @@ def test_a_changed_result_shows_in_the_rendering_and_a_missing_block_is_an_error
     (results / "privacy.json").write_text(json.dumps(rows))
     text = (
         "intro\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n<!-- bench:privacy -->\n<!-- /bench:privacy -->\n"
-        "<!-- bench:faults -->\n<!-- /bench:faults -->\n"
+        "<!-- bench:faults -->\n<!-- /bench:faults -->\n<!-- bench:wire -->\n<!-- /bench:wire -->\n"
     )
     out = readme.render(text, results)
     assert "| 0.123 |" in out and "old" not in out and out.startswith("intro\n")
     assert readme.render(out, results) == out  # rendering is stable
+    wire = json.loads((ROOT / "bench" / "results" / "wire.json").read_text())
+    wire["runs"]["compact"]["bytes_sent"] = 12_345_678
+    (results / "wire.json").write_text(json.dumps(wire))
+    assert "| 12.3 MB |" in readme.render(text, results)
     with pytest.raises(ValueError, match="bench:privacy"):
         readme.render("<!-- bench:results -->\n<!-- /bench:results -->\n", results)
