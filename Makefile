@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale bench-wire
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -85,6 +85,9 @@ bench-precision: venv data
 	$(PY) bench/precision.py
 bench-grpc: venv data
 	$(PY) bench/grpc_fmnist10.py
+# fmnist-10 over gRPC in float32 and compact encodings, bytes by kind, against FedAvg's bytes per round
+bench-wire: venv data
+	$(PY) bench/wire.py
 bench-flower: venv data
 	$(PY) bench/flower_fmnist10.py --compare
 bench-fuzz: venv

@@ -51,14 +51,18 @@ def pooled(
 
 def fedavg(
     cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10, local_epochs: int = 1
-) -> float:
-    """FedAvg: each round every peer trains the global model one epoch; weights averaged by data size."""
+) -> list[float]:
+    """FedAvg: each round every peer trains the global model one epoch; weights averaged by data size.
+
+    Returns the global model's test accuracy after each round (the last is FedAvg's result).
+    """
     parts = partition(cfg, train)
     shape, classes = train.x.shape[1:], train.classes
     global_model = make_learner(kind, shape, classes, cfg.train(0))
     sizes = np.array([len(p) for p in parts], dtype=np.float64)
     weights = sizes / sizes.sum()
     clients = [make_learner(kind, shape, classes, cfg.train(k)) for k in range(len(parts))]
+    curve = []
     for _ in range(rounds):
         state = global_model.module.state_dict()
         avg = {k: torch.zeros_like(v) for k, v in state.items()}
@@ -68,4 +72,11 @@ def fedavg(
             for k, v in client.module.state_dict().items():
                 avg[k] += w * v
         global_model.module.load_state_dict(avg)
-    return _accuracy(global_model, test)
+        curve.append(_accuracy(global_model, test))
+    return curve
+
+
+def model_bytes(cfg: ExperimentConfig, train: Dataset, kind: str = "cnn") -> int:
+    """Bytes of the arrays of one float32 model of `kind`, as a FedAvg round moves it."""
+    learner = make_learner(kind, train.x.shape[1:], train.classes, cfg.train(0))
+    return sum(a.nbytes for a in learner.to_blob().arrays.values())

@@ -157,7 +157,7 @@ def main() -> int:
         timings["pooled"] = time.perf_counter() - t
         print(f"pooled: {pool:.4f}", flush=True)
         t = time.perf_counter()
-        fed = fedavg(cfg, train, test)
+        fed = fedavg(cfg, train, test)[-1]
         timings["fedavg"] = time.perf_counter() - t
         print(f"fedavg: {fed:.4f}", flush=True)
         result["baselines"] = {

@@ -7,8 +7,9 @@ Each table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in READ
 outside the markers is left alone. Tables: `results` (the headline runs), `privacy` (the sweep
 of bench/privacy.py), `faults` (bench/faults.py's scenarios), `cf_speed` (counterfactual
 search speed per teacher, bench/cf_speed.py), `forest_search` (what a forest's two searches
-taught on the digits table, bench/forest_search.py) and `gpu_check` (a CNN peer's speed on the
-device there was, bench/gpu_check.py). A test runs the check, so a README that disagrees with its JSON
+taught on the digits table, bench/forest_search.py), `gpu_check` (a CNN peer's speed on the
+device there was, bench/gpu_check.py), `scale` (bench/scale.py) and `wire` (bench/wire.py: bytes by kind
+against FedAvg's). A test runs the check, so a README that disagrees with its JSON
 fails CI.
 """
 
@@ -245,6 +246,47 @@ def scale_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def wire_table(results: Path = RESULTS) -> str:
+    """bench/wire.py: bytes by kind of the float32 and compact gRPC runs, and FedAvg's to the same accuracy."""
+    d = _load("wire", results)
+    lines = [
+        "| run | median accuracy after | bytes sent | model blobs | example batches | control | examples sent |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for name, r in d["runs"].items():
+        kinds = r.get("bytes_by_kind") or {}
+        settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["settings"].items())
+        lines.append(
+            f"| ckd {name} (`{settings}`) | {_pct(r['median_accuracy_after'])} | {_mb(r['bytes_sent'])} | "
+            f"{_mb(kinds.get('model'))} | {_mb(kinds.get('examples'))} | {_mb(kinds.get('control'))} | "
+            f"{r['examples_sent']:,} |"
+        )
+    fed = d["fedavg"]
+    reach = fed["rounds_to_same_accuracy"]
+    curve = ", ".join(_pct(a) for a in fed["accuracy_per_round"])
+    lines.append(
+        f"| FedAvg to {_pct(d['median_accuracy_after'])}: "
+        + (f"round {reach} of {len(fed['accuracy_per_round'])}" if reach else "never reached")
+        + f" (per round: {curve}) | {_pct(fed['accuracy_per_round'][reach - 1]) if reach else 'n/a'} | "
+        f"{_mb(d['fedavg_bytes_to_same_accuracy'])} | {_mb(d['fedavg_bytes_to_same_accuracy'])} | n/a | "
+        "not counted | n/a |"
+    )
+    ratio = d.get("bytes_ratio")
+    lines.append("")
+    lines.append(
+        f"ckd compact / FedAvg to the same accuracy: {'n/a' if ratio is None else f'{ratio:.2f}x'} the bytes; "
+        f"compact / float32: {d['compact_over_float32_bytes']:.2f}x the bytes, median accuracy "
+        f"{d['accuracy_change_points']:+.2f} points. Measured {_when(d)}: `{d['command']}`."
+    )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
@@ -253,6 +295,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "forest_search": forest_search_table,
     "gpu_check": gpu_check_table,
     "scale": scale_table,
+    "wire": wire_table,
 }
 
 

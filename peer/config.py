@@ -103,6 +103,18 @@ class ExperimentConfig:
         "precision of the model a peer publishes for its teachers: float32, float16 (half the bytes) or int8 "
         "(a quarter: 8 bits per weight with a scale per array); the peer's own model stays float32",
     )
+    blob_rank: int = option(
+        0,
+        "send each weight matrix of the published model as its best rank-r approximation, two factors, where "
+        "they are smaller (0: whole); teachers use it only to find what the student gets wrong (fmnist-10's "
+        "CNN at rank 16: a sixth of the weights, the same predictions on 99%% of another peer's images)",
+    )
+    example_precision: str = option(
+        "uint8",
+        "images sent to students: uint8 (256 gray levels) or uint4 (16 levels, two pixels a byte: half the "
+        "bytes); rounded before the min-distance filter and the leakage measures, so they judge what is sent; "
+        "tables are sent as float32 either way",
+    )
     augment_copies: int = option(1, "augmented copies (shift, rotation, noise) sent with each counterfactual")
     fanout: int = option(
         0,
@@ -221,6 +233,8 @@ class ExperimentConfig:
             release_tries=self.release_tries,
             column_fill=self.column_fill,
             blob_precision=self.blob_precision,
+            blob_rank=self.blob_rank,
+            example_precision=self.example_precision,
         )
 
     def gate(self) -> GateConfig:

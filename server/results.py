@@ -442,11 +442,23 @@ def wire_summary(metrics: dict[str, dict[int, dict]], ids: list[str], rounds: in
     payload = sum(w.get("payload_bytes", 0) for w in wire)
     return {
         "what": "bytes_sent: serialized gRPC messages each peer sent (model chunks served, example chunks pushed, "
-        "control); payload_bytes: model arrays pulled plus example arrays pushed, all peers",
+        "control); payload_bytes: model arrays pulled plus example arrays pushed, all peers; by_kind and "
+        "payload_by_kind: the same summed over peers by kind (model, examples, control)",
         "peers": ids,
         "bytes_sent": sent,
         "payload_bytes": payload,
         "overhead": round(sum(sent) / payload, 4) if payload else None,
         "refused": sum(w.get("refused", 0) for w in wire),
         "peak_rss_mb": [w.get("peak_rss_mb") for w in wire],  # each peer process's peak resident memory
+        "by_kind": _add_up(w.get("by_kind", {}) for w in wire),
+        "payload_by_kind": _add_up(w.get("payload_by_kind", {}) for w in wire),
     }
+
+
+def _add_up(counts) -> dict[str, int]:
+    """Per kind (model, examples, control), the sum over peers."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for kind, n in c.items():
+            total[kind] = total.get(kind, 0) + int(n)
+    return dict(sorted(total.items()))

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,20 +81,20 @@ def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
     assert (state / "checkpoints" / "round-1.npz").exists() and (state / "examples.sqlite").exists()
 
 
-def _run_nodes(fmnist, tmp_path, coordinator: bool, taps: dict) -> list[Node]:
+def _run_nodes(fmnist, tmp_path, coordinator: bool, taps: dict, cfg: ExperimentConfig = CFG) -> list[Node]:
     """Three peer nodes in threads, each with its own server, store and certificate."""
     certs = tmp_path / "certs"
-    ids = [f"peer-{k}" for k in range(CFG.peers)]
+    ids = [f"peer-{k}" for k in range(cfg.peers)]
     make_certs(certs, ["coordinator"] + ids)
     server = None
     coord_address = ""
     if coordinator:
-        coord = Coordinator(Security.from_dir("coordinator", certs, False), CFG.rounds, CFG.peers, 120)
+        coord = Coordinator(Security.from_dir("coordinator", certs, False), cfg.rounds, cfg.peers, 120)
         server, port = serve_coordinator(coord, "127.0.0.1:0")
         coord_address = f"127.0.0.1:{port}"
     nodes = [
         Node(
-            NodeConfig(CFG, k, tmp_path / pid, coordinator=coord_address, round_deadline=120),
+            NodeConfig(cfg, k, tmp_path / pid, coordinator=coord_address, round_deadline=120),
             Security.from_dir(pid, certs, False),
             data=fmnist,
         )
@@ -168,6 +168,45 @@ def test_wire_carries_only_weights_and_synthetic_examples(fmnist, tmp_path, in_p
         expected = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for h in headers for a in h.arrays)
         assert sum(len(m.data) for m in model_chunks) == expected
     assert examples_seen == sum(p["received"] for p in in_process["peers"])
+
+
+def test_compact_encodings_travel_as_sent_and_are_stored_exactly(fmnist, tmp_path):
+    """int8 rank-16 models and 16-level images over real gRPC: each student's durable store holds
+    bit for bit the batches its teachers pushed, and the bytes counted are what the wire carried."""
+    cfg = replace(CFG, blob_precision="int8", blob_rank=16, example_precision="uint4")
+    taps: dict[str, list] = {}
+    nodes = _run_nodes(fmnist, tmp_path, coordinator=True, taps=taps, cfg=cfg)
+    pushed: dict[tuple, object] = {}
+    for n in nodes:
+        streams: list[list] = []
+        for kind, msg in taps[n.id]:
+            if kind == "examples":
+                if msg.WhichOneof("part") == "header":
+                    streams.append([])
+                streams[-1].append(msg)
+        for chunks in streams:
+            assert chunks[0].header.levels == 15
+            m = int(np.prod(chunks[0].header.x.shape[1:]))
+            n_examples = chunks[0].header.x.shape[0]
+            data = sum(len(c.data) for c in chunks[1:])
+            assert data == n_examples * ((m + 1) // 2 + 8 + 4)  # two pixels a byte, int64 label, float32 distance
+            batch = decode_batch(chunks)
+            pushed[(batch.receiver, *batch.id)] = batch
+        headers = [m.header for k, m in taps[n.id] if k == "model" and m.WhichOneof("part") == "header"]
+        assert headers and all(json.loads(h.spec_json)["precision"] == "int8" for h in headers)
+        assert all({"6.weight@a", "6.weight@b"} <= {a.name for a in h.arrays} for h in headers)
+        wire = n.wire()
+        assert wire["bytes_sent"] == sum(wire["by_kind"].values())
+        assert sum(wire["payload_by_kind"].values()) == wire["payload_bytes"]
+    assert pushed
+    stored = {(n.id, *b.id): b for n in nodes for b in n.peer.store.batches()}
+    assert set(stored) == set(pushed)
+    for key, batch in pushed.items():
+        got = stored[key]
+        assert got.levels == 15 and got.x.dtype == np.uint8 and got.x.max() <= 15
+        for name in ("x", "y", "distance"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(batch, name))
+        np.testing.assert_array_equal(got.inputs(), batch.inputs())
 
 
 def _rounded_equal(nodes, in_process) -> bool:

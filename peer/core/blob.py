@@ -18,6 +18,8 @@ from peer.errors import UsageError
 # dtypes allowed on the wire; anything else (object, void, ...) is refused.
 WIRE_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_INPUT_VALUES = 1 << 24  # values in one input example a model blob may declare
+# images on the wire: uint8 (256 gray levels, x / 255) or uint4 (16 levels, x / 15, two pixels a byte)
+EXAMPLE_LEVELS = {"uint8": 255, "uint4": 15}
 
 
 class InvalidPayload(UsageError):
@@ -121,7 +123,8 @@ class ModelBlob:
 class ExampleBatch:
     """Synthetic examples from one teacher to one student; `(sender, round, seq)` is its id.
 
-    `x` holds inputs in wire form: uint8 for images in [0, 1] (value / 255), float32 otherwise.
+    `x` holds inputs in wire form: uint8 for images in [0, 1] (value / `levels`: 255, or 15 where
+    the sender chose 16 gray levels, two pixels to a byte on the wire), float32 otherwise.
     `y` holds class indices into `classes`, the sender's class names, so the receiver can map
     labels by name. `distance` is each example's L1 distance to the private example it came from.
     `features` names the columns of a feature-vector `x` in the receiver's feature space (empty
@@ -137,6 +140,7 @@ class ExampleBatch:
     classes: tuple[str, ...]
     distance: np.ndarray
     features: tuple[str, ...] = ()
+    levels: int = 255
 
     @property
     def id(self) -> tuple[str, int, int]:
@@ -146,12 +150,14 @@ class ExampleBatch:
         return len(self.y)
 
     def nbytes(self) -> int:
-        return self.x.nbytes + self.y.nbytes + self.distance.nbytes
+        """Bytes of its arrays as they travel (16-level images: two pixels a byte)."""
+        x = (self.x[:1].size + 1) // 2 * len(self.x) if self.levels < 16 else self.x.nbytes
+        return x + self.y.nbytes + self.distance.nbytes
 
     def inputs(self) -> np.ndarray:
         """Inputs as float32 in the learner's range."""
         if self.x.dtype == np.uint8:
-            return self.x.astype(np.float32) / 255.0
+            return self.x.astype(np.float32) / np.float32(self.levels)
         return self.x.astype(np.float32)
 
     def validate(self, input_shape: tuple[int, ...], classes: tuple[str, ...], features: tuple[str, ...] = ()) -> None:
@@ -160,6 +166,10 @@ class ExampleBatch:
             _check_array(name, arr)
         if self.x.dtype not in (np.uint8, np.float32):
             raise InvalidPayload(f"batch {self.id}: inputs are {self.x.dtype}, expected uint8 or float32")
+        if self.levels not in EXAMPLE_LEVELS.values() or (self.levels != 255 and self.x.dtype != np.uint8):
+            raise InvalidPayload(f"batch {self.id}: {self.levels} gray levels, expected 255, or 15 with uint8 inputs")
+        if self.x.dtype == np.uint8 and len(self.x) and int(self.x.max()) > self.levels:
+            raise InvalidPayload(f"batch {self.id}: input values above its {self.levels} gray levels")
         if tuple(self.x.shape[1:]) != tuple(input_shape):
             raise InvalidPayload(
                 f"batch {self.id}: input shape {tuple(self.x.shape[1:])} does not fit {tuple(input_shape)}"
@@ -192,3 +202,20 @@ class ExampleBatch:
         lookup = {name: i for i, name in enumerate(classes)}
         mapping = np.array([lookup.get(name, -1) for name in self.classes], dtype=np.int64)
         return mapping[self.y]
+
+
+def pack_nibbles(x: np.ndarray) -> np.ndarray:
+    """uint8 values 0..15, (n, ...) -> (n, ceil(m / 2)) with m values per row: two to a byte, the
+    first in the high nibble, an odd row's last byte padded with 0."""
+    rows = x.reshape(len(x), math.prod(x.shape[1:]))
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, np.zeros((len(rows), 1), np.uint8)], axis=1)
+    return ((rows[:, 0::2] << 4) | rows[:, 1::2]).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`pack_nibbles` undone: (n, ceil(m / 2)) uint8 -> uint8 values 0..15 of `shape` (n, ...)."""
+    m = math.prod(shape[1:])
+    rows = np.empty((len(packed), 2 * packed.shape[1]), np.uint8)
+    rows[:, 0::2], rows[:, 1::2] = packed >> 4, packed & 15
+    return rows[:, :m].reshape(shape)

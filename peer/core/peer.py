@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors
-from peer.core.blob import ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.blob import EXAMPLE_LEVELS, ExampleBatch, InvalidPayload, ModelBlob
 from peer.core.counterfactual import (
     CounterfactualConfig,
     dedupe,
@@ -77,6 +77,10 @@ class TeachConfig:
     # model given the shared columns and the class) or "median" (the student's median, one constant)
     column_fill: str = "conditional"
     blob_precision: str = "float32"  # of the model I publish: float32, float16 or int8 (peer.core.precision)
+    blob_rank: int = 0  # large matrices of the model I publish sent as rank-r factors (0: whole)
+    # images I send: uint8 (256 gray levels) or uint4 (16 levels, two pixels a byte); rounded
+    # before the min-distance filter and the leakage measures, so they judge what is sent
+    example_precision: str = "uint8"
 
     def __post_init__(self) -> None:
         if self.min_distance < 0 or self.noise_scale < 0:
@@ -85,8 +89,14 @@ class TeachConfig:
             )
         if self.release_tries < 1:
             raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
+        if self.blob_rank < 0:
+            raise UsageError(f"blob rank must be >= 0, got {self.blob_rank}")
         if self.blob_precision not in PRECISIONS:
             raise UsageError(f"unknown blob precision {self.blob_precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.example_precision not in EXAMPLE_LEVELS:
+            raise UsageError(
+                f"unknown example precision {self.example_precision!r}; choose from {', '.join(EXAMPLE_LEVELS)}"
+            )
         if self.column_fill not in COLUMN_FILLS:
             raise UsageError(f"unknown column fill {self.column_fill!r}; choose from {', '.join(COLUMN_FILLS)}")
 
@@ -251,7 +261,8 @@ class Peer:
         self.store = store if store is not None else ExampleStore()  # an empty store is falsy
         self.features = tuple(features)
         self.image = image and not self.features
-        self.levels = 255 if self.image else None
+        self.levels = 255 if self.image else None  # the grid the search and augmentation work on
+        self.wire_levels = EXAMPLE_LEVELS[self.teach_config.example_precision]  # of the images I send
         if self.features:
             if self.x.ndim != 2 or self.x.shape[1] != len(self.features):
                 raise ValueError(f"peer {peer_id}: inputs {self.x.shape} do not fit {len(self.features)} features")
@@ -390,7 +401,7 @@ class Peer:
         if round not in self._published:
             self._published = {r: b for r, b in self._published.items() if r >= round - 1}
             # what teachers evaluate; my own model stays float32
-            blob = compact(self.learner.to_blob(), self.teach_config.blob_precision)
+            blob = compact(self.learner.to_blob(), self.teach_config.blob_precision, self.teach_config.blob_rank)
             spec = {**blob.spec, PROFILE_KEY: self.profile().to_spec()}
             self._published[round] = ModelBlob(spec, blob.arrays)
         return self._published[round]
@@ -623,6 +634,8 @@ class Peer:
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
         out_x = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        if self.image and self.wire_levels != self.levels:  # what is sent: judged below as sent
+            out_x = (np.round(out_x * self.wire_levels) / self.wire_levels).astype(np.float32)
         none_dropped = found.instances[:0]
         if not (cfg.measure_leakage or cfg.min_distance > 0):
             return out_x, out_y, out_src, np.full(len(out_y), np.inf), none_dropped
@@ -686,7 +699,7 @@ class Peer:
         cfg = self.teach_config
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
         if self.image:
-            wire_x = np.round(out_x * 255).astype(np.uint8)
+            wire_x = np.round(out_x * self.wire_levels).astype(np.uint8)
         elif self.features:
             wire_x = self.in_student_space(self.from_unit(out_x), student, out_y, rng)
             keep = dedupe(wire_x, out_y)  # rows that differ only in columns the student lacks
@@ -705,6 +718,7 @@ class Peer:
                 self.classes,
                 distance[s : s + cfg.batch_limit],
                 student.features,
+                self.wire_levels if self.image else 255,
             )
             for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
         ]

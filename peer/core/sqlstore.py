@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS batches (
     receiver TEXT NOT NULL, classes TEXT NOT NULL, features TEXT NOT NULL,
     x BLOB NOT NULL, x_dtype TEXT NOT NULL, x_shape TEXT NOT NULL,
     y BLOB NOT NULL, y_dtype TEXT NOT NULL,
-    distance BLOB NOT NULL, examples INTEGER NOT NULL,
+    distance BLOB NOT NULL, examples INTEGER NOT NULL, levels INTEGER NOT NULL DEFAULT 255,
     PRIMARY KEY (sender, round, seq)
 );
 CREATE TABLE IF NOT EXISTS judged (
@@ -47,6 +47,8 @@ class SqliteExampleStore(ExampleStore):
         self._db.executescript(SCHEMA)
         if "at" not in {row[1] for row in self._db.execute("PRAGMA table_info(judged)")}:  # a store of before `at`
             self._db.execute("ALTER TABLE judged ADD COLUMN at INTEGER NOT NULL DEFAULT -1")
+        if "levels" not in {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}:  # before `levels`
+            self._db.execute("ALTER TABLE batches ADD COLUMN levels INTEGER NOT NULL DEFAULT 255")
         self._cache: list[ExampleBatch] | None = None
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -64,11 +66,12 @@ class SqliteExampleStore(ExampleStore):
             batch.y.dtype.name,
             batch.distance.astype(np.float32).tobytes(),
             len(batch),
+            batch.levels,
         )
         with self._lock:
             cur = self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                cur = self._db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
                 stored = cur.rowcount == 1
                 fault("store")
                 self._db.execute("COMMIT")
@@ -117,7 +120,7 @@ class SqliteExampleStore(ExampleStore):
             if self._cache is None:
                 rows = self._db.execute(
                     "SELECT sender, round, seq, receiver, classes, features, x, x_dtype, x_shape, "
-                    "y, y_dtype, distance FROM batches ORDER BY sender, round, seq"
+                    "y, y_dtype, distance, levels FROM batches ORDER BY sender, round, seq"
                 ).fetchall()
                 self._cache = [
                     ExampleBatch(
@@ -130,8 +133,9 @@ class SqliteExampleStore(ExampleStore):
                         tuple(json.loads(cls)),
                         np.frombuffer(d, dtype=np.float32),
                         tuple(json.loads(feat)),
+                        int(lv),
                     )
-                    for s, r, q, rcv, cls, feat, x, xd, xs, y, yd, d in rows
+                    for s, r, q, rcv, cls, feat, x, xd, xs, y, yd, d, lv in rows
                 ]
             return list(self._cache)
 

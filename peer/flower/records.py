@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from peer.core.blob import InvalidPayload, Limits, ModelBlob, PayloadTooLarge, _check_array
+from peer.core.blob import EXAMPLE_LEVELS, InvalidPayload, Limits, ModelBlob, PayloadTooLarge, _check_array
 
 MODEL = "model"  # key prefixes inside a RecordDict
 BATCH = "batch"
@@ -116,6 +116,7 @@ def put_batch(content: RecordDict, batch) -> str:
             "seq": int(batch.seq),
             "classes": list(batch.classes),
             "features": list(batch.features),
+            "levels": int(batch.levels),
         }
     )
     return key
@@ -162,7 +163,12 @@ def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
         raise InvalidPayload(f"{what}: labels are {y.dtype}, expected integers")
     if n and (y.min() < 0 or y.max() >= len(classes)):
         raise InvalidPayload(f"{what}: label index out of range 0..{len(classes) - 1}")
-    return ExampleBatch(sender, receiver, round_, seq, x, y, tuple(classes), distance, tuple(features))
+    levels = _get(meta, "levels", int, what) if "levels" in meta else 255
+    if levels not in EXAMPLE_LEVELS.values() or (levels != 255 and x.dtype != np.uint8):
+        raise InvalidPayload(f"{what}: {levels} gray levels, expected 255, or 15 with uint8 inputs")
+    if levels != 255 and n and int(x.max()) > levels:
+        raise InvalidPayload(f"{what}: input values above its {levels} gray levels")
+    return ExampleBatch(sender, receiver, round_, seq, x, y, tuple(classes), distance, tuple(features), levels)
 
 
 def move_batches(src: RecordDict, dst: RecordDict, keys: list[str]) -> None:

@@ -400,6 +400,7 @@ class Node:
             "bytes_sent": self.meter.sent,
             "payload_bytes": self.meter.payload,
             "by_kind": dict(self.meter.by_kind),
+            "payload_by_kind": dict(self.meter.payload_by_kind),
             "refused": len(self.servicer.refused),
             "peak_rss_mb": peak_rss_mb(),
         }

@@ -38,6 +38,7 @@ class Meter:
     sent: int = 0
     payload: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    payload_by_kind: dict[str, int] = field(default_factory=dict)
     taps: list[Callable[[str, object], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -49,9 +50,10 @@ class Meter:
         for tap in self.taps:
             tap(kind, msg)
 
-    def add_payload(self, nbytes: int) -> None:
+    def add_payload(self, kind: str, nbytes: int) -> None:
         with self._lock:
             self.payload += nbytes
+            self.payload_by_kind[kind] = self.payload_by_kind.get(kind, 0) + nbytes
 
     def wrap(self, kind: str, messages):
         for msg in messages:
@@ -135,7 +137,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if request.header_only:  # the spec and its profile, for peers choosing whom to teach
             yield from self.meter.wrap("control", itertools.islice(encode_blob(blob, self.peer.id, request.round), 1))
             return
-        self.meter.add_payload(sum(a.nbytes for a in blob.arrays.values()))
+        self.meter.add_payload("model", sum(a.nbytes for a in blob.arrays.values()))
         yield from self.meter.wrap("model", encode_blob(blob, self.peer.id, request.round))
 
     def PushExamples(self, request_iterator, context):

@@ -131,7 +131,7 @@ class GrpcTransport(Transport):
                 timeout=self._timeout(),
             ),
         )
-        self.meter.add_payload(batch.nbytes())
+        self.meter.add_payload("examples", batch.nbytes())
         if self.on_ack is not None:
             self.on_ack(peer_id, batch, ack)
         return not ack.duplicate

@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from peer.core.blob import WIRE_DTYPES, ExampleBatch, InvalidPayload, Limits, ModelBlob, PayloadTooLarge
+from peer.core.blob import (
+    EXAMPLE_LEVELS,
+    WIRE_DTYPES,
+    ExampleBatch,
+    InvalidPayload,
+    Limits,
+    ModelBlob,
+    PayloadTooLarge,
+    pack_nibbles,
+    unpack_nibbles,
+)
 from protos.ckd.v1 import wire_pb2
 
 CHUNK_BYTES = 1 << 20
@@ -86,10 +96,17 @@ def encode_batch(batch: ExampleBatch, chunk: int = CHUNK_BYTES) -> Iterator[wire
         x=_info("x", batch.x),
         y=_info("y", batch.y),
         distance=_info("distance", batch.distance),
+        levels=batch.levels,
     )
+    x = pack_nibbles(batch.x) if _packed(batch.levels) else batch.x
     yield wire_pb2.ExampleChunk(header=header)
-    for data in _chunks((_le(a) for a in (batch.x, batch.y, batch.distance)), chunk):
+    for data in _chunks((_le(a) for a in (x, batch.y, batch.distance)), chunk):
         yield wire_pb2.ExampleChunk(data=data)
+
+
+def _packed(levels: int) -> bool:
+    """Whether images of `levels` gray levels travel two pixels to a byte."""
+    return levels < 16
 
 
 def _layout(infos: list[wire_pb2.ArrayInfo], cap: int, what: str) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
@@ -219,19 +236,32 @@ def decode_batch(chunks: Iterable[wire_pb2.ExampleChunk], limits: Limits = Limit
         )
     if n > limits.max_batch_examples:
         raise PayloadTooLarge(f"{what}: {n} examples, over the cap of {limits.max_batch_examples}")
-    layout = _layout([h.x, h.y, h.distance], limits.max_batch_bytes, what)
+    levels = int(h.levels) or 255
+    if levels not in EXAMPLE_LEVELS.values() or (levels != 255 and h.x.dtype != "uint8"):
+        raise InvalidPayload(f"{what}: {levels} gray levels, expected 255, or 15 with uint8 inputs")
+    x_info = h.x
+    if _packed(levels):  # x's bytes: ceil(m / 2) for each example of m pixels
+        m = 1
+        for d in h.x.shape[1:]:
+            m *= int(d)
+        x_info = wire_pb2.ArrayInfo(name="x", dtype="uint8", shape=[n, (m + 1) // 2])
+    layout = _layout([x_info, h.y, h.distance], limits.max_batch_bytes, what)
     buf = _collect(chunks, sum(item[3] for item in layout), limits, what)
     arrays = list(_arrays(buf, layout).values())
+    x = arrays[0]
+    if _packed(levels):
+        x = unpack_nibbles(x, tuple(int(d) for d in h.x.shape))
     batch = ExampleBatch(
         h.sender,
         h.receiver,
         int(h.round),
         int(h.seq),
-        arrays[0],
+        x,
         arrays[1],
         tuple(h.classes),
         arrays[2],
         tuple(h.features),
+        levels,
     )
     if batch.y.dtype.kind not in "iu":
         raise InvalidPayload(f"{what}: labels are {batch.y.dtype}, expected integers")

@@ -29,7 +29,7 @@ class BlobHeader(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., spec_json: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
-    __slots__ = ("sender", "receiver", "round", "seq", "classes", "features", "x", "y", "distance")
+    __slots__ = ("sender", "receiver", "round", "seq", "classes", "features", "x", "y", "distance", "levels")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class BatchHeader(_message.Message):
     X_FIELD_NUMBER: _ClassVar[int]
     Y_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
     sender: str
     receiver: str
     round: int
@@ -48,7 +49,8 @@ class BatchHeader(_message.Message):
     x: ArrayInfo
     y: ArrayInfo
     distance: ArrayInfo
-    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., x: _Optional[_Union[ArrayInfo, _Mapping]] = ..., y: _Optional[_Union[ArrayInfo, _Mapping]] = ..., distance: _Optional[_Union[ArrayInfo, _Mapping]] = ...) -> None: ...
+    levels: int
+    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., x: _Optional[_Union[ArrayInfo, _Mapping]] = ..., y: _Optional[_Union[ArrayInfo, _Mapping]] = ..., distance: _Optional[_Union[ArrayInfo, _Mapping]] = ..., levels: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data")
