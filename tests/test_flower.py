@@ -19,7 +19,7 @@ from peer.flower.client_app import experiment_config
 from peer.inprocess import run_experiment
 from server.results import summarise
 from tests.flower_local import flower
-from tests.flower_util import SMALL, ClientAppFreezer
+from tests.flower_util import AUTO, SMALL, ClientAppFreezer
 from tests.results_compare import assert_same_results
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
@@ -57,6 +57,18 @@ def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_pro
     _assert_same_results(summary, in_process(SMALL))
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "counterfactuals.png").stat().st_size > 0
     assert "ckd: results:" in res.stdout
+
+
+def test_simulation_with_rounds_auto_stops_at_the_same_round_as_the_in_process_engine(tmp_path, in_process):
+    out = tmp_path / "out"
+    with flower(tmp_path, simulation=True) as fl:
+        res = fl.run({**AUTO, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
+    summary = json.loads((out / "results.json").read_text())
+    expected = in_process(AUTO)
+    assert summary["rounds"] == expected["rounds"] and summary["rounds"]["asked"] == "auto"
+    assert summary["rounds"]["stopped"] == f"no peer improved in round {summary['rounds']['run']}"
+    _assert_same_results(summary, expected)
 
 
 @pytest.fixture(scope="module")
