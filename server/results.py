@@ -225,6 +225,9 @@ def table(summary: dict) -> str:
         f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
         f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s"
     )
+    rounds = summary.get("rounds")
+    if rounds and rounds["asked"] == "auto":
+        lines.append(f"rounds: {rounds['run']} run, stopped: {rounds['stopped']}")
     leak = summary["leakage"]
     if leak["sent"]:
         ssim = f", SSIM to it {leak['ssim_median']} (median)" if leak["ssim_median"] is not None else ""

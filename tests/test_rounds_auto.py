@@ -4,31 +4,28 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import grpc
+import numpy as np
 import pytest
 
 from peer.config import ExperimentConfig, from_args, from_run_config, to_argv
 from peer.core.gate import GateReport, improved, paired_harm
 from peer.errors import UsageError
+from peer.grpc.node import Node, NodeConfig
 from peer.grpc.tls import Security, make_certs
 from peer.inprocess import run_experiment
 from peer.round import stop_after
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
-from server.cli import build_parser
+from server.cli import build_parser, main
 from server.coordinator import Coordinator, serve_coordinator
-from server.results import summarise
+from server.results import experiment_from_reports, summarise
 from tests.flower_util import AUTO as AUTO_RUN
 from tests.results_compare import assert_same_results
 
-ROOT = Path(__file__).resolve().parent.parent
 AUTO = from_run_config(AUTO_RUN, peers=AUTO_RUN["peers"])
 
 
@@ -69,9 +66,7 @@ def test_improved_is_the_gates_paired_test_the_other_way_round():
     assert not any(improved(b, c, 2.0) and paired_harm_of(b, c) for b in range(30) for c in range(30))
 
 
-def paired_harm_of(b: int, c: int):
-    import numpy as np
-
+def paired_harm_of(b: int, c: int) -> bool:
     before = np.array([True] * b + [False] * c)
     return paired_harm(before, ~before, 2.0)[2]
 
@@ -146,12 +141,14 @@ def in_process(fmnist):
     return summarise(run_experiment(AUTO, quiet=True, data=fmnist))
 
 
+@pytest.mark.slow
 def test_in_process_auto_runs_until_no_peer_improved(in_process):
     run = _check_auto_summary(in_process, AUTO)
     assert 2 <= run < AUTO.max_rounds  # more than one round, stopped by the rule rather than the cap
     assert in_process["config"]["rounds"] == "auto" and in_process["counterfactuals"]["made"] > 0
 
 
+@pytest.mark.slow
 def test_in_process_auto_with_a_cap_of_one_round_stops_at_the_cap_when_a_peer_improved(fmnist, in_process):
     assert in_process["rounds"]["improved"]["1"]  # round 1 had a peer improve (checked above)
     summary = summarise(run_experiment(replace(AUTO, max_rounds=1), quiet=True, data=fmnist))
@@ -159,26 +156,86 @@ def test_in_process_auto_with_a_cap_of_one_round_stops_at_the_cap_when_a_peer_im
     assert summary["peers"][0]["accuracy_by_round"] == in_process["peers"][0]["accuracy_by_round"][:2]
 
 
+@pytest.mark.slow
+def test_ckd_demo_with_rounds_auto_writes_and_prints_why_it_stopped(in_process, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", *to_argv(AUTO), "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["rounds"] == in_process["rounds"] and summary["config"]["max_rounds"] == AUTO.max_rounds
+    run, stopped = summary["rounds"]["run"], summary["rounds"]["stopped"]
+    assert f"rounds: {run} run, stopped: {stopped}" in capsys.readouterr().out
+
+
 # -- over gRPC: the coordinator decides from the flags peers report --------------------------------
 @pytest.mark.grpc
-def test_launch_with_auto_stops_at_the_same_round_as_in_process(in_process, tmp_path):
-    out = tmp_path / "out"
-    args = ["launch", "--out", str(out), "--state-dir", str(tmp_path / "state"), "--quiet"]
-    for k, v in asdict(AUTO).items():
-        if v is not None:
-            args += ["--" + k.replace("_", "-"), str(v)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=300
+@pytest.mark.slow
+def test_grpc_nodes_and_coordinator_with_auto_stop_at_the_same_round_as_in_process(fmnist, in_process, tmp_path):
+    """Three peer nodes (threads, each with its own server, store and certificate) and a coordinator
+    on loopback, as `ckd launch` runs them; the coordinator decides from the flags the peers report."""
+    certs = tmp_path / "certs"
+    ids = [f"peer-{k}" for k in range(AUTO.peers)]
+    make_certs(certs, ["coordinator", *ids])
+    coord = Coordinator(
+        Security.from_dir("coordinator", certs, False), AUTO.rounds, AUTO.peers, 120, max_rounds=AUTO.max_rounds
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((out / "results.json").read_text())
-    assert summary["transport"] == "grpc" and summary["status"] == "ok"
+    server, port = serve_coordinator(coord, "127.0.0.1:0")
+    nodes = [
+        Node(
+            NodeConfig(replace(AUTO, rounds=2), k, tmp_path / pid, coordinator=f"127.0.0.1:{port}", round_deadline=120),
+            Security.from_dir(pid, certs, False),
+            data=fmnist,
+        )  # the peers were told 2 rounds: the coordinator's auto wins
+        for k, pid in enumerate(ids)
+    ]
+    errors: list[str] = []
+
+    def run(n: Node) -> None:
+        try:
+            n.run()
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(f"{n.id}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        for n in nodes:
+            n.stop()
+        server.stop(grace=0)
+    assert not errors, errors
+    assert coord.finished.is_set()
+    exp, extra = experiment_from_reports(
+        coord.metrics,
+        coord.last_round() or 0,
+        coord.wall_seconds(),
+        coord.skipped(),
+        {p: tmp_path / p for p in ids},
+        asked=AUTO.rounds,
+        max_rounds=AUTO.max_rounds,
+        stopped=coord.stopped(),
+    )
+    summary = {**summarise(exp), **extra}
     assert summary["rounds"] == in_process["rounds"]
     assert_same_results(summary, in_process)
-    run = summary["rounds"]["run"]
-    assert (tmp_path / "state" / "peer-0" / "checkpoints" / f"round-{run}.npz").exists()
-    assert not (tmp_path / "state" / "peer-0" / "checkpoints" / f"round-{run + 1}.npz").exists()
+    run_ = summary["rounds"]["run"]
+    assert all(n.stopped == summary["rounds"]["stopped"] and sorted(n.metrics) == list(range(run_ + 1)) for n in nodes)
+    assert (tmp_path / "peer-0" / "checkpoints" / f"round-{run_}.npz").exists()
+    assert not (tmp_path / "peer-0" / "checkpoints" / f"round-{run_ + 1}.npz").exists()
+
+
+@pytest.mark.grpc
+def test_a_peer_without_a_coordinator_refuses_auto(fmnist, tmp_path):
+    make_certs(tmp_path / "certs", ["peer-0"])
+    cfg = NodeConfig(replace(AUTO, train_per_peer=50), 0, tmp_path / "peer-0", peers={"peer-1": "127.0.0.1:9"})
+    node = Node(cfg, Security.from_dir("peer-0", tmp_path / "certs", False), data=fmnist)
+    try:
+        with pytest.raises(UsageError, match="--rounds auto needs a coordinator"):
+            node.run()
+    finally:
+        node.stop()
 
 
 @pytest.fixture
