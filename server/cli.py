@@ -20,6 +20,7 @@ from peer.config import (
     add_experiment_options,
     add_option,
     from_args,
+    parse_rounds,
     to_argv,
 )
 from peer.errors import UsageError
@@ -127,6 +128,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import experiment_from_reports, write_results
 
+    rounds = parse_rounds(args.rounds)
     waits = (args.round_deadline, args.idle_timeout, args.heartbeat_timeout)
     if args.max_rounds < 1 or args.min_peers < 1 or min(waits) <= 0:
         raise UsageError(
@@ -138,7 +140,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise UsageError(f"--expect-peers names {len(expected)} peers, fewer than --min-peers {args.min_peers}")
     coordinator = Coordinator(
         security("coordinator", args),
-        args.rounds,
+        rounds,
         args.min_peers,
         args.round_deadline,
         args.heartbeat_timeout,
@@ -155,7 +157,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             coordinator.last_round() or 0,
             coordinator.wall_seconds(),
             coordinator.skipped(),
-            asked=args.rounds,
+            asked=rounds,
             max_rounds=args.max_rounds,
             stopped=coordinator.stopped(),
         )

@@ -316,7 +316,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         last = self.last_round()
         if last is None:
             return ""
-        return self.barriers[(last, pb.STAGE_DONE)].stopped or f"{self.rounds} rounds asked"
+        return self.barriers[(last, pb.STAGE_DONE)].stopped or stop_after(last, {}, self.asked, self.max_rounds) or ""
 
     def wall_seconds(self) -> float | None:
         start = self.released(0, pb.STAGE_READY)

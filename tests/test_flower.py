@@ -56,6 +56,7 @@ def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_pro
         res = fl.run({**AUTO, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
+    assert summary["status"] == "ok", summary.get("error")
     expected = in_process(AUTO)
     assert summary["rounds"] == expected["rounds"] and summary["rounds"]["asked"] == "auto"
     assert summary["rounds"]["stopped"] == f"no peer improved in round {summary['rounds']['run']}"

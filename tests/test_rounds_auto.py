@@ -97,13 +97,18 @@ def test_rounds_auto_by_flag_variable_and_run_config(monkeypatch):
     assert (again.rounds, again.max_rounds) == ("auto", 3)
 
 
-def test_bad_rounds_are_refused_with_a_clear_error(capsys):
-    with pytest.raises(SystemExit):
-        build_parser()[0].parse_args(["demo", "--rounds", "soon"])
-    assert "argument --rounds: --rounds must be a number of rounds >= 0 or auto, got 'soon'" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["demo", "server", "launch"])
+def test_bad_rounds_are_refused_with_a_clear_error(command, tmp_path, capsys):
+    assert main([command, "--rounds", "soon", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--rounds must be >= 0 or auto, got 'soon'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_rounds_in_a_config_or_run_config_are_refused_with_a_clear_error():
     with pytest.raises(UsageError, match="run config rounds = 'soon': --rounds must be"):
         from_run_config({"rounds": "soon"})
-    with pytest.raises(UsageError, match="--rounds must be a number of rounds >= 0 or auto, got -1"):
+    with pytest.raises(UsageError, match="--rounds must be >= 0 or auto, got -1"):
         ExperimentConfig(rounds=-1)
     with pytest.raises(UsageError, match="--max-rounds must be >= 1"):
         ExperimentConfig(rounds="auto", max_rounds=0)

@@ -117,11 +117,11 @@ class GateReport:
     accuracy_before: float = 0.0
     accuracy_after: float = 0.0
     outcome: str = "no examples"  # accepted | without <teacher> | lacking classes only | rolled back
-    # the model kept beat the one of before the round on the slice beyond noise (gate.improved)
-    improved: bool = False
     # each fit tried: {without, b, c, into_lacking, excused, harmful, accuracy}
     tries: list[dict[str, Any]] = field(default_factory=list)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # {accepted, refused, agreement}
+    # the model kept beat the one of before the round on the slice beyond noise (gate.improved)
+    improved: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,7 +144,7 @@ class GateReport:
             float(data["accuracy_before"]),
             float(data["accuracy_after"]),
             str(data["outcome"]),
-            _flag(data.get("improved", False)),
+            improved=_flag(data.get("improved", False)),
         )
         report.tries = [
             {
