@@ -20,9 +20,10 @@ def _per_class(learner, test: Dataset) -> list[float]:
     return [round(float((pred[test.y == c] == c).mean()), 4) for c in range(len(test.classes))]
 
 
-def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset) -> list[float]:
-    """Each peer trains on its own part alone, for as many epochs as it trains in a CKD run."""
-    epochs = cfg.epochs + cfg.rounds * cfg.retrain_epochs
+def local_only(cfg: ExperimentConfig, train: Dataset, test: Dataset, rounds: int | None = None) -> list[float]:
+    """Each peer trains on its own part alone, for as many epochs as it trains in a CKD run of
+    `rounds` rounds (default: the most the config runs; with --rounds auto give the rounds run)."""
+    epochs = cfg.epochs + (cfg.round_limit() if rounds is None else rounds) * cfg.retrain_epochs
     accs = []
     for k, (kind, part) in enumerate(zip(cfg.learner_list(), partition(cfg, train))):
         learner = make_learner(kind, train.x.shape[1:], train.classes, cfg.train(k))

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from baselines import fedavg, local_only, pooled  # noqa: E402
 
-from peer.config import DEFAULT_PRIVACY, PRIVACY_PRESETS, ExperimentConfig
+from peer.config import DEFAULT_PRIVACY, PRIVACY_PRESETS, ExperimentConfig, options
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.inprocess import run_experiment  # noqa: E402
 from server.results import summarise, write_figures, write_json  # noqa: E402
@@ -112,8 +112,11 @@ def main() -> int:
     knobs = dict(PRIVACY_PRESETS[args.privacy])
     for item in args.set:
         key, _, value = item.partition("=")
-        kind = type(getattr(ExperimentConfig(), key))
-        knobs[key] = kind(value)
+        declared = {f.name: f for f in options()}
+        if key not in declared:
+            parser.error(f"--set {item}: no option {key!r}")
+        parse = declared[key].metadata.get("parse") or type(declared[key].default)
+        knobs[key] = parse(value)
     cfg = ExperimentConfig(learners=HETERO if args.hetero else "cnn", privacy=args.privacy, **knobs)
     name = ("fmnist10_hetero" if args.hetero else "fmnist10") + (
         "" if args.privacy == DEFAULT_PRIVACY else f"_{args.privacy}"
@@ -139,6 +142,7 @@ def main() -> int:
         "leakage": summary["leakage"],
         "by_learner": by_learner(summary),
         "gate": summary.get("gate"),
+        "rounds": summary["rounds"],
     }
     print(
         f"CKD: median {result['median_accuracy_before']:.4f} -> {result['median_accuracy_after']:.4f}, "
@@ -149,7 +153,7 @@ def main() -> int:
     if not args.no_baselines:
         timings = {}
         t = time.perf_counter()
-        local = local_only(cfg, train, test)
+        local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
         timings["local_only"] = time.perf_counter() - t
         print(f"local only: median {np.median(local):.4f}", flush=True)
         t = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -21,9 +22,24 @@ from peer.errors import UsageError
 from peer.learners import TrainConfig, learner_kinds
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with its help text (the one place an option is declared)."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, parse: Callable[[Any], Any] | None = None) -> Any:
+    """A config field with its help text (the one place an option is declared). `parse` takes
+    a value that is not of the default's type: a flag's or variable's text, a run-config value."""
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+AUTO = "auto"
+
+
+def parse_rounds(value: Any) -> int | str:
+    """--rounds: a number of rounds >= 0, or "auto" (text as on a command line, or an int)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise UsageError(f"--rounds must be >= 0 or auto, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +47,13 @@ class ExperimentConfig:
     """Every knob of a run. Defaults are the reference experiment fmnist-10."""
 
     peers: int = option(10, "number of peers")
-    rounds: int = option(2, "rounds of teach and retrain after local training")
+    rounds: int | str = option(
+        2,
+        "rounds of teach and retrain after local training, or auto: rounds until one in which no peer "
+        "improved on its own validation slice (--validation-share; beyond --gate-z noise), at most --max-rounds",
+        parse=parse_rounds,
+    )
+    max_rounds: int = option(10, "with --rounds auto: the most rounds run")
     learners: str = option(
         "cnn", "learner kind for all peers, or a list such as 'cnn*4,mlp*3,forest*3' (kinds: cnn, mlp, linear, forest)"
     )
@@ -172,8 +194,14 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.peers < 2:
             raise UsageError(f"--peers must be at least 2, got {self.peers}")
-        if self.rounds < 0:
-            raise UsageError(f"--rounds must be >= 0, got {self.rounds}")
+        object.__setattr__(self, "rounds", parse_rounds(self.rounds))
+        if self.max_rounds < 1:
+            raise UsageError(f"--max-rounds must be >= 1, got {self.max_rounds}")
+        if self.auto_rounds and self.validation_share <= 0:
+            raise UsageError(
+                "--rounds auto stops after a round in which no peer improved on its validation slice; "
+                "give --validation-share > 0 (e.g. 0.1), or a number of rounds"
+            )
         if self.epochs < 1 or self.retrain_epochs < 0:
             raise UsageError("--epochs must be >= 1 and --retrain-epochs >= 0")
         if self.split not in SPLITS:
@@ -193,6 +221,15 @@ class ExperimentConfig:
         self.learner_list()
         self.teach()
         self.gate()
+
+    @property
+    def auto_rounds(self) -> bool:
+        """--rounds auto: the run stops after a round in which no peer improved (peer.round.stop_after)."""
+        return self.rounds == AUTO
+
+    def round_limit(self) -> int:
+        """The most rounds this run takes: --rounds, or --max-rounds with --rounds auto."""
+        return self.max_rounds if isinstance(self.rounds, str) else self.rounds
 
     def learner_list(self) -> list[str]:
         kinds: list[str] = []
@@ -291,8 +328,11 @@ def kind_of(f: Field) -> type:
     return str if f.default is None else type(f.default)
 
 
-def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: str) -> None:
-    """--name (dashes), defaulting to $CKD_NAME when set, else `default`; the help names the variable."""
+def add_option(
+    parser: argparse.ArgumentParser, name: str, default: Any, help: str, parse: Callable[[Any], Any] | None = None
+) -> None:
+    """--name (dashes), defaulting to $CKD_NAME when set, else `default`; the help names the variable.
+    `parse` turns the flag's or variable's text into the value (default: the default's type)."""
     flag = "--" + name.replace("_", "-")
     env = env_name(name)
     kind = type(default) if default is not None else str
@@ -302,14 +342,33 @@ def add_option(parser: argparse.ArgumentParser, name: str, default: Any, help: s
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"{help} [env {env}]")
     else:
         parser.add_argument(
-            flag, type=kind, default=default if from_env is None else from_env, help=f"{help} [env {env}]"
+            flag,
+            type=kind if parse is None else _argument_type(parse),
+            default=default if from_env is None else from_env,
+            help=f"{help} [env {env}]",
         )
+
+
+def _argument_type(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except UsageError:  # refused where the command checks its options, in one line
+            return text
+
+    return convert
+
+
+def add_experiment_option(parser: argparse.ArgumentParser, name: str) -> None:
+    """One experiment option, as ExperimentConfig declares it (for commands that take only a few)."""
+    f = next(f for f in options() if f.name == name)
+    add_option(parser, f.name, f.default, f.metadata["help"], f.metadata.get("parse"))
 
 
 def add_experiment_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for f in options():
         if f.name not in skip:
-            add_option(parser, f.name, f.default, f.metadata["help"])
+            add_experiment_option(parser, f.name)
 
 
 def from_args(args: argparse.Namespace, **override: Any) -> dict[str, Any]:
@@ -343,6 +402,13 @@ def from_run_config(run_config: dict[str, Any], **override: Any) -> ExperimentCo
             kwargs[f.name] = value or None
             continue
         kind = kind_of(f)
+        parse = f.metadata.get("parse")
+        if parse is not None and isinstance(value, str) and not value.strip().isdigit():
+            try:  # a word such as rounds = "auto"; a number is written as one
+                kwargs[f.name] = parse(value)
+            except UsageError as exc:
+                raise UsageError(f"run config {key} = {value!r}: {exc}") from None
+            continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):

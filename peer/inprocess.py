@@ -13,7 +13,16 @@ from peer.core.blob import ExampleBatch, ModelBlob
 from peer.core.peer import Peer
 from peer.data.fashion import Dataset
 from peer.experiment import Experiment, build_peers, evaluation_inputs, limit_test, load_data
-from peer.round import PeerRound, RunLog, Transport, UnknownPeer, teach_students, train_step
+from peer.round import (
+    PeerRound,
+    RunLog,
+    Transport,
+    UnknownPeer,
+    improved_in,
+    stop_after,
+    teach_students,
+    train_step,
+)
 
 
 class InProcessTransport(Transport):
@@ -57,31 +66,39 @@ def run_rounds(
     transport: Transport,
     test_x: np.ndarray | dict[str, np.ndarray],
     test_y: np.ndarray,
-    rounds: int,
+    rounds: int | str,
     epochs: int,
     retrain_epochs: int,
     quiet: bool = False,
     fanout: int = 0,
+    max_rounds: int = 10,
 ) -> RunLog:
-    """The whole experiment in this process: round 0 (local training), then `rounds` rounds, all
-    peers stepping together (every peer publishes, then every peer teaches, then all retrain).
+    """The whole experiment in this process: round 0 (local training), then rounds until
+    peer.round.stop_after says stop (`rounds` of them, or with "auto" until one in which no peer
+    improved, at most `max_rounds`), all peers stepping together (every peer publishes, then every
+    peer teaches, then all retrain).
 
     `test_x` may give each peer its own columns (peer id -> inputs). `fanout` K > 0: each student
     is taught by its K most useful teachers only (peer.core.fanout).
     """
     ids = [p.id for p in peers]
     records = _train_all(peers, 0, epochs, test_x, test_y, "train", quiet)
-    for r in range(1, rounds + 1):
+    limit = max_rounds if rounds == "auto" else rounds
+    r = 0
+    while (stopped := stop_after(r, improved_in(records, r), rounds, max_rounds)) is None:
+        r += 1
         for p in peers:
             p.snapshot(r)  # publish
         taught = {}
         per_student = len(peers) - 1 if fanout <= 0 else min(fanout, len(peers) - 1)
-        with _bar(len(peers) * per_student, f"round {r}/{rounds} teach", quiet, "pair") as bar:
+        with _bar(len(peers) * per_student, f"round {r}/{limit} teach", quiet, "pair") as bar:
             for p in peers:
                 taught[p.id] = teach_students(p, r, ids, transport, on_report=lambda _: bar.update(1), fanout=fanout)
-        retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{rounds} retrain", quiet)
+        retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{limit} retrain", quiet)
         records += [rec.merge(taught[rec.peer]) for rec in retrained]
-    return RunLog.from_records(records, ids)
+    log = RunLog.from_records(records, ids)
+    log.stopped = stopped
+    return log
 
 
 def run_experiment(
@@ -109,6 +126,7 @@ def run_experiment(
             cfg.retrain_epochs,
             quiet=quiet,
             fanout=cfg.fanout,
+            max_rounds=cfg.max_rounds,
         )
     finally:
         getattr(moves, "close", lambda: None)()

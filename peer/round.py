@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -240,6 +240,37 @@ def choose_students(
     return [s for s in others if s in chosen], errors
 
 
+def stop_after(round: int, improved: Mapping[str, bool], rounds: int | str, max_rounds: int) -> str | None:
+    """Whether the run goes on after `round`: None to run round + 1, else why it stops. Every
+    runtime asks this after each round (the in-process loop, the gRPC coordinator at the round's
+    last barrier, the Flower ServerApp), so all stop at the same round.
+
+    `improved`: peer -> whether its model of `round` beat its model of before on the peer's own
+    validation slice beyond noise (GateReport.improved); a peer that did not report counts as not
+    improved. `rounds`: a number of rounds, or "auto": stop after the first round in which no
+    peer improved, or after `max_rounds`. Round 0 (local training alone) always goes on in auto:
+    no peer has been taught yet.
+    """
+    if rounds != "auto":
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+            raise ValueError(f"rounds must be a number >= 0 or 'auto', got {rounds!r}")
+        return f"{rounds} round{'' if rounds == 1 else 's'} asked" if round >= rounds else None
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+    if round == 0:
+        return None
+    if not any(improved.values()):
+        return f"no peer improved in round {round}"
+    if round >= max_rounds:
+        return f"cap of {max_rounds} rounds"
+    return None
+
+
+def improved_in(records: Sequence[PeerRound], round: int) -> dict[str, bool]:
+    """Peer -> whether its gate found its model of `round` better on its validation slice."""
+    return {r.peer: bool(r.gate.get("improved", False)) for r in records if r.round == round}
+
+
 # What RunLog.timings holds: seconds peers spent in each step, summed over peers, whichever
 # runtime ran them (peers working in parallel add up to more than the wall time).
 TIMINGS: tuple[str, ...] = ("train", "teach", "retrain", "evaluate")
@@ -258,6 +289,7 @@ class RunLog:
     errors: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {peer, round, skipped: [...]}
     gates: list[dict[str, Any]] = field(default_factory=list)  # {peer, **GateReport.to_dict()}
+    stopped: str = ""  # why the run stopped after its last round (stop_after)
 
     def add(self, record: PeerRound) -> None:
         """Record one peer's round; rounds of a peer must come in order."""

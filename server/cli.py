@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from peer.cli import NET_HELP, HelpFormatter, add_peer_commands, run_command, security, with_data
-from peer.config import ExperimentConfig, add_experiment_options, add_option, from_args, to_argv
+from peer.config import (
+    ExperimentConfig,
+    add_experiment_option,
+    add_experiment_options,
+    add_option,
+    from_args,
+    parse_rounds,
+    to_argv,
+)
 from peer.errors import UsageError
 
 
@@ -48,7 +56,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         "report metrics;\nit never sees data or weights. " + NET_HELP + ".",
     )
     add_option(srv, "listen", "127.0.0.1:50051", "address to listen on")
-    add_option(srv, "rounds", 2, "rounds of teach and retrain after local training")
+    add_experiment_option(srv, "rounds")
+    add_experiment_option(srv, "max_rounds")
     add_option(srv, "min_peers", 2, "peers that must register before the run starts")
     add_option(srv, "round_deadline", 600.0, "seconds a barrier waits for slow peers before it skips them")
     add_option(srv, "out", "runs/server", "output directory for results.json and accuracy.png")
@@ -119,10 +128,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import experiment_from_reports, write_results
 
+    rounds = parse_rounds(args.rounds)
     waits = (args.round_deadline, args.idle_timeout, args.heartbeat_timeout)
-    if args.rounds < 0 or args.min_peers < 1 or min(waits) <= 0:
+    if args.max_rounds < 1 or args.min_peers < 1 or min(waits) <= 0:
         raise UsageError(
-            "--rounds must be >= 0, --min-peers >= 1, --round-deadline, --idle-timeout and --heartbeat-timeout > 0"
+            "--max-rounds and --min-peers must be >= 1, --round-deadline, --idle-timeout and --heartbeat-timeout > 0"
         )
     out = _out_dir(args.out)
     expected = {check_name(n.strip()) for n in args.expect_peers.split(",") if n.strip()} or None
@@ -130,19 +140,26 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise UsageError(f"--expect-peers names {len(expected)} peers, fewer than --min-peers {args.min_peers}")
     coordinator = Coordinator(
         security("coordinator", args),
-        args.rounds,
+        rounds,
         args.min_peers,
         args.round_deadline,
         args.heartbeat_timeout,
         expected=expected,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        max_rounds=args.max_rounds,
     )
     server, port = serve_coordinator(coordinator, args.listen)
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
         wait_finished(coordinator, args.idle_timeout)
         exp, extra = experiment_from_reports(
-            coordinator.metrics, args.rounds, coordinator.wall_seconds(), coordinator.skipped()
+            coordinator.metrics,
+            coordinator.last_round() or 0,
+            coordinator.wall_seconds(),
+            coordinator.skipped(),
+            asked=rounds,
+            max_rounds=args.max_rounds,
+            stopped=coordinator.stopped(),
         )
         extra["round_wall_seconds"] = coordinator.round_seconds()
         write_results(out, exp, "grpc", extra)
@@ -220,7 +237,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     else:
         make_certs(state / "certs", ["coordinator"] + ids)
         sec = Security.from_dir("coordinator", state / "certs", False)
-    coordinator = Coordinator(sec, cfg.rounds, cfg.peers, args.round_deadline, expected=set(ids))
+    coordinator = Coordinator(
+        sec, cfg.rounds, cfg.peers, args.round_deadline, expected=set(ids), max_rounds=cfg.max_rounds
+    )
     server, port = serve_coordinator(coordinator, "127.0.0.1:0")
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -254,10 +273,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
             p.wait(timeout=120)
         exp, extra = experiment_from_reports(
             coordinator.metrics,
-            cfg.rounds,
+            coordinator.last_round() or 0,
             coordinator.wall_seconds(),
             coordinator.skipped(),
             {p: state / p for p in ids},
+            asked=cfg.rounds,
+            max_rounds=cfg.max_rounds,
+            stopped=coordinator.stopped(),
         )
         extra["round_wall_seconds"] = coordinator.round_seconds()
         write_results(out, exp, "grpc", extra, quiet=args.quiet)

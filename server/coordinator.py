@@ -30,6 +30,7 @@ from peer.durable import atomic_write
 from peer.errors import UsageError
 from peer.faults import fault
 from peer.grpc.tls import Security, caller
+from peer.round import stop_after
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 
@@ -52,25 +53,31 @@ class Barrier:
     released: float | None = None
     timed_out: bool = False
     late: list[str] = field(default_factory=list)  # arrived after it released
+    stopped: str = ""  # a STAGE_DONE barrier: why the run stops after its round ("" goes on)
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
         self,
         security: Security,
-        rounds: int,
+        rounds: int | str,
         min_peers: int,
         round_deadline: float = 600.0,
         heartbeat_timeout: float = 30.0,
         expected: set[str] | None = None,
         state_dir: Path | None = None,
+        max_rounds: int = 10,
     ) -> None:
         self.security = security
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.expected = set(expected) if expected is not None else None
         self.refused: list[tuple[str, str]] = []  # (status code name, message), newest last
         self.heartbeat_timeout = heartbeat_timeout  # a peer silent this long is not waited for
-        self.rounds = rounds
+        self.asked = rounds  # a number of rounds, or "auto" (peer.round.stop_after)
+        self.max_rounds = max_rounds
+        self.auto = rounds == "auto"
+        stop_after(0, {}, rounds, max_rounds)  # a ValueError here for a bad number of rounds
+        self.rounds = max_rounds if isinstance(rounds, str) else rounds  # the most rounds
         self.min_peers = min_peers
         self.round_deadline = round_deadline
         self.peers: dict[str, str] = {}
@@ -91,7 +98,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if self.state_dir is None:
             return
         state = {
-            "rounds": self.rounds,
+            "rounds": self.asked,
+            "max_rounds": self.max_rounds,
             "peers": self.peers,
             "participants": self.participants,
             "metrics": {p: {str(r): m for r, m in rounds.items()} for p, rounds in self.metrics.items()},
@@ -105,9 +113,14 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if not path.exists():
             return
         state = json.loads(path.read_text())
-        if state["rounds"] != self.rounds:
+
+        def plan(rounds: int | str, most: int) -> str:
+            return f"rounds={rounds}" + (f" (at most {most})" if rounds == "auto" else "")
+
+        held = plan(state["rounds"], state.get("max_rounds", self.max_rounds))
+        if held != plan(self.asked, self.max_rounds):
             raise UsageError(
-                f"{path} holds a run of {state['rounds']} rounds, not {self.rounds}; give another --state-dir"
+                f"{path} holds a run of {held}, not {plan(self.asked, self.max_rounds)}; give another --state-dir"
             )
         self.peers = dict(state["peers"])
         self.participants = state["participants"]
@@ -115,7 +128,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.barriers = {(int(r), int(stage)): Barrier(**b) for r, stage, b in state["barriers"]}
         now = time.time()
         self.heartbeats = dict.fromkeys(self.peers, now)  # a heartbeat's time to show up again
-        if (self.rounds, pb.STAGE_DONE) in self.barriers:
+        if self.last_round() is not None:
             self.finished.set()
         log.info("resumed from %s: %d peers, %d barriers released", path, len(self.peers), len(self.barriers))
 
@@ -175,7 +188,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             if changed:
                 self._save()
             self._cond.notify_all()
-        return pb.RegisterReply(rounds=self.rounds, round_deadline=self.round_deadline)
+        return pb.RegisterReply(rounds=self.rounds, round_deadline=self.round_deadline, auto_rounds=self.auto)
 
     def Heartbeat(self, request, context):
         peer = self._identity(context, request.peer)
@@ -235,12 +248,24 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 else:
                     self._cond.wait(timeout=0.5)
                     continue
+                if key[1] == pb.STAGE_DONE:
+                    barrier.stopped = self._stop_after(key[0]) or ""
                 self._save()  # before any waiter hears of the release
                 self._cond.notify_all()
-                if key == (self.rounds, pb.STAGE_DONE):
+                if barrier.stopped:
                     self.finished.set()
             arrived = sorted(set(barrier.arrived) | {peer})
-            return pb.WaitRoundReply(arrived=arrived, timed_out=barrier.timed_out)
+            return pb.WaitRoundReply(arrived=arrived, timed_out=barrier.timed_out, stopped=barrier.stopped)
+
+    def _stop_after(self, round: int) -> str | None:
+        """Whether the run stops after `round` (peer.round.stop_after), from the one flag each peer
+        reported for it: whether its validation slice showed an improvement (GateReport.improved)."""
+        improved = {}
+        for p in self.participants or self.peers:
+            record = self.metrics.get(p, {}).get(round, {}).get("record")
+            gate = record.get("gate") if isinstance(record, dict) else None
+            improved[p] = isinstance(gate, dict) and gate.get("improved") is True
+        return stop_after(round, improved, self.asked, self.max_rounds)
 
     def ReportMetrics(self, request, context):
         peer = self._identity(context, request.peer)
@@ -283,15 +308,31 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Wall seconds of each round r >= 1: from the release of its publish barrier (every model
         of the round out) to the next round's, or to the last barrier for the last round."""
         out: list[float | None] = []
-        for r in range(1, self.rounds + 1):
+        last = self.last_round() or self.rounds  # --rounds auto may stop before the cap
+        for r in range(1, last + 1):
             start = self.released(r, pb.STAGE_PUBLISHED)
-            end = self.released(r + 1, pb.STAGE_PUBLISHED) if r < self.rounds else self.released(r, pb.STAGE_DONE)
+            end = self.released(r + 1, pb.STAGE_PUBLISHED) if r < last else self.released(r, pb.STAGE_DONE)
             out.append(None if start is None or end is None else round(end - start, 3))
         return out
 
+    def last_round(self) -> int | None:
+        """The round after which the run stopped (None while it goes on)."""
+        done = [r for (r, stage), b in self.barriers.items() if stage == pb.STAGE_DONE and b.stopped]
+        if not done and not self.auto and self.released(self.rounds, pb.STAGE_DONE) is not None:
+            return self.rounds  # a state written before barriers said why they stopped
+        return min(done, default=None)
+
+    def stopped(self) -> str:
+        """Why the run stopped ("" while it goes on)."""
+        last = self.last_round()
+        if last is None:
+            return ""
+        return self.barriers[(last, pb.STAGE_DONE)].stopped or stop_after(last, {}, self.asked, self.max_rounds) or ""
+
     def wall_seconds(self) -> float | None:
         start = self.released(0, pb.STAGE_READY)
-        end = self.released(self.rounds, pb.STAGE_DONE)
+        last = self.last_round()
+        end = None if last is None else self.released(last, pb.STAGE_DONE)
         return None if start is None or end is None else end - start
 
 

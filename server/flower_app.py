@@ -8,9 +8,11 @@ examples and metrics. One message per node and phase, so a round costs two hops.
 
 Order, the same as the in-process engine: train all (round 0) and evaluate; then for each
 round r: every peer teaches every other from the models of round r - 1, all retrain with
-round r, evaluate. Results go to the run config's `out` like `ckd demo`'s. A ClientApp error
-or a missing reply stops the run with a one-line error naming the peer and the phase, in the
-log and in `out/results.json`.
+round r, evaluate; after each round peer.round.stop_after decides from the peers' records
+whether another follows (`rounds`, or "auto": until a round in which no peer improved).
+Results go to the run config's `out` like `ckd demo`'s. A ClientApp error or a missing reply
+stops the run with a one-line error naming the peer and the phase, in the log and in
+`out/results.json`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from peer.errors import UsageError
 from peer.experiment import Experiment, peer_ids
 from peer.flower import records as rec
 from peer.flower.client_app import PEER_ID, experiment_config, round_message, run_option
-from peer.round import PeerRound, RunLog
+from peer.round import PeerRound, RunLog, improved_in, stop_after
 from server import results
 from server.results import staged_output, table, union_classes, write_json
 
@@ -290,7 +292,9 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
         "train.local",
     )
     log(INFO, "ckd: round 0 trained; median accuracy %.4f", float(np.median([col.accuracy(p, 0) for p in ids])))
-    for r in range(1, cfg.rounds + 1):
+    r = 0
+    while (stopped := stop_after(r, improved_in(list(col.records.values()), r), cfg.rounds, cfg.max_rounds)) is None:
+        r += 1
         asks = {}
         students = col.students(cfg.fanout)
         for p in ids:
@@ -303,12 +307,14 @@ def run_ckd(grid: Grid, run_config: dict) -> tuple[Experiment, dict]:
             INFO,
             "ckd: round %d/%d done; %d examples sent; median accuracy %.4f",
             r,
-            cfg.rounds,
+            cfg.round_limit(),
             sum(t.sent for p in ids for t in col.records[(p, r)].teach),
             float(np.median([col.accuracy(p, r) for p in ids])),
         )
+    log(INFO, "ckd: stopped after round %d: %s", r, stopped)
     wall = time.perf_counter() - start
     exp = col.experiment(cfg, wall)
+    exp.log.stopped = stopped
     order = {p: i for i, p in enumerate(ids)}
     flower: dict[str, Any] = {"own_data": True} if own_data else {}
     flower |= {

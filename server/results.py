@@ -48,7 +48,8 @@ def summarise(exp: Experiment) -> dict:
                 "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
                 "training_set_by_round": log.train_sizes[pid],
                 "gate_by_round": [
-                    {k: g[k] for k in ("round", "outcome", "accuracy_before", "accuracy_after")} for g in gates
+                    {k: g.get(k) for k in ("round", "outcome", "accuracy_before", "accuracy_after", "improved")}
+                    for g in gates
                 ],
             }
         )
@@ -86,6 +87,7 @@ def summarise(exp: Experiment) -> dict:
             if teach
             else None,
         },
+        "rounds": rounds_summary(exp),
         "leakage": leakage_summary(teach),
         "gate": gate_summary(log.gates, exp.config),
         "errors": log.errors,
@@ -100,6 +102,25 @@ def summarise(exp: Experiment) -> dict:
         ],
         "classes": list(exp.classes),
         "config": config_dict(exp.config),
+    }
+
+
+def rounds_summary(exp: Experiment) -> dict:
+    """How many rounds ran after local training and why the run stopped (peer.round.stop_after),
+    with the peers whose validation slice showed an improvement in each round."""
+    cfg = exp.config
+    run = max((len(e) - 1 for e in exp.log.evaluations.values()), default=0)
+    improved = {
+        r: sorted(g["peer"] for g in exp.log.gates if g["round"] == r and g.get("improved")) for r in range(1, run + 1)
+    }
+    return {
+        "asked": cfg.rounds,
+        "max_rounds": cfg.max_rounds if cfg.auto_rounds else None,
+        "run": run,
+        "stopped": exp.log.stopped or f"{run} round{'' if run == 1 else 's'} asked",
+        "improved": {str(r): peers for r, peers in improved.items()},
+        "what": "improved: peers whose model of the round beat their model of before it on their own validation "
+        "slice beyond noise (c - b > z sqrt(b + c)); --rounds auto stops after the first round with none",
     }
 
 
@@ -204,6 +225,9 @@ def table(summary: dict) -> str:
         f"{cf['made']} counterfactuals ({cf['failed']} failed, {cf['duplicates_removed']} duplicates), "
         f"{cf['per_second']} per second; wall {summary['wall_seconds']:.0f} s"
     )
+    rounds = summary.get("rounds")
+    if rounds and rounds["asked"] == "auto":
+        lines.append(f"rounds: {rounds['run']} run, stopped: {rounds['stopped']}")
     leak = summary["leakage"]
     if leak["sent"]:
         ssim = f", SSIM to it {leak['ssim_median']} (median)" if leak["ssim_median"] is not None else ""
@@ -357,9 +381,14 @@ def experiment_from_reports(
     wall: float | None,
     skipped: list[dict],
     state_dirs: dict[str, Path] | None = None,
+    asked: int | str | None = None,
+    max_rounds: int = 10,
+    stopped: str = "",
 ) -> tuple[Experiment, dict]:
     """The run from what gRPC peers reported to the coordinator: per peer and round, a PeerRound
     record ("record"), what the peer is ("about", round 0) and its wire counts ("wire", last round).
+    `rounds` is the last round run; `asked` what the coordinator was asked for (default: `rounds`),
+    `stopped` why it stopped (peer.round.stop_after).
 
     Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers).
     """
@@ -377,11 +406,14 @@ def experiment_from_reports(
     kinds = [about[p]["learner"] for p in ids]
     names = {f.name for f in options()}
     config = {k: v for k, v in about[ids[0]]["config"].items() if k in names}
-    config.update(peers=len(ids), rounds=rounds)
+    config.update(peers=len(ids), rounds=rounds if asked is None else asked)
+    if asked == "auto":
+        config.update(max_rounds=max_rounds)
     if ExperimentConfig(**config).learner_list() != kinds:  # a peer ran another learner (ckd peer --learner)
         config["learners"] = ",".join(kinds)
     records = [PeerRound.from_dict(metrics[p][r]["record"]) for p in ids for r in range(rounds + 1)]
     log = RunLog.from_records(records, ids)
+    log.stopped = stopped
     log.skipped += [s for s in skipped if s["skipped"]]
     _attach_galleries(log, state_dirs or {})
     classes, missing, peer_classes = union_classes(

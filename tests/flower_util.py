@@ -6,6 +6,19 @@ import threading
 
 # A small fmnist split on which counterfactuals are made in round 1 (a few seconds in-process).
 SMALL = {"peers": 3, "rounds": 1, "epochs": 2, "retrain-epochs": 1, "train-per-peer": 400, "test-limit": 1000}
+# --rounds auto, small: round 1 has a peer that improves on its validation slice, a later round none,
+# well before the cap (tests/test_rounds_auto.py runs it in every runtime)
+AUTO = {
+    "peers": 3,
+    "rounds": "auto",
+    "max-rounds": 4,
+    "learners": "mlp",
+    "train-per-peer": 400,
+    "epochs": 1,
+    "retrain-epochs": 1,
+    "validation-share": 0.2,
+    "test-limit": 300,
+}
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:

@@ -19,7 +19,7 @@ from peer.flower.client_app import experiment_config
 from peer.inprocess import run_experiment
 from server.results import summarise
 from tests.flower_local import flower
-from tests.flower_util import SMALL, ClientAppFreezer
+from tests.flower_util import AUTO, SMALL, ClientAppFreezer
 from tests.results_compare import assert_same_results
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
@@ -49,16 +49,21 @@ def _assert_same_results(flower_summary: dict, expected: dict) -> None:
 
 
 def test_simulation_with_flwr_run_matches_the_in_process_engine(tmp_path, in_process):
-    """With a fan-out of 1 (the ServerApp sends each teacher only its planned students' models);
-    the deployment test below runs all pairs."""
+    """With rounds = "auto" and a fan-out of 1 (the deployment runs below take a number of rounds and
+    all pairs): the ServerApp stops at the same round as the in-process engine, from what the
+    peers' records say, and sends each teacher only its planned student's model."""
     out = tmp_path / "out"
-    config = {**SMALL, "fanout": 1}
+    config = {**AUTO, "fanout": 1}
     with flower(tmp_path, simulation=True) as fl:
         res = fl.run({**config, "out": str(out)}, "num-supernodes=3 client-resources-num-cpus=1 init-args-num-cpus=2")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fl.log_text()
     summary = json.loads((out / "results.json").read_text())
-    _assert_same_results(summary, in_process(config))
-    assert len(summary["pairs"]) == 3 and {p["student"] for p in summary["pairs"]} == {"peer-0", "peer-1", "peer-2"}
+    assert summary["status"] == "ok", summary.get("error")
+    expected = in_process(config)
+    assert summary["rounds"] == expected["rounds"] and summary["rounds"]["asked"] == "auto"
+    assert summary["rounds"]["stopped"] == f"no peer improved in round {summary['rounds']['run']}"
+    _assert_same_results(summary, expected)
+    assert len(summary["pairs"]) == 3 * summary["rounds"]["run"]
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "counterfactuals.png").stat().st_size > 0
     assert "ckd: results:" in res.stdout
 

@@ -71,6 +71,13 @@ def paired_harm(right_before: np.ndarray, right_after: np.ndarray, z: float, exc
     return b, c, b - c - excused > z * math.sqrt(b + c)
 
 
+def improved(b: int, c: int, z: float) -> bool:
+    """Did the model get better on the validation slice beyond noise? The gate's paired test the
+    other way round: c (wrong -> right) - b (right -> wrong) > z sqrt(b + c). `--rounds auto`
+    stops after a round in which this held for no peer."""
+    return c - b > z * math.sqrt(b + c)
+
+
 def lacking_credit(
     pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray, lacking: list[int], classes: int
 ) -> tuple[int, int]:
@@ -94,6 +101,12 @@ def label_agreement(x: np.ndarray, y: np.ndarray, own_x: np.ndarray, own_y: np.n
     return float((own_y[index] == y).mean())
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 @dataclass
 class GateReport:
     """What the gate of one peer decided in one round: the fits it tried, validation accuracy
@@ -107,6 +120,8 @@ class GateReport:
     # each fit tried: {without, b, c, into_lacking, excused, harmful, accuracy}
     tries: list[dict[str, Any]] = field(default_factory=list)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # {accepted, refused, agreement}
+    # the model kept beat the one of before the round on the slice beyond noise (gate.improved)
+    improved: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +130,7 @@ class GateReport:
             "accuracy_before": round(self.accuracy_before, 4),
             "accuracy_after": round(self.accuracy_after, 4),
             "outcome": self.outcome,
+            "improved": self.improved,
             "tries": [dict(t) for t in self.tries],
             "teachers": {k: dict(v) for k, v in self.teachers.items()},
         }
@@ -128,6 +144,7 @@ class GateReport:
             float(data["accuracy_before"]),
             float(data["accuracy_after"]),
             str(data["outcome"]),
+            improved=_flag(data.get("improved", False)),
         )
         report.tries = [
             {

@@ -30,6 +30,7 @@ from peer.core.gate import (
     GateConfig,
     GateReport,
     carve_validation,
+    improved,
     label_agreement,
     lacking_credit,
     paired_harm,
@@ -378,6 +379,7 @@ class Peer:
             )
             if not harmful:
                 kept, report.outcome, report.accuracy_after = skip, outcome, float(right_after.mean())
+                report.improved = improved(worse, better, self.gate.z)
                 break
         if kept is None:  # nothing passed: the model of before the round, the round's examples refused
             self.learner, kept, report.outcome = before, everything, "rolled back"

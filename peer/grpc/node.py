@@ -145,6 +145,8 @@ class Membership:
             reply = node.coordinator_call(
                 "WaitRound", lambda t: node.coord.WaitRound(request, timeout=t), node.cfg.round_deadline * 2 + 3600
             )
+            if stage == cpb.STAGE_DONE:
+                node.stopped = reply.stopped
             return list(reply.arrived)
         # static peer list: poll the others' Status until they got there or the deadline passed
         deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
@@ -212,7 +214,9 @@ class Node:
         self.address = cfg.advertise or f"{host}:{self.port}"
         self.coord = None
         self.addresses = dict(cfg.peers)
-        self.rounds = exp.rounds
+        self.rounds = exp.round_limit()  # the most rounds; with auto the coordinator says when to stop
+        self.auto = exp.auto_rounds
+        self.stopped = ""  # why the run stopped, as the coordinator's last barrier said
         if cfg.coordinator:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -260,6 +264,12 @@ class Node:
         self.meter.record("control", request)
         reply = self.coordinator_call("Register", lambda t: coord.Register(request, timeout=t), 10)
         self.rounds = int(reply.rounds)
+        self.auto = bool(reply.auto_rounds)
+        if self.auto and self.cfg.experiment.validation_share <= 0:
+            raise UsageError(
+                f"coordinator {self.cfg.coordinator} runs --rounds auto, which stops when no peer improved on its "
+                "validation slice; give this peer --validation-share > 0"
+            )
         self.cfg.round_deadline = reply.round_deadline
 
     def _acked(self, student: str, batch, ack) -> None:
@@ -341,6 +351,11 @@ class Node:
         if self.coord is not None:
             self._register()
             threading.Thread(target=self._heartbeat, daemon=True, name=f"{self.id}-heartbeat").start()
+        elif self.auto:
+            raise UsageError(
+                "--rounds auto needs a coordinator (--coordinator): it decides from every peer's report "
+                "whether another round follows; with a static peer list give a number of rounds"
+            )
         else:
             self.addresses.setdefault(self.id, self.address)
             self.transport.addresses = dict(self.addresses)
@@ -361,7 +376,14 @@ class Node:
             about["own_data"] = True
         if done < 0:
             self._report(0, {"about": about, "record": self._train(exp.epochs, 0).to_dict()})
-        for r in range(max(done, 0) + 1, self.rounds + 1):
+        last = self.rounds
+        if self.auto:  # rounds already done: the coordinator's barriers say whether the run went on
+            for r in range(1, max(done, 0) + 1):
+                self.membership.wait(r, cpb.STAGE_DONE)
+                if self.stopped:
+                    last = r
+                    break
+        for r in range(max(done, 0) + 1, last + 1):
             self.servicer.publish(r, self.peer.snapshot(r))
             arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
             if self.coord is not None:
@@ -386,13 +408,18 @@ class Node:
                 self._save_gallery()
             record = self._train(exp.retrain_epochs, r).merge(taught)
             data: dict = {"record": record.to_dict(), "stored_examples": len(self.peer.store)}
-            if r == self.rounds:
+            if r == self.rounds or self.auto:  # with auto any round may be the last
                 data["wire"] = self.wire()
             self._report(r, data)
+            if self.auto:
+                self.membership.wait(r, cpb.STAGE_DONE)  # the coordinator decides whether round r + 1 follows
+                if self.stopped:
+                    last = r
+                    break
         if self.rounds == 0 and done < 0:
             self.metrics[0]["wire"] = self.wire()
             self._report(0, self.metrics[0])
-        self.membership.wait(self.rounds, cpb.STAGE_DONE)
+        self.membership.wait(last, cpb.STAGE_DONE)
         return self.metrics
 
     def wire(self) -> dict:

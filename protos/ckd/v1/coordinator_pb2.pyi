@@ -37,12 +37,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("rounds", "round_deadline")
+    __slots__ = ("rounds", "round_deadline", "auto_rounds")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     ROUND_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     round_deadline: float
-    def __init__(self, rounds: _Optional[int] = ..., round_deadline: _Optional[float] = ...) -> None: ...
+    auto_rounds: bool
+    def __init__(self, rounds: _Optional[int] = ..., round_deadline: _Optional[float] = ..., auto_rounds: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("peer",)
@@ -77,12 +79,14 @@ class WaitRoundRequest(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ...) -> None: ...
 
 class WaitRoundReply(_message.Message):
-    __slots__ = ("arrived", "timed_out")
+    __slots__ = ("arrived", "timed_out", "stopped")
     ARRIVED_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
     arrived: _containers.RepeatedScalarFieldContainer[str]
     timed_out: bool
-    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ...) -> None: ...
+    stopped: str
+    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ..., stopped: _Optional[str] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("peer", "round", "json")
