@@ -160,10 +160,11 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
 class LinkCut:
     """Unplugs `host` from the bridge once the coordinator released the round-1 `published` barrier
     (teaching has begun: every peer is about to pull the others' models), and plugs it back once it
-    was out `least` seconds and every other site logged a failed call to it, or after `most` seconds.
+    was out `least` seconds and every other site logged a failed call to it, or after `most` seconds
+    (under the coordinator's 30 s heartbeat timeout: a peer silent longer is no longer waited for).
     `watch()` is called while the run goes on."""
 
-    def __init__(self, lan: Lan, host: str, state: Path, logs: Path, least: float = 6.0, most: float = 15.0) -> None:
+    def __init__(self, lan: Lan, host: str, state: Path, logs: Path, least: float = 6.0, most: float = 25.0) -> None:
         self.lan, self.host, self.state, self.logs = lan, host, state, logs
         self.least, self.most = least, most
         self.others = [s.id for s in SITES if s.id != host]
