@@ -174,6 +174,9 @@ def wait_finished(coordinator, idle_timeout: float, check=None) -> None:
     while not coordinator.finished.wait(timeout=0.5):
         if check is not None:
             check()
+        lost = coordinator.given_up()
+        if lost is not None:
+            raise UsageError(f"{lost}; nothing written")
         if coordinator.idle_seconds() > idle_timeout:
             done = sorted({r for rounds in coordinator.metrics.values() for r in rounds})
             raise UsageError(

@@ -86,6 +86,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.barriers: dict[tuple[int, int], Barrier] = {}
         self.metrics: dict[str, dict[int, dict]] = {}
         self.finished = threading.Event()
+        self.lost: str | None = None  # why this coordinator cannot go on with the run it was asked about
+        self.told: set[str] = set()  # the peers that heard why
+        self._lost_at = 0.0
         self.last_call = time.monotonic()  # the last call from a registered peer
         self._cond = threading.Condition()
         if self.state_dir is not None:
@@ -227,6 +230,18 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if not 0 <= request.round <= self.rounds:
             self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} outside 0..{self.rounds}")
         key = (int(request.round), int(request.stage))
+        if self.participants is None and key != (0, pb.STAGE_READY):
+            # every peer waits at (0, ready) first: a peer further on means the run started with another
+            # coordinator, or with this one before a restart that lost its memory (no --state-dir)
+            self.lost = (
+                f"{peer} waits at round {key[0]} ({STAGES[key[1]]}) but this coordinator has no record of the "
+                "run's start: it was restarted without --state-dir, so who takes part, the released barriers and "
+                "the metrics are lost; start the run again (`ckd server --state-dir DIR` survives a restart)"
+            )
+            with self._cond:
+                self.told.add(peer)
+                self._lost_at = self._lost_at or time.monotonic()
+            self.refuse(context, grpc.StatusCode.FAILED_PRECONDITION, self.lost)
         with self._cond:
             barrier = self.barriers.setdefault(key, Barrier(first=time.time()))
             self.heartbeats[peer] = time.time()
@@ -287,6 +302,16 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self.metrics.setdefault(peer, {})[int(request.round)] = data
             self._save()
         return pb.MetricsReply()
+
+    def given_up(self) -> str | None:
+        """Why the run cannot go on here, once every registered peer was told so (or `heartbeat_timeout`
+        seconds after the first was: the others may never call again); None while it can, or until then."""
+        with self._cond:
+            if self.lost is None:
+                return None
+            if set(self.peers) <= self.told or time.monotonic() - self._lost_at > self.heartbeat_timeout:
+                return self.lost
+            return None
 
     # -- what the run measured -----------------------------------------------------------------
     def released(self, round: int, stage: int) -> float | None:

@@ -86,7 +86,8 @@ class Outcome:
 
 class FaultRun:
     """One coordinator and `peers` peer processes, mutual TLS on loopback; `faults` maps a process
-    name (coordinator, peer-K) to the CKD_FAULT_AT of its successive starts."""
+    name (coordinator, peer-K) to the CKD_FAULT_AT of its successive starts. `coordinator_state`
+    False: the coordinator keeps no state directory (a restart forgets the run)."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class FaultRun:
         round_deadline: float = 120.0,
         heartbeat_timeout: float = 120.0,
         resume_when: Callable[[FaultRun], bool] | None = None,
+        coordinator_state: bool = True,
     ) -> None:
         from peer.grpc.tls import make_certs
 
@@ -116,7 +118,8 @@ class FaultRun:
                     *("--rounds", str(rounds), "--min-peers", str(peers), "--round-deadline", str(round_deadline)),
                     *("--expect-peers", ",".join(self.ids), "--idle-timeout", "300"),
                     *("--heartbeat-timeout", str(heartbeat_timeout)),
-                    *("--out", str(self.root / "out"), "--state-dir", str(self.root / "state" / "coordinator")),
+                    *("--out", str(self.root / "out")),
+                    *(("--state-dir", str(self.root / "state" / "coordinator")) if coordinator_state else ()),
                     *common,
                 ],
                 list(faults.get("coordinator", [])),
@@ -237,20 +240,51 @@ def audit(outcome: Outcome) -> Audit:
     and every file a restarted process reads back (metrics, checkpoints, the store, the
     coordinator's state) read back whole."""
     from peer.core.sqlstore import SqliteExampleStore
+    from peer.grpc.node import load_checkpoint
+
+    result = audit_stores({pid: outcome.state(pid) for pid in outcome.peers})
+    for pid in outcome.peers:
+        path = outcome.state(pid) / "examples.sqlite"
+        store = SqliteExampleStore(path)
+        try:
+            for batch in store.batches():  # Fashion-MNIST images, its 10 classes
+                batch.validate((28, 28), batch.classes)
+        except Exception as exc:  # noqa: BLE001  (counted as a problem)
+            result.problems.append(f"{path}: {type(exc).__name__}: {exc}")
+        finally:
+            store.close()
+        state = outcome.state(pid)
+        try:
+            metrics = json.loads((state / "metrics.json").read_text())
+            for r in metrics:
+                load_checkpoint(state / "checkpoints", int(r))
+        except Exception as exc:  # noqa: BLE001
+            result.problems.append(f"{state}: {type(exc).__name__}: {exc}")
+    coord = outcome.root / "state" / "coordinator" / "coordinator.json"
+    try:
+        json.loads(coord.read_text())
+    except Exception as exc:  # noqa: BLE001
+        result.problems.append(f"{coord}: {type(exc).__name__}: {exc}")
+    return result
+
+
+def audit_stores(states: dict[str, Path]) -> Audit:
+    """Every batch a teacher saw acknowledged (the acked.jsonl in its state directory) against the
+    students' SQLite stores (examples.sqlite in theirs); `states` maps peer id -> state directory."""
     from peer.durable import read_lines
-    from peer.grpc.node import ACKED, load_checkpoint
+    from peer.grpc.node import ACKED
 
     acked: set[tuple[str, str, int, int]] = set()
-    for pid in outcome.peers:
-        for line in read_lines(outcome.state(pid) / ACKED):
+    for pid, state in states.items():
+        for line in read_lines(state / ACKED):
             a = json.loads(line)
             assert a["sender"] == pid, (pid, a)
             acked.add((a["student"], a["sender"], int(a["round"]), int(a["seq"])))
     stored: list[tuple[str, str, int, int]] = []
     contents: dict[str, list[str]] = {}
     problems: list[str] = []
-    for pid in outcome.peers:
-        path = outcome.state(pid) / "examples.sqlite"
+    for pid, state in states.items():
+        path = state / "examples.sqlite"
         db = sqlite3.connect(path)
         try:
             check = db.execute("PRAGMA integrity_check").fetchone()[0]
@@ -262,26 +296,6 @@ def audit(outcome: Outcome) -> Audit:
         for sender, r, seq, x, y in rows:
             stored.append((pid, sender, int(r), int(seq)))
             contents.setdefault(pid, []).append(hashlib.sha256(bytes(x) + b"|" + bytes(y)).hexdigest())
-        store = SqliteExampleStore(path)
-        try:
-            for batch in store.batches():  # Fashion-MNIST images, its 10 classes
-                batch.validate((28, 28), batch.classes)
-        except Exception as exc:  # noqa: BLE001  (counted as a problem)
-            problems.append(f"{path}: {type(exc).__name__}: {exc}")
-        finally:
-            store.close()
-        state = outcome.state(pid)
-        try:
-            metrics = json.loads((state / "metrics.json").read_text())
-            for r in metrics:
-                load_checkpoint(state / "checkpoints", int(r))
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{state}: {type(exc).__name__}: {exc}")
-    coord = outcome.root / "state" / "coordinator" / "coordinator.json"
-    try:
-        json.loads(coord.read_text())
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"{coord}: {type(exc).__name__}: {exc}")
     ids = set(stored)
     same_content = sum(len(v) - len(set(v)) for v in contents.values())
     return Audit(

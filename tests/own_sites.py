@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,10 +183,13 @@ def run_sites(
     coordinator_address: str | None,
     peer_listen: dict[str, str],
     prefix: dict[str, list[str]] | None = None,
-    timeout: float = 180.0,
+    timeout: float = 600.0,
+    coordinator_args: Sequence[str] = (),
+    watch: Callable[[], None] | None = None,
 ) -> dict:
     """`ckd server` and one `ckd peer` per site, each started with its prefix (e.g. `ip netns exec NS`);
-    returns results.json. `coordinator_address` None: read the port the server printed (it listens on port 0)."""
+    returns results.json. `coordinator_address` None: read the port the server printed (it listens on port 0).
+    `coordinator_args` are added to `ckd server`'s; `watch()` is called every 0.2 s while the run goes on."""
 
     def peers(address: str) -> dict[str, list[str]]:
         return {
@@ -197,7 +200,17 @@ def run_sites(
         }
 
     return run_coordinator_and_peers(
-        tmp, certs["coordinator"], 1, len(SITES), peers, coordinator_listen, coordinator_address, prefix, timeout
+        tmp,
+        certs["coordinator"],
+        1,
+        len(SITES),
+        peers,
+        coordinator_listen,
+        coordinator_address,
+        prefix,
+        timeout,
+        coordinator_args,
+        watch,
     )
 
 
@@ -210,12 +223,15 @@ def run_coordinator_and_peers(
     coordinator_listen: str = "127.0.0.1:0",
     coordinator_address: str | None = None,
     prefix: dict[str, list[str]] | None = None,
-    timeout: float = 180.0,
+    timeout: float = 600.0,
+    coordinator_args: Sequence[str] = (),
+    watch: Callable[[], None] | None = None,
 ) -> dict:
     """`ckd server` (out directory tmp/out, logs in tmp/logs) and the peers `peers(address)` names (name
     -> command line, given the coordinator's address), `min_peers` of them, each started with its
     prefix; waits for all to exit 0 and returns results.json. `coordinator_address` None: read the
-    port the server printed (it listens on port 0)."""
+    port the server printed (it listens on port 0). `coordinator_args`: more options of `ckd server`;
+    `watch()`: called every 0.2 s while the processes run."""
     prefix = prefix or {}
     out = tmp / "out"
     logs = tmp / "logs"
@@ -241,6 +257,7 @@ def run_coordinator_and_peers(
                 str(coordinator_certs),
                 "--out",
                 str(out),
+                *coordinator_args,
             ],
             stdout=server_log,
             stderr=subprocess.STDOUT,
@@ -260,6 +277,8 @@ def run_coordinator_and_peers(
             failed = {n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0)}
             assert not failed, f"{failed} exited with an error:\n{_logs(logs)}"
             assert time.monotonic() < end, f"still running after {timeout} s:\n{_logs(logs)}"
+            if watch is not None:
+                watch()
             time.sleep(0.2)
         failed = {n: p.returncode for n, p in procs.items() if p.returncode != 0}
         assert not failed, f"{failed} exited with an error:\n{_logs(logs)}"

@@ -96,6 +96,20 @@ def test_coordinator_killed_mid_barrier_and_mid_state_write(tmp_path, undisturbe
     assert_as_undisturbed(outcome, undisturbed)
 
 
+def test_coordinator_restarted_mid_barrier_without_its_state_stops_the_run_with_a_clear_error(tmp_path):
+    """The coordinator killed with a peer waiting at the round-1 barrier and another arriving, and
+    started again without a state directory: it knows nothing of the run, so the peers that come
+    back to that barrier are told it cannot go on (not released into a round with fewer peers), and
+    nothing is written."""
+    run = FaultRun(tmp_path, faults={"coordinator": ["barrier:5"]}, coordinator_state=False)
+    with pytest.raises(RuntimeError, match="exited with 2") as err:
+        run.run()
+    message = str(err.value)
+    assert "waits at round 1 (published)" in message and "restarted without --state-dir" in message, message
+    assert run.procs[0].starts == 2  # killed at the barrier, started again
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_peer_slower_than_the_round_deadline_is_skipped_and_rejoins(tmp_path):
     """peer-2 stops (SIGSTOP) before it publishes round 1 and is continued only once the round-1
     barrier went on without it: it is skipped for round 1 (recorded), taught again in round 2."""

@@ -89,6 +89,25 @@ def test_silent_peer_not_waited_for(coord):
     assert c.skipped() == []
 
 
+def test_a_coordinator_that_never_saw_the_run_start_refuses_peers_past_it(coord):
+    """As after a restart without --state-dir: registered again, a peer waiting at round 1 is told
+    why the run cannot go on here; the coordinator gives up once every registered peer heard it."""
+    c, stubs = coord
+    for p, stub in stubs.items():
+        stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
+    request = pb.WaitRoundRequest(peer="peer-0", round=1, stage=pb.STAGE_PUBLISHED)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["peer-0"].WaitRound(request, timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "peer-0 waits at round 1 (published)" in err.value.details()
+    assert "restarted without --state-dir" in err.value.details()
+    assert c.barriers == {} and c.given_up() is None  # peer-1 has not heard it yet
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["peer-1"].WaitRound(pb.WaitRoundRequest(peer="peer-1", round=1, stage=pb.STAGE_TAUGHT), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.given_up() is not None and "no record of the run's start" in c.given_up()
+
+
 def test_identity_and_unknown_peers_refused(coord):
     c, stubs = coord
     with pytest.raises(grpc.RpcError) as err:  # peer-0's certificate, peer-1's name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from protos.ckd.v1 import coordinator_pb2 as cpb
+from tests.fault_runs import audit_stores
 from tests.own_sites import CLASSES, SITES, accuracies, make_host_certs, run_sites, write_sites
 
 SUBNET = "10.77.0"
@@ -41,6 +44,7 @@ class Lan:
         self.prefix = f"ckd-{secrets.token_hex(3)}"  # unique per run: parallel runs never meet
         self.bridge = f"{self.prefix}-lan"
         self.namespaces: list[str] = []
+        self.ports: dict[str, str] = {}  # host name -> its veth port on the bridge
 
     def start(self) -> None:
         self._add(self.bridge)
@@ -60,9 +64,14 @@ class Lan:
         # the veth pair is made inside the bridge's namespace with its other end straight in the host's
         _ip("-n", self.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
+        self.ports[name] = port
         _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
         return ["ip", "netns", "exec", ns]
+
+    def link(self, name: str, up: bool) -> None:
+        """Unplug host `name` from the bridge (its port down: every packet to or from it is lost), or plug it back."""
+        _ip("-n", self.bridge, "link", "set", self.ports[name], "up" if up else "down")
 
     def close(self) -> None:
         for ns in reversed(self.namespaces):
@@ -146,6 +155,92 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
     for site in SITES:
         log = (tmp_path / "logs" / f"{site.id}.log").read_text()
         assert f"serving on {ADDRESSES[site.id]}:{PEER_PORT}" in log, log
+
+
+class LinkCut:
+    """Unplugs `host` from the bridge once the coordinator released the round-1 `published` barrier
+    (teaching has begun: every peer is about to pull the others' models), and plugs it back once it
+    was out `least` seconds and every other site logged a failed call to it, or after `most` seconds
+    (under the coordinator's 30 s heartbeat timeout: a peer silent longer is no longer waited for).
+    `watch()` is called while the run goes on."""
+
+    def __init__(self, lan: Lan, host: str, state: Path, logs: Path, least: float = 6.0, most: float = 25.0) -> None:
+        self.lan, self.host, self.state, self.logs = lan, host, state, logs
+        self.least, self.most = least, most
+        self.others = [s.id for s in SITES if s.id != host]
+        self.down: float | None = None
+        self.seconds: float | None = None  # how long it was out, once back
+        self.failed_before: dict[str, list[str]] = {}  # failed calls to `host` logged before the cut
+        self.failed_during: dict[str, list[str]] = {}  # ... and by the time the link came back
+
+    def failed_calls(self) -> dict[str, list[str]]:
+        """Each other site's log lines of a call to `host` that failed and is tried again."""
+        calls = f"(GetModel from|PushExamples to) {self.host} "
+        return {
+            site: [
+                line
+                for line in (self.logs / f"{site}.log").read_text().splitlines()
+                if re.match(rf"{site}: {calls}.*; retry \d", line)
+            ]
+            for site in self.others
+        }
+
+    def watch(self) -> None:
+        if self.seconds is not None:
+            return
+        if self.down is None:
+            path = self.state / "coordinator.json"
+            barriers = json.loads(path.read_text())["barriers"] if path.exists() else []
+            if any((r, stage) == (1, cpb.STAGE_PUBLISHED) for r, stage, _ in barriers):
+                self.lan.link(self.host, up=False)
+                self.down = time.monotonic()
+                self.failed_before = self.failed_calls()
+            return
+        out = time.monotonic() - self.down
+        self.failed_during = self.failed_calls()
+        if out >= self.most or (out >= self.least and all(self.failed_during.values())):
+            self.lan.link(self.host, up=True)
+            self.seconds = out
+
+
+@pytest.mark.netns
+@pytest.mark.faults
+def test_a_peer_cut_off_mid_round_finishes_as_the_undisturbed_run(lan, sites, loopback, tmp_path):
+    """site-c's link goes down as round 1's teaching begins and comes back seconds later (within
+    the round deadline): the pulls of its model and the pushes to it fail and are retried, and the
+    run ends as the undisturbed one did, every batch acknowledged stored once, nobody skipped."""
+    _, data, certs = sites
+    prefix = {name: lan.host(name, address) for name, address in ADDRESSES.items()}
+    coordinator = f"{ADDRESSES['coordinator']}:{COORDINATOR_PORT}"
+    state = tmp_path / "coordinator-state"
+    cut = LinkCut(lan, "site-c", state, tmp_path / "logs")
+    t = time.monotonic()
+    results = run_sites(
+        tmp_path,
+        data,
+        certs,
+        coordinator,
+        coordinator,
+        {s.id: f"{ADDRESSES[s.id]}:{PEER_PORT}" for s in SITES},
+        prefix,
+        coordinator_args=["--state-dir", str(state)],
+        watch=cut.watch,
+    )
+    print(f"site-c cut off for {cut.seconds} s: {accuracies(results)} in {time.monotonic() - t:.1f} s")
+    assert cut.seconds is not None, "the link never went down: the round-1 barrier was not seen released"
+    # the cut came before anyone called site-c in round 1, and each other site's calls to it failed meanwhile
+    assert cut.failed_before == {site: [] for site in cut.others}, cut.failed_before
+    assert all(cut.failed_during.values()), (cut.seconds, cut.failed_during)
+    # ... and were retried until they passed: the run finished, nobody skipped, no student left untaught
+    _check_own_data_run(results)
+    assert results["skipped"] == [] and results["errors"] == [], (results["skipped"], results["errors"])
+    assert accuracies(results) == accuracies(loopback)
+    assert [p["received"] for p in results["peers"]] == [p["received"] for p in loopback["peers"]]
+    taught = {(p["teacher"], p["student"]) for p in results["pairs"] if p["round"] == 1}
+    assert {("site-a", "site-c"), ("site-b", "site-c"), ("site-c", "site-a"), ("site-c", "site-b")} <= taught
+    a = audit_stores({s.id: tmp_path / "hosts" / s.id / "state" for s in SITES})
+    assert a.problems == [] and a.acknowledged > 0 and a.lost == 0 and a.duplicates == 0, a
+    assert a.unacknowledged == 0 and a.stored == a.acknowledged, a
 
 
 @pytest.mark.flower

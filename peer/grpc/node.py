@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import resource
 import threading
 import time
@@ -38,6 +39,7 @@ from protos.ckd.v1 import coordinator_pb2_grpc
 COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
 ACKED = "acked.jsonl"  # in the state directory: every batch a student acknowledged, one JSON line each
 # coordinator calls that fail with these are retried (the coordinator may be restarting)
+log = logging.getLogger("ckd.node")
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -249,12 +251,15 @@ class Node:
                 if code == grpc.StatusCode.NOT_FOUND and what != "Register" and now < give_up:
                     self._register()  # a coordinator that lost its state forgot us
                     continue
+                failed = (
+                    f"coordinator {self.cfg.coordinator}: {what} from {self.id} failed: "
+                    f"{code.name}: {' '.join(str(exc.details()).split())}"
+                )
                 if code not in TRANSIENT or now >= give_up:
-                    raise UsageError(
-                        f"coordinator {self.cfg.coordinator}: {what} from {self.id} failed: "
-                        f"{code.name}: {' '.join(str(exc.details()).split())}"
-                    ) from None
-                time.sleep(min(backoff(attempt, 0.5, 5.0), max(give_up - now, 0.0)))
+                    raise UsageError(failed) from None
+                pause = min(backoff(attempt, 0.5, 5.0), max(give_up - now, 0.0))
+                log.warning("%s; retry %d in %.1f s (for up to %.0f s more)", failed, attempt + 1, pause, give_up - now)
+                time.sleep(pause)
                 attempt += 1
 
     def _register(self) -> None:
@@ -286,8 +291,8 @@ class Node:
             self.meter.record("control", request)
             try:
                 self.coord.Heartbeat(request, timeout=10)
-            except grpc.RpcError:
-                pass
+            except grpc.RpcError as exc:  # the next one may pass; the coordinator waits `heartbeat_timeout`
+                log.warning("%s: heartbeat to %s failed: %s", self.id, self.cfg.coordinator, exc.code().name)
 
     def _peer_list(self) -> None:
         coord = self.coord

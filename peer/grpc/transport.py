@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -16,6 +17,8 @@ from peer.grpc.tls import Security
 from peer.grpc.wire import Limits, decode_blob, decode_blob_header, encode_batch
 from peer.round import PeerUnreachable, Transport, UnknownPeer
 from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
+
+log = logging.getLogger("ckd.transport")
 
 
 def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
@@ -90,8 +93,11 @@ class GrpcTransport(Transport):
                 transient = exc.code() in (grpc.StatusCode.UNAVAILABLE,)
                 pause = backoff(attempt)
                 late = self.deadline is not None and time.monotonic() + pause >= self.deadline
+                failed = f"{what}: {exc.code().name}: {' '.join(str(exc.details()).split())}"
                 if not transient or attempt == self.retries or late:
-                    raise PeerUnreachable(f"{what}: {exc.code().name}: {exc.details()}") from None
+                    raise PeerUnreachable(failed) from None
+                # an operator sees a peer or a link that is down as it happens, not only a round's errors
+                log.warning("%s: %s; retry %d of %d in %.1f s", self.me, failed, attempt + 1, self.retries, pause)
                 time.sleep(pause)
 
     def get_model(self, peer_id: str, round: int) -> ModelBlob:
