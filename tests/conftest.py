@@ -12,6 +12,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Back to one thread after each test: `ckd demo` run in-process sets its --threads, and a float
+    reduction split over another number of threads may differ in the last digits from a run it is
+    compared with."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """(train, test) of the real Fashion-MNIST (make test installs Debian's package)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 # what only one runtime has (its transport's own facts), and what measures time rather than results
-RUNTIME_ONLY = {"transport", "wire", "flower"}
+RUNTIME_ONLY = {"transport", "wire", "flower", "round_wall_seconds"}
 TIMING = {"wall_seconds", "timings", "seconds", "counterfactual_seconds", "per_second"}
 
 
