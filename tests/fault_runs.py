@@ -44,6 +44,16 @@ def experiment_argv(cfg: ExperimentConfig) -> list[str]:
     return argv
 
 
+def launch(cfg: ExperimentConfig, root: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`ckd launch` of `cfg` undisturbed, results under root/out and peers' state under root/state."""
+    argv = ["launch", "--out", str(root / "out"), "--state-dir", str(root / "state"), "--quiet"]
+    argv += ["--peers", str(cfg.peers), *experiment_argv(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

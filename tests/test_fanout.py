@@ -4,11 +4,7 @@ from the per-class accuracy every published model carries; the same plan in ever
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,10 +18,10 @@ from peer.grpc.wire import decode_blob_header
 from peer.inprocess import run_experiment
 from peer.learners import learner_from_blob
 from server.results import summarise
+from tests.fault_runs import launch
 from tests.loopback import LoopbackGrpc
 from tests.results_compare import assert_same_results
 
-ROOT = Path(__file__).resolve().parent.parent
 CLASSES = tuple("abcde")
 
 
@@ -184,16 +180,8 @@ def test_a_header_only_reply_with_weights_after_it_is_refused(fmnist):
 @pytest.mark.grpc
 def test_launch_with_fanout_matches_in_process(fanned, tmp_path):
     cfg, expected = fanned
-    out = tmp_path / "out"
-    args = ["launch", "--out", str(out), "--state-dir", str(tmp_path / "state"), "--quiet"]
-    for k, v in asdict(cfg).items():
-        if v is not None:
-            args += ["--" + k.replace("_", "-"), str(v)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    done = launch(cfg, tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((out / "results.json").read_text())
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
     assert_same_results(summary, expected)
     assert _pairs(summary) == _pairs(expected)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from protos.ckd.v1 import coordinator_pb2, peer_pb2, wire_pb2
 from server.cli import main
 from server.coordinator import Coordinator, serve_coordinator
 from server.results import summarise
+from tests.fault_runs import launch
 from tests.results_compare import assert_same_results
 
 pytestmark = pytest.mark.grpc
@@ -59,14 +60,7 @@ def test_in_process_reference_teaches(in_process):
 
 def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
     out = tmp_path / "out"
-    args = ["launch", "--out", str(out), "--state-dir", str(tmp_path / "state"), "--quiet"]
-    for k, v in asdict(CFG).items():
-        if v is not None:
-            args += ["--" + k.replace("_", "-"), str(v)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=240
-    )
+    done = launch(CFG, tmp_path, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
     assert {"accuracy.png", "counterfactuals.png", "results.json"} <= {p.name for p in out.iterdir()}

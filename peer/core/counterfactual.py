@@ -279,25 +279,12 @@ def search_counterfactuals(
     levels: int | None = 255,
     boxes: LeafBoxes | None = None,
 ) -> CounterfactualResult:
-    """Counterfactuals for a teacher that can only predict (see `_sampling_search`); with a
-    forest's `boxes`, what the line search toward the prototype does not reach goes on through the
-    forest's leaf boxes (`leaf_box_counterfactuals`) from the line search's best point, and only
-    what those miss, where the forest's votes can reach the target at all (`votes_can_reach`),
-    through the evolution strategy, up to `cfg.fallback_steps` steps in all."""
-    return _sampling_search(predict_proba, x, target, prototypes, cfg, rng, levels, boxes)
-
-
-def _sampling_search(
-    predict_proba: Callable[[np.ndarray], np.ndarray],
-    x: np.ndarray,
-    target: np.ndarray,
-    prototypes: np.ndarray,
-    cfg: CounterfactualConfig,
-    rng: np.random.Generator,
-    levels: int | None = 255,
-    boxes: LeafBoxes | None = None,
-) -> CounterfactualResult:
     """Derivative-free counterfactuals for any teacher that can only predict.
+
+    With a forest's `boxes`, what the line search toward the prototype does not reach goes on
+    through the forest's leaf boxes (`leaf_box_counterfactuals`) from the line search's best point,
+    and only what those miss, where the forest's votes can reach the target at all
+    (`votes_can_reach`), through the evolution strategy, up to `cfg.fallback_steps` steps in all.
 
     1. Line search toward the class prototype (the mean of the teacher's confidently right
        examples of the target class): x' = x + s (prototype - x) for `population` values of s,

@@ -113,9 +113,4 @@ def by_teacher(teachers: Mapping[str, list[str]]) -> dict[str, list[str]]:
 
 def students_of(teacher: str, profiles: Mapping[str, Profile | None], fanout: int) -> list[str]:
     """The students `teacher` teaches under the plan of `profiles`."""
-    return [s for s, ts in plan(profiles, fanout).items() if teacher in ts]
-
-
-def pairs(profiles: Mapping[str, Profile | None], fanout: int) -> int:
-    """How many (teacher, student) pairs the plan teaches."""
-    return sum(len(ts) for ts in plan(profiles, fanout).values())
+    return by_teacher(plan(profiles, fanout)).get(teacher, [])

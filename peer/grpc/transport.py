@@ -100,33 +100,28 @@ class GrpcTransport(Transport):
                 log.warning("%s: %s; retry %d of %d in %.1f s", self.me, failed, attempt + 1, self.retries, pause)
                 time.sleep(pause)
 
-    def get_model(self, peer_id: str, round: int) -> ModelBlob:
+    def _pull(self, peer_id: str, round: int, header_only: bool, decode: Callable[..., tuple[Any, str, int]]) -> Any:
+        """GetModel from `peer_id` for `round`, decoded by `decode`; a reply naming another peer or
+        round is refused."""
         stub = self._stub(peer_id)
-        request = peer_pb2.GetModelRequest(requester=self.me, round=round)
+        request = peer_pb2.GetModelRequest(requester=self.me, round=round, header_only=header_only)
 
-        def pull() -> ModelBlob:
+        def pull() -> Any:
             self.meter.record("control", request)
             stream = after_first(stub.GetModel(request, timeout=self._timeout()), "pull")
-            blob, publisher, r = decode_blob(stream, self.limits)
+            got, publisher, r = decode(stream, self.limits)
             if publisher != peer_id or r != round:
                 raise InvalidPayload(f"asked {peer_id!r} for round {round}, got {publisher!r} round {r}")
-            return blob
+            return got
 
-        return self._call(f"GetModel from {peer_id} round {round}", pull)
+        what = "GetModel header" if header_only else "GetModel"
+        return self._call(f"{what} from {peer_id} round {round}", pull)
+
+    def get_model(self, peer_id: str, round: int) -> ModelBlob:
+        return self._pull(peer_id, round, False, decode_blob)
 
     def get_spec(self, peer_id: str, round: int) -> dict[str, Any]:
-        stub = self._stub(peer_id)
-        request = peer_pb2.GetModelRequest(requester=self.me, round=round, header_only=True)
-
-        def pull() -> dict[str, Any]:
-            self.meter.record("control", request)
-            stream = after_first(stub.GetModel(request, timeout=self._timeout()), "pull")
-            spec, publisher, r = decode_blob_header(stream, self.limits)
-            if publisher != peer_id or r != round:
-                raise InvalidPayload(f"asked {peer_id!r} for round {round}, got {publisher!r} round {r}")
-            return spec
-
-        return self._call(f"GetModel header from {peer_id} round {round}", pull)
+        return self._pull(peer_id, round, True, decode_blob_header)
 
     def push_examples(self, peer_id: str, batch: ExampleBatch) -> bool:
         stub = self._stub(peer_id)
