@@ -71,9 +71,44 @@ def after_first(messages, point: str, settle: float = 0.0):
         yield from it
 
 
-def grpc_options(limits: Limits) -> list[tuple[str, int]]:
+# A connection that went silent (a link cut, a host gone without closing its sockets) is probed
+# after KEEPALIVE_MS without a byte from the other side and closed when the probe is not answered
+# within KEEPALIVE_TIMEOUT_MS: the calls on it end UNAVAILABLE and are retried on a new connection.
+# Without this a call whose packets were lost in a cut waits out its whole deadline after the link
+# is back: TCP's retransmission backoff on either end may leave the old connection silent for tens
+# of seconds more, while a new connection works at once.
+KEEPALIVE_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# gRPC's default reconnect backoff grows to 120 s: a peer back after a cut would stay refused
+# (TRANSIENT_FAILURE) that long. Capped, a channel tries again at least every MAX_RECONNECT_BACKOFF_MS.
+INITIAL_RECONNECT_BACKOFF_MS = 1_000
+MAX_RECONNECT_BACKOFF_MS = 5_000
+
+
+def grpc_options(limits: Limits, server: bool = False) -> list[tuple[str, int]]:
+    """Channel options of every ckd channel (`server`: of a ckd server): message caps, keepalive
+    probes of silent connections, and for channels a capped reconnect backoff."""
     cap = limits.max_message_bytes + 1024
-    return [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+    options = [
+        ("grpc.max_receive_message_length", cap),
+        ("grpc.max_send_message_length", cap),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC waits for any ping's answer this long (default 1 minute), a keepalive probe's too
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # probe idle connections too: a call made after a cut then finds a fresh connection
+        ("grpc.keepalive_permit_without_calls", 1),
+        # probes go on however long no data flows (a WaitRound long poll, an idle channel)
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server:
+        # the other side's probes are welcome: by default a server answers a client that pings more
+        # often than every 5 minutes without data with GOAWAY (too_many_pings), ending its calls
+        return options + [("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2)]
+    return options + [
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
@@ -182,7 +217,7 @@ def serve(
     servicers: list[tuple[Callable, object]], security: Security, address: str, limits: Limits, workers: int = 16
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started gRPC server with these servicers and grpc.health.v1; returns (server, port, health)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(limits))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(limits, server=True))
     for add, servicer in servicers:
         add(servicer, server)
     checker = health.HealthServicer()

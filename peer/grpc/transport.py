@@ -21,6 +21,13 @@ from protos.ckd.v1 import peer_pb2, peer_pb2_grpc
 log = logging.getLogger("ckd.transport")
 
 
+# Calls failing with these are tried again while the round's teaching lasts: the peer or the link
+# was down (UNAVAILABLE, also when a keepalive probe found the connection dead), or one attempt ran
+# out of its time (DEADLINE_EXCEEDED). Both calls are safe to repeat: a pull reads, and a push
+# carries its batch id, which the receiver stores once.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
     """Seconds before retry `attempt` (0, 1, ...): exponential up to `cap`, with jitter so that
     peers retrying together do not stay in step."""
@@ -31,9 +38,12 @@ class GrpcTransport(Transport):
     """Pulls models from and pushes batches to peers at known addresses.
 
     Every call has a deadline: `timeout` seconds, and never past `deadline` (time.monotonic()
-    seconds, when set: the round's teaching ends there). A call that finds the peer unavailable is
-    retried up to `retries` times with exponential backoff; a push is retried with the same batch
-    id, which the receiver stores once, so a retry never duplicates examples. `on_ack(student,
+    seconds, when set: the round's teaching ends there). A call that finds the peer unavailable,
+    or whose attempt ran out of time before `deadline`, is retried up to `retries` times with
+    exponential backoff; a push is retried with the same batch id, which the receiver stores once,
+    so a retry never duplicates examples. A connection that goes silent is closed by keepalive
+    probes (peer.grpc.service.grpc_options), so a call on it fails and is retried rather than
+    waiting out its deadline. `on_ack(student,
     batch, ack)` hears of every acknowledged push.
     """
 
@@ -90,7 +100,7 @@ class GrpcTransport(Transport):
             try:
                 return fn()
             except grpc.RpcError as exc:
-                transient = exc.code() in (grpc.StatusCode.UNAVAILABLE,)
+                transient = exc.code() in TRANSIENT
                 pause = backoff(attempt)
                 late = self.deadline is not None and time.monotonic() + pause >= self.deadline
                 failed = f"{what}: {exc.code().name}: {' '.join(str(exc.details()).split())}"
