@@ -43,8 +43,7 @@ class GrpcTransport(Transport):
     exponential backoff; a push is retried with the same batch id, which the receiver stores once,
     so a retry never duplicates examples. A connection that goes silent is closed by keepalive
     probes (peer.grpc.service.grpc_options), so a call on it fails and is retried rather than
-    waiting out its deadline. `on_ack(student,
-    batch, ack)` hears of every acknowledged push.
+    waiting out its deadline. `on_ack(student, batch, ack)` hears of every acknowledged push.
     """
 
     def __init__(
