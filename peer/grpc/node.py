@@ -29,7 +29,7 @@ from peer.errors import UsageError
 from peer.experiment import build_own_peer, build_whole_peer, limit_test, load_data, test_inputs
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.grpc.tls import Security
-from peer.grpc.transport import GrpcTransport, backoff
+from peer.grpc.transport import TRANSIENT, GrpcTransport, backoff
 from peer.grpc.wire import Limits
 from peer.learners.neural import TorchLearner
 from peer.round import PeerRound, teach_students, train_step
@@ -38,9 +38,7 @@ from protos.ckd.v1 import coordinator_pb2_grpc
 
 COORDINATOR_SERVICE = "ckd.v1.CoordinatorService"  # its health-check name
 ACKED = "acked.jsonl"  # in the state directory: every batch a student acknowledged, one JSON line each
-# coordinator calls that fail with these are retried (the coordinator may be restarting)
 log = logging.getLogger("ckd.node")
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def peak_rss_mb() -> float:
@@ -255,6 +253,7 @@ class Node:
                     f"coordinator {self.cfg.coordinator}: {what} from {self.id} failed: "
                     f"{code.name}: {' '.join(str(exc.details()).split())}"
                 )
+                # TRANSIENT (as between peers): the coordinator may be restarting, or one attempt timed out
                 if code not in TRANSIENT or now >= give_up:
                     raise UsageError(failed) from None
                 pause = min(backoff(attempt, 0.5, 5.0), max(give_up - now, 0.0))
