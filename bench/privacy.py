@@ -47,11 +47,20 @@ from peer.inprocess import InProcessTransport  # noqa: E402
 from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio  # noqa: E402
 from peer.round import RunLog, teach_students, train_step  # noqa: E402
 
-KNOBS = ("cf_start", "cf_start_k", "min_distance", "noise_scale", "release_tries", "augment_copies")
+KNOBS = (
+    "cf_start",
+    "cf_start_k",
+    "min_distance",
+    "min_distance_action",
+    "noise_scale",
+    "release_tries",
+    "augment_copies",
+)
 PAPER = {
     "cf_start": "instance",
     "cf_start_k": 4,
     "min_distance": 0.0,
+    "min_distance_action": "drop",
     "noise_scale": 0.0,
     "release_tries": 1,
     "augment_copies": 1,
@@ -80,6 +89,13 @@ def settings() -> list[tuple[str, str, dict]]:
         {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "release_tries": 4},
         {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0, "release_tries": 8},
         {"cf_start": "mix", "cf_start_k": 2, "min_distance": 1.0, "release_tries": 4, "augment_copies": 3},
+        # more of what passes the filter: more shifted copies, a mix of 3, more searches
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "release_tries": 4, "augment_copies": 3},
+        {"cf_start": "mix", "cf_start_k": 3, "min_distance": 1.0, "release_tries": 4},
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "release_tries": 16},
+        # a near x' moved out of the private example's ball instead of dropped
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "min_distance_action": "push", "release_tries": 4},
+        {"cf_start": "mix", "cf_start_k": 4, "min_distance": 1.0, "min_distance_action": "push", "release_tries": 1},
     ]
     for c in combos:
         out.append(("combination", " ".join(f"{k}={v}" for k, v in c.items()), c))
@@ -216,6 +232,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "privacy.json")
+    parser.add_argument("--load", default="nothing else", help="what else ran on the machine meanwhile (recorded)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of --out that this run does not measure (a row measured here replaces its "
+        "earlier one); each row keeps the command that measured it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -246,6 +269,7 @@ def main() -> int:
     if args.only:
         chosen = [chosen[int(i)] for i in args.only.split(",")]
     rows, paper_gain = [], args.paper_gain
+    earlier = json.loads(args.out.read_text()) if args.merge and args.out.exists() else []
     for knob, value, knobs in chosen:
         t = time.perf_counter()
         cfg = replace(base, **{**PAPER, **knobs})
@@ -299,8 +323,16 @@ def main() -> int:
             flush=True,
         )
         result = [
-            {**r, "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]), "machine": machine()} for r in rows
+            {
+                **r,
+                "command": "python bench/privacy.py " + shlex.join(sys.argv[1:]),
+                "machine": {**machine(), "concurrent_load": args.load},
+            }
+            for r in rows
         ]
+        if args.merge:  # the settings run here replace their earlier rows; the others stay
+            mine = {(r["knob"], r["value"]) for r in result}
+            result = [r for r in earlier if (r["knob"], r["value"]) not in mine] + result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every setting: partial results survive
     return 0

@@ -53,7 +53,7 @@ def main() -> int:
     settings = {
         **PRIVACY_PRESETS,
         "min-distance-1": {**PRIVACY_PRESETS["paper"], "min_distance": 1.0},
-        "mix2": {**PRIVACY_PRESETS["guarded"], "cf_start_k": 2, "release_tries": 4},  # see bench/unmix.py
+        "mix2": {**PRIVACY_PRESETS["guarded"], "cf_start_k": 2, "min_distance_action": "drop"},  # bench/unmix.py
     }
     for name, knobs in settings.items():
         cfg = replace(base, privacy=name if name in PRIVACY_PRESETS else "custom", **knobs)

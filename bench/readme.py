@@ -109,7 +109,8 @@ def _setting(r: dict) -> str:
     if r["knob"] == "paper":
         return "paper (`--privacy paper`)" + mark
     if r["knob"] == "combination":
-        knobs = {"release_tries": 1, **r.get("config", {})}  # rows from before release tries searched once
+        # rows from before release tries searched once, and dropped what the filter judged near
+        knobs = {"release_tries": 1, "min_distance_action": "drop", **r.get("config", {})}
         guarded = not r.get("earlier_code") and all(knobs.get(k) == v for k, v in PRIVACY_PRESETS["guarded"].items())
         return r["value"] + (" (`--privacy guarded`, the default)" if guarded else "") + mark
     return f"`{r['knob']}` {r['value']}" + mark
@@ -287,6 +288,32 @@ def wire_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def dirichlet20_table(results: Path = RESULTS) -> str:
+    """bench/dirichlet20.py: ckd against FedAvg, local-only and pooled on the same split, with the published."""
+    d = _load("dirichlet20", results)
+    lines = [
+        "| alpha | ckd mean accuracy before -> after (median) | FedAvg, measured | each peer alone (mean) | "
+        "pooled | ckd wall time | FedAvg wall time | published FedAvg / FedDF / FedCDA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+    for alpha in sorted(k for k in d if k.replace(".", "", 1).isdigit()):
+        r = d[alpha]
+        pub = r.get("published") or {}
+        lines.append(
+            f"| {alpha} | {_pct(r['mean_accuracy_before'])} -> {_pct(r['mean_accuracy_after'])} "
+            f"({_pct(r['median_accuracy_after'])}) | {_pct(r['fedavg'])} | {_pct(r['local_only'])} | "
+            f"{_pct(r['pooled'])} | {r['wall_seconds']:.0f} s ({r['wall_ratio_to_fedavg']:.1f}x FedAvg's) | "
+            f"{r['fedavg_wall_seconds']:.0f} s | "
+            + " / ".join(f"{pub[k]:.2f}%" for k in ("FedAvg", "FedDF", "FedCDA") if k in pub)
+            + " |"
+        )
+    lines.append("")
+    lines.append(f"Measured {_when(d)}: `{d['command']}`; what else ran: {d['machine'].get('concurrent_load')}.")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
@@ -296,6 +323,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "gpu_check": gpu_check_table,
     "scale": scale_table,
     "wire": wire_table,
+    "dirichlet20": dirichlet20_table,
 }
 
 

@@ -16,13 +16,14 @@ from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
 from peer.learners import TrainConfig, make_learner
 from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio
-from peer.privacy.release import START_MODES, min_distance_keep, release_noise, start_points
+from peer.privacy.release import START_MODES, min_distance_keep, push_out, release_noise, start_points
 
 KNOBS = {
     "privacy": "guarded",
     "cf_start": "mix",
     "cf_start_k": 4,
     "min_distance": 1.0,
+    "min_distance_action": "push",
     "noise_scale": 0.0,
     "release_tries": 4,
 }
@@ -200,7 +201,14 @@ def test_privacy_preset_sets_only_knobs_not_given():
     from peer.config import PRIVACY_PRESETS
 
     assert PRIVACY_PRESETS["guarded"] == {k: v for k, v in KNOBS.items() if k != "privacy"}  # the default
-    paper = {"cf_start": "instance", "cf_start_k": 4, "min_distance": 0.0, "noise_scale": 0.0, "release_tries": 1}
+    paper = {
+        "cf_start": "instance",
+        "cf_start_k": 4,
+        "min_distance": 0.0,
+        "min_distance_action": "drop",
+        "noise_scale": 0.0,
+        "release_tries": 1,
+    }
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():
         values = with_privacy({**KNOBS, "privacy": name, "min_distance": 0.3}, {"min_distance"})
@@ -244,3 +252,47 @@ def test_shifted_copies_of_near_copies_count_and_are_filtered_with_their_source(
     filtered = _image_peer(TeachConfig(augment=aug, min_distance=1.0))
     _, guarded = filtered.teach(student.id, student.snapshot(1), 1)
     assert guarded.sent == 0 and guarded.filtered == report.sent
+
+
+def test_push_out_moves_near_candidates_out_of_every_ball_and_leaves_the_rest():
+    rng = np.random.default_rng(3)
+    private = (rng.random((200, 64), dtype=np.float32) * 0.5 + 0.25).astype(np.float32)
+    nn = nearest(private, private, exclude_self=True)[0]
+    near = np.clip(private[:20] + rng.normal(0, 0.01, (20, 64)).astype(np.float32), 0, 1)
+    far = np.full((5, 64), 0.99, np.float32)  # nowhere near the private cloud
+    copy = private[20:22].copy()  # exact copies: no ray to move them along
+    cand = np.concatenate([near, far, copy])
+    assert (nearest_ratio(near, private, nn) < 1).all()
+    out = push_out(cand, private, nn, 1.0, levels=255)
+    ratio = nearest_ratio(out, private, nn)
+    assert (ratio[:20] >= 1.0).all()  # every near one now outside every ball, not only its own
+    assert np.array_equal(out[20:25], far) and np.array_equal(out[25:], copy)  # left for the filter
+    assert np.array_equal(np.round(out[:20] * 255) / 255, out[:20]) and out.min() >= 0 and out.max() <= 1
+    # moved along the ray from the private example, to just beyond its ball
+    moved = np.linalg.norm(out[:20] - private[:20], axis=1) / nn[:20]
+    assert (moved >= 1.0).all() and np.median(moved) < 1.2
+    assert np.array_equal(push_out(cand, private, nn, 0.0), cand)  # fraction 0: no ball
+
+
+def test_teach_with_push_sends_more_than_drop_and_still_no_near_copy():
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1, data=bars)
+    snap = student.snapshot(1)
+    start = CounterfactualConfig(start="mix", start_k=2)
+    _, dropped = _image_peer(TeachConfig(start, min_distance=1.0), data=bars).teach(student.id, snap, 1)
+    teacher = _image_peer(TeachConfig(start, min_distance=1.0, min_distance_action="push"), data=bars)
+    batches, pushed = teacher.teach(student.id, snap, 1)
+    # without augmented copies (a shifted copy need not keep the class) all sent is pushed or searched x'
+    bare = _image_peer(
+        TeachConfig(start, AugmentConfig(copies=0), min_distance=1.0, min_distance_action="push"), data=bars
+    )
+    bare_batches, _ = bare.teach(student.id, snap, 1)
+    assert dropped.filtered > 0 and dropped.pushed == 0  # the case this is for
+    assert pushed.pushed > 0 and pushed.sent > dropped.sent
+    sent = np.concatenate([b.x for b in batches]).astype(np.float32) / 255
+    assert (nearest_ratio(sent, teacher.x, teacher.private_nn()) >= 1.0).all() and pushed.near_copies == 0
+    # a pushed x' still carries the class the teacher gives it
+    bare_sent = np.concatenate([b.x for b in bare_batches]).astype(np.float32) / 255
+    labels = np.concatenate([b.y for b in bare_batches])
+    assert (bare.learner.predict_proba(bare_sent).argmax(axis=1) == labels).all()
+    with pytest.raises(Exception, match="min-distance action"):
+        TeachConfig(min_distance_action="nudge")

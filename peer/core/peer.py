@@ -42,7 +42,7 @@ from peer.learners import Learner, learner_from_blob
 from peer.learners.forest import ForestLearner
 from peer.learners.neural import TorchLearner
 from peer.privacy.measures import LeakageStats, measure_leakage, nearest, nearest_ratio
-from peer.privacy.release import release_noise, start_points
+from peer.privacy.release import push_out, release_noise, start_points
 
 LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
 
@@ -60,6 +60,7 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 
 
 COLUMN_FILLS = ("conditional", "median")
+MIN_DISTANCE_ACTIONS = ("drop", "push")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class TeachConfig:
     batch_limit: int = 2048  # examples per ExampleBatch
     measure_leakage: bool = True  # distance of each x' sent to the nearest private example
     min_distance: float = 0.0  # release nothing closer to a private p than this x p's nearest-other distance
+    # a candidate nearer a private p than min_distance allows: "drop" it, or "push" it out of p's
+    # ball (away from p) and send it if I still give it its class (peer.privacy.release.push_out)
+    min_distance_action: str = "drop"
     noise_scale: float = 0.0  # std of Gaussian noise added to every input sent (search-space units)
     # searches per instance: an instance whose x' the min-distance filter dropped is searched again
     # from a fresh random start (a new mix, jitter or noise), up to this many searches in all
@@ -90,6 +94,11 @@ class TeachConfig:
             )
         if self.release_tries < 1:
             raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
+        if self.min_distance_action not in MIN_DISTANCE_ACTIONS:
+            raise UsageError(
+                f"unknown min-distance action {self.min_distance_action!r}; "
+                f"choose from {', '.join(MIN_DISTANCE_ACTIONS)}"
+            )
         if self.blob_rank < 0:
             raise UsageError(f"blob rank must be >= 0, got {self.blob_rank}")
         if self.blob_precision not in PRECISIONS:
@@ -122,6 +131,7 @@ class TeachReport:
     near_copies: int = 0  # examples sent closer to some private p than p's nearest other private example
     filtered: int = 0  # examples (counterfactuals and copies) the min-distance filter dropped
     retried: int = 0  # searches again from a fresh start for instances whose x' the filter dropped
+    pushed: int = 0  # x' moved out of a private example's min-distance ball and kept (action "push")
     # what was sent against my private data (peer.privacy.measures.LeakageStats.to_dict, near-copies
     # counted over everything sent), and a seeded sample of per-example values for run-level figures
     leakage: dict = field(default_factory=dict)
@@ -137,13 +147,14 @@ class TeachReport:
         "near_copies",
         "filtered",
         "retried",
+        "pushed",
         "sent",
         "mean_steps",
         "seconds",
         "counterfactual_seconds",
         "source_l1",
     )
-    OPTIONAL = ("retried",)  # absent from reports stored before it existed
+    OPTIONAL = ("retried", "pushed")  # absent from reports stored before they existed
 
     def to_dict(self) -> dict:
         """Everything but the gallery (private sources never leave the teacher), JSON-able."""
@@ -196,6 +207,7 @@ class TeachReport:
                     "counterfactuals",
                     "filtered",
                     "retried",
+                    "pushed",
                     "near_copies",
                     "sent",
                     "seconds",
@@ -629,6 +641,8 @@ class Peer:
         passed (ratio inf where not measured) and the instances whose x' the filter dropped."""
         cfg = self.teach_config
         cx, cy, src = found.x, found.y, found.src
+        if cfg.min_distance > 0 and cfg.min_distance_action == "push" and len(cx):
+            cx = self._push_out(cx, cy, report)
         if self.image:
             ax, ay = augment_images(cx, cy, cfg.augment, rng, self.levels)
         else:
@@ -657,6 +671,20 @@ class Peer:
         report.filtered += int((~keep).sum())
         dropped = found.instances[~keep[: len(cx)]]
         return out_x[keep], out_y[keep], out_src[keep], ratio[keep], dropped
+
+    def _push_out(self, cx: np.ndarray, cy: np.ndarray, report: TeachReport) -> np.ndarray:
+        """x' moved out of every private example's min-distance ball (push_out); a moved x' I no
+        longer give its class stays where it was, for the filter to drop."""
+        levels = self.wire_levels if self.image else None
+        moved = push_out(cx, self.search_space(), self.private_nn(), self.teach_config.min_distance, levels)
+        changed = np.flatnonzero(np.any((moved != cx).reshape(len(cx), -1), axis=1))
+        if len(changed):
+            u = moved[changed]
+            proba = self.learner.predict_proba(self.from_unit(u) if self.features else u)
+            wrong = changed[proba.argmax(axis=1) != cy[changed]]
+            moved[wrong] = cx[wrong]
+            report.pushed += len(changed) - len(wrong)
+        return moved
 
     def _measure(
         self,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,9 +204,11 @@ def nearest_ratio(
     private_nn: np.ndarray,
     chunk: int = DEFAULT_CHUNK,
     exact: bool = False,
-) -> np.ndarray:
+    with_index: bool = False,
+) -> Any:
     """Per point, min over private examples j of |point - x_j| / private_nn[j]: below 1, the point
-    is a near-copy of some x_j (closer to it than any other private example is).
+    is a near-copy of some x_j (closer to it than any other private example is). With
+    `with_index`, (ratios, the j of each minimum) (j = -1 where there is no private example).
 
     Every private example is checked, not only the nearest one: a point may sit a bit further from
     a private example in a sparse region yet be far closer than that example's own neighbours. An
@@ -224,6 +227,7 @@ def nearest_ratio(
     a, b, scale = (a - centre).to(dtype), (b - centre).to(dtype), scale.to(dtype)
     b_sq = b.square().sum(dim=1)
     out = np.full(len(a), np.inf)
+    which = np.full(len(a), -1, dtype=np.int64)
     with torch.no_grad():
         for start in range(0, len(a), chunk):
             rows = a[start : start + chunk]
@@ -232,8 +236,10 @@ def nearest_ratio(
             copy = d2 <= copy_rtol * (rows_sq[:, None] + b_sq[None, :])
             ratio = d2.sqrt_().div_(scale[None, :]).masked_fill_(copy, 0.0)
             if len(b):
-                out[start : start + len(rows)] = ratio.min(dim=1).values.double().numpy()
-    return out
+                low = ratio.min(dim=1)
+                out[start : start + len(rows)] = low.values.double().numpy()
+                which[start : start + len(rows)] = low.indices.numpy()
+    return (out, which) if with_index else out
 
 
 def near_copy_mask(

@@ -14,7 +14,7 @@ search space (images in [0, 1]; a table's columns scaled to its own [min, max], 
     noise       uniform noise steered by the teacher's model toward x's class (data-free)
 - a minimum-distance filter (`min_distance_keep`): drop any candidate closer to some private
   example p than `fraction` x p's own nearest-other-private distance (the "near-copy" test at
-  fraction 1)
+  fraction 1); or first move such a candidate out of p's ball, away from p (`push_out`)
 - release noise (`release_noise`): Gaussian noise of a recorded scale added to what is sent,
   clipped to [0, 1] and, for images, quantised to the uint8 levels that go on the wire
 (distances come from peer.privacy.measures: `nearest`, `nearest_ratio`)
@@ -45,6 +45,51 @@ def min_distance_keep(
     if fraction <= 0 or len(candidates) == 0:
         return np.ones(len(candidates), dtype=bool)
     return nearest_ratio(candidates, private, private_nn, chunk) >= fraction
+
+
+PUSH_MARGIN = 1.05  # a pushed candidate lands this much beyond the ball it was in
+PUSH_ROUNDS = 8  # balls a candidate is pushed out of, one after another, before it is given up
+
+
+def push_out(
+    candidates: np.ndarray,
+    private: np.ndarray,
+    private_nn: np.ndarray,
+    fraction: float,
+    levels: int | None = None,
+    margin: float = PUSH_MARGIN,
+    rounds: int = PUSH_ROUNDS,
+) -> np.ndarray:
+    """The candidates, each moved out of every private example's ball (radius `fraction` x nn(p)):
+    a candidate inside p's ball is moved along the ray from p through it to `margin` x the radius,
+    clipped to [0, 1] and quantised to `levels`; then checked against every private example again
+    (the move may enter another ball), up to `rounds` moves. Candidates outside every ball are
+    returned unchanged; one still inside after `rounds` moves (or an exact copy, which has no ray)
+    is returned as it came, for the minimum-distance filter to drop."""
+    out = np.array(candidates, dtype=np.float32, copy=True)
+    if fraction <= 0 or len(out) == 0:
+        return out
+    flat = out.reshape(len(out), -1)
+    pflat = np.asarray(private, np.float32).reshape(len(private), -1)
+    todo = np.arange(len(out))
+    for _ in range(rounds):
+        ratio, j = nearest_ratio(flat[todo], pflat, private_nn, with_index=True)
+        inside = ratio < fraction
+        todo, j = todo[inside], j[inside]
+        if len(todo) == 0:
+            return out
+        ray = flat[todo] - pflat[j]
+        length = np.linalg.norm(ray, axis=1)
+        movable = length > 0
+        todo, j, ray, length = todo[movable], j[movable], ray[movable], length[movable]
+        reach = (margin * fraction * np.asarray(private_nn, np.float64)[j] / length).astype(np.float32)
+        moved = np.clip(pflat[j] + ray * reach[:, None], 0.0, 1.0)
+        if levels is not None:
+            moved = np.round(moved * levels) / levels
+        flat[todo] = moved
+    still = nearest_ratio(flat[todo], pflat, private_nn) < fraction if len(todo) else np.zeros(0, bool)
+    flat[todo[still]] = np.asarray(candidates, np.float32).reshape(len(out), -1)[todo[still]]
+    return out
 
 
 # -- release noise ----------------------------------------------------------------------------
