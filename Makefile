@@ -64,7 +64,7 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale bench-wire
+BENCHES := bench-fmnist10 bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale bench-wire bench-dirichlet20
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
@@ -72,6 +72,10 @@ bench-fmnist10: venv data
 	$(PY) bench/fmnist10.py
 bench-hetero: venv data
 	$(PY) bench/fmnist10.py --hetero
+# 20 CNN peers under Dirichlet label skew (alpha 0.1 and 0.5) against FedAvg, local-only and pooled
+# on the same split, as FedCDA (ICLR 2024) reports it; writes bench/results/dirichlet20.json
+bench-dirichlet20: venv data
+	$(PY) bench/dirichlet20.py
 bench-tabular: venv
 	$(PY) bench/tabular.py
 	$(PY) bench/tabular.py --dataset wine
