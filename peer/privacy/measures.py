@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -204,11 +203,21 @@ def nearest_ratio(
     private_nn: np.ndarray,
     chunk: int = DEFAULT_CHUNK,
     exact: bool = False,
-    with_index: bool = False,
-) -> Any:
+) -> np.ndarray:
     """Per point, min over private examples j of |point - x_j| / private_nn[j]: below 1, the point
-    is a near-copy of some x_j (closer to it than any other private example is). With
-    `with_index`, (ratios, the j of each minimum) (j = -1 where there is no private example).
+    is a near-copy of some x_j (closer to it than any other private example is); see
+    nearest_ratio_index."""
+    return nearest_ratio_index(points, private, private_nn, chunk, exact)[0]
+
+
+def nearest_ratio_index(
+    points: np.ndarray | torch.Tensor,
+    private: np.ndarray | torch.Tensor,
+    private_nn: np.ndarray,
+    chunk: int = DEFAULT_CHUNK,
+    exact: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest_ratio of each point, the j of its minimum; -1 where there is no private example).
 
     Every private example is checked, not only the nearest one: a point may sit a bit further from
     a private example in a sparse region yet be far closer than that example's own neighbours. An
@@ -239,7 +248,7 @@ def nearest_ratio(
                 low = ratio.min(dim=1)
                 out[start : start + len(rows)] = low.values.double().numpy()
                 which[start : start + len(rows)] = low.indices.numpy()
-    return (out, which) if with_index else out
+    return out, which
 
 
 def near_copy_mask(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peer.privacy.measures import nearest_ratio
+from peer.privacy.measures import nearest_ratio, nearest_ratio_index
 
 START_MODES = ("instance", "mix", "prototype", "noise")
 PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
@@ -73,7 +73,7 @@ def push_out(
     pflat = np.asarray(private, np.float32).reshape(len(private), -1)
     todo = np.arange(len(out))
     for _ in range(rounds):
-        ratio, j = nearest_ratio(flat[todo], pflat, private_nn, with_index=True)
+        ratio, j = nearest_ratio_index(flat[todo], pflat, private_nn)
         inside = ratio < fraction
         todo, j = todo[inside], j[inside]
         if len(todo) == 0:
