@@ -356,11 +356,12 @@ def add_option(
     parser: argparse.ArgumentParser, name: str, default: Any, help: str, parse: Callable[[Any], Any] | None = None
 ) -> None:
     """--name (dashes), defaulting to $CKD_NAME when set, else `default`; the help names the variable.
+    A variable set to the empty string counts as unset (as compose files pass `${CKD_NAME:-}`).
     `parse` turns the flag's or variable's text into the value (default: the default's type)."""
     flag = "--" + name.replace("_", "-")
     env = env_name(name)
     kind = type(default) if default is not None else str
-    from_env = os.environ.get(env)
+    from_env = os.environ.get(env) or None
     if kind is bool:
         value = default if from_env is None else from_env.lower() in ("1", "true", "yes")
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"{help} [env {env}]")

@@ -92,3 +92,15 @@ def test_options_read_environment_variables(monkeypatch):
     args = build_parser()[0].parse_args(["demo"])
     assert args.rounds == 5 and args.alpha == 0.25
     assert build_parser()[0].parse_args(["demo", "--rounds", "1"]).rounds == 1  # flags win
+
+
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch):
+    """Compose files pass optional settings as `${CKD_NAME:-}`: empty means the default."""
+    from server.cli import build_parser
+
+    for name in ("CKD_ROUNDS", "CKD_TEST_DATA", "CKD_PRIVACY", "CKD_CERTS"):
+        monkeypatch.setenv(name, "")
+    args = build_parser()[0].parse_args(["demo"])
+    assert args.rounds == 2 and args.test_data is None and args.privacy == "guarded"
+    peer = build_parser()[0].parse_args(["peer", "--part", "0"])
+    assert peer.test_data is None and peer.rounds == 2 and peer.certs is None

@@ -87,6 +87,15 @@ def test_compose_has_certs_coordinator_and_ten_peers_each_on_its_own_part_and_vo
     assert set(base["volumes"]) == {"certs", *PEERS}
 
 
+def test_compose_peers_default_to_the_release_ckd_defaults_to():
+    """`docker compose up` with no settings sends what `ckd peer` would: the default privacy preset."""
+    from peer.config import DEFAULT_PRIVACY
+
+    for pid in PEERS:
+        value = _compose("docker-compose.yml")["services"][pid]["environment"]["CKD_PRIVACY"]
+        assert value == f"${{CKD_PRIVACY:-{DEFAULT_PRIVACY}}}"
+
+
 def test_hostnet_override_keeps_every_service_on_loopback_with_distinct_ports():
     base, over = _compose("docker-compose.yml")["services"], _compose("docker", "compose.hostnet.yml")["services"]
     assert set(over) == set(base)
@@ -118,6 +127,8 @@ def test_owndata_override_gives_each_peer_its_own_directory_and_no_part():
         s = over[pid]
         assert s["command"] == ["peer"]  # no --part: the whole file is the peer's
         assert s["environment"]["CKD_DATA"].startswith("/data/own/")
+        # a test file of its own when CKD_OWN_TEST_DATA names one; empty (unset for ckd) otherwise
+        assert s["environment"]["CKD_TEST_DATA"] == "${CKD_OWN_TEST_DATA:-}"
         mounts.add(next(v for v in s["volumes"] if v.endswith(":/data/own:ro")))
     assert len(mounts) == 10
 
