@@ -126,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from peer.grpc.tls import check_name
     from server.coordinator import Coordinator, serve_coordinator
-    from server.results import experiment_from_reports, write_results
+    from server.results import write_results
 
     rounds = parse_rounds(args.rounds)
     waits = (args.round_deadline, args.idle_timeout, args.heartbeat_timeout)
@@ -152,16 +152,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
         wait_finished(coordinator, args.idle_timeout)
-        exp, extra = experiment_from_reports(
-            coordinator.metrics,
-            coordinator.last_round() or 0,
-            coordinator.wall_seconds(),
-            coordinator.skipped(),
-            asked=rounds,
-            max_rounds=args.max_rounds,
-            stopped=coordinator.stopped(),
-        )
-        extra["round_wall_seconds"] = coordinator.round_seconds()
+        exp, extra = coordinator.results()
         write_results(out, exp, "grpc", extra)
     finally:
         server.stop(grace=5)
@@ -214,7 +205,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from peer.experiment import peer_feature_sets, peer_ids
     from peer.grpc.tls import Security, make_certs
     from server.coordinator import Coordinator, serve_coordinator
-    from server.results import experiment_from_reports, write_results
+    from server.results import write_results
 
     if args.threads < 1 or args.round_deadline <= 0 or args.idle_timeout <= 0:
         raise UsageError("--threads must be >= 1, --round-deadline and --idle-timeout > 0")
@@ -274,17 +265,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         wait_finished(coordinator, args.idle_timeout, check)
         for p in procs:
             p.wait(timeout=120)
-        exp, extra = experiment_from_reports(
-            coordinator.metrics,
-            coordinator.last_round() or 0,
-            coordinator.wall_seconds(),
-            coordinator.skipped(),
-            {p: state / p for p in ids},
-            asked=cfg.rounds,
-            max_rounds=cfg.max_rounds,
-            stopped=coordinator.stopped(),
-        )
-        extra["round_wall_seconds"] = coordinator.round_seconds()
+        exp, extra = coordinator.results({p: state / p for p in ids})
         write_results(out, exp, "grpc", extra, quiet=args.quiet)
     finally:
         for p in procs:

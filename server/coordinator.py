@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -33,6 +34,9 @@ from peer.grpc.tls import Security, caller
 from peer.round import stop_after
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
+
+if TYPE_CHECKING:
+    from peer.experiment import Experiment
 
 STAGES: dict[int, str] = {
     pb.STAGE_READY: "ready",
@@ -353,6 +357,26 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if last is None:
             return ""
         return self.barriers[(last, pb.STAGE_DONE)].stopped or stop_after(last, {}, self.asked, self.max_rounds) or ""
+
+    def results(self, state_dirs: dict[str, Path] | None = None) -> tuple[Experiment, dict]:
+        """The finished run as results.json tells it: the Experiment rebuilt from the peers' reports
+        (server.results.experiment_from_reports) and the entries only a gRPC run has (wire counts,
+        skipped barriers, round wall seconds). `state_dirs`: the peers' state directories where this
+        machine can read them (`ckd launch`), for the counterfactual figure's private sources."""
+        from server.results import experiment_from_reports  # plotting and torch stay out of the coordinator
+
+        exp, extra = experiment_from_reports(
+            self.metrics,
+            self.last_round() or 0,
+            self.wall_seconds(),
+            self.skipped(),
+            state_dirs,
+            asked=self.asked,
+            max_rounds=self.max_rounds,
+            stopped=self.stopped(),
+        )
+        extra["round_wall_seconds"] = self.round_seconds()
+        return exp, extra
 
     def wall_seconds(self) -> float | None:
         start = self.released(0, pb.STAGE_READY)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -12,6 +11,7 @@ from peer.grpc.tls import Security, make_certs
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 from server.coordinator import Coordinator, serve_coordinator
+from tests.coordinator_calls import wait_all
 
 pytestmark = pytest.mark.grpc
 
@@ -41,20 +41,7 @@ def _start(coord):
     c, stubs = coord
     for p, stub in stubs.items():
         assert stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5).rounds == 2
-    replies = {}
-    threads = [
-        threading.Thread(
-            target=lambda p=p, s=s: replies.__setitem__(
-                p, s.WaitRound(pb.WaitRoundRequest(peer=p, round=0, stage=pb.STAGE_READY), timeout=10)
-            )
-        )
-        for p, s in stubs.items()
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return replies
+    return wait_all(stubs, 0, pb.STAGE_READY, timeout=10)
 
 
 def test_ready_barrier_waits_for_everyone_and_lists_them(coord):

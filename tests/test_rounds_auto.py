@@ -22,7 +22,8 @@ from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
 from server.cli import build_parser, main
 from server.coordinator import Coordinator, serve_coordinator
-from server.results import experiment_from_reports, summarise
+from server.results import summarise
+from tests.coordinator_calls import wait_all
 from tests.flower_util import AUTO as AUTO_RUN
 from tests.results_compare import assert_same_results
 
@@ -212,16 +213,7 @@ def test_grpc_nodes_and_coordinator_with_auto_stop_at_the_same_round_as_in_proce
         server.stop(grace=0)
     assert not errors, errors
     assert coord.finished.is_set()
-    exp, extra = experiment_from_reports(
-        coord.metrics,
-        coord.last_round() or 0,
-        coord.wall_seconds(),
-        coord.skipped(),
-        {p: tmp_path / p for p in ids},
-        asked=AUTO.rounds,
-        max_rounds=AUTO.max_rounds,
-        stopped=coord.stopped(),
-    )
+    exp, extra = coord.results({p: tmp_path / p for p in ids})  # as `ckd launch` writes results.json
     summary = {**summarise(exp), **extra}
     assert summary["rounds"] == in_process["rounds"]
     assert_same_results(summary, in_process)
@@ -261,23 +253,6 @@ def _serve(certs, state_dir, **kw):
     return c, server, stubs
 
 
-def _all_wait(stubs, round: int, stage) -> dict:
-    replies: dict = {}
-    threads = [
-        threading.Thread(
-            target=lambda p=p, s=s: replies.__setitem__(
-                p, s.WaitRound(pb.WaitRoundRequest(peer=p, round=round, stage=stage), timeout=20)
-            )
-        )
-        for p, s in stubs.items()
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return replies
-
-
 def _report(stubs, round: int, improved: dict) -> None:
     for p, s in stubs.items():
         gate = GateReport(round, 40, 0.5, 0.6, "accepted", improved=improved[p]).to_dict()
@@ -291,12 +266,12 @@ def test_coordinator_stops_after_the_first_round_no_peer_improved_and_remembers_
         for p, s in stubs.items():
             reply = s.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
             assert (reply.rounds, reply.auto_rounds) == (5, True)  # the most rounds, and that auto decides
-        _all_wait(stubs, 0, pb.STAGE_READY)
+        wait_all(stubs, 0, pb.STAGE_READY)
         _report(stubs, 1, {"peer-0": False, "peer-1": True})
-        assert {r.stopped for r in _all_wait(stubs, 1, pb.STAGE_DONE).values()} == {""}
+        assert {r.stopped for r in wait_all(stubs, 1, pb.STAGE_DONE).values()} == {""}
         assert not c.finished.is_set() and c.last_round() is None
         _report(stubs, 2, {"peer-0": False, "peer-1": False})
-        assert {r.stopped for r in _all_wait(stubs, 2, pb.STAGE_DONE).values()} == {"no peer improved in round 2"}
+        assert {r.stopped for r in wait_all(stubs, 2, pb.STAGE_DONE).values()} == {"no peer improved in round 2"}
         assert c.finished.is_set() and c.last_round() == 2 and c.stopped() == "no peer improved in round 2"
         assert c.wall_seconds() is not None
     finally:
@@ -321,9 +296,9 @@ def test_coordinator_stops_at_its_cap_and_a_report_without_the_flag_is_no_improv
     try:
         for p, s in stubs.items():
             s.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
-        _all_wait(stubs, 0, pb.STAGE_READY)
+        wait_all(stubs, 0, pb.STAGE_READY)
         _report(stubs, 1, {"peer-0": True, "peer-1": False})
-        assert {r.stopped for r in _all_wait(stubs, 1, pb.STAGE_DONE).values()} == {"cap of 1 rounds"}
+        assert {r.stopped for r in wait_all(stubs, 1, pb.STAGE_DONE).values()} == {"cap of 1 rounds"}
         with pytest.raises(grpc.RpcError) as err:  # nothing past the cap
             stubs["peer-0"].WaitRound(pb.WaitRoundRequest(peer="peer-0", round=2, stage=pb.STAGE_PUBLISHED), timeout=5)
         assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
@@ -333,9 +308,9 @@ def test_coordinator_stops_at_its_cap_and_a_report_without_the_flag_is_no_improv
     try:
         for p, s in stubs.items():
             s.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
-        _all_wait(stubs, 0, pb.STAGE_READY)
+        wait_all(stubs, 0, pb.STAGE_READY)
         for p, s in stubs.items():  # records with no gate (a peer without a validation slice)
             s.ReportMetrics(pb.MetricsRequest(peer=p, round=1, json=json.dumps({"record": {"peer": p}})), timeout=5)
-        assert {r.stopped for r in _all_wait(stubs, 1, pb.STAGE_DONE).values()} == {"no peer improved in round 1"}
+        assert {r.stopped for r in wait_all(stubs, 1, pb.STAGE_DONE).values()} == {"no peer improved in round 1"}
     finally:
         server.stop(grace=0)
