@@ -59,10 +59,17 @@ SCENARIOS: dict[str, tuple[str, dict[str, list[str]]]] = {
     ),
     "slow peer": (
         f"peer-2 stopped (SIGSTOP) before it publishes round 1, continued once the round-1 barrier went "
-        f"on without it (round deadline {SLOW_DEADLINE:g} s): skipped for round 1, back for round 2",
+        f"on without it (round deadline {SLOW_DEADLINE:g} s): skipped for round 1, back for round 2, "
+        "taught once more in a make-up round 3 (--makeup-rounds 1, the default)",
+        {"peer-2": ["metrics:1:stop"]},
+    ),
+    "slow peer, no make-up round": (
+        "the same with --makeup-rounds 0: peer-2 ends with one round of teaching where the others have two",
         {"peer-2": ["metrics:1:stop"]},
     ),
 }
+# coordinator options of a scenario (FaultRun's keyword arguments)
+OPTIONS: dict[str, dict] = {"slow peer, no make-up round": {"makeup_rounds": 0}}
 
 
 def machine(load: str) -> dict:
@@ -82,6 +89,7 @@ def run_scenario(name: str, faults: dict[str, list[str]], root: Path) -> dict:
         faults=faults,
         round_deadline=SLOW_DEADLINE if slow else 120.0,
         resume_when=(lambda r: r.released(1, cpb.STAGE_PUBLISHED) is not None) if slow else None,
+        **OPTIONS.get(name, {}),
     )
     outcome = run.run(timeout=900)
     a = audit(outcome)
@@ -98,6 +106,8 @@ def run_scenario(name: str, faults: dict[str, list[str]], root: Path) -> dict:
         "read_back_problems": a.problems,
         "median_accuracy_after": round(statistics.median(finals.values()), 4),
         "final_accuracy": finals,
+        "rounds_run": outcome.results.get("rounds", {}).get("run"),
+        "stopped": outcome.results.get("rounds", {}).get("stopped"),
         "skipped": outcome.results.get("skipped", []),
         "status": outcome.results.get("status"),
         "seconds": round(outcome.seconds, 1),

@@ -25,6 +25,11 @@ from peer.config import (
 )
 from peer.errors import UsageError
 
+MAKEUP_HELP = (
+    "make-up rounds at most, after the rounds asked, for peers skipped as students before (slower than "
+    "--round-deadline): only they are taught and retrain, the others teach and keep their models; 0: none"
+)
+
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = argparse.ArgumentParser(
@@ -60,6 +65,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     add_experiment_option(srv, "max_rounds")
     add_option(srv, "min_peers", 2, "peers that must register before the run starts")
     add_option(srv, "round_deadline", 600.0, "seconds a barrier waits for slow peers before it skips them")
+    add_option(srv, "makeup_rounds", 1, MAKEUP_HELP)
     add_option(srv, "out", "runs/server", "output directory for results.json and accuracy.png")
     add_option(srv, "expect_peers", "", "comma-separated peer names; when given, every other name is refused")
     add_option(
@@ -89,6 +95,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     add_option(launch, "out", "runs/launch", "output directory (replaced only when the run succeeds)")
     add_option(launch, "state_dir", "", "peers' state directories and logs (default: a temporary directory)")
     add_option(launch, "round_deadline", 600.0, "seconds a barrier waits for slow peers")
+    add_option(launch, "makeup_rounds", 1, MAKEUP_HELP)
     add_option(launch, "idle_timeout", 1800.0, "seconds without a call from any peer after which the run is stopped")
     add_option(launch, "threads", 1, "torch CPU threads per peer process")
     launch.add_argument("--insecure", action="store_true", help="plaintext gRPC between the processes")
@@ -130,9 +137,10 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     rounds = parse_rounds(args.rounds)
     waits = (args.round_deadline, args.idle_timeout, args.heartbeat_timeout)
-    if args.max_rounds < 1 or args.min_peers < 1 or min(waits) <= 0:
+    if args.max_rounds < 1 or args.min_peers < 1 or min(waits) <= 0 or args.makeup_rounds < 0:
         raise UsageError(
-            "--max-rounds and --min-peers must be >= 1, --round-deadline, --idle-timeout and --heartbeat-timeout > 0"
+            "--max-rounds and --min-peers must be >= 1, --makeup-rounds >= 0, --round-deadline, --idle-timeout "
+            "and --heartbeat-timeout > 0"
         )
     out = _out_dir(args.out)
     expected = {check_name(n.strip()) for n in args.expect_peers.split(",") if n.strip()} or None
@@ -147,6 +155,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         expected=expected,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         max_rounds=args.max_rounds,
+        makeup_rounds=args.makeup_rounds,
     )
     server, port = serve_coordinator(coordinator, args.listen)
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
@@ -207,8 +216,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from server.coordinator import Coordinator, serve_coordinator
     from server.results import write_results
 
-    if args.threads < 1 or args.round_deadline <= 0 or args.idle_timeout <= 0:
-        raise UsageError("--threads must be >= 1, --round-deadline and --idle-timeout > 0")
+    if args.threads < 1 or args.round_deadline <= 0 or args.idle_timeout <= 0 or args.makeup_rounds < 0:
+        raise UsageError("--threads must be >= 1, --makeup-rounds >= 0, --round-deadline and --idle-timeout > 0")
     out = _out_dir(args.out)
     values, data = with_data(from_args(args), set(args._given))
     cfg = ExperimentConfig(**values)
@@ -232,7 +241,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         make_certs(state / "certs", ["coordinator"] + ids)
         sec = Security.from_dir("coordinator", state / "certs", False)
     coordinator = Coordinator(
-        sec, cfg.rounds, cfg.peers, args.round_deadline, expected=set(ids), max_rounds=cfg.max_rounds
+        sec,
+        cfg.rounds,
+        cfg.peers,
+        args.round_deadline,
+        expected=set(ids),
+        max_rounds=cfg.max_rounds,
+        makeup_rounds=args.makeup_rounds,
     )
     server, port = serve_coordinator(coordinator, "127.0.0.1:0")
     procs: list[subprocess.Popen] = []

@@ -4,6 +4,12 @@ It never sees data or weights: peers register an address, wait at barriers and r
 A barrier releases when every participant arrived, or `round_deadline` seconds after the first
 one did, so a slow peer is skipped for that stage rather than waited on forever.
 
+A peer skipped as a student (it had not published its model when a round's `published` barrier
+released) is owed that round's teaching. Once the rounds asked are done, up to `makeup_rounds`
+make-up rounds follow while some peer still at the run is owed one: every peer teaches, only the
+owed peers are students and retrain, the others keep their models. So a peer that was slow once
+ends with as many rounds of teaching as the others.
+
 Given `expected` peer names (`ckd server --expect-peers`), it refuses every other name, whatever
 CA signed its certificate. Every refusal is logged and kept in `refused`.
 
@@ -58,6 +64,8 @@ class Barrier:
     timed_out: bool = False
     late: list[str] = field(default_factory=list)  # arrived after it released
     stopped: str = ""  # a STAGE_DONE barrier: why the run stops after its round ("" goes on)
+    makeup: list[str] = field(default_factory=list)  # a STAGE_DONE barrier: the next round's make-up students
+    held: str = ""  # with makeup: why the rounds asked ended (the run's reason once the make-ups are done)
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -71,6 +79,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         expected: set[str] | None = None,
         state_dir: Path | None = None,
         max_rounds: int = 10,
+        makeup_rounds: int = 1,
     ) -> None:
         self.security = security
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -82,6 +91,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.auto = rounds == "auto"
         stop_after(0, {}, rounds, max_rounds)  # a ValueError here for a bad number of rounds
         self.rounds = max_rounds if isinstance(rounds, str) else rounds  # the most rounds
+        if makeup_rounds < 0:
+            raise ValueError(f"makeup_rounds must be >= 0, got {makeup_rounds}")
+        self.makeup_rounds = makeup_rounds
         self.min_peers = min_peers
         self.round_deadline = round_deadline
         self.peers: dict[str, str] = {}
@@ -231,8 +243,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         peer = self._identity(context, request.peer)
         if request.stage not in STAGES:
             self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown stage {request.stage}")
-        if not 0 <= request.round <= self.rounds:
-            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} outside 0..{self.rounds}")
+        if not self._in_run(request.round):
+            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} {self._outside}")
         key = (int(request.round), int(request.stage))
         if self.participants is None and key != (0, pb.STAGE_READY):
             # every peer waits at (0, ready) first: a peer further on means the run started with another
@@ -268,13 +280,68 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     self._cond.wait(timeout=0.5)
                     continue
                 if key[1] == pb.STAGE_DONE:
-                    barrier.stopped = self._stop_after(key[0]) or ""
+                    self._decide(key[0], barrier)
                 self._save()  # before any waiter hears of the release
                 self._cond.notify_all()
                 if barrier.stopped:
                     self.finished.set()
             arrived = sorted(set(barrier.arrived) | {peer})
-            return pb.WaitRoundReply(arrived=arrived, timed_out=barrier.timed_out, stopped=barrier.stopped)
+            return pb.WaitRoundReply(
+                arrived=arrived, timed_out=barrier.timed_out, stopped=barrier.stopped, makeup=barrier.makeup
+            )
+
+    def _in_run(self, round: int) -> bool:
+        """A round of the rounds asked (0..rounds), or a make-up round the coordinator decided on."""
+        return 0 <= round <= self.rounds or (round > self.rounds and bool(self.makeup_students(round)))
+
+    @property
+    def _outside(self) -> str:
+        return f"outside 0..{self.rounds} and not a make-up round"
+
+    def makeup_students(self, round: int) -> list[str]:
+        """The students of make-up round `round` ([] for a round of the rounds asked)."""
+        before = self.barriers.get((round - 1, pb.STAGE_DONE))
+        return list(before.makeup) if before is not None else []
+
+    def owed(self, round: int) -> dict[str, int]:
+        """Peer -> rounds of teaching it is owed after `round`: rounds asked in which it was skipped
+        as a student (not at the `published` barrier when it released), less the make-up rounds it
+        was taught in."""
+        out = dict.fromkeys(self.participants or self.peers, 0)
+        for r in range(1, round + 1):
+            published = self.barriers.get((r, pb.STAGE_PUBLISHED))
+            if published is None or published.released is None:
+                continue
+            students = self.makeup_students(r)
+            for p in out:
+                if students:
+                    out[p] -= int(p in students and p in published.arrived)
+                else:
+                    out[p] += int(p not in published.arrived)
+        return {p: n for p, n in out.items() if n > 0}
+
+    def _decide(self, round: int, barrier: Barrier) -> None:
+        """At `round`'s STAGE_DONE barrier: go on, stop (barrier.stopped says why), or go on with a
+        make-up round for the peers at this barrier that are owed one (barrier.makeup)."""
+        makeups = 0
+        while self.makeup_students(round - makeups):
+            makeups += 1
+        if makeups:  # a make-up round: the rounds asked ended before it, for the reason held then
+            before = self.barriers[(round - 1, pb.STAGE_DONE)]
+            reason = before.held
+        else:
+            reason = self._stop_after(round) or ""
+        if not reason:
+            return
+        owed = self.owed(round) if makeups < self.makeup_rounds else {}
+        students = sorted(p for p in owed if p in barrier.arrived)
+        if students:
+            barrier.makeup, barrier.held = students, reason
+            log.info("round %d: make-up round %d for %s, skipped as students before", round, round + 1, students)
+            return
+        barrier.stopped = reason
+        if makeups:
+            barrier.stopped += f", then {makeups} make-up round{'s' if makeups > 1 else ''} for peers skipped before"
 
     def _stop_after(self, round: int) -> str | None:
         """Whether the run stops after `round` (peer.round.stop_after), from the one flag each peer
@@ -292,10 +359,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self.refuse(
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"metrics of {len(request.json)} bytes over the cap"
             )
-        if not 0 <= request.round <= self.rounds:
-            self.refuse(
-                context, grpc.StatusCode.OUT_OF_RANGE, f"metrics for round {request.round} outside 0..{self.rounds}"
-            )
+        if not self._in_run(request.round):
+            self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"metrics for round {request.round} {self._outside}")
         try:
             data = json.loads(request.json)
         except (ValueError, RecursionError) as exc:
@@ -347,7 +412,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def last_round(self) -> int | None:
         """The round after which the run stopped (None while it goes on)."""
         done = [r for (r, stage), b in self.barriers.items() if stage == pb.STAGE_DONE and b.stopped]
-        if not done and not self.auto and self.released(self.rounds, pb.STAGE_DONE) is not None:
+        last = self.barriers.get((self.rounds, pb.STAGE_DONE))
+        if not done and not self.auto and last is not None and last.released is not None and not last.makeup:
             return self.rounds  # a state written before barriers said why they stopped
         return min(done, default=None)
 

@@ -108,6 +108,7 @@ class FaultRun:
         heartbeat_timeout: float = 120.0,
         resume_when: Callable[[FaultRun], bool] | None = None,
         coordinator_state: bool = True,
+        makeup_rounds: int = 1,
     ) -> None:
         from peer.grpc.tls import make_certs
 
@@ -127,7 +128,7 @@ class FaultRun:
                     *("-m", "server.cli", "server", "--listen", f"127.0.0.1:{self.port}"),
                     *("--rounds", str(rounds), "--min-peers", str(peers), "--round-deadline", str(round_deadline)),
                     *("--expect-peers", ",".join(self.ids), "--idle-timeout", "300"),
-                    *("--heartbeat-timeout", str(heartbeat_timeout)),
+                    *("--heartbeat-timeout", str(heartbeat_timeout), "--makeup-rounds", str(makeup_rounds)),
                     *("--out", str(self.root / "out")),
                     *(("--state-dir", str(self.root / "state" / "coordinator")) if coordinator_state else ()),
                     *common,

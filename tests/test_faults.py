@@ -112,7 +112,8 @@ def test_coordinator_restarted_mid_barrier_without_its_state_stops_the_run_with_
 
 def test_peer_slower_than_the_round_deadline_is_skipped_and_rejoins(tmp_path):
     """peer-2 stops (SIGSTOP) before it publishes round 1 and is continued only once the round-1
-    barrier went on without it: it is skipped for round 1 (recorded), taught again in round 2."""
+    barrier went on without it: it is skipped for round 1 (recorded), taught again in round 2, and
+    taught once more in a make-up round 3 in which it alone is a student."""
     cfg = replace(CFG, rounds=2)
     run = FaultRun(
         tmp_path,
@@ -131,6 +132,14 @@ def test_peer_slower_than_the_round_deadline_is_skipped_and_rejoins(tmp_path):
     taught = {(p["teacher"], p["student"], p["round"]) for p in outcome.results["pairs"]}
     assert not {t for t in taught if t[1] == "peer-2" and t[2] == 1}  # nobody taught it in round 1
     assert {("peer-0", "peer-2", 2), ("peer-1", "peer-2", 2)} <= taught  # both did in round 2
-    assert all(len(p["accuracy_by_round"]) == 3 for p in outcome.results["peers"])
+    # and again in the make-up round, where nobody else is a student and only peer-2 retrains
+    assert {t for t in taught if t[2] == 3} == {("peer-0", "peer-2", 3), ("peer-1", "peer-2", 3)}
+    rounds = outcome.results["rounds"]
+    assert rounds["run"] == 3 and rounds["stopped"] == "2 rounds asked, then 1 make-up round for peers skipped before"
+    by_peer = {p["id"]: p for p in outcome.results["peers"]}
+    assert all(len(p["accuracy_by_round"]) == 4 for p in by_peer.values())
+    for pid in ("peer-0", "peer-1"):  # they kept their models
+        assert by_peer[pid]["accuracy_by_round"][3] == by_peer[pid]["accuracy_by_round"][2]
+    assert [g["round"] for g in by_peer["peer-2"]["gate_by_round"]] == [1, 2, 3]
     a = audit(outcome)
     assert a.problems == [] and a.lost == 0 and a.duplicates == 0 and a.stored == a.acknowledged > 0, a

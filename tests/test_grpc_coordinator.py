@@ -64,6 +64,87 @@ def test_slow_peer_skipped_at_the_round_deadline(coord):
     assert late.timed_out
 
 
+def _wait(stubs, peer: str, round: int, stage) -> pb.WaitRoundReply:
+    return stubs[peer].WaitRound(pb.WaitRoundRequest(peer=peer, round=round, stage=stage), timeout=10)
+
+
+def _skip_peer_1_in_round_1(coord) -> None:
+    """peer-1 misses round 1's `published` barrier (released on the deadline), then both go on."""
+    c, stubs = coord
+    _start(coord)
+    assert _wait(stubs, "peer-0", 1, pb.STAGE_PUBLISHED).timed_out
+    _wait(stubs, "peer-1", 1, pb.STAGE_PUBLISHED)  # late: it teaches, but nobody taught it
+    wait_all(stubs, 1, pb.STAGE_TAUGHT)
+    assert c.owed(1) == {"peer-1": 1}
+
+
+def test_a_peer_skipped_as_a_student_is_owed_a_make_up_round(coord):
+    c, stubs = coord
+    _skip_peer_1_in_round_1(coord)
+    for stage in (pb.STAGE_PUBLISHED, pb.STAGE_TAUGHT):
+        assert not any(r.timed_out for r in wait_all(stubs, 2, stage).values())
+    done = wait_all(stubs, 2, pb.STAGE_DONE)
+    # the 2 rounds asked are done, but peer-1 was taught in one: round 3 is a make-up round for it
+    assert all(r.stopped == "" and list(r.makeup) == ["peer-1"] for r in done.values())
+    assert not c.finished.is_set() and c.last_round() is None and c.makeup_students(3) == ["peer-1"]
+    for stage in (pb.STAGE_PUBLISHED, pb.STAGE_TAUGHT):
+        wait_all(stubs, 3, stage)
+    assert c.owed(3) == {}
+    done = wait_all(stubs, 3, pb.STAGE_DONE)
+    assert all(list(r.makeup) == [] for r in done.values())
+    assert {r.stopped for r in done.values()} == {"2 rounds asked, then 1 make-up round for peers skipped before"}
+    assert c.finished.is_set() and c.last_round() == 3 and c.stopped() == done["peer-0"].stopped
+
+
+def test_make_up_rounds_stop_at_their_cap_and_can_be_turned_off(certs):
+    for cap in (0, 1):
+        c = Coordinator(Security.from_dir("coordinator", certs, False), 1, 2, round_deadline=1.0, makeup_rounds=cap)
+        server, port = serve_coordinator(c, "127.0.0.1:0")
+        stubs = {
+            p: coordinator_pb2_grpc.CoordinatorServiceStub(
+                Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")
+            )
+            for p in ("peer-0", "peer-1")
+        }
+        try:
+            for p, stub in stubs.items():
+                stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
+            wait_all(stubs, 0, pb.STAGE_READY)
+            for r in range(1, cap + 2):  # peer-1 late at every `published` barrier, the make-up round's too
+                assert _wait(stubs, "peer-0", r, pb.STAGE_PUBLISHED).timed_out
+                _wait(stubs, "peer-1", r, pb.STAGE_PUBLISHED)
+                wait_all(stubs, r, pb.STAGE_TAUGHT)
+                done = wait_all(stubs, r, pb.STAGE_DONE)
+                assert list(done["peer-0"].makeup) == (["peer-1"] if r <= cap else [])
+            assert c.owed(cap + 1) == {"peer-1": 1}  # still owed, but the cap is reached
+            assert c.last_round() == cap + 1
+            assert c.stopped() == "1 round asked" + (", then 1 make-up round for peers skipped before" if cap else "")
+            with pytest.raises(grpc.RpcError) as err:  # no round past the cap
+                _wait(stubs, "peer-0", cap + 2, pb.STAGE_PUBLISHED)
+            assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        finally:
+            server.stop(grace=0)
+
+
+def test_a_make_up_round_survives_a_coordinator_restart(certs, tmp_path):
+    c = Coordinator(Security.from_dir("coordinator", certs, False), 2, 2, round_deadline=1.5, state_dir=tmp_path)
+    server, port = serve_coordinator(c, "127.0.0.1:0")
+    stubs = {
+        p: coordinator_pb2_grpc.CoordinatorServiceStub(
+            Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")
+        )
+        for p in ("peer-0", "peer-1")
+    }
+    try:
+        _skip_peer_1_in_round_1((c, stubs))
+        for stage in (pb.STAGE_PUBLISHED, pb.STAGE_TAUGHT, pb.STAGE_DONE):
+            wait_all(stubs, 2, stage)
+    finally:
+        server.stop(grace=0)
+    again = Coordinator(Security.from_dir("coordinator", certs, False), 2, 2, round_deadline=1.5, state_dir=tmp_path)
+    assert again.makeup_students(3) == ["peer-1"] and again.last_round() is None and not again.finished.is_set()
+
+
 def test_silent_peer_not_waited_for(coord):
     c, stubs = coord
     _start(coord)

@@ -147,6 +147,7 @@ class Membership:
             )
             if stage == cpb.STAGE_DONE:
                 node.stopped = reply.stopped
+                node.makeup = list(reply.makeup)
             return list(reply.arrived)
         # static peer list: poll the others' Status until they got there or the deadline passed
         deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
@@ -217,6 +218,7 @@ class Node:
         self.rounds = exp.round_limit()  # the most rounds; with auto the coordinator says when to stop
         self.auto = exp.auto_rounds
         self.stopped = ""  # why the run stopped, as the coordinator's last barrier said
+        self.makeup: list[str] = []  # the students of the next round, when the coordinator made it a make-up round
         if cfg.coordinator:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -384,7 +386,7 @@ class Node:
         if self.auto:  # rounds already done: the coordinator's barriers say whether the run went on
             for r in range(1, max(done, 0) + 1):
                 self.membership.wait(r, cpb.STAGE_DONE)
-                if self.stopped:
+                if self.stopped or self.makeup:
                     last = r
                     break
         for r in range(max(done, 0) + 1, last + 1):
@@ -417,14 +419,55 @@ class Node:
             self._report(r, data)
             if self.auto:
                 self.membership.wait(r, cpb.STAGE_DONE)  # the coordinator decides whether round r + 1 follows
-                if self.stopped:
+                if self.stopped or self.makeup:
                     last = r
                     break
         if self.rounds == 0 and done < 0:
             self.metrics[0]["wire"] = self.wire()
             self._report(0, self.metrics[0])
         self.membership.wait(last, cpb.STAGE_DONE)
+        while self.makeup and not self.stopped:  # make-up rounds, as the coordinator's last barrier said
+            last += 1
+            if last > done:
+                self._makeup_round(last, list(self.makeup))
+            self.membership.wait(last, cpb.STAGE_DONE)
         return self.metrics
+
+    def _makeup_round(self, r: int, students: list[str]) -> None:
+        """A make-up round: every peer publishes and teaches, only `students` (peers skipped as
+        students in an earlier round) are taught and retrain; the others keep their models and
+        report the round with their evaluation unchanged."""
+        exp = self.cfg.experiment
+        self.servicer.publish(r, self.peer.snapshot(r))
+        arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
+        self._peer_list()
+        self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
+        taught = teach_students(
+            self.peer,
+            r,
+            [s for s in arrived if s in students],
+            self.transport,
+            deadline=self.transport.deadline,
+            refresh=self._peer_list,
+            fanout=exp.fanout,
+        )
+        self.transport.deadline = None
+        taught.skipped = sorted(set(students) - set(arrived))
+        self.servicer.taught_round = r
+        self.membership.wait(r, cpb.STAGE_TAUGHT)
+        if self.id in students:
+            record = self._train(exp.retrain_epochs, r)
+        else:
+            record = self._keep(r)
+        record.merge(taught)
+        self._report(r, {"record": record.to_dict(), "stored_examples": len(self.peer.store), "wire": self.wire()})
+
+    def _keep(self, round: int) -> PeerRound:
+        """This peer's record of a round it was not taught in: its model and evaluation as before."""
+        before = PeerRound.from_dict(self.metrics[round - 1]["record"])
+        record = PeerRound(self.id, round, train_size=before.train_size, evaluation=before.evaluation)
+        save_checkpoint(self.cfg.state_dir / "checkpoints", round, self.peer.learner.to_blob())
+        return record
 
     def wire(self) -> dict:
         return {

@@ -79,14 +79,16 @@ class WaitRoundRequest(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ...) -> None: ...
 
 class WaitRoundReply(_message.Message):
-    __slots__ = ("arrived", "timed_out", "stopped")
+    __slots__ = ("arrived", "timed_out", "stopped", "makeup")
     ARRIVED_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     STOPPED_FIELD_NUMBER: _ClassVar[int]
+    MAKEUP_FIELD_NUMBER: _ClassVar[int]
     arrived: _containers.RepeatedScalarFieldContainer[str]
     timed_out: bool
     stopped: str
-    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ..., stopped: _Optional[str] = ...) -> None: ...
+    makeup: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ..., stopped: _Optional[str] = ..., makeup: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("peer", "round", "json")
