@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
 
-.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) bench-gpu flower venv data clean protos
+.PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) bench-gpu bench-compose flower venv data clean protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,14 @@ bench-cf-speed: venv data
 # machine with a GPU (on one without, it measures the CPU)
 bench-gpu: venv data
 	$(PY) bench/gpu_check.py --device $(or $(DEVICE),auto)
+	$(PY) bench/readme.py
+
+# fmnist-10 through docker-compose against `ckd launch` on the same seeds, and peers on their own
+# files against parts (bench/compose_fmnist10.py); writes bench/results/compose_fmnist10.json. Needs
+# root and what `make compose-test` installs, so not part of make bench; about 40 minutes on 2 cores
+bench-compose: venv data
+	docker/compose-test.sh tools
+	$(PY) bench/compose_fmnist10.py --own-data
 	$(PY) bench/readme.py
 
 # fmnist-10 as a Flower app in simulation, 10 SuperNodes (README, "Flower"). The local SuperLink

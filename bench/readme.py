@@ -8,9 +8,9 @@ outside the markers is left alone. Tables: `results` (the headline runs), `priva
 of bench/privacy.py), `faults` (bench/faults.py's scenarios), `cf_speed` (counterfactual
 search speed per teacher, bench/cf_speed.py), `forest_search` (what a forest's two searches
 taught on the digits table, bench/forest_search.py), `gpu_check` (a CNN peer's speed on the
-device there was, bench/gpu_check.py), `scale` (bench/scale.py) and `wire` (bench/wire.py: bytes by kind
-against FedAvg's). A test runs the check, so a README that disagrees with its JSON
-fails CI.
+device there was, bench/gpu_check.py), `scale` (bench/scale.py), `wire` (bench/wire.py: bytes by kind
+against FedAvg's), `dirichlet20` (bench/dirichlet20.py) and `compose` (bench/compose_fmnist10.py).
+A test runs the check, so a README that disagrees with its JSON fails CI.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -314,6 +316,62 @@ def dirichlet20_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def compose_table(results: Path = RESULTS) -> str:
+    """bench/compose_fmnist10.py: fmnist-10 through docker-compose against `ckd launch`, and peers on
+    their own files (docker/compose.owndata.yml) against the same small run on parts."""
+    d = _load("compose_fmnist10", results)
+    lines = [
+        "| run | median accuracy before -> after | missing classes after (median) | examples sent | "
+        "experiment wall time | whole run |",
+        "|---|---|---|---|---|---|",
+    ]
+    if not isinstance(d, dict):
+        return "\n".join(lines)
+
+    def row(name: str, r: dict, whole: str) -> str:
+        missing = [v for v in r.get("missing_class_accuracy_after") or [] if v is not None]
+        missing_text = _pct(float(np.median(missing)) if missing else None)
+        return (
+            f"| {name} | {_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} | "
+            f"{missing_text} | {r['counterfactuals']['sent_with_augmentation']:,} | {r['wall_seconds']:.0f} s | "
+            f"{whole} |"
+        )
+
+    if "compose" in d and "launch" in d:
+        lines.append(
+            row("`docker-compose up`, 10 peer containers", d["compose"], f"{d['compose']['compose_seconds']:.0f} s")
+        )
+        lines.append(row("`ckd launch`, 10 peer processes", d["launch"], "n/a"))
+    own = d.get("own_data")
+    if isinstance(own, dict):
+        size = own["config"]
+        small = f"{size['train_per_peer']} images a peer, {size['rounds']} round"
+        lines.append(row(f"parts (`--part K`), {small}", own["parts"], f"{own['parts']['compose_seconds']:.0f} s"))
+        lines.append(
+            row(
+                f"own files (`compose.owndata.yml`), {small}",
+                own["own_files"],
+                f"{own['own_files']['compose_seconds']:.0f} s",
+            )
+        )
+    lines.append("")
+    said = []
+    if "median_difference_points" in d:
+        said.append(
+            f"compose - launch: {d['median_difference_points']:+.2f} points of median accuracy; every peer's "
+            f"accuracies equal: {'yes' if d.get('per_peer_equal') else 'no'}"
+        )
+    if isinstance(own, dict):
+        by = f" (`{own['command']}`)" if own.get("command") and own["command"] != d.get("command") else ""
+        said.append(f"own files equal parts, peer for peer{by}: {'yes' if own['per_peer_equal'] else 'no'}")
+    if "image" in d:
+        said.append(f"image {d['image']['size_mb'] / 1000:.2f} GB")
+    lines.append(
+        f"Measured {d.get('date', '')[:10]}: `{d['command']}`; {'; '.join(said)}; what else ran: {d.get('load')}."
+    )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "privacy": privacy_table,
@@ -324,6 +382,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "scale": scale_table,
     "wire": wire_table,
     "dirichlet20": dirichlet20_table,
+    "compose": compose_table,
 }
 
 
