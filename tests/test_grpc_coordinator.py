@@ -23,9 +23,8 @@ def certs(tmp_path_factory):
     return d
 
 
-@pytest.fixture
-def coord(certs):
-    c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=1.5)
+def _serving(c: Coordinator, certs) -> tuple:
+    """Serve `c` on a free loopback port: (server, peer id -> its CoordinatorServiceStub, over mTLS)."""
     server, port = serve_coordinator(c, "127.0.0.1:0")
     stubs = {
         p: coordinator_pb2_grpc.CoordinatorServiceStub(
@@ -33,6 +32,13 @@ def coord(certs):
         )
         for p in ("peer-0", "peer-1")
     }
+    return server, stubs
+
+
+@pytest.fixture
+def coord(certs):
+    c = Coordinator(Security.from_dir("coordinator", certs, False), rounds=2, min_peers=2, round_deadline=1.5)
+    server, stubs = _serving(c, certs)
     yield c, stubs
     server.stop(grace=0)
 
@@ -99,13 +105,7 @@ def test_a_peer_skipped_as_a_student_is_owed_a_make_up_round(coord):
 def test_make_up_rounds_stop_at_their_cap_and_can_be_turned_off(certs):
     for cap in (0, 1):
         c = Coordinator(Security.from_dir("coordinator", certs, False), 1, 2, round_deadline=1.0, makeup_rounds=cap)
-        server, port = serve_coordinator(c, "127.0.0.1:0")
-        stubs = {
-            p: coordinator_pb2_grpc.CoordinatorServiceStub(
-                Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")
-            )
-            for p in ("peer-0", "peer-1")
-        }
+        server, stubs = _serving(c, certs)
         try:
             for p, stub in stubs.items():
                 stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
@@ -128,13 +128,7 @@ def test_make_up_rounds_stop_at_their_cap_and_can_be_turned_off(certs):
 
 def test_a_make_up_round_survives_a_coordinator_restart(certs, tmp_path):
     c = Coordinator(Security.from_dir("coordinator", certs, False), 2, 2, round_deadline=1.5, state_dir=tmp_path)
-    server, port = serve_coordinator(c, "127.0.0.1:0")
-    stubs = {
-        p: coordinator_pb2_grpc.CoordinatorServiceStub(
-            Security.from_dir(p, certs, False).channel(f"127.0.0.1:{port}", "coordinator")
-        )
-        for p in ("peer-0", "peer-1")
-    }
+    server, stubs = _serving(c, certs)
     try:
         _skip_peer_1_in_round_1((c, stubs))
         for stage in (pb.STAGE_PUBLISHED, pb.STAGE_TAUGHT, pb.STAGE_DONE):
