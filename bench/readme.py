@@ -43,7 +43,8 @@ def _pct(value: float | None, digits: int = 1) -> str:
 
 def _when(d: dict) -> str:
     load = (d.get("machine") or {}).get("concurrent_load")
-    return "; ".join(x for x in (d.get("date", "")[:10], "beside other work" if load else "") if x) or "n/a"
+    busy = bool(load) and not str(load).startswith("nothing else")
+    return "; ".join(x for x in (d.get("date", "")[:10], "beside other work" if busy else "") if x) or "n/a"
 
 
 def _privacy(d: dict) -> str:
@@ -312,7 +313,12 @@ def dirichlet20_table(results: Path = RESULTS) -> str:
             + " |"
         )
     lines.append("")
-    lines.append(f"Measured {_when(d)}: `{d['command']}`; what else ran: {d['machine'].get('concurrent_load')}.")
+    runs = [
+        f"alpha {alpha}: `{d[alpha].get('command', d['command'])}`"
+        + (f" ({d[alpha]['load']})" if d[alpha].get("load") else "")
+        for alpha in sorted(k for k in d if k.replace(".", "", 1).isdigit())
+    ]
+    lines.append(f"Measured {_when(d)}: {'; '.join(runs)}; last run's load: {d['machine'].get('concurrent_load')}.")
     return "\n".join(lines)
 
 
