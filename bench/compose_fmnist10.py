@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fmnist10 import machine  # noqa: E402
+from grpc_fmnist10 import launch  # noqa: E402
 
 from peer.config import ExperimentConfig  # noqa: E402
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
@@ -82,16 +83,6 @@ def compose(step: str, cfg: ExperimentConfig, results: Path, threads: int, deadl
     if done.returncode != 0:
         raise SystemExit(f"compose_fmnist10: docker/compose-test.sh {step} failed (exit {done.returncode})")
     return done.stderr
-
-
-def launch(cfg: ExperimentConfig, out: Path, threads: int, deadline: float) -> dict:
-    cmd = [sys.executable, "-m", "server.cli", "launch", "--out", str(out), "--threads", str(threads), "--quiet"]
-    cmd += ["--round-deadline", str(deadline)]
-    for k, v in asdict(cfg).items():
-        if v is not None:
-            cmd += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return json.loads((out / "results.json").read_text())
 
 
 def one_results(directory: Path) -> dict:
@@ -212,7 +203,9 @@ def main() -> int:
         if args.launch_from:
             launched = json.loads(args.launch_from.read_text())
         else:
-            launched = launch(cfg, args.work / "launch", args.threads, args.round_deadline)
+            launched, _ = launch(
+                cfg, args.work / "launch", args.threads, ("--round-deadline", str(args.round_deadline))
+            )
         result["launch"] = brief(launched)
         diff = 100 * (composed["median_accuracy_after"] - launched["median_accuracy_after"])
         result["median_difference_points"] = round(diff, 2)

@@ -34,8 +34,10 @@ from server.results import summarise, write_json  # noqa: E402
 SMALL = ("peers", "rounds", "epochs", "retrain_epochs", "train_per_peer", "test_limit", "max_per_student")
 
 
-def launch(cfg: ExperimentConfig, out: Path, threads: int) -> tuple[dict, float]:
+def launch(cfg: ExperimentConfig, out: Path, threads: int, extra: tuple[str, ...] = ()) -> tuple[dict, float]:
+    """`ckd launch` with `cfg` (and `extra` launch flags): its results.json and the seconds it took."""
     cmd = [sys.executable, "-m", "server.cli", "launch", "--out", str(out), "--threads", str(threads), "--quiet"]
+    cmd += extra
     for k, v in asdict(cfg).items():
         if v is not None:
             cmd += ["--" + k.replace("_", "-"), str(v)]

@@ -292,7 +292,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def _in_run(self, round: int) -> bool:
         """A round of the rounds asked (0..rounds), or a make-up round the coordinator decided on."""
-        return 0 <= round <= self.rounds or (round > self.rounds and bool(self.makeup_students(round)))
+        return 0 <= round <= self.rounds or bool(self.makeup_students(round))
 
     @property
     def _outside(self) -> str:

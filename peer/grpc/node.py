@@ -390,25 +390,8 @@ class Node:
                     last = r
                     break
         for r in range(max(done, 0) + 1, last + 1):
-            self.servicer.publish(r, self.peer.snapshot(r))
-            arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
-            if self.coord is not None:
-                self._peer_list()  # a peer that restarted may listen elsewhere now
-            # a peer that was down may be back, maybe at a new address: retry until half the deadline
-            self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
-            taught = teach_students(
-                self.peer,
-                r,
-                arrived,
-                self.transport,
-                deadline=self.transport.deadline,
-                refresh=self._peer_list if self.coord is not None else None,
-                fanout=exp.fanout,
-            )
-            self.transport.deadline = None
+            taught, arrived = self._teach(r)
             taught.skipped = sorted(set(everyone) - set(arrived))
-            self.servicer.taught_round = r
-            self.membership.wait(r, cpb.STAGE_TAUGHT)
             if r == 1:
                 self.gallery = [(rep.student, g) for rep in taught.teach for g in rep.gallery[:1]]
                 self._save_gallery()
@@ -433,30 +416,38 @@ class Node:
             self.membership.wait(last, cpb.STAGE_DONE)
         return self.metrics
 
-    def _makeup_round(self, r: int, students: list[str]) -> None:
-        """A make-up round: every peer publishes and teaches, only `students` (peers skipped as
-        students in an earlier round) are taught and retrain; the others keep their models and
-        report the round with their evaluation unchanged."""
-        exp = self.cfg.experiment
+    def _teach(self, r: int, students: list[str] | None = None) -> tuple[PeerRound, list[str]]:
+        """Publish model r, wait until the round's models are out, teach every peer that arrived in
+        time (of `students` only, when given), wait until all taught. Returns the teaching record
+        and the peers that arrived."""
         self.servicer.publish(r, self.peer.snapshot(r))
         arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
-        self._peer_list()
+        if self.coord is not None:
+            self._peer_list()  # a peer that restarted may listen elsewhere now
+        # a peer that was down may be back, maybe at a new address: retry until half the deadline
         self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
         taught = teach_students(
             self.peer,
             r,
-            [s for s in arrived if s in students],
+            arrived if students is None else [s for s in arrived if s in students],
             self.transport,
             deadline=self.transport.deadline,
-            refresh=self._peer_list,
-            fanout=exp.fanout,
+            refresh=self._peer_list if self.coord is not None else None,
+            fanout=self.cfg.experiment.fanout,
         )
         self.transport.deadline = None
-        taught.skipped = sorted(set(students) - set(arrived))
         self.servicer.taught_round = r
         self.membership.wait(r, cpb.STAGE_TAUGHT)
+        return taught, arrived
+
+    def _makeup_round(self, r: int, students: list[str]) -> None:
+        """A make-up round: every peer publishes and teaches, only `students` (peers skipped as
+        students in an earlier round) are taught and retrain; the others keep their models and
+        report the round with their evaluation unchanged."""
+        taught, arrived = self._teach(r, students)
+        taught.skipped = sorted(set(students) - set(arrived))
         if self.id in students:
-            record = self._train(exp.retrain_epochs, r)
+            record = self._train(self.cfg.experiment.retrain_epochs, r)
         else:
             record = self._keep(r)
         record.merge(taught)
