@@ -102,3 +102,19 @@ def test_a_torch_model_from_a_blob_is_built_on_the_device_asked_for(kind):
     on_meta = learner_from_blob(blob, "meta")
     assert on_meta.device.type == "meta"
     assert {p.device.type for p in on_meta.module.parameters()} == {"meta"}
+
+
+def test_forest_walk_predicts_as_scikit_learn():
+    """The flat walk of the flattened trees gives what scikit-learn's own forest gives, row for row."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from peer.learners.forest import _flatten_forest, _predict
+
+    rng = np.random.default_rng(3)
+    x = rng.random((400, 12), dtype=np.float32)
+    y = (x[:, 0] + x[:, 3] * 2 + rng.normal(0, 0.3, 400) > 1.5).astype(int) + (x[:, 5] > 0.7)
+    forest = RandomForestClassifier(n_estimators=7, max_depth=9, random_state=0).fit(x, y)
+    probe = np.concatenate([x[:50], rng.random((200, 12), dtype=np.float32)])
+    ours = _predict(_flatten_forest(forest, 3), probe)
+    assert np.allclose(ours, forest.predict_proba(probe), atol=1e-6)
+    assert _predict(_flatten_forest(forest, 3), probe[:0]).shape == (0, 3)

@@ -69,6 +69,19 @@ def test_mix_of_two_known_images_is_their_mean():
     np.testing.assert_allclose(st.x[0], (x[0] + x[1]) / 2)
 
 
+def test_mix_starts_are_means_of_distinct_members_of_the_class_also_where_a_class_is_small():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 5, 5), dtype=np.float32)
+    y = np.array([0] * 40 + [1] * 18 + [2] * 2)  # class 2: the instance and one other
+    correct = np.arange(60) % 3 != 0  # pools hold the right ones only: some instances are not in theirs
+    idx = np.array([0, 1, 2, 40, 41, 58, 59])
+    st = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4)
+    for start, members, j in zip(st.x, st.sources, idx):
+        assert members[0] == j and len(set(members.tolist())) == len(members) and (y[members] == y[j]).all()
+        np.testing.assert_allclose(start, x[members].mean(axis=0), rtol=1e-6)
+    assert [len(m) for m in st.sources] == [4, 4, 4, 4, 4, 2, 2]
+
+
 def test_nearest_and_exclude_self():
     ref = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]], np.float32)
     d, i = nearest(np.array([[3.0, 3.0]], np.float32), ref)

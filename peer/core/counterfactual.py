@@ -49,7 +49,7 @@ class CounterfactualConfig:
     start_k: int = 4  # start "mix": instances averaged (the instance and k-1 of its class)
     # a forest: steps in all (at most max_steps) of the gradient-free search for examples neither its
     # line search nor its leaf boxes reach, where some output of the forest can reach the target
-    fallback_steps: int = 20
+    fallback_steps: int = 6
     # a forest: "leaf-box" (its leaf boxes after the line search) or "sampling" (the gradient-free
     # search alone, as for any teacher that can only predict)
     forest_search: str = "leaf-box"
@@ -536,8 +536,8 @@ def dedupe(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if len(x) == 0:
         return np.zeros(0, dtype=np.int64)
     rows = np.ascontiguousarray(x.reshape(len(x), -1))
-    keyed = np.concatenate(
-        [rows.view(np.uint8).reshape(len(x), -1), np.asarray(y, dtype=np.int64).reshape(-1, 1).view(np.uint8)], axis=1
-    )
-    _, first = np.unique(keyed, axis=0, return_index=True)
-    return np.sort(first)
+    labels = np.asarray(y, dtype=np.int64)
+    first: dict[tuple[bytes, int], int] = {}
+    for i in range(len(rows)):  # a dict of row bytes: linear, where sorting the rows (np.unique) is not
+        first.setdefault((rows[i].tobytes(), int(labels[i])), i)
+    return np.fromiter(first.values(), dtype=np.int64, count=len(first))

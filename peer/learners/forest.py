@@ -231,19 +231,23 @@ def _flatten_forest(forest: RandomForestClassifier, n_classes: int) -> dict[str,
 
 
 def _leaves(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """(rows, trees): the leaf each row of x reaches in each tree, all trees walked at once."""
-    rows = np.arange(len(x))[:, None]
-    node = np.broadcast_to(a["roots"][None, :], (len(x), len(a["roots"]))).copy()
+    """(rows, trees): the leaf each row of x reaches in each tree, all trees walked at once.
+
+    Flat over (row, tree) pairs: each level steps only the pairs still at an inner node and drops
+    those that reached a leaf, so the work is the number of nodes visited, not rows x trees x depth."""
+    n, trees = len(x), len(a["roots"])
     left, right, feature, threshold = a["left"], a["right"], a["feature"], a["threshold"]
-    while True:
-        active = left[node] >= 0
-        if not active.any():
-            break
-        r, t = np.nonzero(active)
-        cur = node[r, t]
-        go_left = x[rows[r, 0], feature[cur]] <= threshold[cur]
-        node[r, t] = np.where(go_left, left[cur], right[cur])
-    return node
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.tile(a["roots"], n)  # pair p = row * trees + tree
+    pairs = np.flatnonzero(left[out] >= 0)
+    node = out[pairs]
+    base = (pairs // trees) * (x.shape[1] if x.ndim > 1 else 1)  # offset of the pair's row in flat
+    while len(pairs):
+        node = np.where(flat[base + feature[node]] <= threshold[node], left[node], right[node])
+        inner = left[node] >= 0
+        out[pairs[~inner]] = node[~inner]
+        pairs, node, base = pairs[inner], node[inner], base[inner]
+    return out.reshape(n, trees)
 
 
 def _predict(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

@@ -138,13 +138,21 @@ def mix_starts(
         raise ValueError(f"mix needs k >= 2 instances, got {k}")
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     sources = []
-    for i, j in enumerate(idx):
-        pool = pools[y[j]]
-        others = pool[pool != j]
-        pick = rng.choice(others, min(k - 1, len(others)), replace=False) if len(others) else others
-        members = np.concatenate([[j], np.sort(pick)]).astype(np.int64)
-        starts[i] = x[members].mean(axis=0)
-        sources.append(members)
+    for j in idx:
+        pool = pools[y[j]]  # sorted
+        at = int(np.searchsorted(pool, j))
+        has = at < len(pool) and pool[at] == j
+        n = len(pool) - has  # the others: pool without j
+        # drawn as rng.choice(others, ...) draws (the same indices into the others), without building them
+        pick = rng.choice(n, min(k - 1, n), replace=False) if n else np.zeros(0, dtype=np.int64)
+        if has:
+            pick = pick + (pick >= at)
+        sources.append(np.concatenate([[j], np.sort(pool[pick])]).astype(np.int64))
+    # the means by number of members (k but for classes with fewer instances), each group at once
+    sizes = np.array([len(m) for m in sources], dtype=np.int64)
+    for size in np.unique(sizes):
+        rows = np.flatnonzero(sizes == size)
+        starts[rows] = x[np.stack([sources[i] for i in rows])].mean(axis=1)
     return Starts(starts, sources, np.ones(len(idx), dtype=bool))
 
 
