@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -50,10 +52,22 @@ def pooled(
     return _accuracy(learner, test), _per_class(learner, test)
 
 
+def _fit(client, train: Dataset, part: np.ndarray, epochs: int) -> None:
+    client.fit(as_float(train.x[part]), train.y[part], epochs=epochs)
+
+
 def fedavg(
-    cfg: ExperimentConfig, train: Dataset, test: Dataset, kind: str = "cnn", rounds: int = 10, local_epochs: int = 1
+    cfg: ExperimentConfig,
+    train: Dataset,
+    test: Dataset,
+    kind: str = "cnn",
+    rounds: int = 10,
+    local_epochs: int = 1,
+    workers: int = 1,
 ) -> list[float]:
     """FedAvg: each round every peer trains the global model one epoch; weights averaged by data size.
+    `workers` clients train at once (threads), as ckd's in-process runtime works on its peers; the
+    average is summed in client order either way, so the result does not depend on it.
 
     Returns the global model's test accuracy after each round (the last is FedAvg's result).
     """
@@ -67,9 +81,15 @@ def fedavg(
     for _ in range(rounds):
         state = global_model.module.state_dict()
         avg = {k: torch.zeros_like(v) for k, v in state.items()}
-        for client, part, w in zip(clients, parts, weights):
+        for client in clients:
             client.module.load_state_dict(state)
-            client.fit(as_float(train.x[part]), train.y[part], epochs=local_epochs)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(lambda k: _fit(clients[k], train, parts[k], local_epochs), range(len(clients))))
+        else:
+            for k in range(len(clients)):
+                _fit(clients[k], train, parts[k], local_epochs)
+        for client, w in zip(clients, weights):
             for k, v in client.module.state_dict().items():
                 avg[k] += w * v
         global_model.module.load_state_dict(avg)

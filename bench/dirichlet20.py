@@ -58,7 +58,7 @@ def run_alpha(alpha: float, args: argparse.Namespace) -> dict:
     )
     train, test = load_fashion_mnist(cfg.data_dir)
     print(f"alpha {alpha}: ckd, 20 peers, fan-out {args.fanout or 'all'}, {cfg.rounds} rounds", flush=True)
-    exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test))
+    exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test), workers=args.workers)
     summary = summarise(exp)
     after = [p["accuracy_after"] for p in summary["peers"]]
     before = [p["accuracy_before"] for p in summary["peers"]]
@@ -82,7 +82,7 @@ def run_alpha(alpha: float, args: argparse.Namespace) -> dict:
         flush=True,
     )
     t = time.perf_counter()
-    row["fedavg"] = round(float(fedavg(cfg, train, test)[-1]), 4)
+    row["fedavg"] = round(float(fedavg(cfg, train, test, workers=args.workers)[-1]), 4)
     row["fedavg_wall_seconds"] = round(time.perf_counter() - t, 1)
     print(f"alpha {alpha}: fedavg {row['fedavg']:.4f} in {row['fedavg_wall_seconds']:.0f} s", flush=True)
     local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
@@ -104,6 +104,9 @@ def main() -> int:
     parser.add_argument("--train-per-peer", type=int, default=0, help="examples of each peer's share (0: all)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="peers (and FedAvg's clients) worked on at once, threads of this process"
+    )
     parser.add_argument("--load", default="nothing else", help="what else ran on the machine meanwhile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dirichlet20.json")
     args = parser.parse_args()

@@ -92,6 +92,9 @@ def main() -> int:
         help="release preset (default: ckd's default); another than the default writes fmnist10[_hetero]_PRESET.json",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="peers (and FedAvg's clients) worked on at once, threads of this process"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
     parser.add_argument(
         "--load",
@@ -125,7 +128,7 @@ def main() -> int:
     train, test = load_fashion_mnist(cfg.data_dir)
 
     print(f"CKD run ({cfg.learners}, {cfg.rounds} rounds)...", flush=True)
-    exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test))
+    exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=(train, test), workers=args.workers)
     summary = summarise(exp)
     result = {
         "command": "python bench/fmnist10.py " + shlex.join(sys.argv[1:]),
@@ -161,7 +164,7 @@ def main() -> int:
         timings["pooled"] = time.perf_counter() - t
         print(f"pooled: {pool:.4f}", flush=True)
         t = time.perf_counter()
-        fed = fedavg(cfg, train, test)[-1]
+        fed = fedavg(cfg, train, test, workers=args.workers)[-1]
         timings["fedavg"] = time.perf_counter() - t
         print(f"fedavg: {fed:.4f}", flush=True)
         result["baselines"] = {

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -43,6 +46,24 @@ class InProcessTransport(Transport):
         return self._peer(peer_id).absorb(batch)
 
 
+T = TypeVar("T")
+
+
+def _each(peers: Sequence[Peer], work: Callable[[Peer], T], workers: int) -> list[T]:
+    """work(p) for every peer, in order; `workers` > 1 of them at once, each in a thread of its own.
+    Safe because one peer's work touches no other peer's state but through the transport (a
+    published snapshot, read only, and absorb, which stores under the student's lock), and each
+    peer's random draws are its own: the results are those of one at a time, peer for peer."""
+    if workers <= 1 or len(peers) <= 1:
+        return [work(p) for p in peers]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckd-peer") as pool:
+        return list(pool.map(work, peers))
+
+
+def _ticks(bar: tqdm) -> Callable[[object], None]:
+    return lambda _: bar.update(1)
+
+
 def _bar(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=quiet, leave=False, dynamic_ncols=True)
 
@@ -52,13 +73,20 @@ def _test_x(test_x: np.ndarray | dict[str, np.ndarray], peer: Peer) -> np.ndarra
 
 
 def _train_all(
-    peers: Sequence[Peer], round: int, epochs: int, test_x, test_y: np.ndarray, label: str, quiet: bool
+    peers: Sequence[Peer],
+    round: int,
+    epochs: int,
+    test_x,
+    test_y: np.ndarray,
+    label: str,
+    quiet: bool,
+    workers: int = 1,
 ) -> list[PeerRound]:
-    records = []
-    for p in peers:
+    def train(p: Peer) -> PeerRound:
         with _bar(len(p.training_set()[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
-            records.append(train_step(p, round, epochs, _test_x(test_x, p), test_y, progress=bar.update))
-    return records
+            return train_step(p, round, epochs, _test_x(test_x, p), test_y, progress=bar.update)
+
+    return _each(peers, train, workers)
 
 
 def run_rounds(
@@ -72,6 +100,7 @@ def run_rounds(
     quiet: bool = False,
     fanout: int = 0,
     max_rounds: int = 10,
+    workers: int = 1,
 ) -> RunLog:
     """The whole experiment in this process: round 0 (local training), then rounds until
     peer.round.stop_after says stop (`rounds` of them, or with "auto" until one in which no peer
@@ -79,22 +108,24 @@ def run_rounds(
     peer teaches, then all retrain).
 
     `test_x` may give each peer its own columns (peer id -> inputs). `fanout` K > 0: each student
-    is taught by its K most useful teachers only (peer.core.fanout).
+    is taught by its K most useful teachers only (peer.core.fanout). `workers`: peers that train,
+    and teachers that teach, at once (threads of this process); the results do not depend on it.
     """
     ids = [p.id for p in peers]
-    records = _train_all(peers, 0, epochs, test_x, test_y, "train", quiet)
+    records = _train_all(peers, 0, epochs, test_x, test_y, "train", quiet, workers)
     limit = max_rounds if rounds == "auto" else rounds
     r = 0
     while (stopped := stop_after(r, improved_in(records, r), rounds, max_rounds)) is None:
         r += 1
         for p in peers:
             p.snapshot(r)  # publish
-        taught = {}
         per_student = len(peers) - 1 if fanout <= 0 else min(fanout, len(peers) - 1)
         with _bar(len(peers) * per_student, f"round {r}/{limit} teach", quiet, "pair") as bar:
-            for p in peers:
-                taught[p.id] = teach_students(p, r, ids, transport, on_report=lambda _: bar.update(1), fanout=fanout)
-        retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{limit} retrain", quiet)
+            teach = partial(
+                teach_students, round=r, students=ids, transport=transport, on_report=_ticks(bar), fanout=fanout
+            )
+            taught = dict(zip(ids, _each(peers, teach, workers)))
+        retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{limit} retrain", quiet, workers)
         records += [rec.merge(taught[rec.peer]) for rec in retrained]
     log = RunLog.from_records(records, ids)
     log.stopped = stopped
@@ -106,9 +137,10 @@ def run_experiment(
     quiet: bool = False,
     data: tuple[Dataset, Dataset] | None = None,
     transport: Callable[[list[Peer]], Transport] | None = None,
+    workers: int = 1,
 ) -> Experiment:
     """The whole experiment in this process. `transport`: peers -> Transport (default: calls
-    straight to the peers); closed after the run if it can be."""
+    straight to the peers); closed after the run if it can be. `workers`: peers worked on at once."""
     train, test = data or load_data(cfg)
     test = limit_test(cfg, test)
     peers = build_peers(cfg, train)
@@ -127,6 +159,7 @@ def run_experiment(
             quiet=quiet,
             fanout=cfg.fanout,
             max_rounds=cfg.max_rounds,
+            workers=workers,
         )
     finally:
         getattr(moves, "close", lambda: None)()

@@ -58,6 +58,15 @@ def test_in_process_reference_teaches(in_process):
     assert in_process["counterfactuals"]["made"] > 0 and all(p["received"] > 0 for p in in_process["peers"])
 
 
+def test_in_process_workers_give_the_results_of_one_peer_at_a_time(fmnist, in_process):
+    """Peers trained and teachers teaching in threads at once: the same numbers, peer for peer,
+    with mixed learners too (each kind's own draws stay its own)."""
+    assert_same_results(summarise(run_experiment(CFG, quiet=True, data=fmnist, workers=3)), in_process)
+    mixed = replace(CFG, learners="cnn,mlp,forest")
+    one = summarise(run_experiment(mixed, quiet=True, data=fmnist))
+    assert_same_results(summarise(run_experiment(mixed, quiet=True, data=fmnist, workers=2)), one)
+
+
 def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
     out = tmp_path / "out"
     done = launch(CFG, tmp_path, timeout=240)
@@ -238,6 +247,7 @@ def test_static_peer_list_without_coordinator(fmnist, tmp_path, in_process):
         (["certs", "--out", "{tmp}/o", "--names", "superlink", "--hosts", "10.0.0.5,bad host"], "bad host 'bad host'"),
         (["launch", "--peers", "1", "--out", "{tmp}/o"], "--peers must be at least 2"),
         (["server", "--rounds", "-1", "--insecure", "--out", "{tmp}/s"], "--rounds must be >= 0"),
+        (["demo", "--workers", "0", "--out", "{tmp}/o"], "--threads and --workers must be >= 1"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(argv, message, tmp_path, capsys):

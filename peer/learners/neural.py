@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +21,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# torch's default generator is one per process: initial weights are drawn from it, seeded, under
+# this lock, so learners built at once in several threads (the in-process runtime's workers) each
+# get the weights their seed gives
+_GLOBAL_RNG = threading.Lock()
+
+
 class TorchLearner(Learner):
     """Shared training, prediction and (de)serialisation for torch modules."""
 
@@ -29,7 +36,7 @@ class TorchLearner(Learner):
         super().__init__(input_shape, classes, train)
         self.arch = {**self.default_arch(), **(arch or {})}
         self.device = pick_device(train.device)
-        with torch.random.fork_rng(devices=[]):
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # peers may be built in threads of one process
             torch.manual_seed(train.seed)
             self.module = self.build(self.arch).to(self.device)
         self._generator = torch.Generator().manual_seed(train.seed + 1)
