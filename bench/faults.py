@@ -81,11 +81,11 @@ def machine(load: str) -> dict:
     }
 
 
-def run_scenario(name: str, faults: dict[str, list[str]], root: Path) -> dict:
+def run_scenario(name: str, faults: dict[str, list[str]], root: Path, seed: int = CONFIG.seed) -> dict:
     slow = any(f.endswith(":stop") for fs in faults.values() for f in fs)
     run = FaultRun(
         root,
-        CONFIG,
+        replace(CONFIG, seed=seed),
         faults=faults,
         round_deadline=SLOW_DEADLINE if slow else 120.0,
         resume_when=(lambda r: r.released(1, cpb.STAGE_PUBLISHED) is not None) if slow else None,
@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load", default="nothing else", help="what else ran on the machine during the measurement (recorded)"
     )
+    parser.add_argument(
+        "--noise-seeds",
+        type=int,
+        default=4,
+        help="also run the undisturbed scenario with training and search seeds 1..N (the same split): how far "
+        "the median moves with no fault at all, the yardstick for each scenario's difference (0: none)",
+    )
     args = parser.parse_args(argv)
     names = ["undisturbed", *[n.strip() for n in args.only.split(",") if n.strip() and n.strip() != "undisturbed"]]
     if not args.only:
@@ -142,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"median {result['median_accuracy_after']} in {result['seconds']} s",
                 flush=True,
             )
+        noise: dict[str, float] = {str(CONFIG.seed): scenarios["undisturbed"]["median_accuracy_after"]}
+        for seed in range(1, args.noise_seeds + 1):
+            print(f"undisturbed, seed {seed}...", flush=True)
+            run = run_scenario("undisturbed", {}, Path(tmp) / f"seed{seed}", seed=seed)
+            noise[str(seed)] = run["median_accuracy_after"]
+            print(f"  median {run['median_accuracy_after']} in {run['seconds']} s", flush=True)
     base = scenarios["undisturbed"]["median_accuracy_after"]
     for s in scenarios.values():
         s["undisturbed_median_accuracy_after"] = base
@@ -158,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         "lost": sum(s["lost"] for s in scenarios.values()),
         "read_back_problems": sum(len(s["read_back_problems"]) for s in scenarios.values()),
         "worst_median_difference_points": max((abs(s["median_difference_points"]) for s in faulted), default=None),
+        # no fault, other seeds: the median's own spread, against which a scenario's difference is read
+        "undisturbed_median_by_seed": noise,
+        "undisturbed_seed_spread_points": round(100 * (max(noise.values()) - min(noise.values())), 2),
+        "undisturbed_seed_sd_points": round(100 * statistics.pstdev(noise.values()), 2),
         "fuzz_cases": fuzz.get("fuzz_cases"),
         "crashes": fuzz.get("crashes"),
         "fuzz_source": "bench/results/fuzz.json (python bench/fuzz.py)",
@@ -171,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_per_student": CONFIG.max_per_student,
             "test_limit": CONFIG.test_limit,
             "seed": CONFIG.seed,
+            "noise_seeds": list(range(1, args.noise_seeds + 1)),
             "threads_per_process": 1,
         },
         "wall_seconds": round(time.time() - started, 1),

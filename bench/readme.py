@@ -154,6 +154,15 @@ def faults_table(results: Path = RESULTS) -> str:
             f"{s['lost']} | {s['duplicates']} | {_pct(s['median_accuracy_after'])} "
             f"({_pct(s['undisturbed_median_accuracy_after'])}) | {s['seconds']:.0f} s |"
         )
+    by_seed = d.get("undisturbed_median_by_seed") if isinstance(d, dict) else None
+    if by_seed:
+        lines.append("")
+        lines.append(
+            f"With no fault, the median over seeds {', '.join(by_seed)} (the same split): "
+            + ", ".join(_pct(v) for v in by_seed.values())
+            + f"; a spread of {d['undisturbed_seed_spread_points']:.1f} points "
+            f"(standard deviation {d['undisturbed_seed_sd_points']:.1f})."
+        )
     return "\n".join(lines)
 
 
