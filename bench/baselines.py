@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
 from peer.config import ExperimentConfig
 from peer.data.fashion import Dataset
 from peer.experiment import as_float, partition
+from peer.inprocess import each
 from peer.learners import TrainConfig, make_learner
 
 
@@ -52,10 +51,6 @@ def pooled(
     return _accuracy(learner, test), _per_class(learner, test)
 
 
-def _fit(client, train: Dataset, part: np.ndarray, epochs: int) -> None:
-    client.fit(as_float(train.x[part]), train.y[part], epochs=epochs)
-
-
 def fedavg(
     cfg: ExperimentConfig,
     train: Dataset,
@@ -77,18 +72,14 @@ def fedavg(
     sizes = np.array([len(p) for p in parts], dtype=np.float64)
     weights = sizes / sizes.sum()
     clients = [make_learner(kind, shape, classes, cfg.train(k)) for k in range(len(parts))]
+    local = [(as_float(train.x[part]), train.y[part]) for part in parts]  # each client's data, once
     curve = []
     for _ in range(rounds):
         state = global_model.module.state_dict()
         avg = {k: torch.zeros_like(v) for k, v in state.items()}
         for client in clients:
             client.module.load_state_dict(state)
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(lambda k: _fit(clients[k], train, parts[k], local_epochs), range(len(clients))))
-        else:
-            for k in range(len(clients)):
-                _fit(clients[k], train, parts[k], local_epochs)
+        each(range(len(clients)), lambda k: clients[k].fit(*local[k], epochs=local_epochs), workers)
         for client, w in zip(clients, weights):
             for k, v in client.module.state_dict().items():
                 avg[k] += w * v

@@ -178,6 +178,17 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
     out["within_x_of_floor"] = round(out["floor_per_second"] / max(out["counterfactuals_per_second"], 1e-9), 2)
     if kind == "forest":
         out["compared_with_sampling_search"] = compare_forest(peer, idx[: args.compare_examples])
+        # the same search with the evolution strategy's old budget of 20 steps (--cf-fallback-steps)
+        taught = peer.teach_config
+        peer.teach_config = replace(taught, counterfactual=replace(cc, fallback_steps=20))
+        longer = search(peer, idx, 0)
+        peer.teach_config = taught
+        out["with_20_fallback_steps"] = {
+            "made": longer.counterfactuals,
+            "counterfactuals_per_second": round(rate([longer]), 1),
+            "made_with_default": report.counterfactuals,
+            "default_fallback_steps": cc.fallback_steps,
+        }
     return out
 
 

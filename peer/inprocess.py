@@ -47,17 +47,18 @@ class InProcessTransport(Transport):
 
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
-def _each(peers: Sequence[Peer], work: Callable[[Peer], T], workers: int) -> list[T]:
-    """work(p) for every peer, in order; `workers` > 1 of them at once, each in a thread of its own.
-    Safe because one peer's work touches no other peer's state but through the transport (a
+def each(items: Sequence[U], work: Callable[[U], T], workers: int) -> list[T]:
+    """work(item) for every item, in order; `workers` > 1 of them at once, each in a thread.
+    For peers: one peer's work touches no other peer's state but through the transport (a
     published snapshot, read only, and absorb, which stores under the student's lock), and each
-    peer's random draws are its own: the results are those of one at a time, peer for peer."""
-    if workers <= 1 or len(peers) <= 1:
-        return [work(p) for p in peers]
+    peer's random draws are its own, so the results are those of one at a time, peer for peer."""
+    if workers <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckd-peer") as pool:
-        return list(pool.map(work, peers))
+        return list(pool.map(work, items))
 
 
 def _ticks(bar: tqdm) -> Callable[[object], None]:
@@ -86,7 +87,7 @@ def _train_all(
         with _bar(len(p.training_set()[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
             return train_step(p, round, epochs, _test_x(test_x, p), test_y, progress=bar.update)
 
-    return _each(peers, train, workers)
+    return each(peers, train, workers)
 
 
 def run_rounds(
@@ -124,7 +125,7 @@ def run_rounds(
             teach = partial(
                 teach_students, round=r, students=ids, transport=transport, on_report=_ticks(bar), fanout=fanout
             )
-            taught = dict(zip(ids, _each(peers, teach, workers)))
+            taught = dict(zip(ids, each(peers, teach, workers)))
         retrained = _train_all(peers, r, retrain_epochs, test_x, test_y, f"round {r}/{limit} retrain", quiet, workers)
         records += [rec.merge(taught[rec.peer]) for rec in retrained]
     log = RunLog.from_records(records, ids)

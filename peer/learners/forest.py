@@ -241,7 +241,7 @@ def _leaves(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     out = np.tile(a["roots"], n)  # pair p = row * trees + tree
     pairs = np.flatnonzero(left[out] >= 0)
     node = out[pairs]
-    base = (pairs // trees) * (x.shape[1] if x.ndim > 1 else 1)  # offset of the pair's row in flat
+    base = (pairs // trees) * x.shape[1]  # offset of the pair's row in flat (x: rows x features)
     while len(pairs):
         node = np.where(flat[base + feature[node]] <= threshold[node], left[node], right[node])
         inner = left[node] >= 0

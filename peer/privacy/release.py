@@ -139,15 +139,10 @@ def mix_starts(
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     sources = []
     for j in idx:
-        pool = pools[y[j]]  # sorted
-        at = int(np.searchsorted(pool, j))
-        has = at < len(pool) and pool[at] == j
-        n = len(pool) - has  # the others: pool without j
-        # drawn as rng.choice(others, ...) draws (the same indices into the others), without building them
-        pick = rng.choice(n, min(k - 1, n), replace=False) if n else np.zeros(0, dtype=np.int64)
-        if has:
-            pick = pick + (pick >= at)
-        sources.append(np.concatenate([[j], np.sort(pool[pick])]).astype(np.int64))
+        pool = pools[y[j]]
+        others = pool[pool != j]
+        pick = rng.choice(others, min(k - 1, len(others)), replace=False) if len(others) else others
+        sources.append(np.concatenate([[j], np.sort(pick)]).astype(np.int64))
     # the means by number of members (k but for classes with fewer instances), each group at once
     sizes = np.array([len(m) for m in sources], dtype=np.int64)
     for size in np.unique(sizes):
