@@ -56,7 +56,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         "workers",
         2,
         "peers trained, and teachers teaching, at once (threads of this process; the results are the same "
-        "for any number); on 2 cores 2 workers of 1 torch thread each ran a round 1.7x faster than 1 worker",
+        "for any number)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
