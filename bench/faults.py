@@ -9,7 +9,10 @@ small parts of Fashion-MNIST, 2 rounds) through tests/fault_runs.py: every proce
 on its state directory, a stopped one continued once the round went on without it. Then every
 batch a teacher saw acknowledged (its acked.jsonl) is looked for in its student's SQLite store:
 `lost` were acknowledged and not stored, `duplicates` stored twice (by id or by content). Each
-scenario's final median accuracy stands beside the undisturbed run's on the same seeds.
+scenario's final median accuracy stands beside the undisturbed run's on the same seeds. The
+undisturbed run is repeated with seeds 1..N (--noise-seeds): how far the median moves with no
+fault. The scenarios in --paired (the slow peer's, whose accuracy a fault moves) are repeated
+with the same seeds, and their difference is read seed by seed: its mean and standard deviation.
 `fuzz_cases` and `crashes` are bench/results/fuzz.json's (python bench/fuzz.py).
 """
 
@@ -128,11 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the undisturbed scenario with training and search seeds 1..N (the same split): how far "
         "the median moves with no fault at all, the yardstick for each scenario's difference (0: none)",
     )
+    parser.add_argument(
+        "--paired",
+        default="slow peer",
+        help="comma-separated scenarios also run with each of those seeds, so that their difference from the "
+        "undisturbed run is read seed by seed (paired) rather than against one seed ('' for none)",
+    )
     args = parser.parse_args(argv)
     names = ["undisturbed", *[n.strip() for n in args.only.split(",") if n.strip() and n.strip() != "undisturbed"]]
     if not args.only:
         names = list(SCENARIOS)
-    unknown = [n for n in names if n not in SCENARIOS]
+    paired = [n.strip() for n in args.paired.split(",") if n.strip() and n.strip() in names]
+    unknown = [n for n in names + [n.strip() for n in args.paired.split(",") if n.strip()] if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     command = "python bench/faults.py" + "".join(f" {a}" for a in map(shlex.quote, sys.argv[1:]))
@@ -155,10 +165,24 @@ def main(argv: list[str] | None = None) -> int:
             run = run_scenario("undisturbed", {}, Path(tmp) / f"seed{seed}", seed=seed)
             noise[str(seed)] = run["median_accuracy_after"]
             print(f"  median {run['median_accuracy_after']} in {run['seconds']} s", flush=True)
+            for name in paired:
+                print(f"{name}, seed {seed}...", flush=True)
+                run = run_scenario(name, SCENARIOS[name][1], Path(tmp) / f"seed{seed}-{names.index(name)}", seed=seed)
+                by_seed = scenarios[name].setdefault("median_by_seed", {str(CONFIG.seed): None})
+                by_seed[str(seed)] = run["median_accuracy_after"]
+                lost = scenarios[name].setdefault("other_seeds_lost_duplicated", [0, 0])
+                lost[0], lost[1] = lost[0] + run["lost"], lost[1] + run["duplicates"]
+                print(f"  median {run['median_accuracy_after']} in {run['seconds']} s", flush=True)
     base = scenarios["undisturbed"]["median_accuracy_after"]
     for s in scenarios.values():
         s["undisturbed_median_accuracy_after"] = base
         s["median_difference_points"] = round(100 * (s["median_accuracy_after"] - base), 2)
+        if "median_by_seed" in s:  # seed by seed against the undisturbed run with the same seed
+            s["median_by_seed"][str(CONFIG.seed)] = s["median_accuracy_after"]
+            diffs = {k: round(100 * (v - noise[k]), 2) for k, v in s["median_by_seed"].items()}
+            s["paired_difference_points_by_seed"] = diffs
+            s["paired_difference_mean_points"] = round(statistics.mean(diffs.values()), 2)
+            s["paired_difference_sd_points"] = round(statistics.stdev(diffs.values()), 2) if len(diffs) > 1 else 0.0
     fuzz_path = ROOT / "bench" / "results" / "fuzz.json"
     fuzz = json.loads(fuzz_path.read_text()) if fuzz_path.exists() else {}
     faulted = [s for n, s in scenarios.items() if n != "undisturbed"]
@@ -169,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "batches_stored": sum(s["batches_stored"] for s in scenarios.values()),
         "duplicates": sum(s["duplicates"] for s in scenarios.values()),
         "lost": sum(s["lost"] for s in scenarios.values()),
+        # the paired scenarios' runs with the other seeds: lost and duplicated batches there too
+        "other_seeds_lost_duplicated": [
+            sum(s.get("other_seeds_lost_duplicated", [0, 0])[i] for s in scenarios.values()) for i in (0, 1)
+        ],
         "read_back_problems": sum(len(s["read_back_problems"]) for s in scenarios.values()),
         "worst_median_difference_points": max((abs(s["median_difference_points"]) for s in faulted), default=None),
         # no fault, other seeds: the median's own spread, against which a scenario's difference is read
@@ -189,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             "test_limit": CONFIG.test_limit,
             "seed": CONFIG.seed,
             "noise_seeds": list(range(1, args.noise_seeds + 1)),
+            "paired": paired,
             "threads_per_process": 1,
         },
         "wall_seconds": round(time.time() - started, 1),
@@ -204,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("scenarios", "faults_injected", "lost", "duplicates", "wall_seconds")}))
     ok = result["lost"] == 0 and result["duplicates"] == 0 and result["read_back_problems"] == 0
+    ok = ok and result["other_seeds_lost_duplicated"] == [0, 0]
     return 0 if ok else 1
 
 

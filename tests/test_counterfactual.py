@@ -81,6 +81,31 @@ def test_gradient_counterfactual_moves_toward_target_and_stays_in_range(method):
     assert np.abs(res.x - x).reshape(64, -1).sum(axis=1).mean() < 16 * 0.5
 
 
+@pytest.mark.parametrize("given", ["array", "function"])
+def test_gradient_counterfactual_reports_the_gap_of_what_is_sent(given):
+    """The gap reported is the teacher's at the quantised x' (read off the search's last check
+    where it made one), and targets given as a function of the teacher's own probabilities are
+    the soft targets of its probabilities at the start as it would be sent (on the grid)."""
+    module = _teacher()
+    x = np.random.default_rng(5).random((200, 4, 4), dtype=np.float32)
+    with torch.no_grad():
+        proba = torch.softmax(module(torch.from_numpy(x)), 1).numpy()
+    y = (proba.argmax(axis=1) + np.arange(200) % 2) % 3  # half toward their own class, half another
+    target = soft_targets(proba, y, 0.5)
+    cfg = CounterfactualConfig(batch_size=64)  # several batches: each with its own rows of y
+    if given == "array":
+        res = gradient_counterfactuals(module, x, target, cfg)
+    else:
+        res = gradient_counterfactuals(module, x, lambda p, rows: soft_targets(p, y[rows], 0.5), cfg)
+        with torch.no_grad():
+            on_grid = torch.softmax(module(torch.from_numpy(np.round(x * 255) / 255)), 1).numpy()
+        target = soft_targets(on_grid, y, 0.5)
+    with torch.no_grad():
+        sent = torch.softmax(module(torch.from_numpy(res.x)), 1).numpy()
+    assert np.allclose(res.gap, np.abs(sent - target).max(axis=1), atol=1e-5)
+    assert res.ok.mean() > 0.8 and (res.steps >= 1).all()
+
+
 def test_unreachable_target_is_a_counted_failure():
     module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     with torch.no_grad():
@@ -131,6 +156,61 @@ def test_newton_without_minimum_steps_leaves_examples_at_their_target_alone():
     other = soft_targets(proba, (y + 1) % 3, 0.5)
     moved = gradient_counterfactuals(module, x, other, CounterfactualConfig(min_steps=0))
     assert (moved.steps >= 1).all() and moved.ok.mean() > 0.8
+
+
+def _plain_newton(module, x0, target, cfg):
+    """The Gauss-Newton search without its cost routing: every example still moving is checked by
+    a forward pass of its own at each step, then all that have not reached their target step."""
+    from peer.core.counterfactual import _PROBE, _TRUST, _done, _gap
+
+    log_target = torch.log(target.clamp_min(1e-12))
+    xs, steps = x0.clone(), torch.zeros(len(x0), dtype=torch.int32)
+    with torch.no_grad():
+        gap0 = _gap(torch.softmax(module(x0), dim=1), target)
+    active = torch.arange(len(x0))
+    for t in range(1, cfg.max_steps + 1):
+        if t > cfg.min_steps:
+            with torch.no_grad():
+                gap = _gap(torch.softmax(module(xs[active]), dim=1), target[active])
+            active = active[~_done(gap, gap0[active], cfg)]
+        if len(active) == 0:
+            break
+        xa = xs[active].requires_grad_(True)
+        z = module(xa)
+        r = (log_target[active] - torch.log_softmax(z, dim=1)).detach()
+        r = r - r.mean(dim=1, keepdim=True)
+        zc = z - z.mean(dim=1, keepdim=True)
+        (d,) = torch.autograd.grad((zc * r).sum(), xa)
+        with torch.no_grad():
+            d = d / d.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+            u = module(xa + _PROBE * d)
+            u = (u - u.mean(dim=1, keepdim=True) - zc) / _PROBE
+            length = ((r * u).sum(dim=1) / (u * u).sum(dim=1).clamp_min(1e-12)).clamp_(0.0, _TRUST)
+            xs[active] = (xa + length.view(-1, 1, 1) * d).clamp_(0.0, 1.0)
+            steps[active] = t
+    return xs, steps, gap0
+
+
+@pytest.mark.parametrize("min_steps", [0, 1, 2])
+def test_newton_routing_of_checks_changes_only_their_cost(min_steps):
+    """Which pass checks an example (without gradient when predicted done, else the gradient pass)
+    must not change where any example ends, how many steps it takes or what counts as its start."""
+    from peer.core.counterfactual import _newton_batch
+
+    module = _teacher().double()  # float64: sums in different batch shapes agree to the last bit
+    x = torch.from_numpy(np.random.default_rng(3).random((96, 4, 4))).double()
+    with torch.no_grad():
+        proba = torch.softmax(module(x), 1).numpy()
+    y = np.random.default_rng(4).integers(0, 3, 96)
+    target = torch.from_numpy(soft_targets(proba, y, 0.5))
+    cfg = CounterfactualConfig(min_steps=min_steps, max_steps=12)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    xs, steps, gap0, _, _ = _newton_batch(module, x, target, cfg)
+    want_x, want_steps, want_gap0 = _plain_newton(module, x, target, cfg)
+    assert len(np.unique(steps.numpy())) >= 3  # examples stop after different numbers of steps
+    assert torch.equal(steps, want_steps)
+    assert torch.allclose(xs, want_x, rtol=0, atol=1e-12) and torch.allclose(gap0, want_gap0, rtol=0, atol=1e-12)
 
 
 def test_convolutional_teacher_searches_a_channels_last_copy_of_the_same_function():

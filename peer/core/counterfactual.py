@@ -122,14 +122,17 @@ def _judge(x0, xq, gap_final, gap0, cfg: CounterfactualConfig):
 def gradient_counterfactuals(
     module: torch.nn.Module,
     x: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | Callable[[np.ndarray, slice], np.ndarray],
     cfg: CounterfactualConfig,
     levels: int | None = 255,
     device: torch.device | None = None,
 ) -> CounterfactualResult:
-    """Counterfactuals for a torch teacher, vectorised over the batch, each example stopping on its own."""
+    """Counterfactuals for a torch teacher, vectorised over the batch, each example stopping on its own.
+
+    `target`: y' per example, or a function of the teacher's probabilities at x[rows] and `rows`
+    (a slice) giving their y': the probabilities are then read off the search's own first pass
+    instead of a prediction of their own."""
     device = device or next(module.parameters()).device
-    step = _newton_batch if cfg.method == "newton" else _adam_batch
     module.eval()
     grads = [p.requires_grad for p in module.parameters()]
     for p in module.parameters():
@@ -139,11 +142,21 @@ def gradient_counterfactuals(
     try:
         for start in range(0, len(x), cfg.batch_size):
             x0 = torch.from_numpy(np.ascontiguousarray(x[start : start + cfg.batch_size], dtype=np.float32)).to(device)
-            tgt = torch.from_numpy(target[start : start + cfg.batch_size]).to(device)
-            xs, steps, gap0 = step(search, x0, tgt, cfg)
+            tgt: torch.Tensor | Callable[[np.ndarray], np.ndarray]
+            if callable(target):
+                tgt = _for_rows(target, slice(start, start + len(x0)))
+            else:
+                tgt = torch.from_numpy(target[start : start + cfg.batch_size]).to(device)
+            if cfg.method == "newton":
+                xs, steps, gap0, tgt, gap = _newton_batch(search, x0, tgt, cfg, levels)
+            else:
+                xs, steps, gap0, tgt = _adam_batch(search, x0, tgt, cfg)
+                gap = torch.full((len(x0),), float("nan"), device=device)
             with torch.no_grad():
                 xq = _quantise(xs, levels)
-                gap = _gap(torch.softmax(search(xq), dim=1), tgt)
+                judge = torch.isnan(gap)  # the last point not yet checked as it is sent
+                if judge.any():
+                    gap[judge] = _gap(torch.softmax(search(xq[judge]), dim=1), tgt[judge])
                 moved, ok = _judge(_quantise(x0, levels), xq, gap, gap0, cfg)
             outs.append(
                 CounterfactualResult(
@@ -154,6 +167,16 @@ def gradient_counterfactuals(
         for p, g in zip(module.parameters(), grads):
             p.requires_grad_(g)
     return _concat(outs, x)
+
+
+def _for_rows(target: Callable[[np.ndarray, slice], np.ndarray], rows: slice) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda proba: target(proba, rows)
+
+
+def _targets(target: torch.Tensor | Callable[[np.ndarray], np.ndarray], proba: torch.Tensor) -> torch.Tensor:
+    if not callable(target):
+        return target
+    return torch.from_numpy(np.ascontiguousarray(target(proba.cpu().numpy()), dtype=np.float32)).to(proba.device)
 
 
 def _fast_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -173,55 +196,64 @@ _TRUST = 0.25  # most change of any one input in one step
 
 
 def _newton_batch(
-    module, x0: torch.Tensor, target: torch.Tensor, cfg: CounterfactualConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gauss-Newton steps in logit space; returns x', steps taken and the starting gap.
+    module,
+    x0: torch.Tensor,
+    target: torch.Tensor | Callable[[np.ndarray], np.ndarray],
+    cfg: CounterfactualConfig,
+    levels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gauss-Newton steps in logit space; returns x', steps taken, the starting gap, the targets
+    and the gap at x' where a check found it (NaN where x' moved after its last check).
 
     The logits z(x') should move by r = log y' - log f(x') (centred). Each step goes along
     d = J^T r, the steepest direction for that change, by the length t that best fits
     J(t d) = r, where J d is read off one extra forward pass (a finite difference, exact for a
     ReLU network within one linear region); a trust region caps each step. Minimal-norm steps
     keep x' close to x without a distance term; two to four steps usually reach the target.
+    The iterate itself is kept exact; every pass reads the model at it on the `levels` grid,
+    where it would be sent, so that what is checked is what is sent (and small moves still add up).
 
-    Work is spent on the examples still moving: where the last check stopped many examples,
-    whether an example has reached its target is read off a forward pass without gradient and
-    only those that have not take the gradient pass; where it stopped few, the gradient pass of
-    all serves as the check. Only the examples still moving take the probe.
+    Work is spent on the examples still moving. The same J d predicts, to first order, where
+    each step lands: an example predicted to have reached its target is checked with a forward
+    pass without gradient, and only if it has not does it take the gradient pass; the others go
+    straight to the gradient pass, which serves as their check (those found there to have
+    reached it are dropped after it). Either way an example is checked on the same point, so the
+    prediction decides only what the check costs, never its outcome. Only the examples still
+    moving take the probe.
     """
-    log_target = torch.log(target.clamp_min(1e-12))
     xs = x0.clone()
     steps = torch.zeros(len(x0), dtype=torch.int32, device=x0.device)
     active = torch.arange(len(x0), device=x0.device)
+    likely = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)  # predicted to have reached it
+    checked = torch.full((len(x0),), float("nan"), dtype=x0.dtype, device=x0.device)
     shape = (-1,) + (1,) * (x0.dim() - 1)
     gap0 = torch.zeros(0, device=x0.device)
-    stopped = 0.0  # share of the examples the last check stopped
+    tgt = log_target = torch.zeros(0, device=x0.device)
     for t in range(1, cfg.max_steps + 1):
-        xa = xs[active]
         check = t > cfg.min_steps
-        if check and stopped >= 0.5:  # many stop: check without gradient, then work on the rest
+        if check and bool(likely[active].any()):  # check those likely done without gradient
+            sure = active[likely[active]]
             with torch.no_grad():
-                gap = _gap(torch.softmax(module(xa), dim=1), target[active])
-            if t == 1:
-                gap0 = gap
-            moving = ~_done(gap, gap0[active], cfg)
-            stopped = 1.0 - moving.float().mean().item()
-            active, xa, check = active[moving], xa[moving], False
+                gap = _gap(torch.softmax(module(_quantise(xs[sure], levels)), dim=1), tgt[sure])
+            done = _done(gap, gap0[sure], cfg)
+            checked[sure[done]] = gap[done]
+            active = torch.cat([active[~likely[active]], sure[~done]]).sort().values
             if len(active) == 0:
                 break
-        xa.requires_grad_(True)
+        xa = _quantise(xs[active], levels).requires_grad_(True)
         z = module(xa)
         logp = torch.log_softmax(z, dim=1)
         going: torch.Tensor | None = None
-        if check:  # few stop: the pass with gradient serves the check too
-            gap = _gap(logp.detach().exp(), target[active])
-            if t == 1:
-                gap0 = gap
+        if t == 1:  # all examples: their targets and starting gaps
+            tgt = _targets(target, logp.detach().exp())
+            log_target = torch.log(tgt.clamp_min(1e-12))
+            gap0 = _gap(logp.detach().exp(), tgt)
+        if check:  # the pass with gradient serves as the check of the rest
+            gap = _gap(logp.detach().exp(), tgt[active])
             going = ~_done(gap, gap0[active], cfg)
-            stopped = 1.0 - going.float().mean().item()
+            checked[active[~going]] = gap[~going]
             if not going.any():
                 break
-        elif t == 1:
-            gap0 = _gap(logp.detach().exp(), target)
         r = (log_target[active] - logp).detach()
         r = r - r.mean(dim=1, keepdim=True)
         zc = z - z.mean(dim=1, keepdim=True)
@@ -233,17 +265,22 @@ def _newton_batch(
             u = module(xa + _PROBE * d)
             u = (u - u.mean(dim=1, keepdim=True) - zc) / _PROBE  # J d, by a finite difference
             length = ((r * u).sum(dim=1) / (u * u).sum(dim=1).clamp_min(1e-12)).clamp_(0.0, _TRUST)
-            xs[active] = (xa + length.view(shape) * d).clamp_(0.0, 1.0)
+            xs[active] = (xs[active] + length.view(shape) * d).clamp_(0.0, 1.0)
             steps[active] = t
-    return xs, steps, gap0
+            checked[active] = float("nan")
+            landing = torch.softmax(zc + length.view(-1, 1) * u, dim=1)  # first order, off the grid
+            likely[active] = _done(_gap(landing, tgt[active]), gap0[active], cfg)
+    return xs, steps, gap0, tgt, checked
 
 
 def _adam_batch(
-    module, x0: torch.Tensor, target: torch.Tensor, cfg: CounterfactualConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    module, x0: torch.Tensor, target: torch.Tensor | Callable[[np.ndarray], np.ndarray], cfg: CounterfactualConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper's objective ||f(x') - y'||^2 + lam ||x' - x||_1 by projected Adam."""
     with torch.no_grad():
-        gap0 = _gap(torch.softmax(module(x0), dim=1), target)
+        proba0 = torch.softmax(module(x0), dim=1)
+    target = _targets(target, proba0)
+    gap0 = _gap(proba0, target)
     xs = x0.clone()
     steps = torch.zeros(len(x0), dtype=torch.int32, device=x0.device)
     active = torch.arange(len(x0), device=x0.device)
@@ -266,7 +303,7 @@ def _adam_batch(
             active = active[~done]
         if len(active) == 0:
             break
-    return xs, steps, gap0
+    return xs, steps, gap0, target
 
 
 def search_counterfactuals(

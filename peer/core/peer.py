@@ -589,6 +589,7 @@ class Peer:
         module = None
         if self.learner.differentiable and isinstance(self.learner, TorchLearner):
             module = _FromUnit(self.low, self.high, self.learner.module) if self.features else self.learner.module
+        proba0: np.ndarray | None = None
         if cc.start == "instance":  # the paper: the search starts at the instance itself
             x0, proba0 = space[idx], mine[idx]
         else:
@@ -606,14 +607,16 @@ class Peer:
             )
             report.failed += int((~st.ok).sum())
             idx, x0 = idx[st.ok], st.x[st.ok]
-            proba0 = predict(x0) if len(idx) else mine[:0]
         if len(idx) == 0:
             report.counterfactual_seconds += time.perf_counter() - t0
             return Found.empty(space)
-        target = soft_targets(proba0, self.y[idx], cc.alpha)  # y' from my prediction at the start point
-        if module is not None:
-            res = gradient_counterfactuals(module, x0, target, cc, levels=self.levels)
+        labels = self.y[idx]
+        if module is not None:  # y' from my prediction at the start point, read off the search's first pass
+            res = gradient_counterfactuals(
+                module, x0, lambda p, rows: soft_targets(p, labels[rows], cc.alpha), cc, levels=self.levels
+            )
         else:
+            target = soft_targets(predict(x0) if proba0 is None else proba0, labels, cc.alpha)
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
             if cc.start == "noise":  # data-free: no line search toward a prototype of private data
                 protos = np.full_like(protos, 0.5)
