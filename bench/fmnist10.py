@@ -180,10 +180,10 @@ def main() -> int:
     elif args.baselines_from:
         # local-only, pooled and FedAvg do not depend on what ckd releases: taken from an earlier run
         earlier = json.loads(Path(args.baselines_from).read_text())
-        result["baselines"] = {
+        result["baselines"] = {  # named by the run that measured them, however often copied since
             **earlier["baselines"],
-            "measured_by": earlier.get("command"),
-            "measured_on": earlier.get("date"),
+            "measured_by": earlier["baselines"].get("measured_by", earlier.get("command")),
+            "measured_on": earlier["baselines"].get("measured_on", earlier.get("date")),
         }
     result["peers"] = summary["peers"]
     result["config"] = summary["config"]

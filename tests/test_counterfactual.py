@@ -136,6 +136,31 @@ def test_gradient_free_search_reaches_targets_of_a_step_function():
     assert np.abs(res.x[:20] - x[:20]).sum(axis=1).max() < np.abs(prototypes[1] - x[:20]).sum(axis=1).max()
 
 
+@pytest.mark.parametrize("levels", [255, None])
+def test_gradient_free_search_does_not_depend_on_its_block_size(monkeypatch, levels):
+    """The search takes its candidates a block of examples at a time, its random draws in one
+    fixed order: blocks of one example give exactly what one block of all gives."""
+    import peer.core.counterfactual as cf
+
+    forest = ForestLearner((12,), ("a", "b", "c"), TrainConfig())
+    rng = np.random.default_rng(6)
+    x = rng.random((300, 12), dtype=np.float32)
+    forest.fit(x, (x[:, 0] + x[:, 1] > 1.0).astype(int) + (x[:, 2] > 0.8), seed=0)
+    start = forest.predict_proba(x[:60])
+    target = soft_targets(start, (start.argmax(axis=1) + 1) % 3, 0.5)
+    protos = np.stack([x[:100].mean(axis=0)] * 3)
+    cfg = CounterfactualConfig(max_steps=5)
+
+    def run(block):
+        monkeypatch.setattr(cf, "_block", lambda row_size, elements=1 << 22: block)
+        return search_counterfactuals(forest.predict_proba, x[:60], target, protos, cfg, np.random.default_rng(1), levels)
+
+    whole, one = run(10_000), run(1)
+    assert whole.failed < 60 and (whole.steps > 1).any()  # the evolution strategy ran
+    for field in ("x", "ok", "moved", "steps", "gap"):
+        assert np.array_equal(getattr(whole, field), getattr(one, field)), field
+
+
 def test_dedupe_keeps_first_of_each_input_label_pair():
     x = np.array([[1, 2], [1, 2], [3, 4], [1, 2], [3, 4]], dtype=np.uint8)
     y = np.array([0, 0, 0, 1, 0])

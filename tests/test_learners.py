@@ -118,3 +118,32 @@ def test_forest_walk_predicts_as_scikit_learn():
     ours = _predict(_flatten_forest(forest, 3), probe)
     assert np.allclose(ours, forest.predict_proba(probe), atol=1e-6)
     assert _predict(_flatten_forest(forest, 3), probe[:0]).shape == (0, 3)
+
+
+def test_compiled_trees_reach_the_leaves_of_the_arrays_own_walk():
+    """scikit-learn's compiled walk, rebuilt from the arrays, predicts bit for bit as the arrays'
+    own walk (NaN inputs included); arrays it cannot take exactly fall back to that walk."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from peer.learners.forest import ForestLearner, _flatten_forest, _predict, compiled_trees
+
+    rng = np.random.default_rng(4)
+    x = rng.random((300, 20), dtype=np.float32)
+    y = (x[:, 1] + x[:, 7] > 1.0).astype(int) + 2 * (x[:, 3] > 0.8)
+    a = _flatten_forest(RandomForestClassifier(n_estimators=9, max_depth=12, random_state=1).fit(x, y), 4)
+    trees = compiled_trees(a, 20, 4)
+    assert trees is not None and len(trees) == 9
+    probe = np.concatenate([x[:40], rng.random((300, 20), dtype=np.float32)])
+    probe[::7, 3] = np.nan
+    probe[::5, 1] = a["threshold"][a["feature"] == 1][:1]  # on a threshold: left, as x <= t
+    assert np.array_equal(_predict(a, probe, trees), _predict(a, probe))
+    # trees out of order, or a node shared by two trees: not one block per tree
+    shuffled = {**a, "roots": a["roots"][::-1].copy()}
+    assert compiled_trees(shuffled, 20, 4) is None
+    shared = {k: v.copy() for k, v in a.items()}
+    inner = np.flatnonzero(shared["left"] >= 0)
+    shared["left"][inner[0]] = a["roots"][-1]  # tree 0 points into the last tree's block
+    assert compiled_trees(shared, 20, 4) is None
+    learner = ForestLearner((20,), ("a", "b", "c", "d"), TrainConfig())
+    learner.arrays = shared
+    assert np.array_equal(learner.predict_proba(probe), _predict(shared, probe))  # the arrays' walk
