@@ -163,6 +163,17 @@ def faults_table(results: Path = RESULTS) -> str:
             + f"; a spread of {d['undisturbed_seed_spread_points']:.1f} points "
             f"(standard deviation {d['undisturbed_seed_sd_points']:.1f})."
         )
+    for name, s in (d.get("by_scenario", {}) if isinstance(d, dict) else {}).items():
+        diffs = s.get("paired_difference_points_by_seed")
+        if diffs:
+            lines.append("")
+            lines.append(
+                f"{name[0].upper() + name[1:]}, seed by seed against the undisturbed run with the same seed "
+                f"({', '.join(diffs)}): "
+                + ", ".join(f"{v:+.2f}" for v in diffs.values())
+                + f" points; mean {s['paired_difference_mean_points']:+.2f} "
+                f"(standard deviation {s['paired_difference_sd_points']:.2f})."
+            )
     return "\n".join(lines)
 
 

@@ -153,7 +153,8 @@ def test_gradient_free_search_does_not_depend_on_its_block_size(monkeypatch, lev
 
     def run(block):
         monkeypatch.setattr(cf, "_block", lambda row_size, elements=1 << 22: block)
-        return search_counterfactuals(forest.predict_proba, x[:60], target, protos, cfg, np.random.default_rng(1), levels)
+        rng = np.random.default_rng(1)
+        return search_counterfactuals(forest.predict_proba, x[:60], target, protos, cfg, rng, levels)
 
     whole, one = run(10_000), run(1)
     assert whole.failed < 60 and (whole.steps > 1).any()  # the evolution strategy ran

@@ -109,6 +109,11 @@ def _quantise(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     return x if levels is None else torch.round(x * levels) / levels
 
 
+def _on_grid_copy(x: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """`_quantise` of a tensor the caller owns (an indexed copy), in place: no temporaries."""
+    return x if levels is None else x.mul_(levels).round_().div_(levels)
+
+
 def _gap(proba: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (proba - target).abs().amax(dim=1)
 
@@ -234,13 +239,13 @@ def _newton_batch(
         if check and bool(likely[active].any()):  # check those likely done without gradient
             sure = active[likely[active]]
             with torch.no_grad():
-                gap = _gap(torch.softmax(module(_quantise(xs[sure], levels)), dim=1), tgt[sure])
+                gap = _gap(torch.softmax(module(_on_grid_copy(xs[sure], levels)), dim=1), tgt[sure])
             done = _done(gap, gap0[sure], cfg)
             checked[sure[done]] = gap[done]
             active = torch.cat([active[~likely[active]], sure[~done]]).sort().values
             if len(active) == 0:
                 break
-        xa = _quantise(xs[active], levels).requires_grad_(True)
+        xa = _on_grid_copy(xs[active], levels).requires_grad_(True)
         z = module(xa)
         logp = torch.log_softmax(z, dim=1)
         going: torch.Tensor | None = None
