@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     names = ["undisturbed", *[n.strip() for n in args.only.split(",") if n.strip() and n.strip() != "undisturbed"]]
     if not args.only:
         names = list(SCENARIOS)
-    paired = [n.strip() for n in args.paired.split(",") if n.strip() and n.strip() in names]
-    unknown = [n for n in names + [n.strip() for n in args.paired.split(",") if n.strip()] if n not in SCENARIOS]
+    asked = [n.strip() for n in args.paired.split(",") if n.strip()]
+    paired = [n for n in asked if n in names]
+    unknown = [n for n in names + asked if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     command = "python bench/faults.py" + "".join(f" {a}" for a in map(shlex.quote, sys.argv[1:]))

@@ -147,3 +147,29 @@ def test_compiled_trees_reach_the_leaves_of_the_arrays_own_walk():
     learner = ForestLearner((20,), ("a", "b", "c", "d"), TrainConfig())
     learner.arrays = shared
     assert np.array_equal(learner.predict_proba(probe), _predict(shared, probe))  # the arrays' walk
+
+
+def test_a_process_that_only_receives_forests_never_imports_scikit_learn():
+    """Predicting with a forest from a blob walks its arrays; scikit-learn (about 90 MB a process)
+    is loaded only where a forest is fitted, and its compiled walk used only there."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from peer.learners import TrainConfig
+from peer.learners.base import learner_from_blob
+from peer.learners.forest import ForestLearner
+f = ForestLearner((2,), ("a", "b"), TrainConfig())
+f.arrays = {
+    "roots": np.array([0], dtype=np.int32), "left": np.array([1, -1, -1], dtype=np.int32),
+    "right": np.array([2, -1, -1], dtype=np.int32), "feature": np.array([0, 0, 0], dtype=np.int32),
+    "threshold": np.array([0.5, 0.0, 0.0]), "value": np.array([[0.5, 0.5], [1, 0], [0, 1]], dtype=np.float32),
+}
+got = learner_from_blob(f.to_blob()).predict_proba(np.array([[0.2, 0.0], [0.9, 0.0]], dtype=np.float32))
+assert got.argmax(axis=1).tolist() == [0, 1], got
+print("sklearn" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

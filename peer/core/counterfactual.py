@@ -248,13 +248,14 @@ def _newton_batch(
         xa = _on_grid_copy(xs[active], levels).requires_grad_(True)
         z = module(xa)
         logp = torch.log_softmax(z, dim=1)
+        proba = logp.detach().exp()
         going: torch.Tensor | None = None
         if t == 1:  # all examples: their targets and starting gaps
-            tgt = _targets(target, logp.detach().exp())
+            tgt = _targets(target, proba)
             log_target = torch.log(tgt.clamp_min(1e-12))
-            gap0 = _gap(logp.detach().exp(), tgt)
+            gap0 = _gap(proba, tgt)
         if check:  # the pass with gradient serves as the check of the rest
-            gap = _gap(logp.detach().exp(), tgt[active])
+            gap = _gap(proba, tgt[active])
             going = ~_done(gap, gap0[active], cfg)
             checked[active[~going]] = gap[~going]
             if not going.any():
@@ -314,14 +315,16 @@ def _adam_batch(
 def search_counterfactuals(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | Callable[[np.ndarray], np.ndarray],
     prototypes: np.ndarray,
     cfg: CounterfactualConfig,
     rng: np.random.Generator,
     levels: int | None = 255,
     boxes: LeafBoxes | None = None,
 ) -> CounterfactualResult:
-    """Derivative-free counterfactuals for any teacher that can only predict.
+    """Derivative-free counterfactuals for any teacher that can only predict. `target`: y' per
+    example, or a function of the teacher's probabilities at x giving y' (read off the search's
+    own prediction at x, which it makes anyway).
 
     With a forest's `boxes`, what the line search toward the prototype does not reach goes on
     through the forest's leaf boxes (`leaf_box_counterfactuals`) from the line search's best point,
@@ -339,11 +342,10 @@ def search_counterfactuals(
     shape = x.shape[1:]
     dim = int(np.prod(shape))
     x0 = x.reshape(n, dim).astype(np.float32)
-    tgt = target.astype(np.float32)
-    gap0 = np.abs(predict_proba(x) - tgt).max(axis=1)
+    proba0 = predict_proba(x)
+    tgt = (target(proba0) if callable(target) else target).astype(np.float32)
+    gap0 = np.abs(proba0 - tgt).max(axis=1)
     goal = np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol)
-    q = (lambda a: np.round(a * levels) / levels) if levels is not None else (lambda a: a)
-
     # 1. line search toward the prototype of each example's own class, a block of examples at a time
     pop = cfg.population
     s = np.linspace(0.0, 1.0, pop + 1, dtype=np.float32)[1:]
@@ -421,7 +423,7 @@ def search_counterfactuals(
         active = active[np.abs(best_proba[active] - tgt[active]).max(axis=1) > goal[active]]
 
     gap = np.abs(predict_proba(best.reshape(n, *shape)) - tgt).max(axis=1)
-    moved = (best != q(x0)).any(axis=1)
+    moved = (best != _quantised(x0, levels)).any(axis=1)
     return CounterfactualResult(best.reshape(n, *shape), moved & (gap <= goal), moved, steps, gap)
 
 
@@ -437,6 +439,15 @@ def _quantise_into(a: np.ndarray, levels: int | None) -> None:
         a *= levels
         np.round(a, out=a)
         a /= levels
+
+
+def _quantised(a: np.ndarray, levels: int | None) -> np.ndarray:
+    """`a` on the `levels` grid (a copy; `a` itself where there is no grid)."""
+    if levels is None:
+        return a
+    out = a.copy()
+    _quantise_into(out, levels)
+    return out
 
 
 def _on_grid(low: np.ndarray, high: np.ndarray, levels: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -529,13 +540,13 @@ def leaf_box_counterfactuals(
     n = len(x)
     shape = x.shape[1:]
     d = int(np.prod(shape))
-    q = (lambda a: np.round(a * levels) / levels) if levels is not None else (lambda a: a)
     x0 = x.reshape(n, d).astype(np.float32)
     tgt = target.astype(np.float32)
     gap0 = np.abs(predict_proba(x) - tgt).max(axis=1)
     if goal is None:  # else the gap each example must reach, from a search before this one
         goal = np.maximum(gap0 * cfg.rel_tol, cfg.abs_tol)
-    start = np.concatenate([q(x0), np.zeros((n, 1), np.float32)], axis=1).astype(np.float32)  # + dummy column
+    # + a dummy column
+    start = np.concatenate([_quantised(x0, levels), np.zeros((n, 1), np.float32)], axis=1).astype(np.float32)
     best = start.copy()
     ok = np.zeros(n, dtype=bool)
     steps = np.zeros(n, dtype=np.int32)

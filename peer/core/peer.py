@@ -616,7 +616,12 @@ class Peer:
                 module, x0, lambda p, rows: soft_targets(p, labels[rows], cc.alpha), cc, levels=self.levels
             )
         else:
-            target = soft_targets(predict(x0) if proba0 is None else proba0, labels, cc.alpha)
+            # y' from my prediction at the start point: the search's own prediction at x0 where not known
+            target = (
+                soft_targets(proba0, labels, cc.alpha)
+                if proba0 is not None
+                else (lambda p: soft_targets(p, labels, cc.alpha))
+            )
             protos = self.to_unit(self.prototypes()) if self.features else self.prototypes()
             if cc.start == "noise":  # data-free: no line search toward a prototype of private data
                 protos = np.full_like(protos, 0.5)
