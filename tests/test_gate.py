@@ -49,11 +49,34 @@ def test_flips_into_a_lacking_class_are_excused_up_to_what_that_class_could_brin
     pred[:12] = 9  # 12 rows now predicted as the lacking class
     pred[12:15] = 8  # 3 rows now another held class
     right_after = pred == np.repeat(np.arange(9), 10)
-    assert lacking_credit(pred, right_before, right_after, [9], 10) == (12, 10)
-    assert lacking_credit(pred, right_before, right_after, [], 10) == (0, 0)
+    rows = np.r_[np.full(9, 10), 0]
+    assert lacking_credit(pred, right_before, right_after, rows, rows > 0) == (12, 10)
+    # every class held (class 9 by training rows only, none in the slice): as unseen as a lacking one,
+    # excused up to an average of the ten held classes' rows (9)
+    assert lacking_credit(pred, right_before, right_after, rows, np.ones(10, bool)) == (12, 9)
     b, c, harmful = paired_harm(right_before, right_after, 2.0, excused=10)
     assert (b, c, harmful) == (15, 0, False)  # 15 - 10 <= 2 sqrt(15)
     assert paired_harm(right_before, right_after, 2.0)[2]  # the same flips, no class lacking: harmful
+
+
+def test_flips_into_a_scarcely_held_class_are_excused_like_a_lacking_one():
+    """A label-skewed slice: classes 0 and 1 with 40 rows each, class 2 with 4 (under half the
+    average of 24.75), class 3 with 15 (over half). Flips into class 2 are excused up to the 20
+    rows it lacks to an average held class; flips into class 3 never."""
+    truth = np.repeat(np.arange(4), [40, 40, 4, 15])
+    held = np.ones(4, bool)
+    rows = np.bincount(truth, minlength=4)
+    pred = truth.copy()
+    pred[:30] = 2  # 30 rows of class 0 now predicted as the scarce class
+    pred[40:45] = 3  # 5 rows of class 1 now the class held well enough to be weighed
+    assert lacking_credit(pred, np.ones(99, bool), pred == truth, rows, held) == (30, 20)
+    pred[:30] = 0
+    assert lacking_credit(pred, np.ones(99, bool), pred == truth, rows, held) == (0, 0)
+    # a balanced slice has no scarce class: nothing excused, as before
+    even = np.repeat(np.arange(4), 25)
+    flipped = even.copy()
+    flipped[:10] = 3
+    assert lacking_credit(flipped, np.ones(100, bool), flipped == even, np.bincount(even), held) == (0, 0)
 
 
 def _batch(sender, round, labels, seq=0):

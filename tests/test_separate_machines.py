@@ -160,9 +160,10 @@ def test_peers_on_separate_machines_equal_the_loopback_run(lan, sites, loopback,
 class LinkCut:
     """Unplugs `host` from the bridge once the coordinator released the round-1 `published` barrier
     (teaching has begun: every peer is about to pull the others' models), and plugs it back once it
-    was out `least` seconds and every other site logged a failed call to it, or after `most` seconds
-    (under the coordinator's 30 s heartbeat timeout: a peer silent longer is no longer waited for).
-    `watch()` is called while the run goes on."""
+    was out `least` seconds and every other site logged a failed call to it, or after `most` seconds.
+    The coordinator must wait for a peer silent that long: its heartbeat timeout is to exceed `most`
+    by more than a heartbeat's interval and call timeout (5 s and 10 s), else it releases the round
+    without the cut peer and the run ends without its metrics. `watch()` is called while the run goes on."""
 
     def __init__(self, lan: Lan, host: str, state: Path, logs: Path, least: float = 6.0, most: float = 25.0) -> None:
         self.lan, self.host, self.state, self.logs = lan, host, state, logs
@@ -225,7 +226,8 @@ def test_a_peer_cut_off_mid_round_finishes_as_the_undisturbed_run(lan, sites, lo
         coordinator,
         {s.id: f"{ADDRESSES[s.id]}:{PEER_PORT}" for s in SITES},
         prefix,
-        coordinator_args=["--state-dir", str(state)],
+        # a cut of up to 25 s plus the heartbeat that was due: well inside 90 s, never taken for a lost peer
+        coordinator_args=["--state-dir", str(state), "--heartbeat-timeout", "90"],
         watch=cut.watch,
     )
     print(f"site-c cut off for {cut.seconds} s: {accuracies(results)} in {time.monotonic() - t:.1f} s")

@@ -12,8 +12,9 @@ the harm it can see on held classes:
     harmful?  paired test on the same validation rows before and after the round:
               b = right before and wrong after, c = wrong before and right after,
               harm when b - c - e > z sqrt(b + c) (a McNemar-style test; z = 2 by default),
-              e = rows flipped into a class I lack, up to the rows such a class would have
-              (learning a missing class takes some held rows; the slice cannot see its gain)
+              e = rows flipped into a class I lack (or hold too scarcely for the slice to weigh
+              it), up to the rows it lacks to an average held class (learning such a class
+              takes some held rows; the slice cannot see its gain)
     if harm:  refit without the most suspect teacher (all its examples of the round),
     if harm:  refit with only the examples of classes the peer lacks (still without that teacher),
     if harm:  keep the model of before the round and refuse all of the round's examples.
@@ -79,15 +80,21 @@ def improved(b: int, c: int, z: float) -> bool:
 
 
 def lacking_credit(
-    pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray, lacking: list[int], classes: int
+    pred_after: np.ndarray, right_before: np.ndarray, right_after: np.ndarray, rows: np.ndarray, held: np.ndarray
 ) -> tuple[int, int]:
-    """(flips into lacking classes, credit): validation rows that went right -> a class I lack are
-    the price of learning it, whose gain my slice cannot see; they are excused up to the most that
-    class could bring back, as many rows as an average held class has in my slice
-    (len(slice) * lacking / held)."""
-    into = int((right_before & ~right_after & np.isin(pred_after, lacking)).sum())
-    held = classes - len(lacking)
-    most = int(len(pred_after) * len(lacking) // held) if held > 0 else 0
+    """(flips into classes my slice cannot weigh, credit). `rows[c]`: validation rows of class c;
+    `held[c]`: whether I hold class c at all. My slice cannot weigh a class I lack, nor one I hold
+    so scarcely that it has under half an average held class's rows there (a label-skewed peer
+    holding a few rows of a class joins to learn it as much as a class it lacks). Validation rows
+    that went right -> such a class are the price of learning it, whose gain my slice cannot see;
+    they are excused up to the rows it lacks to an average held class: len(slice) / held - rows[c]
+    each (len(slice) * lacking / held in all when only lacking classes count)."""
+    n, h = len(pred_after), int(held.sum())
+    if h == 0:
+        return 0, 0
+    unseen = ~held | (rows * 2 * h < n)  # rows[c] < (n / h) / 2
+    into = int((right_before & ~right_after & np.isin(pred_after, np.flatnonzero(unseen))).sum())
+    most = int(int((n - h * rows[unseen]).sum()) // h)
     return into, min(into, most)
 
 

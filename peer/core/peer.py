@@ -360,6 +360,8 @@ class Peer:
                 for b in batches
             ):
                 plans.append(("lacking classes only", only))
+        val_rows = np.bincount(self.val_y, minlength=len(self.classes))
+        held_mask = np.isin(np.arange(len(self.classes)), np.unique(self.y))
         before = copy.deepcopy(self.learner)
         right_before = before.predict(self.val_x) == self.val_y
         report.accuracy_before = float(right_before.mean())
@@ -370,9 +372,7 @@ class Peer:
             self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
             pred_after = self.learner.predict(self.val_x)
             right_after = pred_after == self.val_y
-            into, excused = lacking_credit(
-                pred_after, right_before, right_after, [self.classes.index(c) for c in lacking], len(self.classes)
-            )
+            into, excused = lacking_credit(pred_after, right_before, right_after, val_rows, held_mask)
             worse, better, harmful = paired_harm(right_before, right_after, self.gate.z, excused)
             report.tries.append(
                 {
