@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     print(f"coordinator listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     try:
         wait_finished(coordinator, args.idle_timeout)
+        wait_reports(coordinator, args.round_deadline)
         exp, extra = coordinator.results()
         write_results(out, exp, "grpc", extra)
     finally:
@@ -190,6 +192,21 @@ def wait_finished(coordinator, idle_timeout: float, check=None) -> None:
                 f"no peer called the coordinator for {idle_timeout:g} s (rounds reported: "
                 f"{', '.join(map(str, done)) or 'none'}); nothing written"
             )
+
+
+def wait_reports(coordinator, grace: float, check=None) -> None:
+    """After the run's last barrier: up to `grace` seconds for the reports still missing from peers
+    that are alive (one slower than the last round's deadline reports after the run went on without
+    it). A peer that never reports is left out of the results and named there (`incomplete`)."""
+    end = time.monotonic() + grace
+    told = False
+    while (late := coordinator.missing_reports()) and time.monotonic() < end:
+        if not told:
+            print(f"waiting up to {grace:g} s for the last reports of {', '.join(late)}", file=sys.stderr, flush=True)
+            told = True
+        if check is not None:
+            check()
+        time.sleep(0.5)
 
 
 def _peer_command(
@@ -285,6 +302,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                     )
 
         wait_finished(coordinator, args.idle_timeout, check)
+        wait_reports(coordinator, args.round_deadline, check)
         for p in procs:
             p.wait(timeout=120)
         exp, extra = coordinator.results({p: state / p for p in ids})

@@ -372,6 +372,24 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self._save()
         return pb.MetricsReply()
 
+    def missing_reports(self) -> list[str]:
+        """Peers of the run still heard from (within `heartbeat_timeout`) that have not reported every
+        round yet or not come to the last barrier (where they learn that the run ended): a peer
+        slower than the last barrier's deadline does both after the run went on without it ([]
+        while the run goes on)."""
+        last = self.last_round()
+        if last is None:
+            return []
+        now = time.time()
+        with self._cond:
+            final = self.barriers[(last, pb.STAGE_DONE)]
+            return sorted(
+                p
+                for p in (self.participants or self.peers)
+                if (not set(range(last + 1)) <= set(self.metrics.get(p, {})) or p not in final.arrived + final.late)
+                and now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout
+            )
+
     def given_up(self) -> str | None:
         """Why the run cannot go on here, once every registered peer was told so (or `heartbeat_timeout`
         seconds after the first was: the others may never call again); None while it can, or until then."""

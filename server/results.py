@@ -260,8 +260,13 @@ def table(summary: dict) -> str:
     for s in summary.get("skipped", []):
         where = f"{s['peer']}" if "peer" in s else f"barrier {s.get('stage')}"
         lines.append(f"skipped: round {s['round']} ({where}) went on without {', '.join(s['skipped'])}")
+    for i in summary.get("incomplete", []):
+        lines.append(
+            f"incomplete: {i['peer']} reported rounds {', '.join(map(str, i['rounds_reported'])) or 'none'} "
+            "of the run and no more; left out of the results"
+        )
     if summary.get("status") == "degraded":
-        lines.append("status: degraded (see errors and skipped in results.json)")
+        lines.append("status: degraded (see errors, skipped and incomplete in results.json)")
     return "\n".join(lines)
 
 
@@ -357,7 +362,7 @@ def write_results(
     summary = summarise(exp)
     summary["transport"] = transport
     summary.update(extra or {})
-    if summary.get("skipped"):
+    if summary.get("skipped") or summary.get("incomplete"):
         summary["status"] = "degraded"
     with staged_output(out) as stage:
         write_json(stage / "results.json", summary)
@@ -390,16 +395,21 @@ def experiment_from_reports(
     `rounds` is the last round run; `asked` what the coordinator was asked for (default: `rounds`),
     `stopped` why it stopped (peer.round.stop_after).
 
-    Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers).
+    A peer that did not report every round (lost for good before the end) is left out and named
+    under "incomplete"; a UsageError when no peer reported every round.
+
+    Returns the Experiment and results.json entries only a gRPC run has (wire, skipped barriers,
+    incomplete peers).
     """
 
     def order(p: str) -> tuple[int, str]:
         part = metrics[p].get(0, {}).get("about", {}).get("part", 0)
         return (part if isinstance(part, int) else 1 << 30, p)  # peers on their own data (no part) by id
 
-    ids = sorted(metrics, key=order)
-    incomplete = [p for p in ids if sorted(metrics[p]) != list(range(rounds + 1))]
-    if incomplete:
+    everyone = sorted(metrics, key=order)
+    incomplete = [p for p in everyone if not set(range(rounds + 1)) <= set(metrics[p])]
+    ids = [p for p in everyone if p not in incomplete]
+    if not ids:
         raise UsageError(f"no metrics for every round from {', '.join(incomplete)}")
     about = {p: metrics[p][0]["about"] for p in ids}
     own_data = any(a.get("own_data") for a in about.values())
@@ -421,6 +431,8 @@ def experiment_from_reports(
     )
     exp = Experiment(ExperimentConfig(**config), kinds, missing, log, wall or 0.0, classes, peer_classes=peer_classes)
     extra: dict = {"wire": wire_summary(metrics, ids, rounds)}
+    if incomplete:  # peers that never reported a round of the run (lost for good): left out, named
+        extra["incomplete"] = [{"peer": p, "rounds_reported": sorted(metrics[p])} for p in incomplete]
     if own_data:
         extra["experiment"] = "own-data"
     return exp, extra

@@ -10,13 +10,16 @@ run reproduces it exactly, tests/test_grpc_run.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 
+from peer.grpc.tls import Security
 from peer.inprocess import run_experiment
 from protos.ckd.v1 import coordinator_pb2 as cpb
-from server.results import summarise
+from server.coordinator import Coordinator
+from server.results import summarise, write_results
 from tests.fault_runs import CFG, FaultRun, Outcome, audit
 
 pytestmark = pytest.mark.faults
@@ -143,3 +146,42 @@ def test_peer_slower_than_the_round_deadline_is_skipped_and_rejoins(tmp_path):
     assert [g["round"] for g in by_peer["peer-2"]["gate_by_round"]] == [1, 2, 3]
     a = audit(outcome)
     assert a.problems == [] and a.lost == 0 and a.duplicates == 0 and a.stored == a.acknowledged > 0, a
+
+
+@pytest.mark.faults
+def test_a_peer_slower_than_the_last_rounds_deadline_is_waited_for(tmp_path):
+    """peer-2 stops (SIGSTOP) as it writes its report of round 1, the last, and is continued only
+    once the round-1 done barrier went on without it: the coordinator, which has heard from it
+    within its heartbeat timeout, waits for its report and for it to come to the last barrier, and
+    the results hold every peer, the barrier that went on without peer-2 recorded."""
+    run = FaultRun(
+        tmp_path,
+        faults={"peer-2": ["metrics:2:stop"]},
+        round_deadline=20,
+        resume_when=lambda run: run.released(1, cpb.STAGE_DONE) is not None,
+    )
+    outcome = run.run()
+    assert outcome.kills == [] and len(outcome.stops) == 1 and "metrics" in outcome.stops[0]
+    barrier = run.released(1, cpb.STAGE_DONE)
+    assert barrier is not None and barrier["timed_out"] and "peer-2" not in barrier["arrived"]
+    results = outcome.results
+    assert [p["id"] for p in results["peers"]] == ["peer-0", "peer-1", "peer-2"] and "incomplete" not in results
+    assert any(s["round"] == 1 and s["skipped"] == ["peer-2"] for s in results["skipped"]), results["skipped"]
+    assert all(len(p["accuracy_by_round"]) == 2 for p in results["peers"])
+    a = audit(outcome)
+    assert a.problems == [] and a.lost == 0 and a.duplicates == 0 and a.stored == a.acknowledged > 0, a
+    # had peer-2 never reported round 1, the results would hold the others and name it, not be lost
+    state = json.loads((tmp_path / "state" / "coordinator" / "coordinator.json").read_text())
+    del state["metrics"]["peer-2"]["1"]
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "coordinator.json").write_text(json.dumps(state))
+    coordinator = Coordinator(Security("coordinator"), 1, 3, state_dir=lost)
+    exp, extra = coordinator.results()
+    assert extra["incomplete"] == [{"peer": "peer-2", "rounds_reported": [0]}]
+    summary = write_results(tmp_path / "lost-out", exp, "grpc", extra, quiet=True)
+    assert summary["status"] == "degraded" and [p["id"] for p in summary["peers"]] == ["peer-0", "peer-1"]
+    assert summary["incomplete"] == extra["incomplete"]
+    for p in summary["peers"]:  # their accuracies as the full run reported them (peer-2's teaching is not told)
+        full = next(q for q in results["peers"] if q["id"] == p["id"])
+        assert p["accuracy_by_round"] == full["accuracy_by_round"] and p["per_class_after"] == full["per_class_after"]
