@@ -109,6 +109,12 @@ class ExperimentConfig:
         "others of its class), prototype (class mean plus jitter), noise (steered uniform noise, data-free)",
     )
     cf_start_k: int = option(4, "with --cf-start mix: instances averaged (>= 2)")
+    cf_start_cross: int = option(
+        0,
+        "with --cf-start mix: how many of the k-1 others come from the class the student takes the instance "
+        "for (under k/2), so that the start sits between the two classes, where the student errs (0: all of "
+        "the instance's class)",
+    )
     min_distance: float = option(
         1.0,
         "send nothing closer to a private example p than this fraction of p's distance to its nearest other "
@@ -273,6 +279,7 @@ class ExperimentConfig:
             fallback_steps=self.cf_fallback_steps,
             start=self.cf_start,
             start_k=self.cf_start_k,
+            start_cross=self.cf_start_cross,
         )
 
     def teach(self) -> TeachConfig:

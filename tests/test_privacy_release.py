@@ -82,6 +82,31 @@ def test_mix_starts_are_means_of_distinct_members_of_the_class_also_where_a_clas
     assert [len(m) for m in st.sources] == [4, 4, 4, 4, 4, 2, 2]
 
 
+def test_cross_mix_draws_members_of_the_class_the_student_confuses_and_keeps_the_plain_draws_without():
+    """cross 1 of a mix of 4: the instance, 2 of its class, 1 of the class the student takes it for;
+    where the student is right about a row, all 3 from its own class; a class of 2 gives its other
+    instance and the cross one. cross 0 draws exactly what the plain mix draws."""
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 5, 5), dtype=np.float32)
+    y = np.array([0] * 30 + [1] * 28 + [2] * 2)
+    correct = np.ones(60, bool)
+    confused = np.where(y == 0, 1, 0)  # the student takes class 0 for 1 and everything else for 0
+    confused[5] = 0  # ... but gets row 5 right
+    idx = np.array([0, 1, 5, 30, 58])
+    st = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=1)
+    for start, members, j in zip(st.x, st.sources, idx):
+        assert members[0] == j and len(set(members.tolist())) == len(members) == (3 if j == 58 else 4)
+        np.testing.assert_allclose(start, x[members].mean(axis=0), rtol=1e-6)
+        mine = int((y[members] == y[j]).sum())
+        assert mine == {5: 4, 58: 2}.get(j, 3), (j, members)
+        assert (y[members][y[members] != y[j]] == confused[j]).all()
+    plain = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4)
+    zero = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=0)
+    assert [m.tolist() for m in plain.sources] == [m.tolist() for m in zero.sources]
+    with pytest.raises(ValueError):  # the instance's class keeps the majority
+        start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=2)
+
+
 def test_nearest_and_exclude_self():
     ref = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]], np.float32)
     d, i = nearest(np.array([[3.0, 3.0]], np.float32), ref)

@@ -520,25 +520,27 @@ class Peer:
         student = learner_from_blob(student_blob, self.learner.train_config.device)
         batches: list[ExampleBatch] = []
         if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
-            idx = self._select(student, report, rng)
-            released = self._search_and_release(idx, report, rng) if len(idx) else None
+            idx, confused = self._select(student, report, rng)
+            released = self._search_and_release(idx, report, rng, confused) if len(idx) else None
             if released is not None:
                 batches = self._encode(student_id, round, student, *released, report, rng)
         report.seconds = time.perf_counter() - start
         return batches, report
 
-    def _select(self, student: Learner, report: TeachReport, rng: np.random.Generator) -> np.ndarray:
-        """R_{i->j}: my instances I get right and the student gets wrong (capped by max_per_student)."""
+    def _select(self, student: Learner, report: TeachReport, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """R_{i->j}: my instances I get right and the student gets wrong (capped by
+        max_per_student), and per private row the class the student takes it for."""
         cfg = self.teach_config
-        idx = np.flatnonzero(qualified_mask(self.own_proba(), self._student_proba(student), self.y))
+        theirs = self._student_proba(student)
+        idx = np.flatnonzero(qualified_mask(self.own_proba(), theirs, self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:
             idx = np.sort(rng.choice(idx, cfg.max_per_student, replace=False))
         report.attempted = len(idx)
-        return idx
+        return idx, theirs.argmax(axis=1)
 
     def _search_and_release(
-        self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator
+        self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator, confused: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Search and release for instances `idx`; those whose x' the min-distance filter dropped are
         searched again from fresh random starts, up to `release_tries` searches in all. What is sent is
@@ -553,7 +555,7 @@ class Peer:
         for attempt in range(tries):
             if attempt:
                 report.retried += len(pending)
-            found = self._search(pending, report, rng)
+            found = self._search(pending, report, rng, confused)
             steps.append(found.steps)
             if len(found.y) == 0:
                 break
@@ -575,9 +577,12 @@ class Peer:
             return None
         return out_x, out_y, out_src
 
-    def _search(self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator) -> Found:
+    def _search(
+        self, idx: np.ndarray, report: TeachReport, rng: np.random.Generator, confused: np.ndarray | None = None
+    ) -> Found:
         """x' per selected instance from its start point: the distinct successes, each with its start
-        and instance, and the steps of every search made."""
+        and instance, and the steps of every search made. `confused`: per private row the class the
+        student takes it for (mix starts with start_cross)."""
         cc = self.teach_config.counterfactual
         t0 = time.perf_counter()
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
@@ -604,6 +609,8 @@ class Peer:
                 k=cc.start_k,
                 module=module,
                 predict_proba=predict,
+                confused=confused,
+                cross=cc.start_cross if confused is not None else 0,
             )
             report.failed += int((~st.ok).sum())
             idx, x0 = idx[st.ok], st.x[st.ok]

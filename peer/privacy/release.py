@@ -8,7 +8,8 @@ search space (images in [0, 1]; a table's columns scaled to its own [min, max], 
 - start points (`start_points`): where the search starts for each qualified instance
     instance    x itself (the paper)
     mix         the mean of k >= 2 correctly classified instances of x's class: x and k-1 others
-                drawn with the teacher's rng
+                drawn with the teacher's rng (with `cross`, that many of the others from the
+                class the student takes x for: a start between the two classes)
     prototype   the class prototype (mean of the class's correctly classified instances) plus a
                 small Gaussian jitter so that starts differ
     noise       uniform noise steered by the teacher's model toward x's class (data-free)
@@ -130,18 +131,37 @@ def class_pools(y: np.ndarray, correct: np.ndarray, classes: int) -> list[np.nda
 
 
 def mix_starts(
-    x: np.ndarray, y: np.ndarray, idx: np.ndarray, pools: list[np.ndarray], k: int, rng: np.random.Generator
+    x: np.ndarray,
+    y: np.ndarray,
+    idx: np.ndarray,
+    pools: list[np.ndarray],
+    k: int,
+    rng: np.random.Generator,
+    confused: np.ndarray | None = None,
+    cross: int = 0,
 ) -> Starts:
     """Mean of instance idx[i] and k-1 other instances of its class drawn from `pools` without
-    replacement (fewer when the pool is smaller)."""
+    replacement (fewer when the pool is smaller).
+
+    `cross` > 0 (with `confused`, per private row the class the student takes it for): `cross` of
+    the k-1 are drawn from the class the student takes idx[i] for instead, so that the mix sits
+    between that class and its own, where the student errs (x's class keeps the majority: 2 cross < k).
+    Where the student takes it for its own class, or that class has too few instances, all come
+    from its own class."""
     if k < 2:
         raise ValueError(f"mix needs k >= 2 instances, got {k}")
+    if cross < 0 or 2 * cross >= k or (cross and confused is None):
+        raise ValueError(f"a mix of {k} takes 0 <= cross < k / 2 instances of the confused class, got {cross}")
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     sources = []
     for j in idx:
         pool = pools[y[j]]
         others = pool[pool != j]
-        pick = rng.choice(others, min(k - 1, len(others)), replace=False) if len(others) else others
+        c = int(confused[j]) if cross and confused is not None else int(y[j])
+        n_cross = cross if c != y[j] and len(pools[c]) >= cross else 0
+        pick = rng.choice(others, min(k - 1 - n_cross, len(others)), replace=False) if len(others) else others
+        if n_cross:
+            pick = np.concatenate([pick, rng.choice(pools[c], n_cross, replace=False)])
         sources.append(np.concatenate([[j], np.sort(pick)]).astype(np.int64))
     # the means by number of members (k but for classes with fewer instances), each group at once
     sizes = np.array([len(m) for m in sources], dtype=np.int64)
@@ -229,11 +249,14 @@ def start_points(
     k: int = 4,
     module: torch.nn.Module | None = None,
     predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
+    confused: np.ndarray | None = None,
+    cross: int = 0,
 ) -> Starts:
     """Start points of the search for private instances `idx` of (x, y) in search space.
 
     `correct`: which private rows the teacher classifies right (mix and prototype use only those
     of each class). `module` / `predict_proba`: the teacher's model in search space (noise mode).
+    `confused` / `cross`: mix only, see mix_starts.
     """
     if mode == "instance":
         return Starts(
@@ -242,7 +265,7 @@ def start_points(
             np.ones(len(idx), dtype=bool),
         )
     if mode == "mix":
-        return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng)
+        return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng, confused, cross)
     if mode == "prototype":
         return prototype_starts(x, y, idx, class_pools(y, correct, classes), rng)
     if mode == "noise":
