@@ -22,6 +22,7 @@ KNOBS = {
     "privacy": "guarded",
     "cf_start": "mix",
     "cf_start_k": 4,
+    "cf_start_cross": 1,
     "min_distance": 1.0,
     "min_distance_action": "push",
     "noise_scale": 0.0,
@@ -103,8 +104,12 @@ def test_cross_mix_draws_members_of_the_class_the_student_confuses_and_keeps_the
     plain = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4)
     zero = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=0)
     assert [m.tolist() for m in plain.sources] == [m.tolist() for m in zero.sources]
-    with pytest.raises(ValueError):  # the instance's class keeps the majority
-        start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=2)
+    # the instance's class keeps the majority: a mix of 4 takes at most 1, a mix of 2 none
+    two = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, cross=2)
+    assert [m.tolist() for m in two.sources] == [m.tolist() for m in st.sources]
+    pair = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=2, confused=confused, cross=1)
+    plain_pair = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=2)
+    assert [m.tolist() for m in pair.sources] == [m.tolist() for m in plain_pair.sources]
 
 
 def test_nearest_and_exclude_self():
@@ -242,6 +247,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
     paper = {
         "cf_start": "instance",
         "cf_start_k": 4,
+        "cf_start_cross": 0,
         "min_distance": 0.0,
         "min_distance_action": "drop",
         "noise_scale": 0.0,

@@ -145,13 +145,14 @@ def mix_starts(
 
     `cross` > 0 (with `confused`, per private row the class the student takes it for): `cross` of
     the k-1 are drawn from the class the student takes idx[i] for instead, so that the mix sits
-    between that class and its own, where the student errs (x's class keeps the majority: 2 cross < k).
-    Where the student takes it for its own class, or that class has too few instances, all come
-    from its own class."""
+    between that class and its own, where the student errs; at most (k - 1) // 2 of them, so that
+    x's class keeps the majority (none in a mix of 2). Where the student takes it for its own class,
+    or that class has too few instances, all come from its own class."""
     if k < 2:
         raise ValueError(f"mix needs k >= 2 instances, got {k}")
-    if cross < 0 or 2 * cross >= k or (cross and confused is None):
-        raise ValueError(f"a mix of {k} takes 0 <= cross < k / 2 instances of the confused class, got {cross}")
+    if cross < 0 or (cross and confused is None):
+        raise ValueError(f"cross must be >= 0 and come with the classes the student takes rows for, got {cross}")
+    cross = min(cross, (k - 1) // 2)
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     sources = []
     for j in idx:
