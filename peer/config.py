@@ -100,9 +100,8 @@ class ExperimentConfig:
         "example, out of every private example's reach, and sent if the teacher still gives it its class, "
         "else searched again from a new mix, up to 4 searches), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
-        "--cf-start, --cf-start-k, --cf-start-cross, --min-distance, --min-distance-action, --noise-scale and "
-        "--release-tries "
-        "unless given",
+        "--cf-start, --cf-start-k, --cf-start-cross, --cf-start-pool, --min-distance, --min-distance-action, "
+        "--noise-scale and --release-tries unless given",
     )
     cf_start: str = option(
         "mix",
@@ -115,6 +114,12 @@ class ExperimentConfig:
         "with --cf-start mix: how many of the k-1 others come from the class the student takes the instance "
         "for, so that the start sits between the two classes, where the student errs; at most (k-1)/2, the "
         "instance's class keeps the majority (0: all of the instance's class)",
+    )
+    cf_start_pool: str = option(
+        "alike",
+        "with --cf-start mix: where the others of the instance's class come from: alike (those the student "
+        "takes for the same class as the instance, where there are enough: a mix of instances it errs on the "
+        "same way, not the class's middle) or class (any the teacher gets right)",
     )
     min_distance: float = option(
         1.0,
@@ -281,6 +286,7 @@ class ExperimentConfig:
             start=self.cf_start,
             start_k=self.cf_start_k,
             start_cross=self.cf_start_cross,
+            start_pool=self.cf_start_pool,
         )
 
     def teach(self) -> TeachConfig:
@@ -318,6 +324,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "cf_start": "instance",
         "cf_start_k": 4,
         "cf_start_cross": 0,
+        "cf_start_pool": "class",
         "min_distance": 0.0,
         "min_distance_action": "drop",
         "noise_scale": 0.0,
@@ -333,11 +340,14 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
     # (bench/results/unmix.json: 5% of members found at 1% FPR, none under a mix of 4). One of the 3
     # others comes from the class the student takes the instance for: a start between the two classes,
     # where the student errs (fmnist-10: every missing class learnt better, 27-92% -> 36-94%, median
-    # 85.0% -> 85.6%, what is sent no nearer private data: median distance 4.32 -> 4.39)
+    # 85.0% -> 85.6%, what is sent no nearer private data: median distance 4.32 -> 4.39). The others
+    # of the instance's class are those the student errs on the same way (alike): the mix stays where
+    # the student errs instead of at the class's middle
     "guarded": {
         "cf_start": "mix",
         "cf_start_k": 4,
         "cf_start_cross": 1,
+        "cf_start_pool": "alike",
         "min_distance": 1.0,
         "min_distance_action": "push",
         "noise_scale": 0.0,

@@ -23,6 +23,7 @@ KNOBS = {
     "cf_start": "mix",
     "cf_start_k": 4,
     "cf_start_cross": 1,
+    "cf_start_pool": "alike",
     "min_distance": 1.0,
     "min_distance_action": "push",
     "noise_scale": 0.0,
@@ -110,6 +111,38 @@ def test_cross_mix_draws_members_of_the_class_the_student_confuses_and_keeps_the
     pair = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=2, confused=confused, cross=1)
     plain_pair = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=2)
     assert [m.tolist() for m in pair.sources] == [m.tolist() for m in plain_pair.sources]
+
+
+def test_alike_mix_draws_its_class_members_from_rows_the_student_errs_on_the_same_way():
+    """alike: a mix's others of the instance's class are rows the student takes for the same class
+    as the instance; where too few are alike, any of the class; without alike, the plain draw."""
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 5, 5), dtype=np.float32)
+    y = np.array([0] * 25 + [1] * 25 + [2] * 10)
+    correct = np.ones(60, bool)
+    confused = np.where(y == 0, 1, 0)  # class 0 taken for 1 (rows 0-9 for 2 instead) ...
+    confused[:10] = 2
+    confused[25:27] = 2  # ... and of class 1 only rows 25 and 26 for 2, the rest for 0
+    idx = np.array([0, 3, 12, 25, 40])
+    rng1 = np.random.default_rng(1)
+    st = start_points("mix", x, y, idx, correct, 3, rng1, k=4, confused=confused, cross=0, alike=True)
+    for start, members, j in zip(st.x, st.sources, idx):
+        assert members[0] == j and len(set(members.tolist())) == 4 and (y[members] == y[j]).all()
+        np.testing.assert_allclose(start, x[members].mean(axis=0), rtol=1e-6)
+        if j != 25:  # row 25 has 1 alike other of the 3 it needs: drawn from all of class 1
+            assert (confused[members] == confused[j]).all(), (j, members)
+    assert not (confused[st.sources[3]] == 2).all()
+    # with one from the class the student takes it for, the other two of its class still alike
+    rng1 = np.random.default_rng(1)
+    both = start_points("mix", x, y, idx, correct, 3, rng1, k=4, confused=confused, cross=1, alike=True)
+    for members, j in zip(both.sources, idx[:3]):
+        own = members[y[members] == y[j]]
+        assert len(own) == 3 and (confused[own] == confused[j]).all() and (y[members] == confused[j]).sum() == 1
+    plain = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4)
+    off = start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, confused=confused, alike=False)
+    assert [m.tolist() for m in plain.sources] == [m.tolist() for m in off.sources]
+    with pytest.raises(ValueError):
+        start_points("mix", x, y, idx, correct, 3, np.random.default_rng(1), k=4, alike=True)
 
 
 def test_nearest_and_exclude_self():
@@ -248,6 +281,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "cf_start": "instance",
         "cf_start_k": 4,
         "cf_start_cross": 0,
+        "cf_start_pool": "class",
         "min_distance": 0.0,
         "min_distance_action": "drop",
         "noise_scale": 0.0,

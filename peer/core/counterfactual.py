@@ -48,6 +48,9 @@ class CounterfactualConfig:
     start: str = "instance"  # where the search starts: instance (the paper), mix, prototype, noise
     start_k: int = 4  # start "mix": instances averaged (the instance and k-1 of its class)
     start_cross: int = 0  # start "mix": of the k-1, this many of the class the student takes x for (<= (k-1)//2)
+    # start "mix": the others of x's class drawn from all of it ("class") or from those the student
+    # takes for the same class as x where there are enough ("alike")
+    start_pool: str = "class"
     # a forest: steps in all (at most max_steps) of the gradient-free search for examples neither its
     # line search nor its leaf boxes reach, where some output of the forest can reach the target
     fallback_steps: int = 6
@@ -68,7 +71,7 @@ class CounterfactualConfig:
             raise UsageError(f"unknown counterfactual method {self.method!r}; choose from {', '.join(METHODS)}")
         if not 0.0 < self.rel_tol <= 1.0:
             raise UsageError(f"rel_tol must be in (0, 1], got {self.rel_tol}")
-        from peer.privacy.release import START_MODES
+        from peer.privacy.release import START_MODES, START_POOLS
 
         if self.start not in START_MODES:
             raise UsageError(f"unknown counterfactual start {self.start!r}; choose from {', '.join(START_MODES)}")
@@ -78,6 +81,8 @@ class CounterfactualConfig:
             raise UsageError(f"fallback_steps must be >= 1, got {self.fallback_steps}")
         if self.start_k < 2:
             raise UsageError(f"start_k (instances averaged by start mix) must be >= 2, got {self.start_k}")
+        if self.start_pool not in START_POOLS:
+            raise UsageError(f"unknown start pool {self.start_pool!r}; choose from {', '.join(START_POOLS)}")
         if self.start_cross < 0:
             raise UsageError(
                 f"start_cross (members of a mix from the confused class) must be >= 0, got {self.start_cross}"

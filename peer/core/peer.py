@@ -582,7 +582,7 @@ class Peer:
     ) -> Found:
         """x' per selected instance from its start point: the distinct successes, each with its start
         and instance, and the steps of every search made. `confused`: per private row the class the
-        student takes it for (mix starts with start_cross)."""
+        student takes it for (mix starts with start_cross or start_pool alike)."""
         cc = self.teach_config.counterfactual
         t0 = time.perf_counter()
         # tables: search in [0, 1] = my own per-feature [min, max], so nothing sent leaves that box
@@ -611,6 +611,7 @@ class Peer:
                 predict_proba=predict,
                 confused=confused,
                 cross=cc.start_cross if confused is not None else 0,
+                alike=cc.start_pool == "alike" and confused is not None,
             )
             report.failed += int((~st.ok).sum())
             idx, x0 = idx[st.ok], st.x[st.ok]

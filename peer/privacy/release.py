@@ -9,7 +9,8 @@ search space (images in [0, 1]; a table's columns scaled to its own [min, max], 
     instance    x itself (the paper)
     mix         the mean of k >= 2 correctly classified instances of x's class: x and k-1 others
                 drawn with the teacher's rng (with `cross`, that many of the others from the
-                class the student takes x for: a start between the two classes)
+                class the student takes x for: a start between the two classes; with `alike`,
+                the others of x's class from those the student takes for the same class as x)
     prototype   the class prototype (mean of the class's correctly classified instances) plus a
                 small Gaussian jitter so that starts differ
     noise       uniform noise steered by the teacher's model toward x's class (data-free)
@@ -32,6 +33,7 @@ import torch
 from peer.privacy.measures import nearest_ratio, nearest_ratio_index
 
 START_MODES = ("instance", "mix", "prototype", "noise")
+START_POOLS = ("class", "alike")  # where a mix's others of x's class come from (mix_starts, `alike`)
 PROTOTYPE_JITTER = 0.03  # std of the Gaussian jitter added to a class prototype start
 STEER_STEPS = 10  # gradient steps that steer a noise start toward its class
 STEER_STEP = 0.1  # largest change of one input in one steering step
@@ -139,9 +141,15 @@ def mix_starts(
     rng: np.random.Generator,
     confused: np.ndarray | None = None,
     cross: int = 0,
+    alike: bool = False,
 ) -> Starts:
     """Mean of instance idx[i] and k-1 other instances of its class drawn from `pools` without
     replacement (fewer when the pool is smaller).
+
+    `alike` (with `confused`): the others of x's class are drawn from those of its pool the student
+    takes for the same class as x (for x the student gets wrong: instances it errs on the same way),
+    so that the mix stays where the student errs instead of at the class's middle; from the whole
+    pool where fewer than needed are alike.
 
     `cross` > 0 (with `confused`, per private row the class the student takes it for): `cross` of
     the k-1 are drawn from the class the student takes idx[i] for instead, so that the mix sits
@@ -150,16 +158,21 @@ def mix_starts(
     or that class has too few instances, all come from its own class."""
     if k < 2:
         raise ValueError(f"mix needs k >= 2 instances, got {k}")
-    if cross < 0 or (cross and confused is None):
-        raise ValueError(f"cross must be >= 0 and come with the classes the student takes rows for, got {cross}")
+    if cross < 0 or ((cross or alike) and confused is None):
+        raise ValueError(
+            f"cross must be >= 0, and cross or alike come with the classes the student takes rows for, got {cross}"
+        )
     cross = min(cross, (k - 1) // 2)
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     sources = []
     for j in idx:
         pool = pools[y[j]]
         others = pool[pool != j]
-        c = int(confused[j]) if cross and confused is not None else int(y[j])
+        c = int(confused[j]) if confused is not None and (cross or alike) else int(y[j])
         n_cross = cross if c != y[j] and len(pools[c]) >= cross else 0
+        if alike and confused is not None:
+            same = others[confused[others] == c]
+            others = same if len(same) >= k - 1 - n_cross else others
         pick = rng.choice(others, min(k - 1 - n_cross, len(others)), replace=False) if len(others) else others
         if n_cross:
             pick = np.concatenate([pick, rng.choice(pools[c], n_cross, replace=False)])
@@ -252,12 +265,13 @@ def start_points(
     predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
     confused: np.ndarray | None = None,
     cross: int = 0,
+    alike: bool = False,
 ) -> Starts:
     """Start points of the search for private instances `idx` of (x, y) in search space.
 
     `correct`: which private rows the teacher classifies right (mix and prototype use only those
     of each class). `module` / `predict_proba`: the teacher's model in search space (noise mode).
-    `confused` / `cross`: mix only, see mix_starts.
+    `confused` / `cross` / `alike`: mix only, see mix_starts.
     """
     if mode == "instance":
         return Starts(
@@ -266,7 +280,7 @@ def start_points(
             np.ones(len(idx), dtype=bool),
         )
     if mode == "mix":
-        return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng, confused, cross)
+        return mix_starts(x, y, idx, class_pools(y, correct, classes), k, rng, confused, cross, alike)
     if mode == "prototype":
         return prototype_starts(x, y, idx, class_pools(y, correct, classes), rng)
     if mode == "noise":
