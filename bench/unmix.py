@@ -1,4 +1,4 @@
-"""Can a receiver unmix what a mix start sends? Two fmnist-10 peers, five release settings.
+"""Can a receiver unmix what a mix start sends? Two fmnist-10 peers, six release settings.
 
     python bench/unmix.py      # -> bench/results/unmix.json (minutes on 2 cores)
 
@@ -34,12 +34,14 @@ from peer.privacy.attacks import distance_attack, unmix_attack  # noqa: E402
 from server.results import write_json  # noqa: E402
 
 GUARDED = PRIVACY_PRESETS["guarded"]
+CLASS = {**GUARDED, "cf_start_pool": "class"}
 SETTINGS = {
-    "mix 4, filter, 1 search": {**GUARDED, "cf_start_k": 4, "cf_start_cross": 0, "release_tries": 1},
-    "mix 4, filter, 4 searches": {**GUARDED, "cf_start_k": 4, "cf_start_cross": 0, "release_tries": 4},
-    "mix 4 with 1 across, filter, 4 searches (guarded)": {**GUARDED, "cf_start_k": 4, "cf_start_cross": 1},
-    "mix 2, filter, 4 searches": {**GUARDED, "cf_start_k": 2, "release_tries": 4},
-    "mix 2, no filter": {**GUARDED, "cf_start_k": 2, "min_distance": 0.0, "release_tries": 1},
+    "mix 4, filter, 1 search": {**CLASS, "cf_start_k": 4, "cf_start_cross": 0, "release_tries": 1},
+    "mix 4, filter, 4 searches": {**CLASS, "cf_start_k": 4, "cf_start_cross": 0, "release_tries": 4},
+    "mix 4 with 1 across, filter, 4 searches": {**CLASS, "cf_start_k": 4, "cf_start_cross": 1},
+    "mix 4 with 1 across, alike, filter, 4 searches (guarded)": dict(GUARDED),
+    "mix 2, filter, 4 searches": {**CLASS, "cf_start_k": 2, "release_tries": 4},
+    "mix 2, no filter": {**CLASS, "cf_start_k": 2, "min_distance": 0.0, "release_tries": 1},
 }
 
 

@@ -131,6 +131,11 @@ class ExperimentConfig:
         "with --min-distance and a random start (mix, prototype, noise): searches per instance; an instance "
         "whose x' the filter dropped is searched again from a fresh start (a new mix), up to this many times",
     )
+    cf_starts: int = option(
+        1,
+        "with a random start (mix, prototype, noise): starts searched per qualified instance, each a fresh "
+        "draw (a new mix), so that each teacher sends more; for a student taught by few teachers (--fanout)",
+    )
     min_distance_action: str = option(
         "push",
         "with --min-distance: what happens to a counterfactual nearer a private example p than allowed: drop "
@@ -236,6 +241,8 @@ class ExperimentConfig:
             raise UsageError("--batch-size must be >= 1 and --lr > 0")
         if self.release_tries < 1:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
+        if self.cf_starts < 1:
+            raise UsageError(f"--cf-starts must be >= 1, got {self.cf_starts}")
         if self.fanout < 0:
             raise UsageError(f"--fanout must be 0 (every peer teaches every other) or >= 1, got {self.fanout}")
         if self.augment_copies < 0 or self.max_per_student < 0 or self.train_per_peer < 0 or self.test_limit < 0:
@@ -298,6 +305,7 @@ class ExperimentConfig:
             min_distance_action=self.min_distance_action,
             noise_scale=self.noise_scale,
             release_tries=self.release_tries,
+            starts=self.cf_starts,
             column_fill=self.column_fill,
             blob_precision=self.blob_precision,
             blob_rank=self.blob_rank,

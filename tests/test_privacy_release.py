@@ -232,6 +232,27 @@ def test_instances_whose_x_prime_was_filtered_are_searched_again_from_new_mixes(
         TeachConfig(release_tries=0)
 
 
+def test_more_starts_per_instance_send_more_distinct_examples_from_the_same_instances():
+    """starts 3: each qualified instance searched from 3 fresh mixes; more distinct examples sent,
+    still none near a private example; the paper's start (the instance) is searched once."""
+    student = _image_peer(TeachConfig(), drop_class=2, seed=1, data=bars)
+    snap = student.snapshot(1)
+    mix = CounterfactualConfig(start="mix", start_k=4)
+    one_batches, one = _image_peer(TeachConfig(mix, min_distance=1.0), data=bars).teach(student.id, snap, 1)
+    teacher = _image_peer(TeachConfig(mix, min_distance=1.0, starts=3), data=bars)
+    batches, three = teacher.teach(student.id, snap, 1)
+    assert three.qualified == one.qualified > 0 and three.attempted == 3 * one.attempted
+    assert three.counterfactuals > 2 * one.counterfactuals and three.sent > 2 * one.sent
+    sent = np.concatenate([b.x for b in batches])
+    assert len(np.unique(sent.reshape(len(sent), -1), axis=0)) == len(sent)  # all distinct
+    assert (nearest_ratio(sent.astype(np.float32) / 255, teacher.x, teacher.private_nn()) >= 1.0).all()
+    _, paper = _image_peer(TeachConfig(starts=3), data=bars).teach(student.id, snap, 1)
+    _, paper_once = _image_peer(TeachConfig(), data=bars).teach(student.id, snap, 1)
+    assert paper.attempted == paper_once.attempted and paper.sent == paper_once.sent
+    with pytest.raises(Exception, match="starts"):
+        TeachConfig(starts=0)
+
+
 def test_teach_on_a_table_with_every_start_mode():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 3)).astype(np.float32) * 5 + 10

@@ -78,6 +78,9 @@ class TeachConfig:
     # searches per instance: an instance whose x' the min-distance filter dropped is searched again
     # from a fresh random start (a new mix, jitter or noise), up to this many searches in all
     release_tries: int = 1
+    # starts searched per qualified instance, each a fresh draw (a new mix): more examples from each
+    # teacher, for a student taught by few (--fanout); a random start only (the paper's is the instance)
+    starts: int = 1
     # a student's column this teacher lacks: "conditional" (drawn from the student's declared column
     # model given the shared columns and the class) or "median" (the student's median, one constant)
     column_fill: str = "conditional"
@@ -94,6 +97,8 @@ class TeachConfig:
             )
         if self.release_tries < 1:
             raise UsageError(f"release_tries must be >= 1, got {self.release_tries}")
+        if self.starts < 1:
+            raise UsageError(f"starts (searched per qualified instance) must be >= 1, got {self.starts}")
         if self.min_distance_action not in MIN_DISTANCE_ACTIONS:
             raise UsageError(
                 f"unknown min-distance action {self.min_distance_action!r}; "
@@ -119,7 +124,7 @@ class TeachReport:
     student: str
     round: int
     qualified: int = 0
-    attempted: int = 0
+    attempted: int = 0  # searches started: qualified instances (capped) x starts per instance
     failed: int = 0
     duplicates: int = 0
     counterfactuals: int = 0
@@ -521,6 +526,9 @@ class Peer:
         batches: list[ExampleBatch] = []
         if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
             idx, confused = self._select(student, report, rng)
+            if self.teach_config.starts > 1 and self.teach_config.counterfactual.start != "instance":
+                idx = np.repeat(idx, self.teach_config.starts)  # each row its own draw of a start
+                report.attempted = len(idx)
             released = self._search_and_release(idx, report, rng, confused) if len(idx) else None
             if released is not None:
                 batches = self._encode(student_id, round, student, *released, report, rng)
