@@ -59,6 +59,20 @@ def test_a_teacher_weaker_everywhere_is_not_chosen_and_the_plan_does_not_depend_
     assert plan(dict(reversed(list(profiles.items()))), 2) == teachers
 
 
+def test_teachers_of_a_student_cover_the_classes_it_lacks_between_them():
+    """Under label skew: the student knows c, d, e and lacks a and b. Two teachers know a better
+    than the third knows b, but once one of them teaches a, the other adds nothing: the second
+    teacher is the one that knows b."""
+    profiles = {
+        "student": Profile(CLASSES, (None, None, 0.9, 0.9, 0.9)),
+        "a-best": Profile(CLASSES, (0.95, None, 0.5, 0.5, 0.5)),
+        "a-good": Profile(CLASSES, (0.9, None, 0.5, 0.5, 0.5)),
+        "b-only": Profile(CLASSES, (None, 0.8, 0.5, 0.5, 0.5)),
+    }
+    assert plan(profiles, 2)["student"] == ["a-best", "b-only"]
+    assert plan(profiles, 1)["student"] == ["a-best"]  # the most useful alone
+
+
 def test_fanout_zero_or_at_least_everyone_else_is_all_pairs():
     profiles = {f"p{k}": missing_one(k) for k in range(4)}
     everyone = {s: [t for t in sorted(profiles) if t != s] for s in profiles}

@@ -11,7 +11,10 @@ teaches a student only where the plan names it among that student's teachers.
 How useful teacher t is to student s: the sum over s's classes of how much better t does on a
 class than s does, max(0, a_t(c) - a_s(c)), an unknown accuracy (a class a peer never saw)
 counting as 0. So a teacher that knows a class the student lacks counts for most, and one
-weaker than the student everywhere counts for nothing.
+weaker than the student everywhere counts for nothing. Once s has teachers, t counts only for
+what it adds over the best of them: max(0, a_t(c) - max(a_s(c), a_t'(c) for s's teachers t')),
+so that K teachers cover the classes s lacks between them instead of K teachers of one class
+(under label skew a peer lacks most classes and each teacher knows a few).
 
 Teachers are assigned greedily, the most useful pair first (ties by student, then teacher id),
 each teacher to at most 2K students so that a teacher good at everything does not teach the
@@ -86,19 +89,33 @@ def plan(profiles: Mapping[str, Profile | None], fanout: int) -> dict[str, list[
         return {s: [t for t in ids if t != s] for s in ids}
     empty = {p: Profile((), ()) for p in ids}
     known = {p: profiles[p] or empty[p] for p in ids}
-    score = {(t, s): usefulness(known[t], known[s]) for s in ids for t in ids if t != s}
-    order = sorted(score, key=lambda ts: (-score[ts], ts[1], ts[0]))
+    # per student and class, the best accuracy among the student and the teachers it has so far: a
+    # teacher is worth what it adds over that, so a student's teachers cover its classes between them
+    best = {s: {c: known[s].of(c) for c in known[s].classes} for s in ids}
+
+    def gain(t: str, s: str) -> float:
+        return sum(max(0.0, known[t].of(c) - best[s][c]) for c in known[s].classes)
+
+    score = {(t, s): gain(t, s) for s in ids for t in ids if t != s}
     cap = 2 * fanout
     teachers: dict[str, list[str]] = {s: [] for s in ids}
     load = dict.fromkeys(ids, 0)
-    for t, s in order:
-        if len(teachers[s]) < fanout and load[t] < cap:
+    # most useful pair first (ties by student, then teacher id), each teacher to at most 2K students;
+    # then a student still short takes the most useful teachers left regardless of that cap
+    for capped in (True, False):
+        while True:
+            open_pairs = [(t, s) for (t, s) in score if len(teachers[s]) < fanout and not (capped and load[t] >= cap)]
+            if not open_pairs:
+                break
+            t, s = min(open_pairs, key=lambda ts: (-score[ts], ts[1], ts[0]))
             teachers[s].append(t)
             load[t] += 1
-    for t, s in order:  # a student still short takes the most useful teachers left, over the cap
-        if len(teachers[s]) < fanout and t not in teachers[s]:
-            teachers[s].append(t)
-            load[t] += 1
+            del score[(t, s)]
+            for c in best[s]:
+                best[s][c] = max(best[s][c], known[t].of(c))
+            for other in ids:
+                if (other, s) in score:
+                    score[(other, s)] = gain(other, s)
     return {s: sorted(ts) for s, ts in teachers.items()}
 
 
