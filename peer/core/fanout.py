@@ -89,14 +89,10 @@ def plan(profiles: Mapping[str, Profile | None], fanout: int) -> dict[str, list[
         return {s: [t for t in ids if t != s] for s in ids}
     empty = {p: Profile((), ()) for p in ids}
     known = {p: profiles[p] or empty[p] for p in ids}
-    # per student and class, the best accuracy among the student and the teachers it has so far: a
-    # teacher is worth what it adds over that, so a student's teachers cover its classes between them
-    best = {s: {c: known[s].of(c) for c in known[s].classes} for s in ids}
-
-    def gain(t: str, s: str) -> float:
-        return sum(max(0.0, known[t].of(c) - best[s][c]) for c in known[s].classes)
-
-    score = {(t, s): gain(t, s) for s in ids for t in ids if t != s}
+    # per student, the best accuracy per class among the student and its teachers so far: a teacher
+    # is worth what it adds over that, so a student's teachers cover its classes between them
+    best = dict(known)
+    score = {(t, s): usefulness(known[t], best[s]) for s in ids for t in ids if t != s}
     cap = 2 * fanout
     teachers: dict[str, list[str]] = {s: [] for s in ids}
     load = dict.fromkeys(ids, 0)
@@ -111,11 +107,11 @@ def plan(profiles: Mapping[str, Profile | None], fanout: int) -> dict[str, list[
             teachers[s].append(t)
             load[t] += 1
             del score[(t, s)]
-            for c in best[s]:
-                best[s][c] = max(best[s][c], known[t].of(c))
+            cls = best[s].classes
+            best[s] = Profile(cls, tuple(max(best[s].of(c), known[t].of(c)) for c in cls), best[s].on)
             for other in ids:
                 if (other, s) in score:
-                    score[(other, s)] = gain(other, s)
+                    score[(other, s)] = usefulness(known[other], best[s])
     return {s: sorted(ts) for s, ts in teachers.items()}
 
 

@@ -526,9 +526,6 @@ class Peer:
         batches: list[ExampleBatch] = []
         if not self.features or shared(self.features, student.features):  # else nothing I know fits its columns
             idx, confused = self._select(student, report, rng)
-            if self.teach_config.starts > 1 and self.teach_config.counterfactual.start != "instance":
-                idx = np.repeat(idx, self.teach_config.starts)  # each row its own draw of a start
-                report.attempted = len(idx)
             released = self._search_and_release(idx, report, rng, confused) if len(idx) else None
             if released is not None:
                 batches = self._encode(student_id, round, student, *released, report, rng)
@@ -537,13 +534,16 @@ class Peer:
 
     def _select(self, student: Learner, report: TeachReport, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """R_{i->j}: my instances I get right and the student gets wrong (capped by
-        max_per_student), and per private row the class the student takes it for."""
+        max_per_student; each `starts` times with a random start), and per private row the class
+        the student takes it for."""
         cfg = self.teach_config
         theirs = self._student_proba(student)
         idx = np.flatnonzero(qualified_mask(self.own_proba(), theirs, self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:
             idx = np.sort(rng.choice(idx, cfg.max_per_student, replace=False))
+        if cfg.starts > 1 and cfg.counterfactual.start != "instance":
+            idx = np.repeat(idx, cfg.starts)  # each row its own draw of a random start
         report.attempted = len(idx)
         return idx, theirs.argmax(axis=1)
 
