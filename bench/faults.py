@@ -34,10 +34,13 @@ sys.path[:0] = [str(ROOT)]
 
 from fmnist10 import machine as cpu_machine  # noqa: E402  (bench/ is this script's folder on sys.path)
 
+from peer.config import ExperimentConfig  # noqa: E402
 from protos.ckd.v1 import coordinator_pb2 as cpb  # noqa: E402
 from tests.fault_runs import CFG, FaultRun, audit  # noqa: E402
 
-CONFIG = replace(CFG, peers=4, rounds=2)
+# 1,500 images a peer: models near 79%, whose median a seed moves by about a point (at the tests'
+# 300, near 57%, a seed alone moved it by up to 10 points, hiding a fault's cost)
+CONFIG = replace(CFG, peers=4, rounds=2, train_per_peer=1500, max_per_student=200, test_limit=2000)
 SLOW_DEADLINE = 30.0  # the round deadline of the slow-peer scenario (seconds)
 
 # name -> (what happens, CKD_FAULT_AT of each process's successive starts)
@@ -84,11 +87,13 @@ def machine(load: str) -> dict:
     }
 
 
-def run_scenario(name: str, faults: dict[str, list[str]], root: Path, seed: int = CONFIG.seed) -> dict:
+def run_scenario(
+    name: str, faults: dict[str, list[str]], root: Path, seed: int = CONFIG.seed, config: ExperimentConfig = CONFIG
+) -> dict:
     slow = any(f.endswith(":stop") for fs in faults.values() for f in fs)
     run = FaultRun(
         root,
-        replace(CONFIG, seed=seed),
+        replace(config, seed=seed),
         faults=faults,
         round_deadline=SLOW_DEADLINE if slow else 120.0,
         resume_when=(lambda r: r.released(1, cpb.STAGE_PUBLISHED) is not None) if slow else None,
@@ -137,7 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated scenarios also run with each of those seeds, so that their difference from the "
         "undisturbed run is read seed by seed (paired) rather than against one seed ('' for none)",
     )
+    parser.add_argument(
+        "--train-per-peer",
+        type=int,
+        default=CONFIG.train_per_peer,
+        help="private training images per peer (more: stronger models whose median moves less by chance)",
+    )
+    parser.add_argument(
+        "--max-per-student", type=int, default=CONFIG.max_per_student, help="instances taught per student and round"
+    )
+    parser.add_argument("--test-limit", type=int, default=CONFIG.test_limit, help="test images each peer is scored on")
     args = parser.parse_args(argv)
+    config = replace(
+        CONFIG, train_per_peer=args.train_per_peer, max_per_student=args.max_per_student, test_limit=args.test_limit
+    )
     names = ["undisturbed", *[n.strip() for n in args.only.split(",") if n.strip() and n.strip() != "undisturbed"]]
     if not args.only:
         names = list(SCENARIOS)
@@ -153,23 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ckd-faults-") as tmp:
         for k, name in enumerate(names):
             print(f"{name}...", flush=True)
-            result = run_scenario(name, SCENARIOS[name][1], Path(tmp) / f"s{k}")
+            result = run_scenario(name, SCENARIOS[name][1], Path(tmp) / f"s{k}", config=config)
             scenarios[name] = {"what": SCENARIOS[name][0], **result}
             print(
                 f"  {json.dumps({k: result[k] for k in ('faults_injected', 'lost', 'duplicates')})} "
                 f"median {result['median_accuracy_after']} in {result['seconds']} s",
                 flush=True,
             )
-        noise: dict[str, float] = {str(CONFIG.seed): scenarios["undisturbed"]["median_accuracy_after"]}
+        noise: dict[str, float] = {str(config.seed): scenarios["undisturbed"]["median_accuracy_after"]}
         for seed in range(1, args.noise_seeds + 1):
             print(f"undisturbed, seed {seed}...", flush=True)
-            run = run_scenario("undisturbed", {}, Path(tmp) / f"seed{seed}", seed=seed)
+            run = run_scenario("undisturbed", {}, Path(tmp) / f"seed{seed}", seed=seed, config=config)
             noise[str(seed)] = run["median_accuracy_after"]
             print(f"  median {run['median_accuracy_after']} in {run['seconds']} s", flush=True)
             for name in paired:
                 print(f"{name}, seed {seed}...", flush=True)
-                run = run_scenario(name, SCENARIOS[name][1], Path(tmp) / f"seed{seed}-{names.index(name)}", seed=seed)
-                by_seed = scenarios[name].setdefault("median_by_seed", {str(CONFIG.seed): None})
+                run = run_scenario(
+                    name, SCENARIOS[name][1], Path(tmp) / f"seed{seed}-{names.index(name)}", seed=seed, config=config
+                )
+                by_seed = scenarios[name].setdefault("median_by_seed", {str(config.seed): None})
                 by_seed[str(seed)] = run["median_accuracy_after"]
                 lost = scenarios[name].setdefault("other_seeds_lost_duplicated", [0, 0])
                 lost[0], lost[1] = lost[0] + run["lost"], lost[1] + run["duplicates"]
@@ -179,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         s["undisturbed_median_accuracy_after"] = base
         s["median_difference_points"] = round(100 * (s["median_accuracy_after"] - base), 2)
         if "median_by_seed" in s:  # seed by seed against the undisturbed run with the same seed
-            s["median_by_seed"][str(CONFIG.seed)] = s["median_accuracy_after"]
+            s["median_by_seed"][str(config.seed)] = s["median_accuracy_after"]
             diffs = {k: round(100 * (v - noise[k]), 2) for k, v in s["median_by_seed"].items()}
             s["paired_difference_points_by_seed"] = diffs
             s["paired_difference_mean_points"] = round(statistics.mean(diffs.values()), 2)
@@ -209,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         "fuzz_source": "bench/results/fuzz.json (python bench/fuzz.py)",
         "by_scenario": scenarios,
         "config": {
-            "peers": CONFIG.peers,
-            "rounds": CONFIG.rounds,
-            "train_per_peer": CONFIG.train_per_peer,
-            "epochs": CONFIG.epochs,
-            "retrain_epochs": CONFIG.retrain_epochs,
-            "max_per_student": CONFIG.max_per_student,
-            "test_limit": CONFIG.test_limit,
-            "seed": CONFIG.seed,
+            "peers": config.peers,
+            "rounds": config.rounds,
+            "train_per_peer": config.train_per_peer,
+            "epochs": config.epochs,
+            "retrain_epochs": config.retrain_epochs,
+            "max_per_student": config.max_per_student,
+            "test_limit": config.test_limit,
+            "seed": config.seed,
             "noise_seeds": list(range(1, args.noise_seeds + 1)),
             "paired": paired,
             "threads_per_process": 1,
@@ -227,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": at_start,
         "notes": "each scenario: ckd server and 4 ckd peer processes on loopback with mutual TLS; killed "
         "processes restarted at once on their state directories; accuracies are the peers' final test "
-        "accuracy on 1000 test images.",
+        f"accuracy on {config.test_limit} test images.",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
