@@ -149,8 +149,9 @@ def faults_table(results: Path = RESULTS) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in (d.get("by_scenario", {}) if isinstance(d, dict) else {}).items():
+        label = name + (" (ablation: not the default)" if s.get("ablation") else "")
         lines.append(
-            f"| {name} | {s['faults_injected']} | {s['batches_acknowledged']} / {s['batches_stored']} | "
+            f"| {label} | {s['faults_injected']} | {s['batches_acknowledged']} / {s['batches_stored']} | "
             f"{s['lost']} | {s['duplicates']} | {_pct(s['median_accuracy_after'])} "
             f"({_pct(s['undisturbed_median_accuracy_after'])}) | {s['seconds']:.0f} s |"
         )
