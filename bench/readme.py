@@ -268,6 +268,13 @@ def scale_table(results: Path = RESULTS) -> str:
             f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | "
             f"{_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} |"
         )
+    floors = {r["torch_import_rss_mb"] for r in runs if "torch_import_rss_mb" in r} if isinstance(runs, list) else set()
+    if floors:
+        lines.append("")
+        lines.append(
+            f"A bare Python process that has imported torch holds {max(floors):.0f} MB here before any peer "
+            "code runs (`torch_import_rss_mb`); the rest of a peer's peak is ckd's own."
+        )
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ round's wall time here also measures how the peers' work adds up on this machine
 
 Per run: round_seconds (round 1, from the coordinator's barriers: every model published to
 every peer retrained and reported), bytes (everything the peers sent on the wire), pairs taught,
-peak_rss_mb (the largest peer process), median accuracy before and after the round.
+peak_rss_mb (the largest peer process; torch_import_rss_mb, a bare process that imported torch,
+is the share of it no peer code causes), median accuracy before and after the round.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,14 @@ from peer.config import ExperimentConfig  # noqa: E402
 from server.results import write_json  # noqa: E402
 
 CONFIG_KEYS = ("split", "beta", "rounds", "epochs", "retrain_epochs", "train_per_peer", "test_limit", "max_per_student")
+
+
+def torch_import_rss_mb() -> float:
+    """Resident memory of a bare Python process once it has imported torch (this machine's wheel):
+    what every peer process holds before ckd does anything, the floor under peak_rss_mb."""
+    code = "import torch; print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(int(out.stdout.strip()) / 1024, 1)
 
 
 def one_run(cfg: ExperimentConfig, threads: int) -> dict:
@@ -85,6 +95,7 @@ def main() -> int:
     )
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/scale.py", *sys.argv[1:]])
     runs = []
+    floor = torch_import_rss_mb()
     for peers in args.peers:
         for fanout in args.fanouts:
             if fanout and fanout >= peers - 1:
@@ -93,6 +104,8 @@ def main() -> int:
             start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             run = one_run(cfg, args.threads)
             run |= {"date": start, "command": command, "machine": {**machine(), "concurrent_load": args.load}}
+            run["torch_import_rss_mb"] = floor
+            run["peak_rss_mb_over_torch_import"] = round(run["peak_rss_mb"] - floor, 1)
             print(
                 json.dumps({k: run[k] for k in ("peers", "fanout", "pairs", "round_seconds", "bytes", "peak_rss_mb")})
             )
