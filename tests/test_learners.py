@@ -173,3 +173,60 @@ print("sklearn" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_a_fit_gives_the_weights_torch_optim_adam_under_one_cycle_gives(kind):
+    """peer.learners.optim replaces torch.optim.Adam + OneCycleLR operation for operation: the same
+    data, seed and epochs give bit-identical weights (so no measured accuracy moves with it)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    x, y = _data(n=200)
+    ours = make_learner(kind, (8, 8), CLASSES, TrainConfig(epochs=3, seed=1, batch_size=32, device="cpu"))
+    ref = copy.deepcopy(ours)
+    initial = copy.deepcopy(ours.module.state_dict())
+    ours.fit(x, y, epochs=3, seed=5)
+    assert all(not torch.equal(v, initial[k]) for k, v in ours.module.state_dict().items() if v.dtype.is_floating_point)
+
+    cfg, module = ref.train_config, ref.module
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    total = 3 * -(-len(xs) // cfg.batch_size)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2 * cfg.lr, total_steps=total, pct_start=0.15)
+    generator = torch.Generator().manual_seed(5)
+    module.train()
+    for _ in range(3):
+        order = torch.randperm(len(xs), generator=generator)
+        for start in range(0, len(xs), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(module(xs[idx]), ys[idx]).backward()
+            opt.step()
+            sched.step()
+    got, want = ours.module.state_dict(), module.state_dict()
+    assert got.keys() == want.keys()
+    moved = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not moved, f"weights differ from torch.optim's: {moved}"
+
+
+def test_training_a_network_never_imports_the_torch_compiler():
+    """torch.optim imports torch._dynamo and sympy (about 150 MB a process) on its first optimiser;
+    a peer's fit uses peer.learners.optim and leaves them unloaded."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from peer.learners import TrainConfig, make_learner
+x = np.random.default_rng(0).random((64, 8, 8), dtype=np.float32)
+y = np.arange(64) % 4
+learner = make_learner("cnn", (8, 8), tuple("abcd"), TrainConfig(epochs=1, device="cpu")).fit(x, y)
+learner.predict(x)
+print("torch._dynamo" in sys.modules, "sympy" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False False", out.stdout + out.stderr

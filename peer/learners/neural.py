@@ -13,6 +13,7 @@ from torch import nn
 from peer.core.blob import InvalidPayload, ModelBlob
 from peer.faults import fault
 from peer.learners.base import Learner, TrainConfig, expect_arrays, register
+from peer.learners.optim import OneCycleAdam
 
 
 def pick_device(name: str) -> torch.device:
@@ -66,25 +67,21 @@ class TorchLearner(Learner):
         epochs = cfg.epochs if epochs is None else epochs
         xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         ys = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
-        opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
         total = epochs * -(-len(xs) // cfg.batch_size)
+        if total == 0:
+            self.module.eval()
+            return self
         # one cycle per fit: warm up to 2x lr, then cosine decay (about +1 point over a constant lr)
-        sched = (
-            torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2 * cfg.lr, total_steps=total, pct_start=0.15)
-            if total > 0
-            else None
-        )
+        opt = OneCycleAdam(self.module.parameters(), max_lr=2 * cfg.lr, total_steps=total, pct_start=0.15)
         self.module.train()
         for _ in range(epochs):
             order = torch.randperm(len(xs), generator=generator).to(self.device)
             for start in range(0, len(xs), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss = nn.functional.cross_entropy(self.module(xs[idx]), ys[idx])
                 loss.backward()
                 opt.step()
-                if sched is not None:
-                    sched.step()
                 if progress:
                     progress(len(idx))
                 fault("train")
