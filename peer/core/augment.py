@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,14 +18,42 @@ class AugmentConfig:
     groups: int = 32  # distinct random transforms per copy and call
 
 
+def _inverse_rotation(angle: float, tx: float, ty: float) -> list[float]:
+    """The 2x3 inverse of a rotation by `angle` degrees about the image centre, then a shift
+    (torchvision's _get_inverse_affine_matrix with centre 0, scale 1 and no shear)."""
+    rot = math.radians(angle)
+    a, b, c, d = math.cos(rot), -math.sin(rot), math.sin(rot), math.cos(rot)
+    matrix = [d, -b, 0.0, -c, a, 0.0]
+    matrix[2] += 0.0 - matrix[0] * tx - matrix[1] * ty
+    matrix[5] += 0.0 - matrix[3] * tx - matrix[4] * ty
+    return matrix
+
+
+def rotate_shift(images: torch.Tensor, angle: float, shift: tuple[int, int]) -> torch.Tensor:
+    """Images (N, C, H, W) rotated by `angle` degrees about their centre and shifted by `shift`
+    pixels (x, y), nearest pixel, zeros outside: torchvision.transforms.v2.functional.affine with
+    scale 1 and no shear, operation for operation (the same pixels), without importing
+    torchvision, whose import loads torch's compiler (about 170 MB in every peer process)."""
+    height, width = images.shape[-2:]
+    theta = torch.tensor(_inverse_rotation(angle, float(shift[0]), float(shift[1])), dtype=images.dtype)
+    theta = theta.reshape(1, 2, 3)
+    base = torch.empty(1, height, width, 3, dtype=images.dtype)
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width))
+    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    scaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * width, 0.5 * height], dtype=images.dtype))
+    grid = base.view(1, height * width, 3).bmm(scaled).view(1, height, width, 2)
+    if len(images) > 1:
+        grid = grid.expand(len(images), -1, -1, -1)
+    return torch.nn.functional.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 def augment_images(
     x: np.ndarray, y: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, levels: int | None = 255
 ) -> tuple[np.ndarray, np.ndarray]:
     """`cfg.copies` randomly shifted, rotated and noised copies of each image in x (N, [C,] H, W)."""
     if cfg.copies <= 0 or len(x) == 0:
         return x[:0], y[:0]
-    from torchvision.transforms.v2 import functional as TF  # here: a peer on a table never loads torchvision
-
     squeeze = x.ndim == 3
     imgs = torch.from_numpy(np.ascontiguousarray(x[:, None] if squeeze else x, dtype=np.float32))
     height, width = imgs.shape[-2:]
@@ -37,9 +66,7 @@ def augment_images(
             sel = torch.from_numpy(np.flatnonzero(group == g))
             angle = float(rng.uniform(-cfg.degrees, cfg.degrees))
             dx, dy = rng.uniform(-cfg.translate, cfg.translate, 2) * (width, height)
-            moved[sel] = TF.affine(
-                imgs[sel], angle=angle, translate=[int(round(dx)), int(round(dy))], scale=1.0, shear=[0.0]
-            )
+            moved[sel] = rotate_shift(imgs[sel], angle, (int(round(dx)), int(round(dy))))
         moved = moved + torch.from_numpy(rng.standard_normal(moved.shape).astype(np.float32)) * cfg.noise
         out.append(moved.clamp_(0.0, 1.0))
     result = torch.cat(out).numpy()
