@@ -105,7 +105,6 @@ def main() -> int:
             run = one_run(cfg, args.threads)
             run |= {"date": start, "command": command, "machine": {**machine(), "concurrent_load": args.load}}
             run["torch_import_rss_mb"] = floor
-            run["peak_rss_mb_over_torch_import"] = round(run["peak_rss_mb"] - floor, 1)
             print(
                 json.dumps({k: run[k] for k in ("peers", "fanout", "pairs", "round_seconds", "bytes", "peak_rss_mb")})
             )

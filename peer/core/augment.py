@@ -21,9 +21,8 @@ class AugmentConfig:
 def _inverse_rotation(angle: float, tx: float, ty: float) -> list[float]:
     """The 2x3 inverse of a rotation by `angle` degrees about the image centre, then a shift
     (torchvision's _get_inverse_affine_matrix with centre 0, scale 1 and no shear)."""
-    rot = math.radians(angle)
-    a, b, c, d = math.cos(rot), -math.sin(rot), math.sin(rot), math.cos(rot)
-    matrix = [d, -b, 0.0, -c, a, 0.0]
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    matrix = [cos, sin, 0.0, -sin, cos, 0.0]
     matrix[2] += 0.0 - matrix[0] * tx - matrix[1] * ty
     matrix[5] += 0.0 - matrix[3] * tx - matrix[4] * ty
     return matrix

@@ -33,7 +33,7 @@ class OneCycleAdam:
     def __init__(self, params: Iterable[torch.nn.Parameter], max_lr: float, total_steps: int, pct_start: float):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self.params = [p for p in params]
+        self.params = list(params)
         self.total = total_steps
         self.initial_lr = max_lr / DIV_FACTOR
         self.max_lr = max_lr
