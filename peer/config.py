@@ -16,7 +16,7 @@ from typing import Any
 from peer.core.augment import AugmentConfig
 from peer.core.counterfactual import CounterfactualConfig
 from peer.core.gate import GateConfig
-from peer.core.peer import TeachConfig
+from peer.core.peer import SOFT_LABELS, TeachConfig
 from peer.data.partition import SPLITS
 from peer.errors import UsageError
 from peer.learners import TrainConfig, learner_kinds
@@ -187,6 +187,12 @@ class ExperimentConfig:
         "the check's noise bound: with b validation rows right before the round and wrong after, c the "
         "reverse, the round is harmful when b - c > z sqrt(b + c)",
     )
+    soft_labels: str = option(
+        "held",
+        "what a received example trains a neural student toward: held (of a class the student's own data "
+        "holds, the probabilities its teacher's model gives it, which every batch carries, about 10 bytes an "
+        "example; of a class it lacks, its label) or off (its label always)",
+    )
     train_per_peer: int = option(0, "use only this many examples of each peer's part (0: all)")
     test_limit: int = option(0, "evaluate on the first N test images (0: all)")
     data_dir: str | None = option(
@@ -239,6 +245,8 @@ class ExperimentConfig:
             raise UsageError(f"unknown --split {self.split!r}; choose from {', '.join(SPLITS)}")
         if self.batch_size < 1 or self.lr <= 0:
             raise UsageError("--batch-size must be >= 1 and --lr > 0")
+        if self.soft_labels not in SOFT_LABELS:
+            raise UsageError(f"unknown --soft-labels {self.soft_labels!r}; choose from {', '.join(SOFT_LABELS)}")
         if self.release_tries < 1:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
         if self.cf_starts < 1:

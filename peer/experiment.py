@@ -119,6 +119,7 @@ def _peer(cfg: ExperimentConfig, peer_id: str, k: int, kind: str, data: Dataset,
         image=True,
         features=data.features,
         gate=cfg.gate(),
+        soft_labels=cfg.soft_labels,
     )
 
 

@@ -129,6 +129,9 @@ class ExampleBatch:
     labels by name. `distance` is each example's L1 distance to the private example it came from.
     `features` names the columns of a feature-vector `x` in the receiver's feature space (empty
     for images), so a receiver can check that the sender mapped them into its own columns.
+    `proba` (optional) holds the sender's class probabilities for each example as it is sent, over
+    `classes`, as uint8 (value / 255): what the sender's published model says of it, nothing more,
+    so a student can learn how typical of its class each example is, not only its label.
     """
 
     sender: str
@@ -141,6 +144,7 @@ class ExampleBatch:
     distance: np.ndarray
     features: tuple[str, ...] = ()
     levels: int = 255
+    proba: np.ndarray | None = None
 
     @property
     def id(self) -> tuple[str, int, int]:
@@ -152,7 +156,7 @@ class ExampleBatch:
     def nbytes(self) -> int:
         """Bytes of its arrays as they travel (16-level images: two pixels a byte)."""
         x = (self.x[:1].size + 1) // 2 * len(self.x) if self.levels < 16 else self.x.nbytes
-        return x + self.y.nbytes + self.distance.nbytes
+        return x + self.y.nbytes + self.distance.nbytes + (0 if self.proba is None else self.proba.nbytes)
 
     def inputs(self) -> np.ndarray:
         """Inputs as float32 in the learner's range."""
@@ -179,6 +183,8 @@ class ExampleBatch:
             raise InvalidPayload(
                 f"batch {self.id}: {n} inputs but labels {self.y.shape}, distances {self.distance.shape}"
             )
+        if self.proba is not None:
+            check_proba(self.proba, n, len(self.classes), f"batch {self.id}")
         if self.y.dtype.kind not in "iu":
             raise InvalidPayload(f"batch {self.id}: labels are {self.y.dtype}, expected integers")
         if n and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
@@ -202,6 +208,39 @@ class ExampleBatch:
         lookup = {name: i for i, name in enumerate(classes)}
         mapping = np.array([lookup.get(name, -1) for name in self.classes], dtype=np.int64)
         return mapping[self.y]
+
+    def targets_for(self, classes: tuple[str, ...]) -> np.ndarray:
+        """(n, len(classes)) float32 training targets over the receiver's `classes`: the sender's
+        probabilities matched by class name and renormalised over the classes both know; a row
+        without them (no `proba`, or no mass on the receiver's classes) is its label's one-hot
+        (all zero where the label is not a class of the receiver)."""
+        labels = self.labels_for(classes)
+        out = np.zeros((len(labels), len(classes)), np.float32)
+        known = labels >= 0
+        out[np.flatnonzero(known), labels[known]] = 1.0
+        if self.proba is None or not len(labels):
+            return out
+        lookup = {name: i for i, name in enumerate(self.classes)}
+        shared = [(j, lookup[name]) for j, name in enumerate(classes) if name in lookup]
+        p = np.zeros_like(out)
+        for j, i in shared:
+            p[:, j] = self.proba[:, i]
+        mass = p.sum(axis=1)
+        ok = mass > 0
+        out[ok] = p[ok] / mass[ok, None]
+        return out
+
+
+def check_proba(proba: np.ndarray, n: int, classes: int, what: str) -> None:
+    """Refuse a batch's `proba` that is not uint8 of shape (examples, classes)."""
+    if not isinstance(proba, np.ndarray) or proba.dtype != np.uint8 or proba.shape != (n, classes):
+        shape = getattr(proba, "shape", None)
+        raise InvalidPayload(f"{what}: proba must be uint8 of shape ({n}, {classes}), got {shape}")
+
+
+def quantise_proba(p: np.ndarray) -> np.ndarray:
+    """Probabilities (n, classes) in [0, 1] as the uint8 a batch carries (value / 255)."""
+    return np.round(np.clip(p, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def pack_nibbles(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors
-from peer.core.blob import EXAMPLE_LEVELS, ExampleBatch, InvalidPayload, ModelBlob
+from peer.core.blob import EXAMPLE_LEVELS, ExampleBatch, InvalidPayload, ModelBlob, quantise_proba
 from peer.core.counterfactual import (
     CounterfactualConfig,
     dedupe,
@@ -61,6 +61,9 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 
 COLUMN_FILLS = ("conditional", "median")
 MIN_DISTANCE_ACTIONS = ("drop", "push")
+# what a received example trains toward (Peer.fit_set): its teacher's probabilities where it is of a
+# class I hold ("held"), or its label always ("off")
+SOFT_LABELS = ("held", "off")
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,11 @@ class Peer:
         image: bool = True,
         features: tuple[str, ...] = (),
         gate: GateConfig | None = None,
+        soft_labels: str = "held",
     ):
+        if soft_labels not in SOFT_LABELS:
+            raise UsageError(f"soft labels must be one of {', '.join(SOFT_LABELS)}, got {soft_labels!r}")
+        self.soft_labels = soft_labels
         self.id = peer_id
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -309,6 +316,29 @@ class Peer:
             return self.x, self.y
         return np.concatenate([self.x, rx]), np.concatenate([self.y, ry])
 
+    def fit_set(
+        self, skip: dict[tuple[str, int], set[str]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`training_set` with the targets the learner trains toward (None: the labels).
+
+        With soft labels `held` and a learner that takes them, a received example of a class my
+        private data holds trains toward its teacher's probabilities (how typical of its class the
+        teacher finds it, where a mix start left it between two), one of a class I lack toward its
+        label (there the teacher's doubt would only weaken the little I learn of it), and my own
+        rows toward their labels.
+        """
+        rx, ry, rt = self.store.training_rows(self.classes, self.input_shape, skip)
+        x = np.concatenate([self.x, rx]) if len(ry) else self.x
+        y = np.concatenate([self.y, ry]) if len(ry) else self.y
+        if self.soft_labels == "off" or not self.learner.soft_targets or not len(ry):
+            return x, y, None
+        lacking = ~np.isin(ry, np.unique(self.y))
+        rt[lacking] = 0.0
+        rt[np.flatnonzero(lacking), ry[lacking]] = 1.0
+        own = np.zeros((len(self.y), len(self.classes)), np.float32)
+        own[np.arange(len(self.y)), self.y] = 1.0
+        return x, y, np.concatenate([own, rt])
+
     def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None, round: int = 0) -> int:
         """Fit on private data plus every distinct example received; returns the set's size.
 
@@ -319,8 +349,8 @@ class Peer:
         self._own_proba = None
         if round > 0 and len(self.val_y):
             return self._gated_train(epochs, progress, round, seed)
-        x, y = self.training_set()
-        self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
+        x, y, targets = self.fit_set()
+        self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed, targets=targets)
         return len(y)
 
     def _gated_train(self, epochs: int | None, progress: Callable[[int], None] | None, round: int, seed: int) -> int:
@@ -373,8 +403,8 @@ class Peer:
         kept: dict[tuple[str, int], set[str]] | None = None
         for outcome, skip in plans:
             self.learner = copy.deepcopy(before)
-            x, y = self.training_set(skip)
-            self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed)
+            x, y, targets = self.fit_set(skip)
+            self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed, targets=targets)
             pred_after = self.learner.predict(self.val_x)
             right_after = pred_after == self.val_y
             into, excused = lacking_credit(pred_after, right_before, right_after, val_rows, held_mask)
@@ -752,14 +782,19 @@ class Peer:
         """Batches in the student's inputs: uint8 images, or a table in the student's columns by name."""
         cfg = self.teach_config
         distance = np.abs(out_x - out_src).reshape(len(out_x), -1).sum(axis=1).astype(np.float32)
+        # my model's probabilities for each example as it is sent (on the grid it travels on)
         if self.image:
             wire_x = np.round(out_x * self.wire_levels).astype(np.uint8)
+            proba = self.learner.predict_proba(wire_x.astype(np.float32) / np.float32(self.wire_levels))
         elif self.features:
+            proba = self.learner.predict_proba(self.from_unit(out_x))
             wire_x = self.in_student_space(self.from_unit(out_x), student, out_y, rng)
             keep = dedupe(wire_x, out_y)  # rows that differ only in columns the student lacks
-            wire_x, out_y, distance = wire_x[keep], out_y[keep], distance[keep]
+            wire_x, out_y, distance, proba = wire_x[keep], out_y[keep], distance[keep], proba[keep]
         else:
             wire_x = out_x.astype(np.float32)
+            proba = self.learner.predict_proba(wire_x)
+        wire_proba = quantise_proba(proba)
         report.sent = len(out_y)
         return [
             ExampleBatch(
@@ -773,6 +808,7 @@ class Peer:
                 distance[s : s + cfg.batch_limit],
                 student.features,
                 self.wire_levels if self.image else 255,
+                wire_proba[s : s + cfg.batch_limit],
             )
             for seq, s in enumerate(range(0, len(out_y), cfg.batch_limit))
         ]

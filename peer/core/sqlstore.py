@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS batches (
     x BLOB NOT NULL, x_dtype TEXT NOT NULL, x_shape TEXT NOT NULL,
     y BLOB NOT NULL, y_dtype TEXT NOT NULL,
     distance BLOB NOT NULL, examples INTEGER NOT NULL, levels INTEGER NOT NULL DEFAULT 255,
+    proba BLOB,
     PRIMARY KEY (sender, round, seq)
 );
 CREATE TABLE IF NOT EXISTS judged (
@@ -49,6 +50,8 @@ class SqliteExampleStore(ExampleStore):
             self._db.execute("ALTER TABLE judged ADD COLUMN at INTEGER NOT NULL DEFAULT -1")
         if "levels" not in {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}:  # before `levels`
             self._db.execute("ALTER TABLE batches ADD COLUMN levels INTEGER NOT NULL DEFAULT 255")
+        if "proba" not in {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}:  # before `proba`
+            self._db.execute("ALTER TABLE batches ADD COLUMN proba BLOB")
         self._cache: list[ExampleBatch] | None = None
 
     def add(self, batch: ExampleBatch) -> bool:
@@ -67,11 +70,16 @@ class SqliteExampleStore(ExampleStore):
             batch.distance.astype(np.float32).tobytes(),
             len(batch),
             batch.levels,
+            None if batch.proba is None else batch.proba.tobytes(),
         )
         with self._lock:
             cur = self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO batches (sender, round, seq, receiver, classes, features, x, x_dtype, "
+                    "x_shape, y, y_dtype, distance, examples, levels, proba) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    row,
+                )
                 stored = cur.rowcount == 1
                 fault("store")
                 self._db.execute("COMMIT")
@@ -120,7 +128,7 @@ class SqliteExampleStore(ExampleStore):
             if self._cache is None:
                 rows = self._db.execute(
                     "SELECT sender, round, seq, receiver, classes, features, x, x_dtype, x_shape, "
-                    "y, y_dtype, distance, levels FROM batches ORDER BY sender, round, seq"
+                    "y, y_dtype, distance, levels, proba, examples FROM batches ORDER BY sender, round, seq"
                 ).fetchall()
                 self._cache = [
                     ExampleBatch(
@@ -134,8 +142,9 @@ class SqliteExampleStore(ExampleStore):
                         np.frombuffer(d, dtype=np.float32),
                         tuple(json.loads(feat)),
                         int(lv),
+                        None if pr is None else np.frombuffer(pr, np.uint8).reshape(int(n), len(json.loads(cls))),
                     )
-                    for s, r, q, rcv, cls, feat, x, xd, xs, y, yd, d, lv in rows
+                    for s, r, q, rcv, cls, feat, x, xd, xs, y, yd, d, lv, pr, n in rows
                 ]
             return list(self._cache)
 

@@ -105,9 +105,10 @@ def batch_key(batch) -> str:
 
 def put_batch(content: RecordDict, batch) -> str:
     key = batch_key(batch)
-    content[key] = _arrays(
-        {"x": batch.x, "y": np.asarray(batch.y, np.int64), "distance": np.asarray(batch.distance, np.float32)}
-    )
+    arrays = {"x": batch.x, "y": np.asarray(batch.y, np.int64), "distance": np.asarray(batch.distance, np.float32)}
+    if batch.proba is not None:
+        arrays["proba"] = batch.proba
+    content[key] = _arrays(arrays)
     content[key + ".meta"] = ConfigRecord(
         {
             "sender": batch.sender,
@@ -130,7 +131,7 @@ def batch_keys(content: RecordDict, receiver: str | None = None) -> list[str]:
 def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
     """The batch stored under `key`, checked as the gRPC path checks a pushed one (names, shapes,
     caps, label range, finite values); whether it fits its receiver is `ExampleBatch.validate`."""
-    from peer.core.blob import ExampleBatch
+    from peer.core.blob import ExampleBatch, check_proba
 
     what = f"example batch {key!r}"
     if key not in content or key + ".meta" not in content:
@@ -148,10 +149,10 @@ def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
         raise InvalidPayload(f"{what}: sender and receiver must be named")
     if round_ < 0 or seq < 0:
         raise InvalidPayload(f"{what}: round and seq must be >= 0")
-    arrays = _numpy(content[key], what, limits.max_batch_bytes, 3)
-    if set(arrays) != {"x", "y", "distance"}:
-        raise InvalidPayload(f"{what}: arrays {sorted(arrays)}, expected distance, x, y")
-    x, y, distance = arrays["x"], arrays["y"], arrays["distance"]
+    arrays = _numpy(content[key], what, limits.max_batch_bytes, 4)
+    if set(arrays) - {"proba"} != {"x", "y", "distance"}:
+        raise InvalidPayload(f"{what}: arrays {sorted(arrays)}, expected distance, x, y and optionally proba")
+    x, y, distance, proba = arrays["x"], arrays["y"], arrays["distance"], arrays.get("proba")
     n = len(y) if y.ndim == 1 else -1
     if n < 0 or x.ndim < 2 or x.shape[0] != n or distance.shape != (n,):
         raise InvalidPayload(
@@ -168,7 +169,9 @@ def get_batch(content: RecordDict, key: str, limits: Limits = Limits()):
         raise InvalidPayload(f"{what}: {levels} gray levels, expected 255, or 15 with uint8 inputs")
     if levels != 255 and n and int(x.max()) > levels:
         raise InvalidPayload(f"{what}: input values above its {levels} gray levels")
-    return ExampleBatch(sender, receiver, round_, seq, x, y, tuple(classes), distance, tuple(features), levels)
+    if proba is not None:
+        check_proba(proba, n, len(classes), what)
+    return ExampleBatch(sender, receiver, round_, seq, x, y, tuple(classes), distance, tuple(features), levels, proba)
 
 
 def move_batches(src: RecordDict, dst: RecordDict, keys: list[str]) -> None:

@@ -98,9 +98,12 @@ def encode_batch(batch: ExampleBatch, chunk: int = CHUNK_BYTES) -> Iterator[wire
         distance=_info("distance", batch.distance),
         levels=batch.levels,
     )
+    if batch.proba is not None:
+        header.proba.CopyFrom(_info("proba", batch.proba))
     x = pack_nibbles(batch.x) if _packed(batch.levels) else batch.x
+    arrays = (x, batch.y, batch.distance) + (() if batch.proba is None else (batch.proba,))
     yield wire_pb2.ExampleChunk(header=header)
-    for data in _chunks((_le(a) for a in (x, batch.y, batch.distance)), chunk):
+    for data in _chunks((_le(a) for a in arrays), chunk):
         yield wire_pb2.ExampleChunk(data=data)
 
 
@@ -245,7 +248,19 @@ def decode_batch(chunks: Iterable[wire_pb2.ExampleChunk], limits: Limits = Limit
         for d in h.x.shape[1:]:
             m *= int(d)
         x_info = wire_pb2.ArrayInfo(name="x", dtype="uint8", shape=[n, (m + 1) // 2])
-    layout = _layout([x_info, h.y, h.distance], limits.max_batch_bytes, what)
+    infos = [x_info, h.y, h.distance]
+    if h.HasField("proba"):
+        if list(h.proba.shape) != [n, len(h.classes)] or h.proba.dtype != "uint8":
+            raise InvalidPayload(
+                f"{what}: proba must be uint8 of shape [{n}, {len(h.classes)}], "
+                f"got {h.proba.dtype} {list(h.proba.shape)}"
+            )
+        infos.append(h.proba)
+    # by position, under fixed names: a sender's own names for them (even one name twice) change nothing
+    layout = [
+        (name, *item[1:])
+        for name, item in zip(("x", "y", "distance", "proba"), _layout(infos, limits.max_batch_bytes, what))
+    ]
     buf = _collect(chunks, sum(item[3] for item in layout), limits, what)
     arrays = list(_arrays(buf, layout).values())
     x = arrays[0]
@@ -262,6 +277,7 @@ def decode_batch(chunks: Iterable[wire_pb2.ExampleChunk], limits: Limits = Limit
         arrays[2],
         tuple(h.features),
         levels,
+        arrays[3] if len(arrays) > 3 else None,
     )
     if batch.y.dtype.kind not in "iu":
         raise InvalidPayload(f"{what}: labels are {batch.y.dtype}, expected integers")

@@ -36,6 +36,7 @@ class Learner(ABC):
 
     kind: ClassVar[str]
     differentiable: ClassVar[bool] = False
+    soft_targets: ClassVar[bool] = False  # whether fit(targets=...) trains toward class probabilities
 
     def __init__(self, input_shape: tuple[int, ...], classes: tuple[str, ...], train: TrainConfig):
         self.input_shape = tuple(input_shape)
@@ -77,11 +78,14 @@ class Learner(ABC):
         epochs: int | None = None,
         progress: Callable[[int], None] | None = None,
         seed: int | None = None,
+        targets: np.ndarray | None = None,
     ) -> Learner:
         """Train on (x, y); neural learners continue from their current weights.
 
         `seed` fixes this fit's randomness (shuffling, bootstrap) on its own, so a learner rebuilt
-        from its blob in another process trains exactly as the original would have.
+        from its blob in another process trains exactly as the original would have. `targets`
+        (N, len(classes)): class probabilities to train toward instead of y's one-hot, for
+        learners whose `soft_targets` is True; the others train on y and ignore them.
         """
 
     @abstractmethod

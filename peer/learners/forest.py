@@ -36,7 +36,16 @@ class ForestLearner(Learner):
         self._boxes: dict[tuple, LeafBoxes] = {}
         self._walk: tuple[dict[str, np.ndarray], list | None] | None = None  # (arrays, compiled trees)
 
-    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
+    def fit(
+        self,
+        x,
+        y,
+        *,
+        epochs=None,
+        progress: Callable[[int], None] | None = None,
+        seed: int | None = None,
+        targets: np.ndarray | None = None,  # a forest trains on labels: soft_targets is False
+    ):
         # imported here: scikit-learn costs every peer process ~90 MB and seconds, forest peers only need it
         from sklearn.ensemble import RandomForestClassifier
 

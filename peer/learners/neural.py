@@ -32,6 +32,7 @@ class TorchLearner(Learner):
     """Shared training, prediction and (de)serialisation for torch modules."""
 
     differentiable = True
+    soft_targets = True
 
     def __init__(self, input_shape, classes, train: TrainConfig, arch: dict | None = None):
         super().__init__(input_shape, classes, train)
@@ -61,12 +62,25 @@ class TorchLearner(Learner):
             with torch.no_grad():
                 layer.weight[:, constant] = 0.0
 
-    def fit(self, x, y, *, epochs=None, progress: Callable[[int], None] | None = None, seed: int | None = None):
+    def fit(
+        self,
+        x,
+        y,
+        *,
+        epochs=None,
+        progress: Callable[[int], None] | None = None,
+        seed: int | None = None,
+        targets: np.ndarray | None = None,
+    ):
         cfg = self.train_config
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
         epochs = cfg.epochs if epochs is None else epochs
         xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         ys = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
+        if targets is not None:  # each row's class probabilities: the loss is cross-entropy against them
+            if np.shape(targets) != (len(ys), len(self.classes)):
+                raise ValueError(f"targets must be of shape ({len(ys)}, {len(self.classes)}), got {np.shape(targets)}")
+            ys = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(self.device)
         total = epochs * -(-len(xs) // cfg.batch_size)
         if total == 0:
             self.module.eval()

@@ -29,7 +29,7 @@ class BlobHeader(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., spec_json: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
-    __slots__ = ("sender", "receiver", "round", "seq", "classes", "features", "x", "y", "distance", "levels")
+    __slots__ = ("sender", "receiver", "round", "seq", "classes", "features", "x", "y", "distance", "levels", "proba")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class BatchHeader(_message.Message):
     Y_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
+    PROBA_FIELD_NUMBER: _ClassVar[int]
     sender: str
     receiver: str
     round: int
@@ -50,7 +51,8 @@ class BatchHeader(_message.Message):
     y: ArrayInfo
     distance: ArrayInfo
     levels: int
-    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., x: _Optional[_Union[ArrayInfo, _Mapping]] = ..., y: _Optional[_Union[ArrayInfo, _Mapping]] = ..., distance: _Optional[_Union[ArrayInfo, _Mapping]] = ..., levels: _Optional[int] = ...) -> None: ...
+    proba: ArrayInfo
+    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., x: _Optional[_Union[ArrayInfo, _Mapping]] = ..., y: _Optional[_Union[ArrayInfo, _Mapping]] = ..., distance: _Optional[_Union[ArrayInfo, _Mapping]] = ..., levels: _Optional[int] = ..., proba: _Optional[_Union[ArrayInfo, _Mapping]] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data")
