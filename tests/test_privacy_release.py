@@ -15,8 +15,8 @@ from peer.core.augment import AugmentConfig
 from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
 from peer.learners import TrainConfig, make_learner
-from peer.privacy.measures import aligned_nearest_ratio, nearest, nearest_ratio
-from peer.privacy.release import START_MODES, min_distance_keep, push_out, release_noise, start_points
+from peer.privacy.measures import RatioIndex, aligned_nearest_ratio, nearest, nearest_ratio, nearest_ratio_index
+from peer.privacy.release import START_MODES, min_distance_keep, push_out, push_out_ratio, release_noise, start_points
 
 KNOBS = {
     "privacy": "guarded",
@@ -372,6 +372,12 @@ def test_push_out_moves_near_candidates_out_of_every_ball_and_leaves_the_rest():
     moved = np.linalg.norm(out[:20] - private[:20], axis=1) / nn[:20]
     assert (moved >= 1.0).all() and np.median(moved) < 1.2
     assert np.array_equal(push_out(cand, private, nn, 0.0), cand)  # fraction 0: no ball
+    # the ratios the push measured on the way are those of what it returns, with one index reused
+    index = RatioIndex(private, nn)
+    again, measured = push_out_ratio(cand, private, nn, 1.0, levels=255, index=index)
+    assert np.array_equal(again, out)
+    np.testing.assert_allclose(measured, ratio, rtol=1e-6)
+    np.testing.assert_array_equal(index.ratio_index(cand)[1], nearest_ratio_index(cand, private, nn)[1])
 
 
 def test_teach_with_push_sends_more_than_drop_and_still_no_near_copy():

@@ -41,8 +41,8 @@ from peer.errors import UsageError
 from peer.learners import Learner, learner_from_blob
 from peer.learners.forest import ForestLearner
 from peer.learners.neural import TorchLearner
-from peer.privacy.measures import LeakageStats, measure_leakage, nearest, nearest_ratio
-from peer.privacy.release import push_out, release_noise, start_points
+from peer.privacy.measures import LeakageStats, RatioIndex, measure_leakage, nearest
+from peer.privacy.release import push_out_ratio, release_noise, start_points
 
 LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
 
@@ -298,6 +298,7 @@ class Peer:
         self._own_proba: np.ndarray | None = None
         self._space: np.ndarray | None = None
         self._private_nn: np.ndarray | None = None
+        self._ratio_index: RatioIndex | None = None
         self._published: dict[int, ModelBlob] = {}
 
     @property
@@ -486,6 +487,13 @@ class Peer:
             space = self.search_space()
             self._private_nn = nearest(space, space, exclude_self=True)[0]
         return self._private_nn
+
+    def ratio_index(self) -> RatioIndex:
+        """My private inputs and their nearest-other distances, prepared once for the release's many
+        nearest-ratio questions (push out, filter)."""
+        if self._ratio_index is None:
+            self._ratio_index = RatioIndex(self.search_space(), self.private_nn())
+        return self._ratio_index
 
     def prototypes(self) -> np.ndarray:
         """Per class, the mean of my examples I classify right (all of that class if none)."""
@@ -695,29 +703,33 @@ class Peer:
         passed (ratio inf where not measured) and the instances whose x' the filter dropped."""
         cfg = self.teach_config
         cx, cy, src = found.x, found.y, found.src
+        pushed_ratio = None  # nearest ratio of each x' as pushed, measured by the push
         if cfg.min_distance > 0 and cfg.min_distance_action == "push" and len(cx):
-            cx = self._push_out(cx, cy, report)
+            cx, pushed_ratio = self._push_out(cx, cy, report)
         if self.image:
             ax, ay = augment_images(cx, cy, cfg.augment, rng, self.levels)
         else:
             ax, ay = augment_vectors(cx, cy, cfg.augment, rng)
         out_x, out_y = np.concatenate([cx, ax]), np.concatenate([cy, ay])
         out_src = np.concatenate([src] + [src] * (len(ay) // max(len(cy), 1)))
-        out_x = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        noisy = release_noise(out_x, cfg.noise_scale, rng, self.levels)
+        if noisy is not out_x:
+            out_x, pushed_ratio = noisy, None
         if self.image and self.wire_levels != self.levels:  # what is sent: judged below as sent
             out_x = (np.round(out_x * self.wire_levels) / self.wire_levels).astype(np.float32)
+            pushed_ratio = None
         none_dropped = found.instances[:0]
         if not (cfg.measure_leakage or cfg.min_distance > 0):
             return out_x, out_y, out_src, np.full(len(out_y), np.inf), none_dropped
-        space, nn = self.search_space(), self.private_nn()
+        index = self.ratio_index()
         # below 1: a near-copy of some private example. An augmented copy reveals what its x'
         # reveals (a public shift or rotation can be undone): it counts as near as its x', so the
         # filter drops x' and all its copies together, and a copy of a dropped x' is not measured
         ratio = np.full(len(out_x), np.inf)
-        ratio[: len(cx)] = nearest_ratio(out_x[: len(cx)], space, nn)
+        ratio[: len(cx)] = pushed_ratio if pushed_ratio is not None else index.ratio(out_x[: len(cx)])
         parent = np.arange(len(cx), len(out_x)) % max(len(cx), 1)
         copies = len(cx) + np.flatnonzero(ratio[parent] >= cfg.min_distance)
-        ratio[copies] = nearest_ratio(out_x[copies], space, nn)
+        ratio[copies] = index.ratio(out_x[copies])
         ratio[len(cx) :] = np.minimum(ratio[len(cx) :], ratio[parent])
         if cfg.min_distance <= 0:
             return out_x, out_y, out_src, ratio, none_dropped
@@ -726,19 +738,25 @@ class Peer:
         dropped = found.instances[~keep[: len(cx)]]
         return out_x[keep], out_y[keep], out_src[keep], ratio[keep], dropped
 
-    def _push_out(self, cx: np.ndarray, cy: np.ndarray, report: TeachReport) -> np.ndarray:
+    def _push_out(self, cx: np.ndarray, cy: np.ndarray, report: TeachReport) -> tuple[np.ndarray, np.ndarray]:
         """x' moved out of every private example's min-distance ball (push_out); a moved x' I no
-        longer give its class stays where it was, for the filter to drop."""
+        longer give its class stays where it was, for the filter to drop. Returns them and the
+        nearest ratio of each as returned."""
         levels = self.wire_levels if self.image else None
-        moved = push_out(cx, self.search_space(), self.private_nn(), self.teach_config.min_distance, levels)
+        index = self.ratio_index()
+        moved, ratio = push_out_ratio(
+            cx, self.search_space(), self.private_nn(), self.teach_config.min_distance, levels, index=index
+        )
         changed = np.flatnonzero(np.any((moved != cx).reshape(len(cx), -1), axis=1))
         if len(changed):
             u = moved[changed]
             proba = self.learner.predict_proba(self.from_unit(u) if self.features else u)
             wrong = changed[proba.argmax(axis=1) != cy[changed]]
             moved[wrong] = cx[wrong]
+            if len(wrong):
+                ratio[wrong] = index.ratio(cx[wrong])
             report.pushed += len(changed) - len(wrong)
-        return moved
+        return moved, ratio
 
     def _measure(
         self,

@@ -223,32 +223,56 @@ def nearest_ratio_index(
     a private example in a sparse region yet be far closer than that example's own neighbours. An
     exact copy (distance 0) has ratio 0, also of a private example with a duplicate (0/0); any
     other distance over a scale of 0 is inf. Centred float32 (fast) unless `exact` (float64).
+    A caller that asks of the same private set many times builds a RatioIndex once instead.
     """
-    _check_chunk(chunk)
-    dtype = torch.float64 if exact else torch.float32
-    copy_rtol = _COPY_RTOL if exact else 64 * 2.0**-23
-    a, b = _as_2d(points, "points").double(), _as_2d(private, "private").double()
-    _check_dims(a, b, "points", "private")
-    scale = torch.as_tensor(np.asarray(private_nn, np.float64))
-    if scale.shape != (len(b),):
-        raise ValueError(f"private_nn must have shape ({len(b)},), got {tuple(scale.shape)}")
-    centre = b.mean(dim=0)
-    a, b, scale = (a - centre).to(dtype), (b - centre).to(dtype), scale.to(dtype)
-    b_sq = b.square().sum(dim=1)
-    out = np.full(len(a), np.inf)
-    which = np.full(len(a), -1, dtype=np.int64)
-    with torch.no_grad():
-        for start in range(0, len(a), chunk):
-            rows = a[start : start + chunk]
-            rows_sq = rows.square().sum(dim=1)
-            d2 = _sq_dist_chunk(rows, b, rows_sq, b_sq)
-            copy = d2 <= copy_rtol * (rows_sq[:, None] + b_sq[None, :])
-            ratio = d2.sqrt_().div_(scale[None, :]).masked_fill_(copy, 0.0)
-            if len(b):
-                low = ratio.min(dim=1)
-                out[start : start + len(rows)] = low.values.double().numpy()
-                which[start : start + len(rows)] = low.indices.numpy()
-    return out, which
+    return RatioIndex(private, private_nn, exact).ratio_index(points, chunk)
+
+
+class RatioIndex:
+    """A private set and its scales (private_nn) made ready for nearest_ratio_index once: centred
+    on its mean, in the working precision, with its squared norms. Asking it about points gives
+    exactly what nearest_ratio_index gives; the set is prepared once, not on every call (a
+    teacher's release asks of its private data a dozen times a student, for a few rows each)."""
+
+    def __init__(self, private: np.ndarray | torch.Tensor, private_nn: np.ndarray, exact: bool = False) -> None:
+        self.exact = exact
+        self.dtype = torch.float64 if exact else torch.float32
+        self.copy_rtol = _COPY_RTOL if exact else 64 * 2.0**-23
+        b = _as_2d(private, "private").double()
+        scale = torch.as_tensor(np.asarray(private_nn, np.float64))
+        if scale.shape != (len(b),):
+            raise ValueError(f"private_nn must have shape ({len(b)},), got {tuple(scale.shape)}")
+        self.centre = b.mean(dim=0)
+        self.b = (b - self.centre).to(self.dtype)
+        self.scale = scale.to(self.dtype)
+        self.b_sq = self.b.square().sum(dim=1)
+
+    def ratio(self, points: np.ndarray | torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        return self.ratio_index(points, chunk)[0]
+
+    def ratio_index(
+        self, points: np.ndarray | torch.Tensor, chunk: int = DEFAULT_CHUNK
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See nearest_ratio_index."""
+        _check_chunk(chunk)
+        a = _as_2d(points, "points").double()
+        _check_dims(a, self.b, "points", "private")
+        a = (a - self.centre).to(self.dtype)
+        b, b_sq, scale = self.b, self.b_sq, self.scale
+        out = np.full(len(a), np.inf)
+        which = np.full(len(a), -1, dtype=np.int64)
+        with torch.no_grad():
+            for start in range(0, len(a), chunk):
+                rows = a[start : start + chunk]
+                rows_sq = rows.square().sum(dim=1)
+                d2 = _sq_dist_chunk(rows, b, rows_sq, b_sq)
+                copy = d2 <= self.copy_rtol * (rows_sq[:, None] + b_sq[None, :])
+                ratio = d2.sqrt_().div_(scale[None, :]).masked_fill_(copy, 0.0)
+                if len(b):
+                    low = ratio.min(dim=1)
+                    out[start : start + len(rows)] = low.values.double().numpy()
+                    which[start : start + len(rows)] = low.indices.numpy()
+        return out, which
 
 
 def near_copy_mask(

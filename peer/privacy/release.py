@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peer.privacy.measures import nearest_ratio, nearest_ratio_index
+from peer.privacy.measures import RatioIndex, nearest_ratio
 
 START_MODES = ("instance", "mix", "prototype", "noise")
 START_POOLS = ("class", "alike")  # where a mix's others of x's class come from (mix_starts, `alike`)
@@ -62,25 +62,48 @@ def push_out(
     levels: int | None = None,
     margin: float = PUSH_MARGIN,
     rounds: int = PUSH_ROUNDS,
+    index: RatioIndex | None = None,
 ) -> np.ndarray:
     """The candidates, each moved out of every private example's ball (radius `fraction` x nn(p)):
     a candidate inside p's ball is moved along the ray from p through it to `margin` x the radius,
     clipped to [0, 1] and quantised to `levels`; then checked against every private example again
     (the move may enter another ball), up to `rounds` moves. Candidates outside every ball are
     returned unchanged; one still inside after `rounds` moves (or an exact copy, which has no ray)
-    is returned as it came, for the minimum-distance filter to drop."""
+    is returned as it came, for the minimum-distance filter to drop. `index`: `private` and
+    `private_nn` prepared once (RatioIndex), for a caller that pushes many times."""
+    return push_out_ratio(candidates, private, private_nn, fraction, levels, margin, rounds, index)[0]
+
+
+def push_out_ratio(
+    candidates: np.ndarray,
+    private: np.ndarray,
+    private_nn: np.ndarray,
+    fraction: float,
+    levels: int | None = None,
+    margin: float = PUSH_MARGIN,
+    rounds: int = PUSH_ROUNDS,
+    index: RatioIndex | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """push_out, and the nearest_ratio of each candidate as returned (measured on the way: a
+    filter after it need not measure them again; NaN where `fraction` <= 0 measured nothing)."""
     out = np.array(candidates, dtype=np.float32, copy=True)
+    final = np.full(len(out), np.nan)
     if fraction <= 0 or len(out) == 0:
-        return out
+        return out, final
     flat = out.reshape(len(out), -1)
     pflat = np.asarray(private, np.float32).reshape(len(private), -1)
+    index = index or RatioIndex(pflat, private_nn)
     todo = np.arange(len(out))
+    first: np.ndarray | None = None
     for _ in range(rounds):
-        ratio, j = nearest_ratio_index(flat[todo], pflat, private_nn)
+        ratio, j = index.ratio_index(flat[todo])
+        final[todo] = ratio
+        if first is None:
+            first = ratio.copy()
         inside = ratio < fraction
         todo, j = todo[inside], j[inside]
         if len(todo) == 0:
-            return out
+            return out, final
         ray = flat[todo] - pflat[j]
         length = np.linalg.norm(ray, axis=1)
         movable = length > 0
@@ -90,9 +113,13 @@ def push_out(
         if levels is not None:
             moved = np.round(moved * levels) / levels
         flat[todo] = moved
-    still = nearest_ratio(flat[todo], pflat, private_nn) < fraction if len(todo) else np.zeros(0, bool)
-    flat[todo[still]] = np.asarray(candidates, np.float32).reshape(len(out), -1)[todo[still]]
-    return out
+    if len(todo):
+        final[todo] = index.ratio(flat[todo])
+        still = todo[final[todo] < fraction]
+        flat[still] = np.asarray(candidates, np.float32).reshape(len(out), -1)[still]
+        assert first is not None
+        final[still] = first[still]  # returned as it came: its ratio as it came
+    return out, final
 
 
 # -- release noise ----------------------------------------------------------------------------
