@@ -7,7 +7,9 @@ and FedDF report it, against FedAvg, each peer alone and all data pooled, on the
 Every peer is a simple CNN on its own Dirichlet(alpha) share of the 60,000 training images (split
 seed 0); accuracy is on the official 10,000 test images. ckd runs with its defaults (the guarded
 release, the validation gate) and a fan-out of 3 teachers per student (`--fanout`, 0 for all
-pairs): all pairs of 20 peers are 380 teachings a round, the fan-out 60. wall_seconds is ckd's run
+pairs): all pairs of 20 peers are 380 teachings a round, the fan-out 60; each teacher teaches a
+student at most 1,000 instances a round (`--max-per-student`, 0 for all: under this skew a
+teacher holds thousands of one class its students lack). wall_seconds is ckd's run
 alone; fedavg_wall_seconds FedAvg's (10 rounds of 1 local epoch, every peer, weights averaged by
 size), measured in the same process on the same split.
 """
@@ -53,6 +55,7 @@ def run_alpha(alpha: float, args: argparse.Namespace) -> dict:
         seed=0,
         rounds=args.rounds,
         fanout=args.fanout,
+        max_per_student=args.max_per_student,
         train_per_peer=args.train_per_peer,
         test_limit=args.test_limit,
     )
@@ -101,6 +104,12 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, action="append", help="Dirichlet alpha (repeat; default 0.1 and 0.5)")
     parser.add_argument("--rounds", default="2", help="rounds of teaching (a number, or auto)")
     parser.add_argument("--fanout", type=int, default=3, help="teachers per student (0: all pairs)")
+    parser.add_argument(
+        "--max-per-student",
+        type=int,
+        default=1000,
+        help="most instances a teacher teaches one student a round (0: every qualified one)",
+    )
     parser.add_argument("--train-per-peer", type=int, default=0, help="examples of each peer's share (0: all)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--threads", type=int, default=2)
