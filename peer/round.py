@@ -165,7 +165,9 @@ def known_classes_only(batch: ExampleBatch, classes: tuple[str, ...]) -> Kept:
     keep = known[batch.y] if len(batch.y) else np.zeros(0, dtype=bool)
     if keep.all():
         return Kept(batch)
-    return Kept(replace(batch, x=batch.x[keep], y=batch.y[keep], distance=batch.distance[keep]), int((~keep).sum()))
+    proba = None if batch.proba is None else batch.proba[keep]
+    kept = replace(batch, x=batch.x[keep], y=batch.y[keep], distance=batch.distance[keep], proba=proba)
+    return Kept(kept, int((~keep).sum()))
 
 
 def teach_students(

@@ -14,6 +14,7 @@ from peer.core.peer import TeachConfig
 from peer.core.precision import compact, expand, factor
 from peer.grpc.wire import decode_batch, encode_batch
 from peer.learners import TrainConfig, learner_from_blob, make_learner
+from peer.privacy.measures import RatioIndex
 from protos.ckd.v1 import wire_pb2
 from tests.test_precision import _trained
 from tests.test_privacy_release import _image_peer, bars
@@ -148,17 +149,17 @@ def test_forged_levels_are_refused():
 def test_the_filter_and_the_measures_judge_the_16_level_images_that_are_sent(monkeypatch):
     judged: list[np.ndarray] = []
     measured: list[np.ndarray] = []
-    ratio, leakage = peer_module.nearest_ratio, peer_module.measure_leakage
+    ratio, leakage = RatioIndex.ratio, peer_module.measure_leakage
 
-    def judging(candidates, *args, **kwargs):
+    def judging(self, candidates, *args, **kwargs):
         judged.append(np.array(candidates))
-        return ratio(candidates, *args, **kwargs)
+        return ratio(self, candidates, *args, **kwargs)
 
     def measuring(x, *args, **kwargs):
         measured.append(np.array(x))
         return leakage(x, *args, **kwargs)
 
-    monkeypatch.setattr(peer_module, "nearest_ratio", judging)
+    monkeypatch.setattr(RatioIndex, "ratio", judging)
     monkeypatch.setattr(peer_module, "measure_leakage", measuring)
     teach = TeachConfig(CounterfactualConfig(start="mix", start_k=4), min_distance=1.0, example_precision="uint4")
     teacher = _image_peer(teach, data=bars)

@@ -192,7 +192,9 @@ def test_compact_encodings_travel_as_sent_and_are_stored_exactly(fmnist, tmp_pat
             m = int(np.prod(chunks[0].header.x.shape[1:]))
             n_examples = chunks[0].header.x.shape[0]
             data = sum(len(c.data) for c in chunks[1:])
-            assert data == n_examples * ((m + 1) // 2 + 8 + 4)  # two pixels a byte, int64 label, float32 distance
+            classes = len(chunks[0].header.classes)
+            # two pixels a byte, int64 label, float32 distance, a byte a class of the teacher's probabilities
+            assert data == n_examples * ((m + 1) // 2 + 8 + 4 + classes)
             batch = decode_batch(chunks)
             pushed[(batch.receiver, *batch.id)] = batch
         headers = [m.header for k, m in taps[n.id] if k == "model" and m.WhichOneof("part") == "header"]

@@ -16,7 +16,7 @@ from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
 from peer.learners import TrainConfig, make_learner
 from peer.privacy.measures import RatioIndex, aligned_nearest_ratio, nearest, nearest_ratio, nearest_ratio_index
-from peer.privacy.release import START_MODES, min_distance_keep, push_out, push_out_ratio, release_noise, start_points
+from peer.privacy.release import START_MODES, min_distance_keep, push_out, release_noise, start_points
 
 KNOBS = {
     "privacy": "guarded",
@@ -363,7 +363,7 @@ def test_push_out_moves_near_candidates_out_of_every_ball_and_leaves_the_rest():
     copy = private[20:22].copy()  # exact copies: no ray to move them along
     cand = np.concatenate([near, far, copy])
     assert (nearest_ratio(near, private, nn) < 1).all()
-    out = push_out(cand, private, nn, 1.0, levels=255)
+    out = push_out(cand, private, nn, 1.0, levels=255)[0]
     ratio = nearest_ratio(out, private, nn)
     assert (ratio[:20] >= 1.0).all()  # every near one now outside every ball, not only its own
     assert np.array_equal(out[20:25], far) and np.array_equal(out[25:], copy)  # left for the filter
@@ -371,10 +371,10 @@ def test_push_out_moves_near_candidates_out_of_every_ball_and_leaves_the_rest():
     # moved along the ray from the private example, to just beyond its ball
     moved = np.linalg.norm(out[:20] - private[:20], axis=1) / nn[:20]
     assert (moved >= 1.0).all() and np.median(moved) < 1.2
-    assert np.array_equal(push_out(cand, private, nn, 0.0), cand)  # fraction 0: no ball
+    assert np.array_equal(push_out(cand, private, nn, 0.0)[0], cand)  # fraction 0: no ball
     # the ratios the push measured on the way are those of what it returns, with one index reused
     index = RatioIndex(private, nn)
-    again, measured = push_out_ratio(cand, private, nn, 1.0, levels=255, index=index)
+    again, measured = push_out(cand, private, nn, 1.0, levels=255, index=index)
     assert np.array_equal(again, out)
     np.testing.assert_allclose(measured, ratio, rtol=1e-6)
     np.testing.assert_array_equal(index.ratio_index(cand)[1], nearest_ratio_index(cand, private, nn)[1])

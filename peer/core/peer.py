@@ -42,7 +42,7 @@ from peer.learners import Learner, learner_from_blob
 from peer.learners.forest import ForestLearner
 from peer.learners.neural import TorchLearner
 from peer.privacy.measures import LeakageStats, RatioIndex, measure_leakage, nearest
-from peer.privacy.release import push_out_ratio, release_noise, start_points
+from peer.privacy.release import push_out, release_noise, start_points
 
 LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured and reported
 
@@ -744,7 +744,7 @@ class Peer:
         nearest ratio of each as returned."""
         levels = self.wire_levels if self.image else None
         index = self.ratio_index()
-        moved, ratio = push_out_ratio(
+        moved, ratio = push_out(
             cx, self.search_space(), self.private_nn(), self.teach_config.min_distance, levels, index=index
         )
         changed = np.flatnonzero(np.any((moved != cx).reshape(len(cx), -1), axis=1))

@@ -63,29 +63,17 @@ def push_out(
     margin: float = PUSH_MARGIN,
     rounds: int = PUSH_ROUNDS,
     index: RatioIndex | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """The candidates, each moved out of every private example's ball (radius `fraction` x nn(p)):
     a candidate inside p's ball is moved along the ray from p through it to `margin` x the radius,
     clipped to [0, 1] and quantised to `levels`; then checked against every private example again
     (the move may enter another ball), up to `rounds` moves. Candidates outside every ball are
     returned unchanged; one still inside after `rounds` moves (or an exact copy, which has no ray)
-    is returned as it came, for the minimum-distance filter to drop. `index`: `private` and
-    `private_nn` prepared once (RatioIndex), for a caller that pushes many times."""
-    return push_out_ratio(candidates, private, private_nn, fraction, levels, margin, rounds, index)[0]
+    is returned as it came, for the minimum-distance filter to drop.
 
-
-def push_out_ratio(
-    candidates: np.ndarray,
-    private: np.ndarray,
-    private_nn: np.ndarray,
-    fraction: float,
-    levels: int | None = None,
-    margin: float = PUSH_MARGIN,
-    rounds: int = PUSH_ROUNDS,
-    index: RatioIndex | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """push_out, and the nearest_ratio of each candidate as returned (measured on the way: a
-    filter after it need not measure them again; NaN where `fraction` <= 0 measured nothing)."""
+    Returns them and the nearest_ratio of each as returned (measured on the way: a filter after it
+    need not measure them again; NaN where `fraction` <= 0 measured nothing). `index`: `private`
+    and `private_nn` prepared once (RatioIndex), for a caller that pushes many times."""
     out = np.array(candidates, dtype=np.float32, copy=True)
     final = np.full(len(out), np.nan)
     if fraction <= 0 or len(out) == 0:
