@@ -328,10 +328,11 @@ class Peer:
         label (there the teacher's doubt would only weaken the little I learn of it), and my own
         rows toward their labels.
         """
-        rx, ry, rt = self.store.training_rows(self.classes, self.input_shape, skip)
+        soft = self.soft_labels != "off" and self.learner.soft_targets
+        rx, ry, rt = self.store.training_rows(self.classes, self.input_shape, skip, targets=soft)
         x = np.concatenate([self.x, rx]) if len(ry) else self.x
         y = np.concatenate([self.y, ry]) if len(ry) else self.y
-        if self.soft_labels == "off" or not self.learner.soft_targets or not len(ry):
+        if not soft or not len(ry):
             return x, y, None
         lacking = ~np.isin(ry, np.unique(self.y))
         rt[lacking] = 0.0

@@ -85,7 +85,7 @@ class ExampleStore:
 
         `skip` leaves out more: (sender, round) -> class names, as a judgement would refuse them.
         """
-        x, y, _ = self.training_rows(classes, input_shape, skip)
+        x, y, _ = self.training_rows(classes, input_shape, skip, targets=False)
         return x, y
 
     def training_rows(
@@ -93,25 +93,33 @@ class ExampleStore:
         classes: tuple[str, ...],
         input_shape: tuple[int, ...],
         skip: Mapping[tuple[str, int], Iterable[str]] | None = None,
+        targets: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`training_arrays` with each row's target over `classes` beside it (ExampleBatch.targets_for:
-        its sender's probabilities where the batch carries them, else its label's one-hot)."""
+        its sender's probabilities where the batch carries them, else its label's one-hot); with
+        `targets` False those are not built and come back with no columns."""
         refused = {k: set(v) for k, v in self.judgements().items()}
         for k, v in (skip or {}).items():
             refused.setdefault(k, set()).update(v)
         xs, ys, ts = [], [], []
         for b in self.batches():
-            labels, targets = b.labels_for(classes), b.targets_for(classes)
+            labels = b.labels_for(classes)
+            rows = b.targets_for(classes) if targets else np.zeros((len(labels), 0), np.float32)
             out = refused.get((b.sender, b.round))
-            keep_rows = ~np.isin(b.y, [i for i, name in enumerate(b.classes) if name in (out or ())])
-            xs.append(b.inputs()[keep_rows])
-            ys.append(labels[keep_rows])
-            ts.append(targets[keep_rows])
+            if out:  # else every row, without a copy
+                keep_rows = ~np.isin(b.y, [i for i, name in enumerate(b.classes) if name in out])
+                xs.append(b.inputs()[keep_rows])
+                ys.append(labels[keep_rows])
+                ts.append(rows[keep_rows])
+            else:
+                xs.append(b.inputs())
+                ys.append(labels)
+                ts.append(rows)
         if not xs:
             return (
                 np.zeros((0, *input_shape), np.float32),
                 np.zeros(0, np.int64),
-                np.zeros((0, len(classes)), np.float32),
+                np.zeros((0, len(classes) if targets else 0), np.float32),
             )
         x, y, t = np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
         keep = dedupe(x, y)
