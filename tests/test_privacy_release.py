@@ -402,3 +402,18 @@ def test_teach_with_push_sends_more_than_drop_and_still_no_near_copy():
     assert (bare.learner.predict_proba(bare_sent).argmax(axis=1) == labels).all()
     with pytest.raises(Exception, match="min-distance action"):
         TeachConfig(min_distance_action="nudge")
+
+
+def test_mix_draws_each_subset_of_the_others_equally_often():
+    """The others of an instance are a uniformly random subset of its pool without itself: over many
+    draws of 2 of the 4 others of a class of 5, each of the 6 pairs comes about 1/6 of the time."""
+    from collections import Counter
+
+    x = np.zeros((5, 2, 2), np.float32)
+    y = np.zeros(5, dtype=np.int64)
+    idx = np.full(6000, 2)
+    st = start_points("mix", x, y, idx, np.ones(5, bool), 1, np.random.default_rng(3), k=3)
+    assert all(m[0] == 2 and 2 not in m[1:].tolist() and len(set(m.tolist())) == 3 for m in st.sources)
+    counts = Counter(tuple(m[1:].tolist()) for m in st.sources)
+    assert set(counts) == {(0, 1), (0, 3), (0, 4), (1, 3), (1, 4), (3, 4)}
+    assert all(abs(n - 1000) < 150 for n in counts.values()), counts  # sd about 29

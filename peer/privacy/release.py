@@ -147,6 +147,20 @@ def class_pools(y: np.ndarray, correct: np.ndarray, classes: int) -> list[np.nda
     return pools
 
 
+def _subsets(n: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per row a uniformly random m[i]-subset of range(n[i]) (Floyd's algorithm, all rows at once):
+    (rows, max m) positions, -1 past a row's m."""
+    width = int(m.max()) if len(m) else 0
+    out = np.full((len(n), width), -1, dtype=np.int64)
+    for s in range(width):
+        rows = np.flatnonzero(s < m)
+        top = n[rows] - m[rows] + s  # draw from range(top + 1); a value already taken gives top
+        v = rng.integers(0, top + 1)
+        taken = (out[rows, :s] == v[:, None]).any(axis=1)
+        out[rows, s] = np.where(taken, top, v)
+    return out
+
+
 def mix_starts(
     x: np.ndarray,
     y: np.ndarray,
@@ -170,7 +184,10 @@ def mix_starts(
     the k-1 are drawn from the class the student takes idx[i] for instead, so that the mix sits
     between that class and its own, where the student errs; at most (k - 1) // 2 of them, so that
     x's class keeps the majority (none in a mix of 2). Where the student takes it for its own class,
-    or that class has too few instances, all come from its own class."""
+    or that class has too few instances, all come from its own class.
+
+    The draws are made for all instances of one (class, pool) group at once: each instance's
+    others are a uniformly random subset of its pool without itself."""
     if k < 2:
         raise ValueError(f"mix needs k >= 2 instances, got {k}")
     if cross < 0 or ((cross or alike) and confused is None):
@@ -178,25 +195,56 @@ def mix_starts(
             f"cross must be >= 0, and cross or alike come with the classes the student takes rows for, got {cross}"
         )
     cross = min(cross, (k - 1) // 2)
-    starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
-    sources = []
-    for j in idx:
-        pool = pools[y[j]]
-        others = pool[pool != j]
-        c = int(confused[j]) if confused is not None and (cross or alike) else int(y[j])
-        n_cross = cross if c != y[j] and len(pools[c]) >= cross else 0
+    idx = np.asarray(idx, dtype=np.int64)
+    own = y[idx].astype(np.int64)
+    c = confused[idx].astype(np.int64) if confused is not None and (cross or alike) else own
+    n_cross = np.where((c != own) & (np.array([len(p) for p in pools])[c] >= cross), cross, 0)
+    members: list[np.ndarray | None] = [None] * len(idx)
+    # one group per (own class, the student's class, cross count): the same pool for all its rows
+    keys = np.stack([own, c, n_cross], axis=1)
+    groups, inverse = np.unique(keys, axis=0, return_inverse=True)
+    for g, (cls, taken_for, nc) in enumerate(groups):
+        rows = np.flatnonzero(inverse.ravel() == g)
+        j = idx[rows]
+        want = k - 1 - int(nc)
+        pool = pools[cls]
+        use = np.zeros(len(rows), dtype=bool)
+        same = pool
         if alike and confused is not None:
-            same = others[confused[others] == c]
-            others = same if len(same) >= k - 1 - n_cross else others
-        pick = rng.choice(others, min(k - 1 - n_cross, len(others)), replace=False) if len(others) else others
-        if n_cross:
-            pick = np.concatenate([pick, rng.choice(pools[c], n_cross, replace=False)])
-        sources.append(np.concatenate([[j], np.sort(pick)]).astype(np.int64))
+            same = pool[confused[pool] == taken_for]
+            use = len(same) - np.isin(j, same) >= want
+        picks = np.full((len(rows), want), -1, dtype=np.int64)
+        for sub, flag in ((same, True), (pool, False)):
+            part = np.flatnonzero(use == flag)
+            if len(part) == 0:
+                continue
+            at = np.searchsorted(sub, j[part])
+            has = (at < len(sub)) & (sub[np.minimum(at, len(sub) - 1)] == j[part])
+            n = len(sub) - has.astype(np.int64)
+            pos = _subsets(n, np.minimum(want, n), rng)
+            valid = pos >= 0
+            pos = pos + (has[:, None] & (pos >= at[:, None]))  # skip the instance's own position
+            picks[part, : pos.shape[1]] = np.where(valid, sub[np.where(valid, pos, 0)], -1)
+        if nc:
+            other = pools[taken_for]
+            pos = _subsets(np.full(len(rows), len(other)), np.full(len(rows), int(nc)), rng)
+            picks = np.concatenate([picks, other[pos]], axis=1)
+        picks.sort(axis=1)  # -1 (none drawn) first
+        for r, row in enumerate(rows):
+            p = picks[r]
+            members[row] = np.concatenate([j[r : r + 1], p[p >= 0]])
+    sources = [m for m in members if m is not None]
+    assert len(sources) == len(idx), "every instance is in one group"
+    starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     # the means by number of members (k but for classes with fewer instances), each group at once
     sizes = np.array([len(m) for m in sources], dtype=np.int64)
     for size in np.unique(sizes):
         rows = np.flatnonzero(sizes == size)
-        starts[rows] = x[np.stack([sources[i] for i in rows])].mean(axis=1)
+        cols = np.stack([sources[i] for i in rows])
+        total = x[cols[:, 0]].astype(np.float32)
+        for m in range(1, size):
+            total += x[cols[:, m]]
+        starts[rows] = total / np.float32(size)
     return Starts(starts, sources, np.ones(len(idx), dtype=bool))
 
 
