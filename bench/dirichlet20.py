@@ -7,9 +7,9 @@ and FedDF report it, against FedAvg, each peer alone and all data pooled, on the
 Every peer is a simple CNN on its own Dirichlet(alpha) share of the 60,000 training images (split
 seed 0); accuracy is on the official 10,000 test images. ckd runs with its defaults (the guarded
 release, the validation gate) and a fan-out of 5 teachers per student (`--fanout`, 0 for all
-pairs): all pairs of 20 peers are 380 teachings a round, the fan-out 100 (measured at alpha 0.1,
-1,000 instances a pair: mean 73.5% with 3 teachers, 76.0% with 5 in 1.11x the time, 78.4% with 8
-in 1.8x); each teacher teaches a
+pairs): all pairs of 20 peers are 380 teachings a round, the fan-out 100 (chosen from a one-off
+probe of the ckd part alone at alpha 0.1, 1,000 instances a pair, not this script: mean 73.5% with
+3 teachers, 76.0% with 5 in 1.11x the time, 78.4% with 8 in 1.8x); each teacher teaches a
 student at most 1,000 instances a round (`--max-per-student`, 0 for all: under this skew a
 teacher holds thousands of one class its students lack). wall_seconds is ckd's run
 alone; fedavg_wall_seconds FedAvg's (10 rounds of 1 local epoch, every peer, weights averaged by

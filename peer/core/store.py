@@ -106,15 +106,11 @@ class ExampleStore:
             labels = b.labels_for(classes)
             rows = b.targets_for(classes) if targets else np.zeros((len(labels), 0), np.float32)
             out = refused.get((b.sender, b.round))
-            if out:  # else every row, without a copy
-                keep_rows = ~np.isin(b.y, [i for i, name in enumerate(b.classes) if name in out])
-                xs.append(b.inputs()[keep_rows])
-                ys.append(labels[keep_rows])
-                ts.append(rows[keep_rows])
-            else:
-                xs.append(b.inputs())
-                ys.append(labels)
-                ts.append(rows)
+            # every row as a view where nothing of the batch is refused, else a copy of those kept
+            keep_rows = ~np.isin(b.y, [i for i, name in enumerate(b.classes) if name in out]) if out else slice(None)
+            xs.append(b.inputs()[keep_rows])
+            ys.append(labels[keep_rows])
+            ts.append(rows[keep_rows])
         if not xs:
             return (
                 np.zeros((0, *input_shape), np.float32),

@@ -199,7 +199,7 @@ def mix_starts(
     own = y[idx].astype(np.int64)
     c = confused[idx].astype(np.int64) if confused is not None and (cross or alike) else own
     n_cross = np.where((c != own) & (np.array([len(p) for p in pools])[c] >= cross), cross, 0)
-    members: list[np.ndarray | None] = [None] * len(idx)
+    sources: list[np.ndarray] = [np.empty(0, np.int64)] * len(idx)  # each filled by its group below
     # one group per (own class, the student's class, cross count): the same pool for all its rows
     keys = np.stack([own, c, n_cross], axis=1)
     groups, inverse = np.unique(keys, axis=0, return_inverse=True)
@@ -232,16 +232,14 @@ def mix_starts(
         picks.sort(axis=1)  # -1 (none drawn) first
         for r, row in enumerate(rows):
             p = picks[r]
-            members[row] = np.concatenate([j[r : r + 1], p[p >= 0]])
-    sources = [m for m in members if m is not None]
-    assert len(sources) == len(idx), "every instance is in one group"
+            sources[row] = np.concatenate([j[r : r + 1], p[p >= 0]])
     starts = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
     # the means by number of members (k but for classes with fewer instances), each group at once
     sizes = np.array([len(m) for m in sources], dtype=np.int64)
     for size in np.unique(sizes):
         rows = np.flatnonzero(sizes == size)
         cols = np.stack([sources[i] for i in rows])
-        total = x[cols[:, 0]].astype(np.float32)
+        total = x[cols[:, 0]].astype(np.float32, copy=False)  # indexing made it a copy already
         for m in range(1, size):
             total += x[cols[:, m]]
         starts[rows] = total / np.float32(size)
