@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2
 
+from peer.core.blob import InvalidPayload
+from peer.core.fanout import by_teacher, plan, profile_of
 from peer.durable import atomic_write
 from peer.errors import UsageError
 from peer.faults import fault
@@ -52,6 +54,7 @@ STAGES: dict[int, str] = {
 }
 MAX_METRICS_BYTES = 64 << 20
 MAX_ADDRESS_CHARS = 300
+MAX_PROFILE_CHARS = 1 << 20
 STATE_FILE = "coordinator.json"
 log = logging.getLogger("ckd.coordinator")
 
@@ -66,6 +69,8 @@ class Barrier:
     stopped: str = ""  # a STAGE_DONE barrier: why the run stops after its round ("" goes on)
     makeup: list[str] = field(default_factory=list)  # a STAGE_DONE barrier: the next round's make-up students
     held: str = ""  # with makeup: why the rounds asked ended (the run's reason once the make-ups are done)
+    # a STAGE_PUBLISHED barrier under a fan-out limit: peer -> {"classes", "profile"} of its published model
+    profiles: dict[str, dict] = field(default_factory=dict)
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -100,6 +105,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.heartbeats: dict[str, float] = {}
         self.participants: list[str] | None = None
         self.barriers: dict[tuple[int, int], Barrier] = {}
+        # (round, fanout, peers planned over) -> teacher -> students: each plan made once, not per peer
+        self._plans: dict[tuple[int, int, tuple[str, ...]], dict[str, list[str]]] = {}
         self.metrics: dict[str, dict[int, dict]] = {}
         self.finished = threading.Event()
         self.lost: str | None = None  # why this coordinator cannot go on with the run it was asked about
@@ -246,6 +253,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if not self._in_run(request.round):
             self.refuse(context, grpc.StatusCode.OUT_OF_RANGE, f"round {request.round} {self._outside}")
         key = (int(request.round), int(request.stage))
+        fanout = int(request.fanout) if request.stage == pb.STAGE_PUBLISHED else 0
+        profile = self._profile(context, peer, request) if fanout > 0 else None
         if self.participants is None and key != (0, pb.STAGE_READY):
             # every peer waits at (0, ready) first: a peer further on means the run started with another
             # coordinator, or with this one before a restart that lost its memory (no --state-dir)
@@ -266,6 +275,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     barrier.late.append(peer)
             elif peer not in barrier.arrived:
                 barrier.arrived.append(peer)
+            if profile is not None:
+                barrier.profiles[peer] = profile
             self._cond.notify_all()
         fault("barrier")
         with self._cond:
@@ -286,9 +297,38 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 if barrier.stopped:
                     self.finished.set()
             arrived = sorted(set(barrier.arrived) | {peer})
-            return pb.WaitRoundReply(
+            reply = pb.WaitRoundReply(
                 arrived=arrived, timed_out=barrier.timed_out, stopped=barrier.stopped, makeup=barrier.makeup
             )
+            if fanout > 0:
+                reply.planned = True
+                reply.students.extend(self._students(key[0], fanout, barrier, arrived).get(peer, []))
+            return reply
+
+    def _profile(self, context, peer: str, request) -> dict:
+        """The profile a peer sent with its arrival at STAGE_PUBLISHED, checked (refused if malformed)."""
+        why = ""
+        try:
+            if len(request.profile_json) > MAX_PROFILE_CHARS:
+                raise InvalidPayload(f"over {MAX_PROFILE_CHARS} characters")
+            raw = json.loads(request.profile_json or "{}")
+            if not isinstance(raw, dict) or profile_of(raw) is None:
+                raise InvalidPayload('not an object with "classes" and "profile"')
+            return {"classes": raw["classes"], "profile": raw["profile"]}
+        except (ValueError, InvalidPayload) as exc:  # json's errors are ValueErrors
+            why = " ".join(str(exc).split())[:200]
+        self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} sent a malformed profile: {why}")
+        raise AssertionError("refuse aborts the call")  # pragma: no cover
+
+    def _students(self, round: int, fanout: int, barrier: Barrier, peers: list[str]) -> dict[str, list[str]]:
+        """Teacher -> students under the fan-out plan over `peers`' profiles (call with the lock
+        held): the plan every peer would compute from the headers of the models just published."""
+        key = (round, fanout, tuple(peers))
+        if key not in self._plans:
+            self._plans = {k: v for k, v in self._plans.items() if k[0] >= round - 1}
+            profiles = {p: profile_of(barrier.profiles[p]) if p in barrier.profiles else None for p in peers}
+            self._plans[key] = by_teacher(plan(profiles, fanout))
+        return self._plans[key]
 
     def _in_run(self, round: int) -> bool:
         """A round of the rounds asked (0..rounds), or a make-up round the coordinator decided on."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
 import pytest
 
+from peer.core.fanout import Profile, by_teacher, plan
 from peer.grpc.tls import Security, make_certs
 from protos.ckd.v1 import coordinator_pb2 as pb
 from protos.ckd.v1 import coordinator_pb2_grpc
@@ -204,5 +206,53 @@ def test_bytes_that_do_not_parse_are_refused_as_invalid_argument(certs):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
             assert "malformed message, 11 bytes that do not parse as" in err.value.details(), method
         assert c.peers == {}  # nothing registered
+    finally:
+        server.stop(grace=0)
+
+
+def _profile_json(accuracy: list) -> str:
+    return json.dumps({"classes": ["a", "b", "c"], "profile": {"accuracy": accuracy, "on": "validation"}})
+
+
+def test_published_barrier_hands_each_peer_its_students_under_the_fanout_plan():
+    """With --fanout the peers send their profiles with their arrival at `published`, and the
+    coordinator answers each with its students under peer.core.fanout's plan: no peer has to pull
+    every other's model header."""
+    ids = [f"peer-{k}" for k in range(5)]
+    accuracy = {
+        "peer-0": [0.9, 0.1, None],
+        "peer-1": [0.2, 0.95, 0.3],
+        "peer-2": [None, 0.4, 0.9],
+        "peer-3": [0.5, 0.5, 0.5],
+        "peer-4": [0.8, None, 0.7],
+    }
+    c = Coordinator(Security("coordinator"), rounds=2, min_peers=5, round_deadline=30)
+    server, port = serve_coordinator(c, "127.0.0.1:0")
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stubs = {p: coordinator_pb2_grpc.CoordinatorServiceStub(channel) for p in ids}
+        for p, stub in stubs.items():
+            stub.Register(pb.RegisterRequest(peer=p, address=f"{p}:1"), timeout=5)
+        wait_all(stubs, 0, pb.STAGE_READY)
+        extra = {p: {"fanout": 2, "profile_json": _profile_json(a)} for p, a in accuracy.items()}
+        replies = wait_all(stubs, 1, pb.STAGE_PUBLISHED, extra=extra)
+        profiles = {p: Profile(("a", "b", "c"), tuple(a)) for p, a in accuracy.items()}
+        expected = by_teacher(plan(profiles, 2))
+        assert all(r.planned for r in replies.values())
+        assert {p: sorted(r.students) for p, r in replies.items()} == expected
+        # every student is taught by 2 of the 4 others, not by all of them
+        assert sorted(sum(expected.values(), [])) == sorted(ids * 2)
+        # without a fan-out the reply plans nothing (the peer teaches whom it was given)
+        plain = wait_all(stubs, 1, pb.STAGE_TAUGHT)
+        assert not any(r.planned or r.students for r in plain.values())
+        # a malformed profile is refused, and the barrier does not count that arrival
+        with pytest.raises(grpc.RpcError) as refused:
+            stubs["peer-0"].WaitRound(
+                pb.WaitRoundRequest(peer="peer-0", round=2, stage=pb.STAGE_PUBLISHED, fanout=2, profile_json="[1, 2"),
+                timeout=5,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed profile" in refused.value.details()
+        assert (2, pb.STAGE_PUBLISHED) not in c.barriers
     finally:
         server.stop(grace=0)

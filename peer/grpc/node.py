@@ -23,6 +23,7 @@ import numpy as np
 
 from peer.config import ExperimentConfig, config_dict
 from peer.core.blob import ModelBlob
+from peer.core.fanout import PROFILE_KEY
 from peer.core.sqlstore import SqliteExampleStore
 from peer.durable import append_line, atomic_write
 from peer.errors import UsageError
@@ -137,10 +138,18 @@ class Membership:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def wait(self, round: int, stage: cpb.Stage) -> list[str]:
+    def wait(self, round: int, stage: cpb.Stage, fanout: int = 0) -> list[str]:
+        """The peers that reached `stage` of `round`. With `fanout` K > 0 at STAGE_PUBLISHED and a
+        coordinator, this peer's published profile goes with its arrival and the coordinator's
+        fan-out plan comes back (node.planned: the students this peer teaches; None without one)."""
         node = self.node
+        node.planned = None
         if node.coord is not None:
             request = cpb.WaitRoundRequest(peer=node.id, round=round, stage=stage)
+            if fanout > 0 and stage == cpb.STAGE_PUBLISHED:
+                spec = node.peer.snapshot(round).spec
+                request.fanout = fanout
+                request.profile_json = json.dumps({"classes": spec["classes"], "profile": spec[PROFILE_KEY]})
             node.meter.record("control", request)
             reply = node.coordinator_call(
                 "WaitRound", lambda t: node.coord.WaitRound(request, timeout=t), node.cfg.round_deadline * 2 + 3600
@@ -148,6 +157,8 @@ class Membership:
             if stage == cpb.STAGE_DONE:
                 node.stopped = reply.stopped
                 node.makeup = list(reply.makeup)
+            if reply.planned:
+                node.planned = list(reply.students)
             return list(reply.arrived)
         # static peer list: poll the others' Status until they got there or the deadline passed
         deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
@@ -219,6 +230,7 @@ class Node:
         self.auto = exp.auto_rounds
         self.stopped = ""  # why the run stopped, as the coordinator's last barrier said
         self.makeup: list[str] = []  # the students of the next round, when the coordinator made it a make-up round
+        self.planned: list[str] | None = None  # this round's students under the coordinator's fan-out plan
         if cfg.coordinator:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -421,19 +433,24 @@ class Node:
         time (of `students` only, when given), wait until all taught. Returns the teaching record
         and the peers that arrived."""
         self.servicer.publish(r, self.peer.snapshot(r))
-        arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED)
+        fanout = self.cfg.experiment.fanout
+        # a regular round: the coordinator plans who teaches whom; a make-up round plans among its students
+        arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED, fanout if students is None else 0)
         if self.coord is not None:
             self._peer_list()  # a peer that restarted may listen elsewhere now
+        chosen = arrived if students is None else [s for s in arrived if s in students]
+        if self.planned is not None:
+            chosen, fanout = [s for s in chosen if s in self.planned], 0
         # a peer that was down may be back, maybe at a new address: retry until half the deadline
         self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
         taught = teach_students(
             self.peer,
             r,
-            arrived if students is None else [s for s in arrived if s in students],
+            chosen,
             self.transport,
             deadline=self.transport.deadline,
             refresh=self._peer_list if self.coord is not None else None,
-            fanout=self.cfg.experiment.fanout,
+            fanout=fanout,
         )
         self.transport.deadline = None
         self.servicer.taught_round = r

@@ -69,26 +69,34 @@ class ListPeersReply(_message.Message):
     def __init__(self, peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
 
 class WaitRoundRequest(_message.Message):
-    __slots__ = ("peer", "round", "stage")
+    __slots__ = ("peer", "round", "stage", "profile_json", "fanout")
     PEER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_FIELD_NUMBER: _ClassVar[int]
     peer: str
     round: int
     stage: Stage
-    def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ...) -> None: ...
+    profile_json: str
+    fanout: int
+    def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., profile_json: _Optional[str] = ..., fanout: _Optional[int] = ...) -> None: ...
 
 class WaitRoundReply(_message.Message):
-    __slots__ = ("arrived", "timed_out", "stopped", "makeup")
+    __slots__ = ("arrived", "timed_out", "stopped", "makeup", "planned", "students")
     ARRIVED_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     STOPPED_FIELD_NUMBER: _ClassVar[int]
     MAKEUP_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_FIELD_NUMBER: _ClassVar[int]
+    STUDENTS_FIELD_NUMBER: _ClassVar[int]
     arrived: _containers.RepeatedScalarFieldContainer[str]
     timed_out: bool
     stopped: str
     makeup: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ..., stopped: _Optional[str] = ..., makeup: _Optional[_Iterable[str]] = ...) -> None: ...
+    planned: bool
+    students: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, arrived: _Optional[_Iterable[str]] = ..., timed_out: _Optional[bool] = ..., stopped: _Optional[str] = ..., makeup: _Optional[_Iterable[str]] = ..., planned: _Optional[bool] = ..., students: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("peer", "round", "json")
