@@ -269,7 +269,9 @@ def main() -> int:
         "--load", default="nothing else", help="what else ran on the machine during the measurement (recorded)"
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
     result: dict = {
         "command": "python bench/cf_speed.py " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

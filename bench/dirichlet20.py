@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -121,7 +120,9 @@ def main() -> int:
     parser.add_argument("--load", default="nothing else", help="what else ran on the machine meanwhile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dirichlet20.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
     result: dict = {
         "experiment": "Fashion-MNIST, 20 CNN peers, Dirichlet(alpha) label skew, split seed 0, official test set",
         "command": "python bench/dirichlet20.py " + shlex.join(sys.argv[1:]),

@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -68,7 +66,9 @@ def main() -> int:
     result: dict = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     if args.compare:
-        torch.set_num_threads(args.cpus)
+        from peer.process import configure_process
+
+        configure_process(args.cpus)
         print(f"in-process run ({args.peers} peers, {args.rounds} rounds, {args.cpus} threads)...", flush=True)
         exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=load_fashion_mnist(cfg.data_dir))
         s = summarise(exp)

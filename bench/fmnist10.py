@@ -109,7 +109,9 @@ def main() -> int:
         help="an option on top of the preset, e.g. --set cf_start_k=2 (needs --out)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
     if args.set and not args.out:
         parser.error("--set needs --out: the result is not the preset's")
     knobs = dict(PRIVACY_PRESETS[args.privacy])

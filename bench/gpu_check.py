@@ -123,7 +123,9 @@ def main() -> int:
     args = parser.parse_args()
     if min(args.train_images, args.epochs, args.test_images, args.examples, args.repeats, args.threads) < 1:
         parser.error("--train-images, --epochs, --test-images, --examples, --repeats and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
     try:
         device = pick_device(args.device)
         torch.empty(0, device=device)  # an unknown or absent device fails here, not halfway through

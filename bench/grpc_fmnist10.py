@@ -20,8 +20,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -90,7 +88,9 @@ def main() -> int:
         flush=True,
     )
     if args.compare:
-        torch.set_num_threads(args.inprocess_threads)
+        from peer.process import configure_process
+
+        configure_process(args.inprocess_threads)
         print("in-process run ...", flush=True)
         local = summarise(run_experiment(cfg, quiet=True))
         result["in_process"] = {

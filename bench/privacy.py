@@ -32,7 +32,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -233,7 +232,9 @@ def main() -> int:
         "earlier one); each row keeps the command that measured it",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
 
     base = ExperimentConfig(
         rounds=args.rounds,

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -45,7 +44,9 @@ def teaching_as(teacher: Peer, teach: TeachConfig) -> Peer:
 
 
 def main() -> int:
-    torch.set_num_threads(1)
+    from peer.process import configure_process
+
+    configure_process(1)
     base = ExperimentConfig(epochs=2)
     train, _ = load_fashion_mnist(base.data_dir)
     student, teacher, blob = two_peers(base, train)

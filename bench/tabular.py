@@ -127,7 +127,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.set and not args.out:
         parser.error("--set needs --out: the result is not the benchmark's setting")
-    torch.set_num_threads(int(os.environ.get("CKD_THREADS", "1")))
+    from peer.process import configure_process
+
+    configure_process(int(os.environ.get("CKD_THREADS", "1")))
     knobs = {}
     for item in args.set:
         key, _, value = item.partition("=")

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -51,7 +50,9 @@ def main() -> int:
     parser.add_argument("--load", default="nothing else", help="what else ran on the machine (recorded)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "unmix.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    from peer.process import configure_process
+
+    configure_process(2)
     base = ExperimentConfig(epochs=2)
     train, test = load_fashion_mnist(base.data_dir)
     student, teacher, blob = two_peers(base, train)

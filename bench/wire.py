@@ -30,8 +30,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -110,7 +108,9 @@ def main() -> int:
         for name, settings in (("float32", FLOAT32), ("compact", COMPACT))
     }
 
-    torch.set_num_threads(args.threads)
+    from peer.process import configure_process
+
+    configure_process(args.threads)
     train, test = load_fashion_mnist(base.data_dir)
     test = limit_test(base, test)
     print("fedavg ...", flush=True)

@@ -194,9 +194,9 @@ def cmd_peer(args: argparse.Namespace) -> int:
     if args.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "") and not args.advertise:
         raise UsageError(f"--listen {args.listen} is not an address other peers can reach; give --advertise HOST:PORT")
     sec = security(peer_id, args)  # certificate files checked before the data is read
-    import torch
+    from peer.process import configure_process
 
-    torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     knobs, data = with_data(from_args(args, peers=n), given)
     cfg = ExperimentConfig(**knobs)
     if args.coordinator:

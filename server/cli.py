@@ -120,15 +120,14 @@ def _out_dir(path: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from peer.data.fashion import load_fashion_mnist
     from peer.inprocess import run_experiment
+    from peer.process import configure_process
     from server.results import write_results
 
     if args.threads < 1 or args.workers < 1:
         raise UsageError(f"--threads and --workers must be >= 1, got {args.threads} and {args.workers}")
-    torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     out = _out_dir(args.out)
     values, data = with_data(from_args(args), set(getattr(args, "_given", ())))
     cfg = ExperimentConfig(**values)

@@ -113,11 +113,10 @@ def _whoami(context: Context) -> tuple[int, int] | str:
 
 def _setup(context: Context) -> tuple[ExperimentConfig, int | str]:
     """The experiment as this node runs it, and which peer it is: part K, or the id of a peer on its own data."""
-    import torch
-
     from peer.config import ExperimentConfig
+    from peer.process import configure_process
 
-    torch.set_num_threads(run_option(context.run_config, "threads"))
+    configure_process(run_option(context.run_config, "threads"))
     who = _whoami(context)
     n = who[1] if isinstance(who, tuple) else run_option(context.run_config, "peers")
     cfg = experiment_config(context.run_config, n)
