@@ -3,8 +3,8 @@
 The counterfactual search needs the gradient of a teacher's output with respect to its input,
 never with respect to its weights. For a convolution on few input channels (a greyscale or RGB
 image: Cin * kh * kw no more than its output channels), oneDNN's backward-data pass on a CPU is
-slow: on Fashion-MNIST's CNN (1 -> 32 channels, 5x5, stride 2) it took about 65 ms for 1,024
-images, against about 9 ms for the forward pass. The same gradient as `fold(g W)` (g the output
+slow: on Fashion-MNIST's CNN (1 -> 32 channels, 5x5, stride 2), timed by hand on 2 cores, it took
+about 65 ms for 1,024 images, against about 9 ms for the forward pass. The same gradient as `fold(g W)` (g the output
 gradient, one row per output position; W the weights as a Cout x (Cin kh kw) matrix) takes about
 25-30 ms: a product with a small inner dimension, then overlapping patches summed back into place.
 The forward pass is F.conv2d's, unchanged; only the search uses this module (a copy of the teacher's
