@@ -28,13 +28,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from peer.core.blob import InvalidPayload
-from peer.core.fanout import by_teacher, plan, profile_of
+from peer.core.fanout import Profile, by_teacher, plan, profile_of
 from peer.durable import atomic_write
 from peer.errors import UsageError
 from peer.faults import fault
@@ -70,7 +70,7 @@ class Barrier:
     makeup: list[str] = field(default_factory=list)  # a STAGE_DONE barrier: the next round's make-up students
     held: str = ""  # with makeup: why the rounds asked ended (the run's reason once the make-ups are done)
     # a STAGE_PUBLISHED barrier under a fan-out limit: peer -> {"classes", "profile"} of its published model
-    profiles: dict[str, dict] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -162,11 +162,12 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Seconds since the last call from a registered peer (or since start)."""
         return time.monotonic() - self.last_call
 
-    def refuse(self, context, code: grpc.StatusCode, message: str):
+    def refuse(self, context, code: grpc.StatusCode, message: str) -> NoReturn:
         """Abort this call with `code`, logged and kept in `refused`."""
         self.refused.append((code.name, message))
         log.warning("coordinator refused a call from %s: %s: %s", context.peer(), code.name, message)
         context.abort(code, message)
+        raise AssertionError("grpc's abort raises")  # pragma: no cover
 
     def _identity(self, context, claimed: str, must_be_registered: bool = True) -> str:
         cert = caller(context)
@@ -305,20 +306,21 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 reply.students.extend(self._students(key[0], fanout, barrier, arrived).get(peer, []))
             return reply
 
-    def _profile(self, context, peer: str, request) -> dict:
-        """The profile a peer sent with its arrival at STAGE_PUBLISHED, checked (refused if malformed)."""
+    def _profile(self, context, peer: str, request) -> Profile:
+        """The profile a peer sent with its arrival at STAGE_PUBLISHED, parsed once (the call is
+        refused if it is malformed)."""
         why = ""
         try:
             if len(request.profile_json) > MAX_PROFILE_CHARS:
                 raise InvalidPayload(f"over {MAX_PROFILE_CHARS} characters")
             raw = json.loads(request.profile_json or "{}")
-            if not isinstance(raw, dict) or profile_of(raw) is None:
-                raise InvalidPayload('not an object with "classes" and "profile"')
-            return {"classes": raw["classes"], "profile": raw["profile"]}
+            profile = profile_of(raw) if isinstance(raw, dict) else None
+            if profile is not None:
+                return profile
+            why = 'not an object with "classes" and "profile"'
         except (ValueError, InvalidPayload) as exc:  # json's errors are ValueErrors
             why = " ".join(str(exc).split())[:200]
         self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} sent a malformed profile: {why}")
-        raise AssertionError("refuse aborts the call")  # pragma: no cover
 
     def _students(self, round: int, fanout: int, barrier: Barrier, peers: list[str]) -> dict[str, list[str]]:
         """Teacher -> students under the fan-out plan over `peers`' profiles (call with the lock
@@ -326,7 +328,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         key = (round, fanout, tuple(peers))
         if key not in self._plans:
             self._plans = {k: v for k, v in self._plans.items() if k[0] >= round - 1}
-            profiles = {p: profile_of(barrier.profiles[p]) if p in barrier.profiles else None for p in peers}
+            profiles = {p: barrier.profiles.get(p) for p in peers}
             self._plans[key] = by_teacher(plan(profiles, fanout))
         return self._plans[key]
 

@@ -199,3 +199,63 @@ def test_launch_with_fanout_matches_in_process(fanned, tmp_path):
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     assert_same_results(summary, expected)
     assert _pairs(summary) == _pairs(expected)
+
+
+@pytest.mark.grpc
+def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fanned, fmnist, tmp_path, monkeypatch):
+    """Peer nodes (threads, each with its own server and certificate) and a coordinator on loopback,
+    as `ckd launch` runs them: every peer teaches the students the coordinator planned, so no peer
+    reads another's model header to plan for itself, and the run is the in-process one."""
+    import threading
+
+    from peer.grpc.node import Node, NodeConfig
+    from peer.grpc.tls import Security, make_certs
+    from peer.grpc.transport import GrpcTransport
+    from server.coordinator import Coordinator, serve_coordinator
+
+    cfg, expected = fanned
+    headers: list[str] = []
+    pull_header = GrpcTransport.get_spec
+
+    def counted(self, peer_id, round):
+        headers.append(peer_id)
+        return pull_header(self, peer_id, round)
+
+    monkeypatch.setattr(GrpcTransport, "get_spec", counted)
+    certs = tmp_path / "certs"
+    ids = [f"peer-{k}" for k in range(cfg.peers)]
+    make_certs(certs, ["coordinator", *ids])
+    coord = Coordinator(Security.from_dir("coordinator", certs, False), cfg.rounds, cfg.peers, 120)
+    server, port = serve_coordinator(coord, "127.0.0.1:0")
+    nodes = [
+        Node(
+            NodeConfig(cfg, k, tmp_path / pid, coordinator=f"127.0.0.1:{port}", round_deadline=120),
+            Security.from_dir(pid, certs, False),
+            data=fmnist,
+        )
+        for k, pid in enumerate(ids)
+    ]
+    errors: list[str] = []
+
+    def run(n: Node) -> None:
+        try:
+            n.run()
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(f"{n.id}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        for n in nodes:
+            n.stop()
+        server.stop(grace=0)
+    assert not errors, errors
+    exp, extra = coord.results({p: tmp_path / p for p in ids})
+    summary = {**summarise(exp), **extra}
+    assert headers == []
+    assert _pairs(summary) == _pairs(expected) and len(_pairs(summary)) == cfg.peers
+    assert_same_results(summary, expected)
