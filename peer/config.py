@@ -101,7 +101,8 @@ class ExperimentConfig:
         "else searched again from a new mix, up to 4 searches), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
         "--cf-start, --cf-start-k, --cf-start-cross, --cf-start-pool, --min-distance, --min-distance-action, "
-        "--noise-scale and --release-tries unless given",
+        "--noise-scale, --release-tries and --soft-labels unless given (paper: labels alone, as the paper's "
+        "students train)",
     )
     cf_start: str = option(
         "mix",
@@ -345,6 +346,10 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "min_distance_action": "drop",
         "noise_scale": 0.0,
         "release_tries": 1,
+        # the paper's students retrain on (x', label) pairs. Its starts are private instances, never
+        # between two classes, so the teacher's probabilities would only soften the labels of typical
+        # examples (fmnist-10 under paper: median 87.0% toward them for held classes, 87.7% on labels)
+        "soft_labels": "off",
     },
     # the default: starts at the mean of 4 same-class instances, sends nothing nearer a private example
     # than its nearest other one (an augmented copy judged with its x'): an x' that near is pushed out
@@ -368,6 +373,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "min_distance_action": "push",
         "noise_scale": 0.0,
         "release_tries": 4,
+        "soft_labels": "held",
     },
 }
 DEFAULT_PRIVACY = "guarded"

@@ -28,6 +28,7 @@ KNOBS = {
     "min_distance_action": "push",
     "noise_scale": 0.0,
     "release_tries": 4,
+    "soft_labels": "held",
 }
 
 
@@ -308,6 +309,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "min_distance_action": "drop",
         "noise_scale": 0.0,
         "release_tries": 1,
+        "soft_labels": "off",
     }
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():
