@@ -34,7 +34,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from peer.core.blob import InvalidPayload
-from peer.core.fanout import Profile, by_teacher, plan, profile_of
+from peer.core.fanout import by_teacher, plan, profile_of
 from peer.durable import atomic_write
 from peer.errors import UsageError
 from peer.faults import fault
@@ -69,8 +69,9 @@ class Barrier:
     stopped: str = ""  # a STAGE_DONE barrier: why the run stops after its round ("" goes on)
     makeup: list[str] = field(default_factory=list)  # a STAGE_DONE barrier: the next round's make-up students
     held: str = ""  # with makeup: why the rounds asked ended (the run's reason once the make-ups are done)
-    # a STAGE_PUBLISHED barrier under a fan-out limit: peer -> {"classes", "profile"} of its published model
-    profiles: dict[str, Profile] = field(default_factory=dict)
+    # a STAGE_PUBLISHED barrier under a fan-out limit: peer -> {"classes", "profile"} of its published model,
+    # kept as sent (checked on arrival, parsed for the plan) so that the state file holds it as JSON
+    profiles: dict[str, dict] = field(default_factory=dict)
 
 
 class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -306,18 +307,16 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 reply.students.extend(self._students(key[0], fanout, barrier, arrived).get(peer, []))
             return reply
 
-    def _profile(self, context, peer: str, request) -> Profile:
-        """The profile a peer sent with its arrival at STAGE_PUBLISHED, parsed once (the call is
-        refused if it is malformed)."""
+    def _profile(self, context, peer: str, request) -> dict:
+        """The profile a peer sent with its arrival at STAGE_PUBLISHED, checked (refused if malformed)."""
         why = ""
         try:
             if len(request.profile_json) > MAX_PROFILE_CHARS:
                 raise InvalidPayload(f"over {MAX_PROFILE_CHARS} characters")
             raw = json.loads(request.profile_json or "{}")
-            profile = profile_of(raw) if isinstance(raw, dict) else None
-            if profile is not None:
-                return profile
-            why = 'not an object with "classes" and "profile"'
+            if not isinstance(raw, dict) or profile_of(raw) is None:
+                raise InvalidPayload('not an object with "classes" and "profile"')
+            return {"classes": raw["classes"], "profile": raw["profile"]}
         except (ValueError, InvalidPayload) as exc:  # json's errors are ValueErrors
             why = " ".join(str(exc).split())[:200]
         self.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"peer {peer!r} sent a malformed profile: {why}")
@@ -328,7 +327,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         key = (round, fanout, tuple(peers))
         if key not in self._plans:
             self._plans = {k: v for k, v in self._plans.items() if k[0] >= round - 1}
-            profiles = {p: barrier.profiles.get(p) for p in peers}
+            profiles = {p: profile_of(barrier.profiles[p]) if p in barrier.profiles else None for p in peers}
             self._plans[key] = by_teacher(plan(profiles, fanout))
         return self._plans[key]
 

@@ -214,10 +214,11 @@ def _profile_json(accuracy: list) -> str:
     return json.dumps({"classes": ["a", "b", "c"], "profile": {"accuracy": accuracy, "on": "validation"}})
 
 
-def test_published_barrier_hands_each_peer_its_students_under_the_fanout_plan():
+def test_published_barrier_hands_each_peer_its_students_under_the_fanout_plan(tmp_path):
     """With --fanout the peers send their profiles with their arrival at `published`, and the
     coordinator answers each with its students under peer.core.fanout's plan: no peer has to pull
-    every other's model header."""
+    every other's model header. A coordinator restarted from its state gives a peer that asks
+    again the same students."""
     ids = [f"peer-{k}" for k in range(5)]
     accuracy = {
         "peer-0": [0.9, 0.1, None],
@@ -226,7 +227,7 @@ def test_published_barrier_hands_each_peer_its_students_under_the_fanout_plan():
         "peer-3": [0.5, 0.5, 0.5],
         "peer-4": [0.8, None, 0.7],
     }
-    c = Coordinator(Security("coordinator"), rounds=2, min_peers=5, round_deadline=30)
+    c = Coordinator(Security("coordinator"), rounds=2, min_peers=5, round_deadline=30, state_dir=tmp_path)
     server, port = serve_coordinator(c, "127.0.0.1:0")
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -254,5 +255,14 @@ def test_published_barrier_hands_each_peer_its_students_under_the_fanout_plan():
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "malformed profile" in refused.value.details()
         assert (2, pb.STAGE_PUBLISHED) not in c.barriers
+    finally:
+        server.stop(grace=0)
+    again = Coordinator(Security("coordinator"), rounds=2, min_peers=5, round_deadline=30, state_dir=tmp_path)
+    server, port = serve_coordinator(again, "127.0.0.1:0")
+    try:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        request = pb.WaitRoundRequest(peer="peer-3", round=1, stage=pb.STAGE_PUBLISHED, **extra["peer-3"])
+        reply = stub.WaitRound(request, timeout=5)
+        assert reply.planned and sorted(reply.students) == expected["peer-3"]
     finally:
         server.stop(grace=0)
