@@ -20,6 +20,7 @@ from peer.learners import learner_from_blob
 from server.results import summarise
 from tests.fault_runs import launch
 from tests.loopback import LoopbackGrpc
+from tests.node_threads import run_in_threads
 from tests.results_compare import assert_same_results
 
 CLASSES = tuple("abcde")
@@ -206,8 +207,6 @@ def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fann
     """Peer nodes (threads, each with its own server and certificate) and a coordinator on loopback,
     as `ckd launch` runs them: every peer teaches the students the coordinator planned, so no peer
     reads another's model header to plan for itself, and the run is the in-process one."""
-    import threading
-
     from peer.grpc.node import Node, NodeConfig
     from peer.grpc.tls import Security, make_certs
     from peer.grpc.transport import GrpcTransport
@@ -235,23 +234,9 @@ def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fann
         )
         for k, pid in enumerate(ids)
     ]
-    errors: list[str] = []
-
-    def run(n: Node) -> None:
-        try:
-            n.run()
-        except Exception as exc:  # noqa: BLE001  (reported below)
-            errors.append(f"{n.id}: {exc!r}")
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        errors = run_in_threads(nodes)
     finally:
-        for n in nodes:
-            n.stop()
         server.stop(grace=0)
     assert not errors, errors
     exp, extra = coord.results({p: tmp_path / p for p in ids})

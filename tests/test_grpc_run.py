@@ -23,6 +23,7 @@ from server.cli import main
 from server.coordinator import Coordinator, serve_coordinator
 from server.results import summarise
 from tests.fault_runs import launch
+from tests.node_threads import run_in_threads
 from tests.results_compare import assert_same_results
 
 pytestmark = pytest.mark.grpc
@@ -108,21 +109,7 @@ def _run_nodes(fmnist, tmp_path, coordinator: bool, taps: dict, cfg: ExperimentC
             n.addresses = {m.id: m.address for m in nodes}
     for n in nodes:
         n.meter.taps.append(lambda kind, msg, pid=n.id: taps.setdefault(pid, []).append((kind, msg)))
-    errors = []
-
-    def run(n):
-        try:
-            n.run()
-        except Exception as exc:  # noqa: BLE001  (reported below)
-            errors.append(f"{n.id}: {exc!r}")
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    for n in nodes:
-        n.stop()
+    errors = run_in_threads(nodes, timeout=240)
     if server is not None:
         server.stop(grace=0)
     assert not errors, errors

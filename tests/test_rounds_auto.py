@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import replace
 
 import grpc
@@ -25,6 +24,7 @@ from server.coordinator import Coordinator, serve_coordinator
 from server.results import summarise
 from tests.coordinator_calls import wait_all
 from tests.flower_util import AUTO as AUTO_RUN
+from tests.node_threads import run_in_threads
 from tests.results_compare import assert_same_results
 
 AUTO = from_run_config(AUTO_RUN, peers=AUTO_RUN["peers"])
@@ -193,23 +193,9 @@ def test_grpc_nodes_and_coordinator_with_auto_stop_at_the_same_round_as_in_proce
         )  # the peers were told 2 rounds: the coordinator's auto wins
         for k, pid in enumerate(ids)
     ]
-    errors: list[str] = []
-
-    def run(n: Node) -> None:
-        try:
-            n.run()
-        except Exception as exc:  # noqa: BLE001  (reported below)
-            errors.append(f"{n.id}: {exc!r}")
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        errors = run_in_threads(nodes)
     finally:
-        for n in nodes:
-            n.stop()
         server.stop(grace=0)
     assert not errors, errors
     assert coord.finished.is_set()
