@@ -20,7 +20,7 @@ from peer.learners import learner_from_blob
 from server.results import summarise
 from tests.fault_runs import launch
 from tests.loopback import LoopbackGrpc
-from tests.node_threads import run_in_threads
+from tests.node_threads import run_with_coordinator
 from tests.results_compare import assert_same_results
 
 CLASSES = tuple("abcde")
@@ -207,10 +207,7 @@ def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fann
     """Peer nodes (threads, each with its own server and certificate) and a coordinator on loopback,
     as `ckd launch` runs them: every peer teaches the students the coordinator planned, so no peer
     reads another's model header to plan for itself, and the run is the in-process one."""
-    from peer.grpc.node import Node, NodeConfig
-    from peer.grpc.tls import Security, make_certs
     from peer.grpc.transport import GrpcTransport
-    from server.coordinator import Coordinator, serve_coordinator
 
     cfg, expected = fanned
     headers: list[str] = []
@@ -221,25 +218,9 @@ def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fann
         return pull_header(self, peer_id, round)
 
     monkeypatch.setattr(GrpcTransport, "get_spec", counted)
-    certs = tmp_path / "certs"
-    ids = [f"peer-{k}" for k in range(cfg.peers)]
-    make_certs(certs, ["coordinator", *ids])
-    coord = Coordinator(Security.from_dir("coordinator", certs, False), cfg.rounds, cfg.peers, 120)
-    server, port = serve_coordinator(coord, "127.0.0.1:0")
-    nodes = [
-        Node(
-            NodeConfig(cfg, k, tmp_path / pid, coordinator=f"127.0.0.1:{port}", round_deadline=120),
-            Security.from_dir(pid, certs, False),
-            data=fmnist,
-        )
-        for k, pid in enumerate(ids)
-    ]
-    try:
-        errors = run_in_threads(nodes)
-    finally:
-        server.stop(grace=0)
+    nodes, coord, errors = run_with_coordinator(cfg, fmnist, tmp_path)
     assert not errors, errors
-    exp, extra = coord.results({p: tmp_path / p for p in ids})
+    exp, extra = coord.results({n.id: tmp_path / n.id for n in nodes})
     summary = {**summarise(exp), **extra}
     assert headers == []
     assert _pairs(summary) == _pairs(expected) and len(_pairs(summary)) == cfg.peers

@@ -24,7 +24,7 @@ from server.coordinator import Coordinator, serve_coordinator
 from server.results import summarise
 from tests.coordinator_calls import wait_all
 from tests.flower_util import AUTO as AUTO_RUN
-from tests.node_threads import run_in_threads
+from tests.node_threads import run_with_coordinator
 from tests.results_compare import assert_same_results
 
 AUTO = from_run_config(AUTO_RUN, peers=AUTO_RUN["peers"])
@@ -178,28 +178,13 @@ def test_ckd_demo_with_rounds_auto_writes_and_prints_why_it_stopped(in_process, 
 def test_grpc_nodes_and_coordinator_with_auto_stop_at_the_same_round_as_in_process(fmnist, in_process, tmp_path):
     """Three peer nodes (threads, each with its own server, store and certificate) and a coordinator
     on loopback, as `ckd launch` runs them; the coordinator decides from the flags the peers report."""
-    certs = tmp_path / "certs"
-    ids = [f"peer-{k}" for k in range(AUTO.peers)]
-    make_certs(certs, ["coordinator", *ids])
-    coord = Coordinator(
-        Security.from_dir("coordinator", certs, False), AUTO.rounds, AUTO.peers, 120, max_rounds=AUTO.max_rounds
+    # the peers are told 2 rounds: the coordinator's auto wins
+    nodes, coord, errors = run_with_coordinator(
+        AUTO, fmnist, tmp_path, peer_cfg=replace(AUTO, rounds=2), max_rounds=AUTO.max_rounds
     )
-    server, port = serve_coordinator(coord, "127.0.0.1:0")
-    nodes = [
-        Node(
-            NodeConfig(replace(AUTO, rounds=2), k, tmp_path / pid, coordinator=f"127.0.0.1:{port}", round_deadline=120),
-            Security.from_dir(pid, certs, False),
-            data=fmnist,
-        )  # the peers were told 2 rounds: the coordinator's auto wins
-        for k, pid in enumerate(ids)
-    ]
-    try:
-        errors = run_in_threads(nodes)
-    finally:
-        server.stop(grace=0)
     assert not errors, errors
     assert coord.finished.is_set()
-    exp, extra = coord.results({p: tmp_path / p for p in ids})  # as `ckd launch` writes results.json
+    exp, extra = coord.results({n.id: tmp_path / n.id for n in nodes})  # as `ckd launch` writes results.json
     summary = {**summarise(exp), **extra}
     assert summary["rounds"] == in_process["rounds"]
     assert_same_results(summary, in_process)
