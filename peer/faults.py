@@ -6,7 +6,8 @@ The points are named where they are called: `train` (a training step), `pull` an
 through pulling a model or pushing a batch: the header sent, the data not), `receive` (a batch's
 header read, its data not), `store` (a batch inserted, the transaction not committed), `ack` (the
 batch committed, the acknowledgement not sent), `checkpoint`, `metrics` and `coordinator-state`
-(half of the file's bytes written), `barrier` (the coordinator, a peer just arrived at a barrier).
+(half of the file's bytes written), `barrier` (the coordinator, a peer just arrived at a barrier),
+`leave` (a peer heard at the last barrier that the run ended, the coordinator not yet told).
 The kill is a real one: nothing is flushed, no handler runs, as when a machine loses power.
 """
 

@@ -194,14 +194,19 @@ def wait_finished(coordinator, idle_timeout: float, check=None) -> None:
 
 
 def wait_reports(coordinator, grace: float, check=None) -> None:
-    """After the run's last barrier: up to `grace` seconds for the reports still missing from peers
-    that are alive (one slower than the last round's deadline reports after the run went on without
-    it). A peer that never reports is left out of the results and named there (`incomplete`)."""
+    """After the run's last barrier: up to `grace` seconds for the peers still alive that have not
+    reported every round or not left (heard the run's end; one slower than the last round's deadline
+    reports after the run went on without it). A peer that never reports is left out of the results
+    and named there (`incomplete`)."""
     end = time.monotonic() + grace
     told = False
     while (late := coordinator.missing_reports()) and time.monotonic() < end:
         if not told:
-            print(f"waiting up to {grace:g} s for the last reports of {', '.join(late)}", file=sys.stderr, flush=True)
+            print(
+                f"waiting up to {grace:g} s for {', '.join(late)} to report and hear the run's end",
+                file=sys.stderr,
+                flush=True,
+            )
             told = True
         if check is not None:
             check()

@@ -110,6 +110,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self._plans: dict[tuple[int, int, tuple[str, ...]], dict[str, list[str]]] = {}
         self.metrics: dict[str, dict[int, dict]] = {}
         self.finished = threading.Event()
+        self.left: set[str] = set()  # peers that heard the run's end (Leave)
         self.lost: str | None = None  # why this coordinator cannot go on with the run it was asked about
         self.told: set[str] = set()  # the peers that heard why
         self._lost_at = 0.0
@@ -413,21 +414,28 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self._save()
         return pb.MetricsReply()
 
+    def Leave(self, request, context):
+        peer = self._identity(context, request.peer)
+        with self._cond:
+            self.left.add(peer)
+            self.heartbeats[peer] = time.time()
+        return pb.LeaveReply()
+
     def missing_reports(self) -> list[str]:
         """Peers of the run still heard from (within `heartbeat_timeout`) that have not reported every
-        round yet or not come to the last barrier (where they learn that the run ended): a peer
-        slower than the last barrier's deadline does both after the run went on without it ([]
-        while the run goes on)."""
+        round yet or not left (Leave: they heard at the last barrier that the run ended), so the
+        coordinator serves on for them: a peer slower than the last barrier's deadline reports and
+        comes there after the run went on without it, and one whose last WaitRound reply was lost
+        on a dying connection asks again ([] while the run goes on)."""
         last = self.last_round()
         if last is None:
             return []
         now = time.time()
         with self._cond:
-            final = self.barriers[(last, pb.STAGE_DONE)]
             return sorted(
                 p
                 for p in (self.participants or self.peers)
-                if (not set(range(last + 1)) <= set(self.metrics.get(p, {})) or p not in final.arrived + final.late)
+                if (not set(range(last + 1)) <= set(self.metrics.get(p, {})) or p not in self.left)
                 and now - self.heartbeats.get(p, 0.0) < self.heartbeat_timeout
             )
 

@@ -220,6 +220,7 @@ def test_nodes_with_a_coordinator_teach_its_plan_without_reading_any_header(fann
     monkeypatch.setattr(GrpcTransport, "get_spec", counted)
     nodes, coord, errors = run_with_coordinator(cfg, fmnist, tmp_path)
     assert not errors, errors
+    assert coord.left == {n.id for n in nodes} and coord.missing_reports() == []  # each heard the end
     exp, extra = coord.results({n.id: tmp_path / n.id for n in nodes})
     summary = {**summarise(exp), **extra}
     assert headers == []

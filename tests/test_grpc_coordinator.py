@@ -141,6 +141,31 @@ def test_a_make_up_round_survives_a_coordinator_restart(certs, tmp_path):
     assert again.makeup_students(3) == ["peer-1"] and again.last_round() is None and not again.finished.is_set()
 
 
+def test_the_coordinator_serves_on_until_every_peer_heard_the_run_end(coord):
+    """Arriving at the last barrier is not hearing its reply (it may be lost on a dying connection):
+    the coordinator waits for each peer still alive to leave, and answers a peer that asks the
+    last barrier again."""
+    c, stubs = coord
+    _start(coord)
+    for r in (1, 2):
+        for stage in (pb.STAGE_PUBLISHED, pb.STAGE_TAUGHT):
+            wait_all(stubs, r, stage)
+        for p, stub in stubs.items():
+            stub.ReportMetrics(pb.MetricsRequest(peer=p, round=r - 1, json="{}"), timeout=5)
+    for p, stub in stubs.items():
+        stub.ReportMetrics(pb.MetricsRequest(peer=p, round=2, json="{}"), timeout=5)
+    done = wait_all(stubs, 2, pb.STAGE_DONE)
+    assert c.finished.is_set() and all(r.stopped == "2 rounds asked" for r in done.values())
+    assert c.missing_reports() == ["peer-0", "peer-1"]  # both arrived and reported, neither left
+    again = _wait(stubs, "peer-0", 2, pb.STAGE_DONE)  # as after a lost reply: answered at once, the same
+    assert again.stopped == "2 rounds asked" and list(again.arrived) == ["peer-0", "peer-1"]
+    stubs["peer-0"].Leave(pb.LeaveRequest(peer="peer-0", round=2), timeout=5)
+    assert c.missing_reports() == ["peer-1"]
+    c.heartbeat_timeout = 0.5  # a peer silent that long is not waited for, left or not
+    time.sleep(0.6)
+    assert c.missing_reports() == []
+
+
 def test_silent_peer_not_waited_for(coord):
     c, stubs = coord
     _start(coord)

@@ -43,6 +43,7 @@ CONTROL = (
     coordinator_pb2.WaitRoundRequest,
     coordinator_pb2.MetricsRequest,
     coordinator_pb2.HeartbeatRequest,
+    coordinator_pb2.LeaveRequest,
 )
 
 

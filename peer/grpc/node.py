@@ -28,6 +28,7 @@ from peer.core.sqlstore import SqliteExampleStore
 from peer.durable import append_line, atomic_write
 from peer.errors import UsageError
 from peer.experiment import build_own_peer, build_whole_peer, limit_test, load_data, test_inputs
+from peer.faults import fault
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.grpc.tls import Security
 from peer.grpc.transport import TRANSIENT, GrpcTransport, backoff
@@ -426,7 +427,28 @@ class Node:
             if last > done:
                 self._makeup_round(last, list(self.makeup))
             self.membership.wait(last, cpb.STAGE_DONE)
+        self._leave(last)
         return self.metrics
+
+    def _leave(self, round: int) -> None:
+        """Tell the coordinator this peer heard the run's end (it serves on until every peer did, so
+        a lost reply at the last barrier is asked again, not met by a coordinator gone). Best effort:
+        the peer's run is complete either way, so a few quick tries, then a warning."""
+        coord = self.coord
+        if coord is None:
+            return
+        fault("leave")
+        request = cpb.LeaveRequest(peer=self.id, round=round)
+        self.meter.record("control", request)
+        for attempt in range(3):
+            try:
+                coord.Leave(request, timeout=10)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in TRANSIENT or attempt == 2:
+                    log.warning("%s: leaving %s failed: %s", self.id, self.cfg.coordinator, exc.code().name)
+                    return
+                time.sleep(backoff(attempt, 0.5, 2.0))
 
     def _teach(self, r: int, students: list[str] | None = None) -> tuple[PeerRound, list[str]]:
         """Publish model r, wait until the round's models are out, teach every peer that arrived in

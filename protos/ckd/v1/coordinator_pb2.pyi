@@ -111,3 +111,15 @@ class MetricsRequest(_message.Message):
 class MetricsReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("peer", "round")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    round: int
+    def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class LeaveReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class CoordinatorServiceStub:
                 request_serializer=ckd_dot_v1_dot_coordinator__pb2.MetricsRequest.SerializeToString,
                 response_deserializer=ckd_dot_v1_dot_coordinator__pb2.MetricsReply.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/ckd.v1.CoordinatorService/Leave',
+                request_serializer=ckd_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=ckd_dot_v1_dot_coordinator__pb2.LeaveReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -94,6 +99,12 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=ckd_dot_v1_dot_coordinator__pb2.MetricsRequest.FromString,
                     response_serializer=ckd_dot_v1_dot_coordinator__pb2.MetricsReply.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=ckd_dot_v1_dot_coordinator__pb2.LeaveRequest.FromString,
+                    response_serializer=ckd_dot_v1_dot_coordinator__pb2.LeaveReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class CoordinatorService:
             '/ckd.v1.CoordinatorService/ReportMetrics',
             ckd_dot_v1_dot_coordinator__pb2.MetricsRequest.SerializeToString,
             ckd_dot_v1_dot_coordinator__pb2.MetricsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ckd.v1.CoordinatorService/Leave',
+            ckd_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
+            ckd_dot_v1_dot_coordinator__pb2.LeaveReply.FromString,
             options,
             channel_credentials,
             insecure,
