@@ -198,10 +198,11 @@ def wait_reports(coordinator, grace: float, check=None) -> None:
     reported every round or not left (heard the run's end; one slower than the last round's deadline
     reports after the run went on without it). A peer that never reports is left out of the results
     and named there (`incomplete`)."""
-    end = time.monotonic() + grace
+    start = time.monotonic()
     told = False
-    while (late := coordinator.missing_reports()) and time.monotonic() < end:
-        if not told:
+    while (late := coordinator.missing_reports()) and time.monotonic() < start + grace:
+        # every peer leaves within moments of the last barrier's reply: say so only of a real wait
+        if not told and time.monotonic() > start + 2.0:
             print(
                 f"waiting up to {grace:g} s for {', '.join(late)} to report and hear the run's end",
                 file=sys.stderr,
@@ -210,7 +211,7 @@ def wait_reports(coordinator, grace: float, check=None) -> None:
             told = True
         if check is not None:
             check()
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _peer_command(

@@ -132,19 +132,28 @@ def wait_for_coordinator(security: Security, address: str, timeout: float, limit
     )
 
 
+@dataclass(frozen=True)
+class Passed:
+    """What a barrier said once it let this peer through."""
+
+    arrived: list[str]  # the peers that reached it in time (the others are skipped)
+    stopped: str = ""  # at a STAGE_DONE barrier: why the run stops there ("" goes on)
+    makeup: list[str] = field(default_factory=list)  # ... or the students of the make-up round that follows
+    students: list[str] | None = None  # at STAGE_PUBLISHED: those this peer teaches under the coordinator's plan
+
+
 class Membership:
     """Who takes part in a stage of a round: wait until every peer reached it (the coordinator's
-    WaitRound, or Status polling) and return those that did; the others are skipped."""
+    WaitRound, or Status polling) and say who did; the others are skipped."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def wait(self, round: int, stage: cpb.Stage, fanout: int = 0) -> list[str]:
-        """The peers that reached `stage` of `round`. With `fanout` K > 0 at STAGE_PUBLISHED and a
+    def wait(self, round: int, stage: cpb.Stage, fanout: int = 0) -> Passed:
+        """Until the peers reached `stage` of `round`. With `fanout` K > 0 at STAGE_PUBLISHED and a
         coordinator, this peer's published profile goes with its arrival and the coordinator's
-        fan-out plan comes back (node.planned: the students this peer teaches; None without one)."""
+        fan-out plan comes back (`students`; None without one, or without a coordinator)."""
         node = self.node
-        node.planned = None
         if node.coord is not None:
             request = cpb.WaitRoundRequest(peer=node.id, round=round, stage=stage)
             if fanout > 0 and stage == cpb.STAGE_PUBLISHED:
@@ -155,12 +164,12 @@ class Membership:
             reply = node.coordinator_call(
                 "WaitRound", lambda t: node.coord.WaitRound(request, timeout=t), node.cfg.round_deadline * 2 + 3600
             )
-            if stage == cpb.STAGE_DONE:
-                node.stopped = reply.stopped
-                node.makeup = list(reply.makeup)
-            if reply.planned:
-                node.planned = list(reply.students)
-            return list(reply.arrived)
+            return Passed(
+                list(reply.arrived),
+                reply.stopped,
+                list(reply.makeup),
+                list(reply.students) if reply.planned else None,
+            )
         # static peer list: poll the others' Status until they got there or the deadline passed
         deadline = time.time() + (node.cfg.round_deadline if stage != cpb.STAGE_READY else 3600)
         pending = set(node.addresses) - {node.id}
@@ -181,7 +190,7 @@ class Membership:
                     arrived.add(pid)
             if pending:
                 time.sleep(0.2)
-        return sorted(arrived)
+        return Passed(sorted(arrived))
 
 
 class Node:
@@ -231,7 +240,6 @@ class Node:
         self.auto = exp.auto_rounds
         self.stopped = ""  # why the run stopped, as the coordinator's last barrier said
         self.makeup: list[str] = []  # the students of the next round, when the coordinator made it a make-up round
-        self.planned: list[str] | None = None  # this round's students under the coordinator's fan-out plan
         if cfg.coordinator:
             channel = security.channel(cfg.coordinator, "coordinator", grpc_options(limits))
             self.coord = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -378,7 +386,7 @@ class Node:
         else:
             self.addresses.setdefault(self.id, self.address)
             self.transport.addresses = dict(self.addresses)
-        everyone = self.membership.wait(0, cpb.STAGE_READY)
+        everyone = self.membership.wait(0, cpb.STAGE_READY).arrived
         self._peer_list()
         config = config_dict(exp)
         if self.cfg.part is None:  # its own data: the coordinator hears how it did, not what its files hold
@@ -398,7 +406,7 @@ class Node:
         last = self.rounds
         if self.auto:  # rounds already done: the coordinator's barriers say whether the run went on
             for r in range(1, max(done, 0) + 1):
-                self.membership.wait(r, cpb.STAGE_DONE)
+                self._hear_end(r)
                 if self.stopped or self.makeup:
                     last = r
                     break
@@ -414,21 +422,26 @@ class Node:
                 data["wire"] = self.wire()
             self._report(r, data)
             if self.auto:
-                self.membership.wait(r, cpb.STAGE_DONE)  # the coordinator decides whether round r + 1 follows
+                self._hear_end(r)  # the coordinator decides whether round r + 1 follows
                 if self.stopped or self.makeup:
                     last = r
                     break
         if self.rounds == 0 and done < 0:
             self.metrics[0]["wire"] = self.wire()
             self._report(0, self.metrics[0])
-        self.membership.wait(last, cpb.STAGE_DONE)
+        self._hear_end(last)
         while self.makeup and not self.stopped:  # make-up rounds, as the coordinator's last barrier said
             last += 1
             if last > done:
                 self._makeup_round(last, list(self.makeup))
-            self.membership.wait(last, cpb.STAGE_DONE)
+            self._hear_end(last)
         self._leave(last)
         return self.metrics
+
+    def _hear_end(self, round: int) -> None:
+        """Wait at round's STAGE_DONE barrier and keep what the coordinator said follows it."""
+        passed = self.membership.wait(round, cpb.STAGE_DONE)
+        self.stopped, self.makeup = passed.stopped, passed.makeup
 
     def _leave(self, round: int) -> None:
         """Tell the coordinator this peer heard the run's end (it serves on until every peer did, so
@@ -457,12 +470,13 @@ class Node:
         self.servicer.publish(r, self.peer.snapshot(r))
         fanout = self.cfg.experiment.fanout
         # a regular round: the coordinator plans who teaches whom; a make-up round plans among its students
-        arrived = self.membership.wait(r, cpb.STAGE_PUBLISHED, fanout if students is None else 0)
+        passed = self.membership.wait(r, cpb.STAGE_PUBLISHED, fanout if students is None else 0)
+        arrived = passed.arrived
         if self.coord is not None:
             self._peer_list()  # a peer that restarted may listen elsewhere now
         chosen = arrived if students is None else [s for s in arrived if s in students]
-        if self.planned is not None:
-            chosen, fanout = [s for s in chosen if s in self.planned], 0
+        if passed.students is not None:
+            chosen, fanout = [s for s in chosen if s in passed.students], 0
         # a peer that was down may be back, maybe at a new address: retry until half the deadline
         self.transport.deadline = time.monotonic() + self.cfg.round_deadline / 2
         taught = teach_students(
