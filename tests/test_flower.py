@@ -144,6 +144,7 @@ def _wait_for(lines: queue.Queue, text: str, seen: list[str], within: float) -> 
         seen.append(line)
 
 
+@pytest.mark.faults  # a frozen ClientApp and a 60 s phase timeout: two minutes, in `make test-faults`
 def test_a_peer_whose_client_app_never_answers_stops_the_run_after_the_phase_timeout(tmp_path):
     """After round 0, peer-1's SuperNode stays connected but every ClientApp it starts is stopped:
     the ServerApp waits `timeout` seconds for its train.distill reply, then stops the run with
