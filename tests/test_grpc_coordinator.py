@@ -159,7 +159,7 @@ def test_the_coordinator_serves_on_until_every_peer_heard_the_run_end(coord):
     assert c.missing_reports() == ["peer-0", "peer-1"]  # both arrived and reported, neither left
     again = _wait(stubs, "peer-0", 2, pb.STAGE_DONE)  # as after a lost reply: answered at once, the same
     assert again.stopped == "2 rounds asked" and list(again.arrived) == ["peer-0", "peer-1"]
-    stubs["peer-0"].Leave(pb.LeaveRequest(peer="peer-0", round=2), timeout=5)
+    stubs["peer-0"].Leave(pb.LeaveRequest(peer="peer-0"), timeout=5)
     assert c.missing_reports() == ["peer-1"]
     c.heartbeat_timeout = 0.5  # a peer silent that long is not waited for, left or not
     time.sleep(0.6)

@@ -253,9 +253,9 @@ class Node:
         """Seconds a coordinator call keeps retrying while the coordinator is unavailable."""
         return max(60.0, self.cfg.round_deadline)
 
-    def coordinator_call(self, what: str, call, timeout: float):
+    def coordinator_call(self, what: str, call, timeout: float, patience: float | None = None):
         """`call(timeout)`, a coordinator RPC, retried with backoff while the coordinator is down or
-        restarting, for up to `patience()` seconds from the first failure; every coordinator RPC is
+        restarting, for up to `patience` seconds (default `patience()`) from the first failure; every coordinator RPC is
         idempotent (a second arrival at a barrier or a second report changes nothing). A coordinator
         that lost this peer (restarted without its state) is registered with again. Gives up with a
         one-line UsageError."""
@@ -268,7 +268,8 @@ class Node:
             except grpc.RpcError as exc:
                 code = exc.code()
                 now = time.monotonic()
-                give_up = now + self.patience() if give_up is None else give_up
+                if give_up is None:
+                    give_up = now + (self.patience() if patience is None else patience)
                 if code == grpc.StatusCode.NOT_FOUND and what != "Register" and now < give_up:
                     self._register()  # a coordinator that lost its state forgot us
                     continue
@@ -435,7 +436,7 @@ class Node:
             if last > done:
                 self._makeup_round(last, list(self.makeup))
             self._hear_end(last)
-        self._leave(last)
+        self._leave()
         return self.metrics
 
     def _hear_end(self, round: int) -> None:
@@ -443,25 +444,20 @@ class Node:
         passed = self.membership.wait(round, cpb.STAGE_DONE)
         self.stopped, self.makeup = passed.stopped, passed.makeup
 
-    def _leave(self, round: int) -> None:
+    def _leave(self) -> None:
         """Tell the coordinator this peer heard the run's end (it serves on until every peer did, so
         a lost reply at the last barrier is asked again, not met by a coordinator gone). Best effort:
-        the peer's run is complete either way, so a few quick tries, then a warning."""
+        the peer's run is complete either way, so 5 s of retries, then a warning."""
         coord = self.coord
         if coord is None:
             return
         fault("leave")
-        request = cpb.LeaveRequest(peer=self.id, round=round)
+        request = cpb.LeaveRequest(peer=self.id)
         self.meter.record("control", request)
-        for attempt in range(3):
-            try:
-                coord.Leave(request, timeout=10)
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in TRANSIENT or attempt == 2:
-                    log.warning("%s: leaving %s failed: %s", self.id, self.cfg.coordinator, exc.code().name)
-                    return
-                time.sleep(backoff(attempt, 0.5, 2.0))
+        try:
+            self.coordinator_call("Leave", lambda t: coord.Leave(request, timeout=t), 10, patience=5.0)
+        except UsageError as exc:
+            log.warning("%s: %s", self.id, exc)
 
     def _teach(self, r: int, students: list[str] | None = None) -> tuple[PeerRound, list[str]]:
         """Publish model r, wait until the round's models are out, teach every peer that arrived in

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63kd/v1/coordinator.proto\x12\x06\x63kd.v1\"\'\n\x08PeerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"0\n\x0fRegisterRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"L\n\rRegisterReply\x12\x0e\n\x06rounds\x18\x01 \x01(\x03\x12\x16\n\x0eround_deadline\x18\x02 \x01(\x01\x12\x13\n\x0b\x61uto_rounds\x18\x03 \x01(\x08\" \n\x10HeartbeatRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\x1c\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\"\x12\n\x10ListPeersRequest\"1\n\x0eListPeersReply\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.ckd.v1.PeerInfo\"s\n\x10WaitRoundRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x1c\n\x05stage\x18\x03 \x01(\x0e\x32\r.ckd.v1.Stage\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\x12\x0e\n\x06\x66\x61nout\x18\x05 \x01(\x03\"x\n\x0eWaitRoundReply\x12\x0f\n\x07\x61rrived\x18\x01 \x03(\t\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\x12\x0f\n\x07stopped\x18\x03 \x01(\t\x12\x0e\n\x06makeup\x18\x04 \x03(\t\x12\x0f\n\x07planned\x18\x05 \x01(\x08\x12\x10\n\x08students\x18\x06 \x03(\t\";\n\x0eMetricsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04json\x18\x03 \x01(\t\"\x0e\n\x0cMetricsReply\"+\n\x0cLeaveRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\"\x0c\n\nLeaveReply*f\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_READY\x10\x01\x12\x13\n\x0fSTAGE_PUBLISHED\x10\x02\x12\x10\n\x0cSTAGE_TAUGHT\x10\x03\x12\x0e\n\nSTAGE_DONE\x10\x04\x32\xff\x02\n\x12\x43oordinatorService\x12:\n\x08Register\x12\x17.ckd.v1.RegisterRequest\x1a\x15.ckd.v1.RegisterReply\x12=\n\tHeartbeat\x12\x18.ckd.v1.HeartbeatRequest\x1a\x16.ckd.v1.HeartbeatReply\x12=\n\tListPeers\x12\x18.ckd.v1.ListPeersRequest\x1a\x16.ckd.v1.ListPeersReply\x12=\n\tWaitRound\x12\x18.ckd.v1.WaitRoundRequest\x1a\x16.ckd.v1.WaitRoundReply\x12=\n\rReportMetrics\x12\x16.ckd.v1.MetricsRequest\x1a\x14.ckd.v1.MetricsReply\x12\x31\n\x05Leave\x12\x14.ckd.v1.LeaveRequest\x1a\x12.ckd.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63kd/v1/coordinator.proto\x12\x06\x63kd.v1\"\'\n\x08PeerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"0\n\x0fRegisterRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"L\n\rRegisterReply\x12\x0e\n\x06rounds\x18\x01 \x01(\x03\x12\x16\n\x0eround_deadline\x18\x02 \x01(\x01\x12\x13\n\x0b\x61uto_rounds\x18\x03 \x01(\x08\" \n\x10HeartbeatRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\x1c\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\"\x12\n\x10ListPeersRequest\"1\n\x0eListPeersReply\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.ckd.v1.PeerInfo\"s\n\x10WaitRoundRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x1c\n\x05stage\x18\x03 \x01(\x0e\x32\r.ckd.v1.Stage\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\x12\x0e\n\x06\x66\x61nout\x18\x05 \x01(\x03\"x\n\x0eWaitRoundReply\x12\x0f\n\x07\x61rrived\x18\x01 \x03(\t\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\x12\x0f\n\x07stopped\x18\x03 \x01(\t\x12\x0e\n\x06makeup\x18\x04 \x03(\t\x12\x0f\n\x07planned\x18\x05 \x01(\x08\x12\x10\n\x08students\x18\x06 \x03(\t\";\n\x0eMetricsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04json\x18\x03 \x01(\t\"\x0e\n\x0cMetricsReply\"\x1c\n\x0cLeaveRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\x0c\n\nLeaveReply*f\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_READY\x10\x01\x12\x13\n\x0fSTAGE_PUBLISHED\x10\x02\x12\x10\n\x0cSTAGE_TAUGHT\x10\x03\x12\x0e\n\nSTAGE_DONE\x10\x04\x32\xff\x02\n\x12\x43oordinatorService\x12:\n\x08Register\x12\x17.ckd.v1.RegisterRequest\x1a\x15.ckd.v1.RegisterReply\x12=\n\tHeartbeat\x12\x18.ckd.v1.HeartbeatRequest\x1a\x16.ckd.v1.HeartbeatReply\x12=\n\tListPeers\x12\x18.ckd.v1.ListPeersRequest\x1a\x16.ckd.v1.ListPeersReply\x12=\n\tWaitRound\x12\x18.ckd.v1.WaitRoundRequest\x1a\x16.ckd.v1.WaitRoundReply\x12=\n\rReportMetrics\x12\x16.ckd.v1.MetricsRequest\x1a\x14.ckd.v1.MetricsReply\x12\x31\n\x05Leave\x12\x14.ckd.v1.LeaveRequest\x1a\x12.ckd.v1.LeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ckd.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGE']._serialized_start=715
-  _globals['_STAGE']._serialized_end=817
+  _globals['_STAGE']._serialized_start=700
+  _globals['_STAGE']._serialized_end=802
   _globals['_PEERINFO']._serialized_start=36
   _globals['_PEERINFO']._serialized_end=75
   _globals['_REGISTERREQUEST']._serialized_start=77
@@ -56,9 +56,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICSREPLY']._serialized_start=640
   _globals['_METRICSREPLY']._serialized_end=654
   _globals['_LEAVEREQUEST']._serialized_start=656
-  _globals['_LEAVEREQUEST']._serialized_end=699
-  _globals['_LEAVEREPLY']._serialized_start=701
-  _globals['_LEAVEREPLY']._serialized_end=713
-  _globals['_COORDINATORSERVICE']._serialized_start=820
-  _globals['_COORDINATORSERVICE']._serialized_end=1203
+  _globals['_LEAVEREQUEST']._serialized_end=684
+  _globals['_LEAVEREPLY']._serialized_start=686
+  _globals['_LEAVEREPLY']._serialized_end=698
+  _globals['_COORDINATORSERVICE']._serialized_start=805
+  _globals['_COORDINATORSERVICE']._serialized_end=1188
 # @@protoc_insertion_point(module_scope)

@@ -113,12 +113,10 @@ class MetricsReply(_message.Message):
     def __init__(self) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("peer", "round")
+    __slots__ = ("peer",)
     PEER_FIELD_NUMBER: _ClassVar[int]
-    ROUND_FIELD_NUMBER: _ClassVar[int]
     peer: str
-    round: int
-    def __init__(self, peer: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    def __init__(self, peer: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()
