@@ -11,7 +11,7 @@ import numpy as np
 from peer.config import ExperimentConfig
 from peer.core.features import shared
 from peer.core.peer import Peer
-from peer.data.fashion import Dataset, load_fashion_mnist
+from peer.data.fashion import FASHION_CLASSES, Dataset, load_fashion_mnist
 from peer.data.partition import split
 from peer.errors import UsageError
 from peer.learners import learner_kinds, make_learner
@@ -27,9 +27,12 @@ def peer_ids(n: int) -> list[str]:
 
 
 def partition(cfg: ExperimentConfig, train: Dataset) -> list[np.ndarray]:
-    parts = split(
-        cfg.split, train.y, cfg.peers, len(train.classes), cfg.split_seed, fraction=cfg.keep_fraction, beta=cfg.beta
-    )
+    return split_labels(cfg, train.y, len(train.classes))
+
+
+def split_labels(cfg: ExperimentConfig, labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    """Each peer's rows (sorted) of a data set with these labels: the split needs nothing else."""
+    parts = split(cfg.split, labels, cfg.peers, n_classes, cfg.split_seed, fraction=cfg.keep_fraction, beta=cfg.beta)
     if cfg.train_per_peer:
         parts = [p[: cfg.train_per_peer] for p in parts]
     return parts
@@ -129,6 +132,32 @@ def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
     return [
         build_peer(cfg, k, kind, train, part, sets[k]) for k, (kind, part) in enumerate(zip(cfg.learner_list(), parts))
     ]
+
+
+def load_own_part(cfg: ExperimentConfig, k: int) -> tuple[Dataset, Dataset]:
+    """(part k of the split, the test set cut to --test-limit) as a peer process alone needs them.
+
+    Of Fashion-MNIST only those rows' images are held: the split needs the labels alone, so a
+    peer process does not hold the 55 MB of the whole data set to keep its 6,000 (or 500) images.
+    The part is the same rows, in the same order, that partition() gives peer k of the whole set;
+    of a --data file the whole file is loaded and cut, as build_own_peer does."""
+    if cfg.data:
+        train, test = load_data(cfg)
+        sets = peer_feature_sets(cfg, train)
+        own = train.subset(partition(cfg, train)[k])
+        return (own.columns(sets[k]) if sets[k] else own), limit_test(cfg, test)
+
+    def rows(split_name: str, labels: np.ndarray) -> np.ndarray:
+        if split_name == "train":
+            return split_labels(cfg, labels, len(FASHION_CLASSES))[k]
+        return np.arange(min(cfg.test_limit, len(labels)) if cfg.test_limit else len(labels))
+
+    return load_fashion_mnist(cfg.data_dir, rows)
+
+
+def build_part_peer(cfg: ExperimentConfig, k: int, kind: str, own: Dataset) -> Peer:
+    """Peer k on its part of the split as load_own_part gives it (its rows, its columns)."""
+    return _peer(cfg, peer_ids(cfg.peers)[k], k, kind, own, own.classes)
 
 
 def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> Peer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,21 +88,27 @@ class Dataset:
         return self.x.astype(np.float32)
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, rows: np.ndarray | None = None, count: int | None = None) -> np.ndarray:
     """Read one IDX file (optionally gzipped); raise UsageError on anything malformed.
 
     The data is read straight into the array it becomes (no whole-file buffer beside it), so a
-    peer's memory peaks at the data set's size, not at two or three times it."""
+    peer's memory peaks at the data set's size, not at two or three times it. With `rows` (indices
+    along the first axis, any order) only those rows are kept: the file is still read and checked
+    whole, a block at a time, but memory holds the rows asked for, not the file. `count`, where
+    given, is the number of rows the header must promise (images beside their labels)."""
     try:
         with path.open("rb") as probe:
             gz = probe.read(2) == b"\x1f\x8b"
         with gzip.open(path, "rb") if gz else path.open("rb") as f:
-            return _read_idx_stream(f, path)
+            return _read_idx_stream(f, path, rows, count)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UsageError(f"cannot read IDX file {path}: {exc}") from exc
 
 
-def _read_idx_stream(f: Any, path: Path) -> np.ndarray:
+ROWS_PER_BLOCK = 4096  # rows read at a time when only some are kept: 3 MB of 28x28 images
+
+
+def _read_idx_stream(f: Any, path: Path, rows: np.ndarray | None = None, count: int | None = None) -> np.ndarray:
     magic = f.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
         raise UsageError(f"{path} is not an IDX file (bad magic number)")
@@ -114,13 +121,40 @@ def _read_idx_stream(f: Any, path: Path) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     if expected > MAX_IDX_BYTES:
         raise UsageError(f"{path}: header promises shape {shape} ({expected} bytes), over the cap of {MAX_IDX_BYTES}")
-    out = np.empty(shape, dtype=dtype)
-    got = f.readinto(memoryview(out).cast("B")) if expected else 0  # type: ignore[arg-type]
+    if count is not None and shape[0] != count:
+        raise UsageError(f"{path} holds {shape[0]} rows (shape {shape}) but {count} were expected")
+    if rows is None:
+        out = np.empty(shape, dtype=dtype)
+        got = f.readinto(memoryview(out).cast("B")) if expected else 0  # type: ignore[arg-type]
+    else:
+        out, got = _read_rows(f, path, shape, dtype, np.asarray(rows))
     extra = len(f.read(1 << 20))
     if got != expected or extra:
         held = got + extra if extra < (1 << 20) else f"over {got + extra}"
         raise UsageError(f"{path} is corrupt: header promises shape {shape} ({expected} bytes) but holds {held} bytes")
     return out.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_rows(f: Any, path: Path, shape: tuple[int, ...], dtype: np.dtype, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """The rows `rows` of an IDX array of `shape`, read a block at a time; and the bytes read."""
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= shape[0])):
+        raise ValueError(f"rows must index the {shape[0]} rows of {path}")
+    wanted, order = np.unique(rows, return_inverse=True)
+    out = np.empty((len(wanted), *shape[1:]), dtype=dtype)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    block = np.empty((min(ROWS_PER_BLOCK, shape[0]), *shape[1:]), dtype=dtype)
+    got, filled = 0, 0
+    for start in range(0, shape[0], len(block)):
+        n = min(len(block), shape[0] - start)
+        view = memoryview(block).cast("B")[: n * row_bytes]  # type: ignore[arg-type]
+        read = f.readinto(view)
+        got += read
+        if read < n * row_bytes:
+            break  # cut short: the caller reports the size
+        hit = wanted[filled:][: np.searchsorted(wanted[filled:], start + n)]
+        out[filled : filled + len(hit)] = block[hit - start]
+        filled += len(hit)
+    return out[order], got
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -163,16 +197,27 @@ def _download() -> Path:
     return cache / "FashionMNIST" / "raw"
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset]:
-    """(train, test) Fashion-MNIST, validated."""
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None, rows: Callable[[str, np.ndarray], np.ndarray | None] | None = None
+) -> tuple[Dataset, Dataset]:
+    """(train, test) Fashion-MNIST, validated.
+
+    `rows(split, labels)`, where given, names the rows of "train" or "test" to keep (None: all)
+    from that split's labels: only those images are held in memory. A peer process that needs its
+    own part of the training set and a slice of the test set then holds those, not 55 MB of images."""
     directory = find_data_dir(data_dir)
     parts = []
     for split, (img_stem, lbl_stem) in _FILES.items():
-        x = read_idx(_find(directory, img_stem))  # type: ignore[arg-type]
         y = read_idx(_find(directory, lbl_stem))  # type: ignore[arg-type]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise UsageError(f"{directory}: {split} images {x.shape} and labels {y.shape} don't match")
+        if y.ndim != 1:
+            raise UsageError(f"{directory}: {split} labels have shape {y.shape}, not one label per image")
         if y.size and (y.min() < 0 or y.max() >= len(FASHION_CLASSES)):
             raise UsageError(f"{directory}: {split} labels outside 0..{len(FASHION_CLASSES) - 1}")
+        keep = rows(split, y) if rows else None
+        x = read_idx(_find(directory, img_stem), keep, count=len(y))  # type: ignore[arg-type]
+        if x.ndim != 3:
+            raise UsageError(f"{directory}: {split} images have shape {x.shape}, not (N, height, width)")
+        if keep is not None:
+            y = y[np.asarray(keep)]
         parts.append(Dataset(x.astype(np.uint8, copy=False), y.astype(np.int64), FASHION_CLASSES))
     return parts[0], parts[1]

@@ -27,7 +27,15 @@ from peer.core.fanout import PROFILE_KEY
 from peer.core.sqlstore import SqliteExampleStore
 from peer.durable import append_line, atomic_write
 from peer.errors import UsageError
-from peer.experiment import build_own_peer, build_whole_peer, limit_test, load_data, test_inputs
+from peer.experiment import (
+    build_own_peer,
+    build_part_peer,
+    build_whole_peer,
+    limit_test,
+    load_data,
+    load_own_part,
+    test_inputs,
+)
 from peer.faults import fault
 from peer.grpc.service import Meter, PeerServicer, grpc_options, serve_peer
 from peer.grpc.tls import Security
@@ -207,8 +215,11 @@ class Node:
         self.security = security
         self.limits = limits
         self.meter = Meter()
-        train, test = data or load_data(exp)
-        test = limit_test(exp, test)
+        if data is None and cfg.part is not None:
+            train, test = load_own_part(exp, cfg.part)  # this part's rows alone
+        else:
+            train, test = data or load_data(exp)
+            test = limit_test(exp, test)
         if cfg.part is None:
             kinds = sorted(set(exp.learner_list()))
             if not cfg.learner and len(kinds) > 1:
@@ -217,7 +228,8 @@ class Node:
             self.peer = build_whole_peer(exp, cfg.peer_id, kind, train)
         else:
             kind = cfg.learner or exp.learner_list()[cfg.part]
-            self.peer = build_own_peer(exp, cfg.part, kind, train)
+            build = build_own_peer if data else build_part_peer  # given the whole data set, or its part alone
+            self.peer = build(exp, cfg.part, kind, train)
         self.test_x, self.test_y = test_inputs(self.peer, test), test.y
         if cfg.peer_id:
             self.peer.id = cfg.peer_id

