@@ -86,6 +86,7 @@ def _tabular_row(name: str, d: dict) -> str:
 RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
     ("fmnist10", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
     ("fmnist10_paper", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
+    ("fmnist10_paper_auto", "fmnist-10, 10 CNN peers, in process, rounds until none improved", _fmnist_row),
     ("fmnist10_hetero", "fmnist-10, 4 CNN + 3 MLP + 3 forest", _fmnist_row),
     ("grpc_fmnist10", "fmnist-10 over gRPC, 10 processes, mutual TLS", _fmnist_row),
     ("flower_fmnist10", "fmnist-10 through Flower simulation", _fmnist_row),

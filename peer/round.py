@@ -248,8 +248,9 @@ def stop_after(round: int, improved: Mapping[str, bool], rounds: int | str, max_
     last barrier, the Flower ServerApp), so all stop at the same round.
 
     `improved`: peer -> whether its model of `round` beat its model of before on the peer's own
-    validation slice beyond noise (GateReport.improved); a peer that did not report counts as not
-    improved. `rounds`: a number of rounds, or "auto": stop after the first round in which no
+    validation slice beyond noise, or it kept the first examples of a class it lacks
+    (GateReport.improved); a peer that did not report counts as not improved.
+    `rounds`: a number of rounds, or "auto": stop after the first round in which no
     peer improved, or after `max_rounds`. Round 0 (local training alone) always goes on in auto:
     no peer has been taught yet.
     """

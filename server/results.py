@@ -48,7 +48,10 @@ def summarise(exp: Experiment) -> dict:
                 "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
                 "training_set_by_round": log.train_sizes[pid],
                 "gate_by_round": [
-                    {k: g.get(k) for k in ("round", "outcome", "accuracy_before", "accuracy_after", "improved")}
+                    {
+                        k: g.get(k)
+                        for k in ("round", "outcome", "accuracy_before", "accuracy_after", "improved", "new_classes")
+                    }
                     for g in gates
                 ],
             }
@@ -120,7 +123,8 @@ def rounds_summary(exp: Experiment) -> dict:
         "stopped": exp.log.stopped or f"{run} round{'' if run == 1 else 's'} asked",
         "improved": {str(r): peers for r, peers in improved.items()},
         "what": "improved: peers whose model of the round beat their model of before it on their own validation "
-        "slice beyond noise (c - b > z sqrt(b + c)); --rounds auto stops after the first round with none",
+        "slice beyond noise (c - b > z sqrt(b + c)), or that kept the first examples of a class their data lacks "
+        "(which their slice cannot judge); --rounds auto stops after the first round with none",
     }
 
 

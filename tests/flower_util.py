@@ -11,7 +11,7 @@ SMALL = {"peers": 3, "rounds": 1, "epochs": 2, "retrain-epochs": 1, "train-per-p
 AUTO = {
     "peers": 3,
     "rounds": "auto",
-    "max-rounds": 4,
+    "max-rounds": 6,
     "learners": "mlp",
     "train-per-peer": 400,
     "epochs": 1,

@@ -78,6 +78,10 @@ def test_the_improved_flag_travels_in_the_gate_report_and_is_type_checked():
     old = report.to_dict()
     del old["improved"]  # a record written before the flag existed: not improved
     assert GateReport.from_dict(old).improved is False
+    learnt = GateReport(1, 40, 0.5, 0.5, "accepted", improved=True, new_classes=["Coat"])
+    assert GateReport.from_dict(learnt.to_dict()).new_classes == ["Coat"]
+    with pytest.raises(TypeError, match="new_classes"):
+        GateReport.from_dict({**learnt.to_dict(), "new_classes": "Coat"})
     with pytest.raises(TypeError):
         GateReport.from_dict({**report.to_dict(), "improved": "yes"})
 
@@ -135,10 +139,15 @@ def _check_auto_summary(summary: dict, cfg: ExperimentConfig) -> int:
         assert run == cfg.max_rounds and rounds["stopped"] == f"cap of {cfg.max_rounds} rounds"
     else:
         assert rounds["stopped"] == f"no peer improved in round {run}"
-    # each flag is the paired test on the fit the gate kept
+    # each flag is the paired test on the fit the gate kept, or a class the peer lacked learnt at all
     for g in summary["gate"]["rounds"]:
         kept = g["tries"][-1]
-        assert g["improved"] == (g["outcome"] != "rolled back" and improved(kept["b"], kept["c"], cfg.gate_z))
+        on_slice = g["outcome"] != "rolled back" and improved(kept["b"], kept["c"], cfg.gate_z)
+        assert g["improved"] == (on_slice or bool(g["new_classes"]))
+        assert not g["new_classes"] or g["outcome"] != "rolled back"
+    for p in summary["peers"]:  # a class is new to a peer once, and only a class its data lacks
+        firsts = [c for g in p["gate_by_round"] for c in g["new_classes"]]
+        assert len(firsts) == len(set(firsts)) and set(firsts) <= set(p["missing_classes"])
     return run
 
 
@@ -150,7 +159,10 @@ def in_process(fmnist):
 @pytest.mark.slow
 def test_in_process_auto_runs_until_no_peer_improved(in_process):
     run = _check_auto_summary(in_process, AUTO)
-    assert 2 <= run < AUTO.max_rounds  # more than one round, stopped by the rule rather than the cap
+    # more than one round, stopped by the rule (checked before the cap, so also at the cap's round)
+    assert run >= 2 and in_process["rounds"]["stopped"] == f"no peer improved in round {run}"
+    # a peer kept the first examples of the class it lacks in some round (miss-class split)
+    assert any(g["new_classes"] for g in in_process["gate"]["rounds"])
     assert in_process["config"]["rounds"] == "auto" and in_process["counterfactuals"]["made"] > 0
 
 

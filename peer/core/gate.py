@@ -75,7 +75,9 @@ def paired_harm(right_before: np.ndarray, right_after: np.ndarray, z: float, exc
 def improved(b: int, c: int, z: float) -> bool:
     """Did the model get better on the validation slice beyond noise? The gate's paired test the
     other way round: c (wrong -> right) - b (right -> wrong) > z sqrt(b + c). `--rounds auto`
-    stops after a round in which this held for no peer."""
+    stops after a round in which this held for no peer and no peer kept the first examples of a
+    class it lacks (GateReport.new_classes: a gain its slice, which holds none of that class,
+    cannot show)."""
     return c - b > z * math.sqrt(b + c)
 
 
@@ -127,8 +129,10 @@ class GateReport:
     # each fit tried: {without, b, c, into_lacking, excused, harmful, accuracy}
     tries: list[dict[str, Any]] = field(default_factory=list)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # {accepted, refused, agreement}
-    # the model kept beat the one of before the round on the slice beyond noise (gate.improved)
+    # the model kept beat the one of before the round on the slice beyond noise (gate.improved),
+    # or it kept the first examples of a class its data lacks (new_classes), which no slice can judge
     improved: bool = False
+    new_classes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +142,7 @@ class GateReport:
             "accuracy_after": round(self.accuracy_after, 4),
             "outcome": self.outcome,
             "improved": self.improved,
+            "new_classes": list(self.new_classes),
             "tries": [dict(t) for t in self.tries],
             "teachers": {k: dict(v) for k, v in self.teachers.items()},
         }
@@ -153,6 +158,10 @@ class GateReport:
             str(data["outcome"]),
             improved=_flag(data.get("improved", False)),
         )
+        new_classes = data.get("new_classes", [])
+        if not isinstance(new_classes, list) or not all(isinstance(c, str) for c in new_classes):
+            raise TypeError(f"new_classes must be a list of class names, got {new_classes!r}")
+        report.new_classes = list(new_classes)
         report.tries = [
             {
                 "without": [str(w) for w in t["without"]],

@@ -50,6 +50,11 @@ LEAKAGE_SAMPLE = 512  # examples per pair whose distances and SSIM are measured 
 SAMPLED = {"to_source": "to_source", "to_nearest": "to_nearest", "ratio": "ratio", "ssim": "ssim_nearest"}
 
 
+def _class_names(batch: ExampleBatch, classes: tuple[str, ...]) -> set[str]:
+    """The names of `classes` that `batch` holds examples of."""
+    return {classes[i] for i in np.unique(batch.labels_for(classes))}
+
+
 def _round4(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -367,6 +372,10 @@ class Peer:
                 fresh.setdefault((b.sender, b.round), []).append(b)
         held = {self.classes[c] for c in np.unique(self.y)}
         lacking = set(self.classes) - held
+        known = set(held)  # classes my data or examples accepted in earlier rounds hold
+        for b in self.store.batches():
+            if (b.sender, b.round) in judged:
+                known |= _class_names(b, self.classes) - set(judged[(b.sender, b.round)])
         teachers = sorted({sender for sender, _ in fresh})
         space = (lambda v: self.to_unit(v)) if self.features else (lambda v: v)
         for t in teachers:
@@ -435,6 +444,14 @@ class Peer:
             report.accuracy_after = report.accuracy_before
         if not fresh and report.outcome == "accepted":
             report.outcome = "no examples"
+        # a class I lacked whose first examples I kept: my slice cannot judge it, and learning it
+        # at all is what a round is for, so it counts as an improvement (--rounds auto goes on)
+        accepted: set[str] = set()
+        for key, batches in fresh.items():
+            for b in batches:
+                accepted |= _class_names(b, self.classes) - kept.get(key, set())
+        report.new_classes = sorted((accepted & lacking) - known)
+        report.improved = report.improved or bool(report.new_classes)
         for (sender, r), batches in fresh.items():
             refused = kept.get((sender, r), set())
             self.store.judge(sender, r, refused, at=round)
