@@ -67,6 +67,8 @@ def test_read_idx_keeps_only_the_rows_asked_for_in_their_order(tmp_path, monkeyp
         assert got.shape == (len(rows), 2, 2) and np.array_equal(got, arr[rows])
     with pytest.raises(ValueError, match="must index the 10 rows"):
         read_idx(path, np.array([10]))
+    empty = write_idx(tmp_path / "empty", np.zeros((0, 2, 2), np.uint8), gz=gz)
+    assert read_idx(empty, np.array([], dtype=np.int64)).shape == (0, 2, 2)
     with pytest.raises(UsageError, match="holds 10 rows .* but 11 were expected"):
         read_idx(path, np.array([1]), count=11)
     path.write_bytes(path.read_bytes()[:-5] if not gz else gzip.compress(gzip.decompress(path.read_bytes())[:-5]))

@@ -142,7 +142,7 @@ def _read_rows(f: Any, path: Path, shape: tuple[int, ...], dtype: np.dtype, rows
     wanted, order = np.unique(rows, return_inverse=True)
     out = np.empty((len(wanted), *shape[1:]), dtype=dtype)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    block = np.empty((min(ROWS_PER_BLOCK, shape[0]), *shape[1:]), dtype=dtype)
+    block = np.empty((max(1, min(ROWS_PER_BLOCK, shape[0])), *shape[1:]), dtype=dtype)
     got, filled = 0, 0
     for start in range(0, shape[0], len(block)):
         n = min(len(block), shape[0] - start)
