@@ -134,18 +134,23 @@ def build_peers(cfg: ExperimentConfig, train: Dataset) -> list[Peer]:
     ]
 
 
+def own_part(cfg: ExperimentConfig, k: int, train: Dataset) -> Dataset:
+    """Part k of `train` as build_peers gives it to peer k: its rows and, of a table, its columns."""
+    own = train.subset(partition(cfg, train)[k])
+    features = peer_feature_sets(cfg, train)[k]
+    return own.columns(features) if features else own
+
+
 def load_own_part(cfg: ExperimentConfig, k: int) -> tuple[Dataset, Dataset]:
     """(part k of the split, the test set cut to --test-limit) as a peer process alone needs them.
 
     Of Fashion-MNIST only those rows' images are held: the split needs the labels alone, so a
     peer process does not hold the 55 MB of the whole data set to keep its 6,000 (or 500) images.
     The part is the same rows, in the same order, that partition() gives peer k of the whole set;
-    of a --data file the whole file is loaded and cut, as build_own_peer does."""
+    of a --data file the whole file is loaded and cut (own_part)."""
     if cfg.data:
         train, test = load_data(cfg)
-        sets = peer_feature_sets(cfg, train)
-        own = train.subset(partition(cfg, train)[k])
-        return (own.columns(sets[k]) if sets[k] else own), limit_test(cfg, test)
+        return own_part(cfg, k, train), limit_test(cfg, test)
 
     def rows(split_name: str, labels: np.ndarray) -> np.ndarray:
         if split_name == "train":
@@ -156,14 +161,14 @@ def load_own_part(cfg: ExperimentConfig, k: int) -> tuple[Dataset, Dataset]:
 
 
 def build_part_peer(cfg: ExperimentConfig, k: int, kind: str, own: Dataset) -> Peer:
-    """Peer k on its part of the split as load_own_part gives it (its rows, its columns)."""
+    """Peer k on its part of the split (load_own_part, own_part: its rows, its columns)."""
     return _peer(cfg, peer_ids(cfg.peers)[k], k, kind, own, own.classes)
 
 
 def build_own_peer(cfg: ExperimentConfig, k: int, kind: str, train: Dataset) -> Peer:
     """Peer k alone, as a process of its own builds it (gRPC peer, Flower ClientApp): the same
     part of the split and, of a table, the same columns that build_peers gives it."""
-    return build_peer(cfg, k, kind, train, partition(cfg, train)[k], peer_feature_sets(cfg, train)[k])
+    return build_part_peer(cfg, k, kind, own_part(cfg, k, train))
 
 
 def seed_index(peer_id: str) -> int:

@@ -366,15 +366,14 @@ class Peer:
         model of before the round with the same seed. Records a GateReport in self.gates[round]."""
         report = GateReport(round, validation=len(self.val_y))
         judged = self.store.judgements()
+        held = {self.classes[c] for c in np.unique(self.y)}
+        lacking = set(self.classes) - held
+        known = set(held)  # classes my data or examples accepted in earlier rounds hold
         fresh: dict[tuple[str, int], list[ExampleBatch]] = {}
         for b in self.store.batches():
             if (b.sender, b.round) not in judged:
                 fresh.setdefault((b.sender, b.round), []).append(b)
-        held = {self.classes[c] for c in np.unique(self.y)}
-        lacking = set(self.classes) - held
-        known = set(held)  # classes my data or examples accepted in earlier rounds hold
-        for b in self.store.batches():
-            if (b.sender, b.round) in judged:
+            else:
                 known |= _class_names(b, self.classes) - set(judged[(b.sender, b.round)])
         teachers = sorted({sender for sender, _ in fresh})
         space = (lambda v: self.to_unit(v)) if self.features else (lambda v: v)

@@ -28,12 +28,12 @@ from peer.core.sqlstore import SqliteExampleStore
 from peer.durable import append_line, atomic_write
 from peer.errors import UsageError
 from peer.experiment import (
-    build_own_peer,
     build_part_peer,
     build_whole_peer,
     limit_test,
     load_data,
     load_own_part,
+    own_part,
     test_inputs,
 )
 from peer.faults import fault
@@ -215,11 +215,13 @@ class Node:
         self.security = security
         self.limits = limits
         self.meter = Meter()
-        if data is None and cfg.part is not None:
-            train, test = load_own_part(exp, cfg.part)  # this part's rows alone
-        else:
+        if cfg.part is None:
             train, test = data or load_data(exp)
             test = limit_test(exp, test)
+        elif data is None:
+            train, test = load_own_part(exp, cfg.part)  # this part's rows alone
+        else:
+            train, test = own_part(exp, cfg.part, data[0]), limit_test(exp, data[1])
         if cfg.part is None:
             kinds = sorted(set(exp.learner_list()))
             if not cfg.learner and len(kinds) > 1:
@@ -228,8 +230,7 @@ class Node:
             self.peer = build_whole_peer(exp, cfg.peer_id, kind, train)
         else:
             kind = cfg.learner or exp.learner_list()[cfg.part]
-            build = build_own_peer if data else build_part_peer  # given the whole data set, or its part alone
-            self.peer = build(exp, cfg.part, kind, train)
+            self.peer = build_part_peer(exp, cfg.part, kind, train)
         self.test_x, self.test_y = test_inputs(self.peer, test), test.y
         if cfg.peer_id:
             self.peer.id = cfg.peer_id
