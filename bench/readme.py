@@ -115,8 +115,8 @@ def _setting(r: dict) -> str:
     if r["knob"] == "combination":
         # rows from before release tries searched once, and dropped what the filter judged near
         knobs = {"release_tries": 1, "min_distance_action": "drop", **r.get("config", {})}
-        # the release's knobs; what a student trains toward (soft_labels) is not the release's
-        release = {k: v for k, v in PRIVACY_PRESETS["guarded"].items() if k != "soft_labels"}
+        # the release's knobs; how a student trains (soft_labels, own_mix) is not the release's
+        release = {k: v for k, v in PRIVACY_PRESETS["guarded"].items() if k not in ("soft_labels", "own_mix")}
         guarded = not r.get("earlier_code") and all(knobs.get(k) == v for k, v in release.items())
         return r["value"] + (" (`--privacy guarded`, the default)" if guarded else "") + mark
     return f"`{r['knob']}` {r['value']}" + mark

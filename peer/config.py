@@ -101,8 +101,8 @@ class ExperimentConfig:
         "else searched again from a new mix, up to 4 searches), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
         "--cf-start, --cf-start-k, --cf-start-cross, --cf-start-pool, --min-distance, --min-distance-action, "
-        "--noise-scale, --release-tries and --soft-labels unless given (paper: labels alone, as the paper's "
-        "students train)",
+        "--noise-scale, --release-tries, --soft-labels and --own-mix unless given (paper: labels alone and no "
+        "own mixes, as the paper's students train)",
     )
     cf_start: str = option(
         "mix",
@@ -194,6 +194,12 @@ class ExperimentConfig:
         "holds, the probabilities its teacher's model gives it, which every batch carries, about 10 bytes an "
         "example; of a class it lacks, its label) or off (its label always)",
     )
+    own_mix: int = option(
+        4,
+        "a student that received examples also trains on means of this many of its own rows of a class, one "
+        "per row, so that a mix release's blur is no cue for the classes it learns from teachers (0: off; "
+        "a --privacy preset sets it: guarded 4, as its mixes, paper 0)",
+    )
     train_per_peer: int = option(0, "use only this many examples of each peer's part (0: all)")
     test_limit: int = option(0, "evaluate on the first N test images (0: all)")
     data_dir: str | None = option(
@@ -250,6 +256,8 @@ class ExperimentConfig:
             raise UsageError(f"unknown --soft-labels {self.soft_labels!r}; choose from {', '.join(SOFT_LABELS)}")
         if self.release_tries < 1:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
+        if self.own_mix < 0 or self.own_mix == 1:
+            raise UsageError(f"--own-mix must be 0 (off) or >= 2, got {self.own_mix}")
         if self.cf_starts < 1:
             raise UsageError(f"--cf-starts must be >= 1, got {self.cf_starts}")
         if self.fanout < 0:
@@ -350,6 +358,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         # between two classes, so the teacher's probabilities would only soften the labels of typical
         # examples (fmnist-10 under paper: median 87.0% toward them for held classes, 87.7% on labels)
         "soft_labels": "off",
+        "own_mix": 0,  # its examples are private instances, not means: nothing to match
     },
     # the default: starts at the mean of 4 same-class instances, sends nothing nearer a private example
     # than its nearest other one (an augmented copy judged with its x'): an x' that near is pushed out
@@ -374,6 +383,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "noise_scale": 0.0,
         "release_tries": 4,
         "soft_labels": "held",
+        "own_mix": 4,
     },
 }
 DEFAULT_PRIVACY = "guarded"

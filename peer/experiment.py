@@ -123,6 +123,7 @@ def _peer(cfg: ExperimentConfig, peer_id: str, k: int, kind: str, data: Dataset,
         features=data.features,
         gate=cfg.gate(),
         soft_labels=cfg.soft_labels,
+        own_mix=cfg.own_mix,
     )
 
 

@@ -29,6 +29,7 @@ KNOBS = {
     "noise_scale": 0.0,
     "release_tries": 4,
     "soft_labels": "held",
+    "own_mix": 4,
 }
 
 
@@ -310,6 +311,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "noise_scale": 0.0,
         "release_tries": 1,
         "soft_labels": "off",
+        "own_mix": 0,
     }
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():

@@ -85,3 +85,25 @@ def augment_vectors(
     reps = np.repeat(x[None], cfg.copies, axis=0).reshape(-1, *x.shape[1:])
     noisy = np.clip(reps + rng.standard_normal(reps.shape).astype(np.float32) * cfg.noise, 0.0, 1.0)
     return noisy.astype(np.float32), np.tile(y, cfg.copies)
+
+
+def class_mixes(x: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One mix per row of x: the mean of that row and k - 1 others of its class drawn at random
+    (with replacement where the class holds fewer than k rows; a class of one row is left out).
+
+    A student trains on these beside what it received under a mix release, so that a mean's
+    blur is seen in every class it holds and is no cue for the classes it learns from teachers."""
+    if k < 2 or len(x) == 0:
+        return x[:0], y[:0]
+    flat = np.asarray(x, np.float32).reshape(len(x), -1)
+    out_x, out_y = [], []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < 2:
+            continue
+        others = rows[rng.integers(0, len(rows), (len(rows), k - 1))]
+        out_x.append((flat[rows] + flat[others].sum(axis=1)) / np.float32(k))
+        out_y.append(np.full(len(rows), c, dtype=np.int64))
+    if not out_x:
+        return x[:0], y[:0]
+    return np.concatenate(out_x).reshape(-1, *x.shape[1:]).astype(np.float32), np.concatenate(out_y)

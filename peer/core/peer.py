@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from peer.core.augment import AugmentConfig, augment_images, augment_vectors
+from peer.core.augment import AugmentConfig, augment_images, augment_vectors, class_mixes
 from peer.core.blob import EXAMPLE_LEVELS, ExampleBatch, InvalidPayload, ModelBlob, quantise_proba
 from peer.core.counterfactual import (
     CounterfactualConfig,
@@ -272,10 +272,14 @@ class Peer:
         features: tuple[str, ...] = (),
         gate: GateConfig | None = None,
         soft_labels: str = "held",
+        own_mix: int = 0,
     ):
         if soft_labels not in SOFT_LABELS:
             raise UsageError(f"soft labels must be one of {', '.join(SOFT_LABELS)}, got {soft_labels!r}")
         self.soft_labels = soft_labels
+        if own_mix < 0 or own_mix == 1:
+            raise UsageError(f"own mix must be 0 (off) or >= 2, got {own_mix}")
+        self.own_mix = own_mix
         self.id = peer_id
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -323,7 +327,7 @@ class Peer:
         return np.concatenate([self.x, rx]), np.concatenate([self.y, ry])
 
     def fit_set(
-        self, skip: dict[tuple[str, int], set[str]] | None = None
+        self, skip: dict[tuple[str, int], set[str]] | None = None, round: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """`training_set` with the targets the learner trains toward (None: the labels).
 
@@ -335,16 +339,25 @@ class Peer:
         """
         soft = self.soft_labels != "off" and self.learner.soft_targets
         rx, ry, rt = self.store.training_rows(self.classes, self.input_shape, skip, targets=soft)
-        x = np.concatenate([self.x, rx]) if len(ry) else self.x
-        y = np.concatenate([self.y, ry]) if len(ry) else self.y
-        if not soft or not len(ry):
+        if not len(ry):
+            return self.x, self.y, None
+        ox, oy = self.own_mixes(round)
+        x = np.concatenate([self.x, ox, rx])
+        y = np.concatenate([self.y, oy, ry])
+        if not soft:
             return x, y, None
         lacking = ~np.isin(ry, np.unique(self.y))
         rt[lacking] = 0.0
         rt[np.flatnonzero(lacking), ry[lacking]] = 1.0
-        own = np.zeros((len(self.y), len(self.classes)), np.float32)
-        own[np.arange(len(self.y)), self.y] = 1.0
+        own = np.zeros((len(self.y) + len(oy), len(self.classes)), np.float32)
+        own[np.arange(len(own)), np.concatenate([self.y, oy])] = 1.0
         return x, y, np.concatenate([own, rt])
+
+    def own_mixes(self, round: int) -> tuple[np.ndarray, np.ndarray]:
+        """With `own_mix` k: one mix of k of my own rows of a class per training row (peer.core.augment.
+        class_mixes), drawn from (seed, round) alone; empty otherwise."""
+        rng = np.random.default_rng([self.seed, 13, round])
+        return class_mixes(self.x, self.y, self.own_mix, rng)
 
     def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None, round: int = 0) -> int:
         """Fit on private data plus every distinct example received; returns the set's size.
@@ -356,7 +369,7 @@ class Peer:
         self._own_proba = None
         if round > 0 and len(self.val_y):
             return self._gated_train(epochs, progress, round, seed)
-        x, y, targets = self.fit_set()
+        x, y, targets = self.fit_set(round=round)
         self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed, targets=targets)
         return len(y)
 
@@ -413,7 +426,7 @@ class Peer:
         kept: dict[tuple[str, int], set[str]] | None = None
         for outcome, skip in plans:
             self.learner = copy.deepcopy(before)
-            x, y, targets = self.fit_set(skip)
+            x, y, targets = self.fit_set(skip, round)
             self.learner.fit(x, y, epochs=epochs, progress=progress, seed=seed, targets=targets)
             pred_after = self.learner.predict(self.val_x)
             right_after = pred_after == self.val_y
