@@ -64,12 +64,15 @@ test-docker: venv data
 
 # Every benchmark, each also on its own (bench-NAME); results under bench/results/, then the
 # README's tables re-rendered from them (bench/readme.py). Hours on 2 cores.
-BENCHES := bench-fmnist10 bench-paper bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale bench-wire bench-dirichlet20
+BENCHES := bench-fmnist10 bench-auto bench-paper bench-hetero bench-tabular bench-forest-search bench-column-fill bench-precision bench-grpc bench-flower bench-fuzz bench-faults bench-privacy bench-cf-speed bench-scale bench-wire bench-dirichlet20
 bench: $(BENCHES)
 	$(PY) bench/readme.py
 
 bench-fmnist10: venv data
 	$(PY) bench/fmnist10.py
+# the default release and its stopping rule (rounds until no peer improved)
+bench-auto: venv data
+	$(PY) bench/fmnist10.py --set rounds=auto --out bench/results/fmnist10_auto.json
 # the paper's release (--privacy paper) and its stopping rule (rounds until no peer improved)
 bench-paper: venv data
 	$(PY) bench/fmnist10.py --privacy paper --set rounds=auto --out bench/results/fmnist10_paper_auto.json

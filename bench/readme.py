@@ -85,6 +85,7 @@ def _tabular_row(name: str, d: dict) -> str:
 
 RUNS: list[tuple[str, str, Callable[[str, dict], str]]] = [
     ("fmnist10", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
+    ("fmnist10_auto", "fmnist-10, 10 CNN peers, in process, rounds until none improved", _fmnist_row),
     ("fmnist10_paper", "fmnist-10, 10 CNN peers, in process", _fmnist_row),
     ("fmnist10_paper_auto", "fmnist-10, 10 CNN peers, in process, rounds until none improved", _fmnist_row),
     ("fmnist10_hetero", "fmnist-10, 4 CNN + 3 MLP + 3 forest", _fmnist_row),
