@@ -84,7 +84,7 @@ def _train_all(
     workers: int = 1,
 ) -> list[PeerRound]:
     def train(p: Peer) -> PeerRound:
-        with _bar(len(p.training_set()[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
+        with _bar(len(p.fit_set(round=round)[1]) * epochs, f"{label} {p.id}", quiet, "img") as bar:
             return train_step(p, round, epochs, _test_x(test_x, p), test_y, progress=bar.update)
 
     return each(peers, train, workers)

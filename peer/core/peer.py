@@ -336,6 +336,9 @@ class Peer:
         teacher finds it, where a mix start left it between two), one of a class I lack toward its
         label (there the teacher's doubt would only weaken the little I learn of it), and my own
         rows toward their labels.
+
+        Beside received examples it also holds my own mixes (`own_mix`, drawn for `round`): means of
+        my rows of a class, trained toward their class.
         """
         soft = self.soft_labels != "off" and self.learner.soft_targets
         rx, ry, rt = self.store.training_rows(self.classes, self.input_shape, skip, targets=soft)
