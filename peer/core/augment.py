@@ -88,8 +88,8 @@ def augment_vectors(
 
 
 def class_mixes(x: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One mix per row of x: the mean of that row and k - 1 others of its class drawn at random
-    (with replacement where the class holds fewer than k rows; a class of one row is left out).
+    """One mix per row of x: the mean of that row and k - 1 rows of its class drawn at random with
+    replacement (the row itself may be drawn again); a class of one row is left out.
 
     A student trains on these beside what it received under a mix release, so that a mean's
     blur is seen in every class it holds and is no cue for the classes it learns from teachers."""
