@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -50,11 +51,12 @@ def main() -> int:
         "--cpus",
         type=int,
         default=os.cpu_count() or 1,
-        help="CPUs Ray may use (init-args-num-cpus); in-process torch threads too",
+        help="CPUs Ray may use (init-args-num-cpus); with --compare, the in-process run's workers too",
     )
     parser.add_argument("--cpus-per-client", type=int, default=1, help="client-resources-num-cpus")
     parser.add_argument("--gpus-per-client", type=float, default=0.0, help="client-resources-num-gpus")
     parser.add_argument("--timeout", type=float, default=None, help="most seconds for the Flower run")
+    parser.add_argument("--load", default="", help="what else ran on the machine meanwhile (recorded)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flower_fmnist10.json")
     args = parser.parse_args()
 
@@ -62,20 +64,31 @@ def main() -> int:
     cfg = experiment_config(run_config, args.peers)
     argv = sys.argv[1:]
     shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
-    command = " ".join(["python bench/flower_fmnist10.py", *shown])
+    command = shlex.join(["python", "bench/flower_fmnist10.py", *shown])
     result: dict = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     if args.compare:
         from peer.process import configure_process
 
-        configure_process(args.cpus)
-        print(f"in-process run ({args.peers} peers, {args.rounds} rounds, {args.cpus} threads)...", flush=True)
-        exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=load_fashion_mnist(cfg.data_dir))
+        # as the SuperNodes run: torch threads per peer as per client, as many peers at once as Ray's CPUs
+        # take clients (the same numbers whatever the workers, not whatever the threads)
+        configure_process(args.cpus_per_client)
+        workers = max(1, args.cpus // args.cpus_per_client)
+        print(
+            f"in-process run ({args.peers} peers, {args.rounds} rounds, {workers} at once, "
+            f"{args.cpus_per_client} threads each)...",
+            flush=True,
+        )
+        exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=load_fashion_mnist(cfg.data_dir), workers=workers)
         s = summarise(exp)
         result["in_process"] = {
             k: s[k] for k in ("median_accuracy_before", "median_accuracy_after", "wall_seconds", "timings")
         }
-        result["in_process"]["threads"] = args.cpus
+        result["in_process"] |= {
+            "threads": args.cpus_per_client,
+            "workers": workers,
+            "per_peer": [p["accuracy_after"] for p in s["peers"]],
+        }
         print(
             f"in-process: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
             f"{s['wall_seconds']:.0f} s",
@@ -107,7 +120,7 @@ def main() -> int:
         return 1
     result.update(
         {
-            "machine": {**machine(), "torch_threads_per_client": args.cpus_per_client},
+            "machine": {**machine(), "torch_threads_per_client": args.cpus_per_client, "concurrent_load": args.load},
             "federation_config": federation,
             "median_accuracy_before": s["median_accuracy_before"],
             "median_accuracy_after": s["median_accuracy_after"],
@@ -123,6 +136,7 @@ def main() -> int:
         ip = result["in_process"]
         result["vs_in_process"] = {
             "accuracy_points": round(100 * (s["median_accuracy_after"] - ip["median_accuracy_after"]), 2),
+            "per_peer_equal": ip["per_peer"] == [p["accuracy_after"] for p in s["peers"]],
             "wall_ratio": round(s["wall_seconds"] / ip["wall_seconds"], 3),
         }
     result["peers"] = s["peers"]

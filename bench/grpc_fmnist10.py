@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -49,7 +50,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", action="store_true", help="also run in-process, back to back")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per peer process")
-    parser.add_argument("--inprocess-threads", type=int, default=2, help="torch threads of the in-process run")
+    parser.add_argument(
+        "--inprocess-workers", type=int, default=2, help="peers at once in the in-process run (--threads each)"
+    )
+    parser.add_argument("--load", default="", help="what else ran on the machine meanwhile (recorded)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpc_fmnist10.json")
     for name in SMALL:  # to check the script on a small config; the benchmark uses the defaults
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
@@ -65,9 +69,10 @@ def main() -> int:
     result = {
         "command": "python bench/grpc_fmnist10.py"
         + (" --compare" if args.compare else "")
-        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in small.items()),
+        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in small.items())
+        + (f" --load {shlex.quote(args.load)}" if args.load else ""),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), "torch_threads_per_peer": args.threads},
+        "machine": {**machine(), "torch_threads_per_peer": args.threads, "concurrent_load": args.load},
         "transport": "grpc, mutual TLS, one process per peer on loopback",
         "median_accuracy_before": summary["median_accuracy_before"],
         "median_accuracy_after": summary["median_accuracy_after"],
@@ -90,13 +95,17 @@ def main() -> int:
     if args.compare:
         from peer.process import configure_process
 
-        configure_process(args.inprocess_threads)
+        # the peers' torch threads: the same numbers whatever the workers, not whatever the threads
+        configure_process(args.threads)
         print("in-process run ...", flush=True)
-        local = summarise(run_experiment(cfg, quiet=True))
+        local = summarise(run_experiment(cfg, quiet=True, workers=args.inprocess_workers))
         result["in_process"] = {
             "median_accuracy_after": local["median_accuracy_after"],
             "wall_seconds": local["wall_seconds"],
-            "torch_threads": args.inprocess_threads,
+            "torch_threads": args.threads,
+            "workers": args.inprocess_workers,
+            "per_peer_equal": [p["accuracy_after"] for p in local["peers"]]
+            == [p["accuracy_after"] for p in summary["peers"]],
             "accuracy_difference_points": round(
                 100 * (result["median_accuracy_after"] - local["median_accuracy_after"]), 2
             ),

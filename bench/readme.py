@@ -63,7 +63,9 @@ def _fmnist_row(name: str, d: dict) -> str:
     leak = d.get("leakage") or {}
     near = f"{_pct(leak['near_copy_share'], 0)} of what was sent near-copies" if "near_copy_share" in leak else ""
     wire = f"{d['bytes_over_payload']}x payload bytes on the wire" if "bytes_over_payload" in d else ""
-    notes = "; ".join(x for x in (baselines, near, wire) if x)
+    same = (d.get("vs_in_process") or d.get("in_process") or {}).get("per_peer_equal")
+    equal = "" if same is None else f"every peer's accuracy as in process: {'yes' if same else 'no'}"
+    notes = "; ".join(x for x in (baselines, near, wire, equal) if x)
     return (
         f"| {name} | {_privacy(d)} | {_pct(d['median_accuracy_before'])} -> {_pct(d['median_accuracy_after'])} | "
         f"{notes} | "
