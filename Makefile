@@ -94,7 +94,7 @@ bench-column-fill: venv
 bench-precision: venv data
 	$(PY) bench/precision.py
 bench-grpc: venv data
-	$(PY) bench/grpc_fmnist10.py
+	$(PY) bench/grpc_fmnist10.py --compare
 # fmnist-10 over gRPC in float32 and compact encodings, bytes by kind, against FedAvg's bytes per round
 bench-wire: venv data
 	$(PY) bench/wire.py
