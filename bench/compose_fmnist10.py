@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from fmnist10 import machine  # noqa: E402
+from fmnist10 import machine, per_peer  # noqa: E402
 from grpc_fmnist10 import launch  # noqa: E402
 
 from peer.config import ExperimentConfig  # noqa: E402
@@ -90,12 +90,6 @@ def one_results(directory: Path) -> dict:
     if len(found) != 1:
         raise SystemExit(f"compose_fmnist10: expected one results.json under {directory}, found {found}")
     return json.loads(found[0].read_text())
-
-
-def per_peer(summary: dict) -> dict[str, dict]:
-    keys = ("accuracy_before", "accuracy_after", "missing_class_accuracy_before", "missing_class_accuracy_after")
-    keys += ("received",)
-    return {p["id"]: {k: p.get(k) for k in keys} for p in summary["peers"]}
 
 
 def brief(summary: dict) -> dict:

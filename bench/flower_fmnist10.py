@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from fmnist10 import machine  # noqa: E402
+from fmnist10 import machine, per_peer  # noqa: E402
 
 from peer.data.fashion import load_fashion_mnist  # noqa: E402
 from peer.flower.client_app import experiment_config  # noqa: E402
@@ -65,6 +65,7 @@ def main() -> int:
     argv = sys.argv[1:]
     shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i and argv[i - 1] == "--out")]
     command = shlex.join(["python", "bench/flower_fmnist10.py", *shown])
+    local: dict | None = None  # the in-process run's summary, with --compare
     result: dict = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     if args.compare:
@@ -80,18 +81,14 @@ def main() -> int:
             flush=True,
         )
         exp = run_experiment(cfg, quiet=not sys.stderr.isatty(), data=load_fashion_mnist(cfg.data_dir), workers=workers)
-        s = summarise(exp)
+        local = summarise(exp)
         result["in_process"] = {
-            k: s[k] for k in ("median_accuracy_before", "median_accuracy_after", "wall_seconds", "timings")
+            k: local[k] for k in ("median_accuracy_before", "median_accuracy_after", "wall_seconds", "timings")
         }
-        result["in_process"] |= {
-            "threads": args.cpus_per_client,
-            "workers": workers,
-            "per_peer": [p["accuracy_after"] for p in s["peers"]],
-        }
+        result["in_process"] |= {"threads": args.cpus_per_client, "workers": workers}
         print(
-            f"in-process: median {s['median_accuracy_before']:.4f} -> {s['median_accuracy_after']:.4f}, "
-            f"{s['wall_seconds']:.0f} s",
+            f"in-process: median {local['median_accuracy_before']:.4f} -> {local['median_accuracy_after']:.4f}, "
+            f"{local['wall_seconds']:.0f} s",
             flush=True,
         )
 
@@ -132,11 +129,11 @@ def main() -> int:
             "experiment": s["experiment"],
         }
     )
-    if "in_process" in result:
+    if local is not None:
         ip = result["in_process"]
         result["vs_in_process"] = {
             "accuracy_points": round(100 * (s["median_accuracy_after"] - ip["median_accuracy_after"]), 2),
-            "per_peer_equal": ip["per_peer"] == [p["accuracy_after"] for p in s["peers"]],
+            "per_peer_equal": per_peer(local) == per_peer(s),
             "wall_ratio": round(s["wall_seconds"] / ip["wall_seconds"], 3),
         }
     result["peers"] = s["peers"]

@@ -56,6 +56,19 @@ def machine() -> dict:
     }
 
 
+def per_peer(summary: dict) -> dict[str, dict]:
+    """Per peer id, what two runs of one experiment must agree on to be the same run: accuracies
+    before and after (overall and on the classes it lacks) and the examples it received."""
+    keys = (
+        "accuracy_before",
+        "accuracy_after",
+        "missing_class_accuracy_before",
+        "missing_class_accuracy_after",
+        "received",
+    )
+    return {p["id"]: {k: p.get(k) for k in keys} for p in summary["peers"]}
+
+
 def by_learner(summary: dict) -> dict:
     """Per learner kind: missing-class accuracy before and after, and what it taught and received."""
     out = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from fmnist10 import machine  # noqa: E402
+from fmnist10 import machine, per_peer  # noqa: E402
 
 from peer.config import ExperimentConfig
 from peer.inprocess import run_experiment  # noqa: E402
@@ -67,10 +67,7 @@ def main() -> int:
     summary, process_seconds = launch(cfg, figures, args.threads)
     wire = summary["wire"]
     result = {
-        "command": "python bench/grpc_fmnist10.py"
-        + (" --compare" if args.compare else "")
-        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in small.items())
-        + (f" --load {shlex.quote(args.load)}" if args.load else ""),
+        "command": shlex.join(["python", "bench/grpc_fmnist10.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "torch_threads_per_peer": args.threads, "concurrent_load": args.load},
         "transport": "grpc, mutual TLS, one process per peer on loopback",
@@ -104,8 +101,7 @@ def main() -> int:
             "wall_seconds": local["wall_seconds"],
             "torch_threads": args.threads,
             "workers": args.inprocess_workers,
-            "per_peer_equal": [p["accuracy_after"] for p in local["peers"]]
-            == [p["accuracy_after"] for p in summary["peers"]],
+            "per_peer_equal": per_peer(local) == per_peer(summary),
             "accuracy_difference_points": round(
                 100 * (result["median_accuracy_after"] - local["median_accuracy_after"]), 2
             ),
