@@ -186,6 +186,17 @@ class LinkCut:
             for site in self.others
         }
 
+    def own_failures(self) -> list[str]:
+        """`host`'s log lines of its own calls that failed: to the coordinator (tried again), its
+        heartbeats, and its calls to the other sites (tried again)."""
+        h = re.escape(self.host)
+        own = re.compile(
+            rf"coordinator \S+: \w+ from {h} failed: .*; retry \d"
+            rf"|{h}: heartbeat to \S+ failed"
+            rf"|{h}: (GetModel from|PushExamples to) \S+ .*; retry \d"
+        )
+        return [line for line in (self.logs / f"{self.host}.log").read_text().splitlines() if own.match(line)]
+
     def watch(self) -> None:
         if self.seconds is not None:
             return
@@ -208,10 +219,10 @@ class LinkCut:
 @pytest.mark.faults
 def test_a_peer_cut_off_mid_round_finishes_as_the_undisturbed_run(lan, sites, loopback, tmp_path):
     """site-c's link goes down as round 1's teaching begins and comes back seconds later (within
-    the round deadline): the pulls of its model and the pushes to it fail and are retried, site-c's
-    own calls in flight end when keepalive finds their connection silent and are retried on a new
-    one, and the run ends as the undisturbed one did, every batch acknowledged stored once, nobody
-    skipped."""
+    the round deadline): the calls to it that the cut catches (pulls of its model, pushes to it)
+    fail and are retried, site-c's own calls in flight end when keepalive finds their connection
+    silent and are retried on a new one, and the run ends as the undisturbed one did, every batch
+    acknowledged stored once, nobody skipped."""
     _, data, certs = sites
     prefix = {name: lan.host(name, address) for name, address in ADDRESSES.items()}
     coordinator = f"{ADDRESSES['coordinator']}:{COORDINATOR_PORT}"
@@ -232,10 +243,16 @@ def test_a_peer_cut_off_mid_round_finishes_as_the_undisturbed_run(lan, sites, lo
     )
     print(f"site-c cut off for {cut.seconds} s: {accuracies(results)} in {time.monotonic() - t:.1f} s")
     assert cut.seconds is not None, "the link never went down: the round-1 barrier was not seen released"
-    # the cut came before anyone called site-c in round 1, and each other site's calls to it failed meanwhile
+    # no call to site-c had failed before the cut
     assert cut.failed_before == {site: [] for site in cut.others}, cut.failed_before
-    # a peer that pulled the cut one's model before the cut has nothing to fail: one failing suffices
-    assert any(cut.failed_during.values()), (cut.seconds, cut.failed_during)
+    # the cut was felt. Which calls it caught depends on how far round 1 had gone when the port went
+    # down (a busy machine may finish the round's pulls and pushes first): the other sites' calls to
+    # site-c, or site-c's own (its wait at the next barrier, its heartbeats), which fail within 15 s
+    # (a heartbeat interval plus its call timeout): inside the `most` seconds the cut lasts unless
+    # every other site's calls to site-c failed
+    own = cut.own_failures()  # the undisturbed run logs none
+    print(f"failed calls to site-c: {cut.failed_during}; site-c's own: {own}")
+    assert any(cut.failed_during.values()) or own, (cut.seconds, cut.failed_during, own)
     # ... and were retried until they passed: the run finished, nobody skipped, no student left untaught
     _check_own_data_run(results)
     assert results["skipped"] == [] and results["errors"] == [], (results["skipped"], results["errors"])
