@@ -13,7 +13,10 @@ round's wall time here also measures how the peers' work adds up on this machine
 Per run: round_seconds (round 1, from the coordinator's barriers: every model published to
 every peer retrained and reported), bytes (everything the peers sent on the wire), pairs taught,
 peak_rss_mb (the largest peer process; torch_import_rss_mb, a bare process that imported torch,
-is the share of it no peer code causes), median accuracy before and after the round.
+is the share of it no peer code causes), end_anonymous_mb_max and end_file_mb_median (each peer's
+resident memory at its last report split into anonymous memory, its own, and file-backed pages of
+the libraries it maps, which the page cache holds once for every peer process), median accuracy
+before and after the round.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ def torch_import_rss_mb() -> float:
     return round(int(out.stdout.strip()) / 1024, 1)
 
 
+def _resident(resident: list[dict]) -> dict:
+    """Of the peer processes' resident memory at their last report: the largest anonymous part (each
+    process's own) and the median file-backed part (libraries, one copy in the page cache for all)."""
+    anon = sorted(r["anonymous_mb"] for r in resident if r)
+    files = sorted(r["file_mb"] for r in resident if r)
+    if not anon:
+        return {}
+    return {"end_anonymous_mb_max": anon[-1], "end_file_mb_median": files[len(files) // 2]}
+
+
 def one_run(cfg: ExperimentConfig, threads: int) -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ckd-scale-") as tmp:
@@ -65,6 +78,7 @@ def one_run(cfg: ExperimentConfig, threads: int) -> dict:
         "bytes_by_peer_max": max(wire["bytes_sent"]),
         "peak_rss_mb": max(wire["peak_rss_mb"]),
         "peak_rss_mb_median": sorted(wire["peak_rss_mb"])[len(wire["peak_rss_mb"]) // 2],
+        **_resident(wire.get("resident_mb", [])),
         "median_accuracy_before": summary["median_accuracy_before"],
         "median_accuracy_after": summary["median_accuracy_after"],
         "examples_sent": summary["counterfactuals"]["sent_with_augmentation"],

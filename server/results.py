@@ -498,6 +498,9 @@ def wire_summary(metrics: dict[str, dict[int, dict]], ids: list[str], rounds: in
         "overhead": round(sum(sent) / payload, 4) if payload else None,
         "refused": sum(w.get("refused", 0) for w in wire),
         "peak_rss_mb": [w.get("peak_rss_mb") for w in wire],  # each peer process's peak resident memory
+        # each peer process's resident memory at its last report: anonymous (its own) and file-backed
+        # (libraries, shared through the page cache); {} where the platform does not say
+        "resident_mb": [w.get("resident_mb", {}) for w in wire],
         "by_kind": _add_up(w.get("by_kind", {}) for w in wire),
         "payload_by_kind": _add_up(w.get("payload_by_kind", {}) for w in wire),
     }

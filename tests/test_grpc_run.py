@@ -81,6 +81,11 @@ def test_launch_matches_in_process_with_the_same_seeds(in_process, tmp_path):
     assert len(wire["bytes_sent"]) == 3 and min(wire["bytes_sent"]) > 0
     assert wire["payload_bytes"] <= sum(wire["bytes_sent"]) <= 1.1 * wire["payload_bytes"]
     assert wire["refused"] == 0
+    # each peer process's memory at its last report: its own (anonymous) and its mapped libraries'
+    for peak, now in zip(wire["peak_rss_mb"], wire["resident_mb"]):
+        assert now["anonymous_mb"] > 0 and now["file_mb"] > 0
+        assert now["anonymous_mb"] + now["file_mb"] == pytest.approx(now["rss_mb"], abs=0.2)
+        assert now["rss_mb"] <= peak + 1
     # state: checkpoints and the durable store of received examples, per peer
     state = tmp_path / "state" / "peer-0"
     assert (state / "checkpoints" / "round-1.npz").exists() and (state / "examples.sqlite").exists()

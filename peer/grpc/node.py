@@ -56,6 +56,29 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def resident_mb(rollup: str = "/proc/self/smaps_rollup") -> dict[str, float]:
+    """This process's resident memory now, in MiB, split by what backs it: anonymous (its heap,
+    tensors, data: what each further peer process adds) and file (mapped libraries and files, whose
+    pages the page cache holds once for every process that maps them, torch's CUDA libraries among
+    them even with no GPU). Empty where the kernel has no smaps_rollup (not Linux, or before 4.14)."""
+    try:
+        text = Path(rollup).read_text()
+    except OSError:
+        return {}
+    kb = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Anonymous") and rest.split():
+            kb[key] = int(rest.split()[0])
+    if "Rss" not in kb or "Anonymous" not in kb:
+        return {}
+    return {
+        "rss_mb": round(kb["Rss"] / 1024, 1),
+        "anonymous_mb": round(kb["Anonymous"] / 1024, 1),
+        "file_mb": round((kb["Rss"] - kb["Anonymous"]) / 1024, 1),
+    }
+
+
 @dataclass
 class NodeConfig:
     experiment: ExperimentConfig
@@ -530,6 +553,7 @@ class Node:
             "payload_by_kind": dict(self.meter.payload_by_kind),
             "refused": len(self.servicer.refused),
             "peak_rss_mb": peak_rss_mb(),
+            "resident_mb": resident_mb(),
         }
 
     def _save_gallery(self) -> None:
