@@ -260,18 +260,25 @@ def gpu_check_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def _split(r: dict) -> str:
+    if "end_anonymous_mb_max" not in r:
+        return "n/a"
+    return f"{r['end_anonymous_mb_max']:.0f} MB / {r['end_file_mb_median']:.0f} MB"
+
+
 def scale_table(results: Path = RESULTS) -> str:
     runs = _load("scale", results)
     lines = [
         "| peers | teachers per student | pairs taught | round 1 wall time | bytes on the wire | "
-        "peak memory of a peer process (median) | median accuracy before -> after |",
-        "|---|---|---|---|---|---|---|",
+        "peak memory of a peer process (median) | of it at the end: anonymous (largest) / file-backed (median) | "
+        "median accuracy before -> after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs if isinstance(runs, list) else []:
         fan = "all others" if not r["fanout"] else f"{r['fanout']} most useful"
         lines.append(
             f"| {r['peers']} | {fan} | {r['pairs']} | {r['round_seconds']:.1f} s | {r['bytes'] / 1e6:.1f} MB | "
-            f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | "
+            f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | {_split(r)} | "
             f"{_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} |"
         )
     floors = {r["torch_import_rss_mb"] for r in runs if "torch_import_rss_mb" in r} if isinstance(runs, list) else set()
@@ -279,7 +286,11 @@ def scale_table(results: Path = RESULTS) -> str:
         lines.append("")
         lines.append(
             f"A bare Python process that has imported torch holds {max(floors):.0f} MB here before any peer "
-            "code runs (`torch_import_rss_mb`); the rest of a peer's peak is ckd's own."
+            "code runs (`torch_import_rss_mb`); the rest of a peer's peak is ckd's own. At the end of the run "
+            "each peer reports its resident memory split (`resident_mb` in its wire report, from "
+            "/proc/self/smaps_rollup): anonymous memory (heap, tensors, data, torch's own among them: what each "
+            "further peer process adds) and file-backed pages of the libraries it maps (torch's CUDA libraries "
+            "among them with no GPU), which the page cache holds once for every peer process on the machine."
         )
     return "\n".join(lines)
 

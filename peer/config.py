@@ -101,8 +101,8 @@ class ExperimentConfig:
         "else searched again from a new mix, up to 4 searches), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
         "--cf-start, --cf-start-k, --cf-start-cross, --cf-start-pool, --min-distance, --min-distance-action, "
-        "--noise-scale, --release-tries, --soft-labels and --own-mix unless given (paper: labels alone and no "
-        "own mixes, as the paper's students train)",
+        "--noise-scale, --release-tries, --soft-labels, --own-mix and --own-mix-cross unless given (paper: "
+        "labels alone and no own mixes, as the paper's students train)",
     )
     cf_start: str = option(
         "mix",
@@ -200,6 +200,13 @@ class ExperimentConfig:
         "per row, so that a mix release's blur is no cue for the classes it learns from teachers (0: off; "
         "a --privacy preset sets it: guarded 4, as its mixes, paper 0)",
     )
+    own_mix_cross: int = option(
+        1,
+        "with --own-mix: how many of a mix's k-1 others come from another class the student holds (the mix "
+        "keeps its row's label), so that the trace of a second class a mix release's starts carry (see "
+        "--cf-start-cross) is no cue either; at most (k-1)/2 are taken (a --privacy preset sets it: guarded 1, "
+        "paper 0)",
+    )
     train_per_peer: int = option(0, "use only this many examples of each peer's part (0: all)")
     test_limit: int = option(0, "evaluate on the first N test images (0: all)")
     data_dir: str | None = option(
@@ -258,6 +265,8 @@ class ExperimentConfig:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
         if self.own_mix < 0 or self.own_mix == 1:
             raise UsageError(f"--own-mix must be 0 (off) or >= 2, got {self.own_mix}")
+        if self.own_mix_cross < 0:
+            raise UsageError(f"--own-mix-cross must be >= 0, got {self.own_mix_cross}")
         if self.cf_starts < 1:
             raise UsageError(f"--cf-starts must be >= 1, got {self.cf_starts}")
         if self.fanout < 0:
@@ -359,6 +368,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         # examples (fmnist-10 under paper: median 87.0% toward them for held classes, 87.7% on labels)
         "soft_labels": "off",
         "own_mix": 0,  # its examples are private instances, not means: nothing to match
+        "own_mix_cross": 0,
     },
     # the default: starts at the mean of 4 same-class instances, sends nothing nearer a private example
     # than its nearest other one (an augmented copy judged with its x'): an x' that near is pushed out
@@ -384,6 +394,8 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "release_tries": 4,
         "soft_labels": "held",
         "own_mix": 4,
+        # as its mix starts: one of the 3 others of another class (fmnist-10: see README, own mixes)
+        "own_mix_cross": 1,
     },
 }
 DEFAULT_PRIVACY = "guarded"

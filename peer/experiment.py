@@ -124,6 +124,7 @@ def _peer(cfg: ExperimentConfig, peer_id: str, k: int, kind: str, data: Dataset,
         gate=cfg.gate(),
         soft_labels=cfg.soft_labels,
         own_mix=cfg.own_mix,
+        own_mix_cross=cfg.own_mix_cross,
     )
 
 

@@ -30,6 +30,7 @@ KNOBS = {
     "release_tries": 4,
     "soft_labels": "held",
     "own_mix": 4,
+    "own_mix_cross": 1,
 }
 
 
@@ -312,6 +313,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "release_tries": 1,
         "soft_labels": "off",
         "own_mix": 0,
+        "own_mix_cross": 0,
     }
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():

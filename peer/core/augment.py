@@ -87,12 +87,21 @@ def augment_vectors(
     return noisy.astype(np.float32), np.tile(y, cfg.copies)
 
 
-def class_mixes(x: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One mix per row of x: the mean of that row and k - 1 rows of its class drawn at random with
-    replacement (the row itself may be drawn again); a class of one row is left out.
+def class_mixes(
+    x: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator, cross: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One mix per row of x: the mean of that row and k - 1 rows drawn at random with replacement
+    (the row itself may be drawn again), labelled with the row's class; a class of one row is left out.
+    Of the k - 1, the last `cross` are rows of the other classes of x (where x has any), the rest rows
+    of the row's own class; at most (k - 1) // 2 of them, so the row's class keeps the majority (as the
+    release's mix starts, peer.privacy.release.mix_starts).
 
     A student trains on these beside what it received under a mix release, so that a mean's
-    blur is seen in every class it holds and is no cue for the classes it learns from teachers."""
+    blur is seen in every class it holds and is no cue for the classes it learns from teachers;
+    with `cross` as the release's starts, so is the trace of another class that each of those
+    starts carries."""
+    if cross < 0:
+        raise ValueError(f"cross (members of another class) must be >= 0, got {cross}")
     if k < 2 or len(x) == 0:
         return x[:0], y[:0]
     flat = np.asarray(x, np.float32).reshape(len(x), -1)
@@ -102,6 +111,10 @@ def class_mixes(x: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) 
         if len(rows) < 2:
             continue
         others = rows[rng.integers(0, len(rows), (len(rows), k - 1))]
+        foreign = np.flatnonzero(y != c)
+        n = min(cross, (k - 1) // 2)
+        if n and len(foreign):
+            others[:, k - 1 - n :] = foreign[rng.integers(0, len(foreign), (len(rows), n))]
         out_x.append((flat[rows] + flat[others].sum(axis=1)) / np.float32(k))
         out_y.append(np.full(len(rows), c, dtype=np.int64))
     if not out_x:

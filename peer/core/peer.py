@@ -273,6 +273,7 @@ class Peer:
         gate: GateConfig | None = None,
         soft_labels: str = "held",
         own_mix: int = 0,
+        own_mix_cross: int = 0,
     ):
         if soft_labels not in SOFT_LABELS:
             raise UsageError(f"soft labels must be one of {', '.join(SOFT_LABELS)}, got {soft_labels!r}")
@@ -280,6 +281,9 @@ class Peer:
         if own_mix < 0 or own_mix == 1:
             raise UsageError(f"own mix must be 0 (off) or >= 2, got {own_mix}")
         self.own_mix = own_mix
+        if own_mix_cross < 0:
+            raise UsageError(f"own mix cross must be >= 0, got {own_mix_cross}")
+        self.own_mix_cross = own_mix_cross
         self.id = peer_id
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -357,10 +361,11 @@ class Peer:
         return x, y, np.concatenate([own, rt])
 
     def own_mixes(self, round: int) -> tuple[np.ndarray, np.ndarray]:
-        """With `own_mix` k: one mix of k of my own rows of a class per training row (peer.core.augment.
-        class_mixes), drawn from (seed, round) alone; empty otherwise."""
+        """With `own_mix` k: one mix of k of my own rows per training row, `own_mix_cross` of them of
+        another class I hold, labelled with the row's class (peer.core.augment.class_mixes), drawn from
+        (seed, round) alone; empty otherwise."""
         rng = np.random.default_rng([self.seed, 13, round])
-        return class_mixes(self.x, self.y, self.own_mix, rng)
+        return class_mixes(self.x, self.y, self.own_mix, rng, cross=self.own_mix_cross)
 
     def train(self, epochs: int | None = None, progress: Callable[[int], None] | None = None, round: int = 0) -> int:
         """Fit on private data plus every distinct example received; returns the set's size.
