@@ -31,6 +31,7 @@ KNOBS = {
     "soft_labels": "held",
     "own_mix": 4,
     "own_mix_cross": 1,
+    "alpha": 0.3,
 }
 
 
@@ -314,6 +315,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "soft_labels": "off",
         "own_mix": 0,
         "own_mix_cross": 0,
+        "alpha": 0.5,
     }
     assert PRIVACY_PRESETS["paper"] == paper
     for name, preset in PRIVACY_PRESETS.items():
