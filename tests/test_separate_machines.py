@@ -250,7 +250,7 @@ def test_a_peer_cut_off_mid_round_finishes_as_the_undisturbed_run(lan, sites, lo
     # site-c, or site-c's own (its wait at the next barrier, its heartbeats), which fail within 15 s
     # (a heartbeat interval plus its call timeout): inside the `most` seconds the cut lasts unless
     # every other site's calls to site-c failed
-    own = cut.own_failures()  # the undisturbed run logs none
+    own = cut.own_failures()
     print(f"failed calls to site-c: {cut.failed_during}; site-c's own: {own}")
     assert any(cut.failed_during.values()) or own, (cut.seconds, cut.failed_during, own)
     # ... and were retried until they passed: the run finished, nobody skipped, no student left untaught

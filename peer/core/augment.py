@@ -105,15 +105,15 @@ def class_mixes(
     if k < 2 or len(x) == 0:
         return x[:0], y[:0]
     flat = np.asarray(x, np.float32).reshape(len(x), -1)
+    n = min(cross, (k - 1) // 2)  # members of another class in each mix
     out_x, out_y = [], []
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         if len(rows) < 2:
             continue
         others = rows[rng.integers(0, len(rows), (len(rows), k - 1))]
-        foreign = np.flatnonzero(y != c)
-        n = min(cross, (k - 1) // 2)
-        if n and len(foreign):
+        foreign = np.flatnonzero(y != c) if n else rows[:0]
+        if len(foreign):
             others[:, k - 1 - n :] = foreign[rng.integers(0, len(foreign), (len(rows), n))]
         out_x.append((flat[rows] + flat[others].sum(axis=1)) / np.float32(k))
         out_y.append(np.full(len(rows), c, dtype=np.int64))
