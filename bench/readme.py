@@ -266,19 +266,23 @@ def _split(r: dict) -> str:
     return f"{r['end_anonymous_mb_max']:.0f} MB / {r['end_file_mb_median']:.0f} MB"
 
 
+def _share(r: dict) -> str:
+    return f"{r['end_pss_mb_max']:.0f} MB" if "end_pss_mb_max" in r else "n/a"
+
+
 def scale_table(results: Path = RESULTS) -> str:
     runs = _load("scale", results)
     lines = [
         "| peers | teachers per student | pairs taught | round 1 wall time | bytes on the wire | "
         "peak memory of a peer process (median) | of it at the end: anonymous (largest) / file-backed (median) | "
-        "median accuracy before -> after |",
-        "|---|---|---|---|---|---|---|---|",
+        "proportional share at the end (largest) | median accuracy before -> after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs if isinstance(runs, list) else []:
         fan = "all others" if not r["fanout"] else f"{r['fanout']} most useful"
         lines.append(
             f"| {r['peers']} | {fan} | {r['pairs']} | {r['round_seconds']:.1f} s | {r['bytes'] / 1e6:.1f} MB | "
-            f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | {_split(r)} | "
+            f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | {_split(r)} | {_share(r)} | "
             f"{_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} |"
         )
     floors = {r["torch_import_rss_mb"] for r in runs if "torch_import_rss_mb" in r} if isinstance(runs, list) else set()
@@ -290,7 +294,9 @@ def scale_table(results: Path = RESULTS) -> str:
             "each peer reports its resident memory split (`resident_mb` in its wire report, from "
             "/proc/self/smaps_rollup): anonymous memory (heap, tensors, data, torch's own among them: what each "
             "further peer process adds) and file-backed pages of the libraries it maps (torch's CUDA libraries "
-            "among them with no GPU), which the page cache holds once for every peer process on the machine."
+            "among them with no GPU), which the page cache holds once for every peer process on the machine; "
+            "and its proportional share (PSS: each page divided by the number of processes that map it), what "
+            "one more peer process costs a machine that already runs peers."
         )
     return "\n".join(lines)
 

@@ -54,12 +54,20 @@ def torch_import_rss_mb() -> float:
 
 def _resident(resident: list[dict]) -> dict:
     """Of the peer processes' resident memory at their last report: the largest anonymous part (each
-    process's own) and the median file-backed part (libraries, one copy in the page cache for all)."""
+    process's own), the median file-backed part (libraries, one copy in the page cache for all), the
+    largest resident and the largest proportional share (shared pages divided among the processes
+    mapping them: what one more peer on the machine costs it)."""
     anon = sorted(r["anonymous_mb"] for r in resident if r)
     files = sorted(r["file_mb"] for r in resident if r)
     if not anon:
         return {}
-    return {"end_anonymous_mb_max": anon[-1], "end_file_mb_median": files[len(files) // 2]}
+    pss = sorted(r["pss_mb"] for r in resident if r and "pss_mb" in r)
+    return {
+        "end_anonymous_mb_max": anon[-1],
+        "end_file_mb_median": files[len(files) // 2],
+        "end_rss_mb_max": max(r["rss_mb"] for r in resident if r),
+        **({"end_pss_mb_max": pss[-1]} if pss else {}),
+    }
 
 
 def one_run(cfg: ExperimentConfig, threads: int) -> dict:

@@ -44,6 +44,7 @@ def summarise(exp: Experiment) -> dict:
                 "per_class_before": [_r(v) for v in before["per_class"]],
                 "per_class_after": [_r(v) for v in after["per_class"]],
                 "accuracy_by_round": [round(e["accuracy"], 4) for e in evals],
+                "missing_class_accuracy_by_round": [_mean_of(e["per_class"], missing) for e in evals],
                 "received": sum(r.sent for r in log.teach if r.student == pid),
                 "refused": sum(v["refused"] for g in gates for v in g["teachers"].values()),
                 "training_set_by_round": log.train_sizes[pid],

@@ -31,7 +31,7 @@ KNOBS = {
     "soft_labels": "held",
     "own_mix": 4,
     "own_mix_cross": 1,
-    "alpha": 0.3,
+    "alpha": 0.15,
 }
 
 

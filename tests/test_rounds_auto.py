@@ -129,6 +129,10 @@ def _check_auto_summary(summary: dict, cfg: ExperimentConfig) -> int:
     run = rounds["run"]
     assert rounds["asked"] == "auto" and rounds["max_rounds"] == cfg.max_rounds
     assert all(len(p["accuracy_by_round"]) == run + 1 for p in summary["peers"])
+    for p in summary["peers"]:  # a peer's missing classes round by round, ending at what it reports after
+        assert len(p["missing_class_accuracy_by_round"]) == run + 1
+        assert p["missing_class_accuracy_by_round"][0] == p["missing_class_accuracy_before"]
+        assert p["missing_class_accuracy_by_round"][-1] == p["missing_class_accuracy_after"]
     by_round = {
         r: sorted(p["id"] for p in summary["peers"] for g in p["gate_by_round"] if g["round"] == r and g["improved"])
         for r in range(1, run + 1)

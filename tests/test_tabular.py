@@ -240,6 +240,7 @@ def test_forest_teaches_mlp_and_back_on_real_data(kinds):
         privacy="paper",
         cf_start="instance",
         min_distance=0.0,
+        alpha=0.5,  # the paper's target, as --privacy paper sets it
     )
     order = np.random.default_rng(0).permutation(len(train))
     parts = [np.sort(p[train.y[p] != k]) for k, p in enumerate(np.array_split(order, 2))]

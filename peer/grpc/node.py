@@ -60,7 +60,9 @@ def resident_mb(rollup: str = "/proc/self/smaps_rollup") -> dict[str, float]:
     """This process's resident memory now, in MiB, split by what backs it: anonymous (its heap,
     tensors, data: what each further peer process adds) and file (mapped libraries and files, whose
     pages the page cache holds once for every process that maps them, torch's CUDA libraries among
-    them even with no GPU). Empty where the kernel has no smaps_rollup (not Linux, or before 4.14)."""
+    them even with no GPU); and pss, its proportional share (each page divided by the number of
+    processes mapping it: what the machine spends on this process, where peers share a machine).
+    Empty where the kernel has no smaps_rollup (not Linux, or before 4.14)."""
     try:
         text = Path(rollup).read_text()
     except OSError:
@@ -68,7 +70,7 @@ def resident_mb(rollup: str = "/proc/self/smaps_rollup") -> dict[str, float]:
     kb = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("Rss", "Anonymous") and rest.split():
+        if key in ("Rss", "Pss", "Anonymous") and rest.split():
             kb[key] = int(rest.split()[0])
     if "Rss" not in kb or "Anonymous" not in kb:
         return {}
@@ -76,6 +78,7 @@ def resident_mb(rollup: str = "/proc/self/smaps_rollup") -> dict[str, float]:
         "rss_mb": round(kb["Rss"] / 1024, 1),
         "anonymous_mb": round(kb["Anonymous"] / 1024, 1),
         "file_mb": round((kb["Rss"] - kb["Anonymous"]) / 1024, 1),
+        **({"pss_mb": round(kb["Pss"] / 1024, 1)} if "Pss" in kb else {}),
     }
 
 
