@@ -105,8 +105,9 @@ class ExperimentConfig:
         "else searched again from a new mix, up to 4 searches), paper (the search starts at the private "
         "instance, nothing filtered: sends near-copies of private data) or custom; a preset sets "
         "--cf-start, --cf-start-k, --cf-start-cross, --cf-start-pool, --min-distance, --min-distance-action, "
-        "--noise-scale, --release-tries, --soft-labels, --own-mix, --own-mix-cross and --alpha unless given "
-        "(paper: labels alone and no own mixes, as the paper's students train, and its alpha 0.5)",
+        "--noise-scale, --release-tries, --soft-labels, --own-mix, --own-mix-cross, --peer-distill and --alpha "
+        "unless given (paper: labels alone, no own mixes and nothing learnt back from pulled models, as the "
+        "paper's students train, and its alpha 0.5)",
     )
     cf_start: str = option(
         "mix",
@@ -211,6 +212,13 @@ class ExperimentConfig:
         "--cf-start-cross) is no cue either; at most (k-1)/2 are taken (a --privacy preset sets it: guarded 1, "
         "paper 0)",
     )
+    peer_distill: float = option(
+        1.0,
+        "a neural peer also learns from the models it pulled to teach: each of its own rows trains toward "
+        "its label with W of what those models that get the row right believe of the classes its data "
+        "lacks moved onto those classes (where none is right, its label), which shows it on its own images "
+        "where the classes it lacks lie; in [0, 1], 0: off (a --privacy preset sets it: guarded 1, paper 0)",
+    )
     train_per_peer: int = option(0, "use only this many examples of each peer's part (0: all)")
     test_limit: int = option(0, "evaluate on the first N test images (0: all)")
     data_dir: str | None = option(
@@ -269,6 +277,8 @@ class ExperimentConfig:
             raise UsageError(f"--release-tries must be >= 1, got {self.release_tries}")
         if self.own_mix < 0 or self.own_mix == 1:
             raise UsageError(f"--own-mix must be 0 (off) or >= 2, got {self.own_mix}")
+        if not 0.0 <= self.peer_distill <= 1.0:
+            raise UsageError(f"--peer-distill must be in [0, 1], got {self.peer_distill}")
         if self.own_mix_cross < 0:
             raise UsageError(f"--own-mix-cross must be >= 0, got {self.own_mix_cross}")
         if self.cf_starts < 1:
@@ -373,6 +383,7 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "soft_labels": "off",
         "own_mix": 0,  # its examples are private instances, not means: nothing to match
         "own_mix_cross": 0,
+        "peer_distill": 0.0,  # the paper's students learn from examples alone
         "alpha": 0.5,  # the paper's
     },
     # the default: starts at the mean of 4 same-class instances, sends nothing nearer a private example
@@ -401,6 +412,10 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "own_mix": 4,
         # as its mix starts: one of the 3 others of another class (fmnist-10: see README, own mixes)
         "own_mix_cross": 1,
+        # a student learns a class it lacks from blurred mixes alone, so the models it pulls to teach
+        # also show it, on its own sharp images, where that class lies (peer.core.consult). fmnist-10,
+        # 2 rounds: see README, learning back from pulled models
+        "peer_distill": 1.0,
         # a mix start is no typical member of its class: a target halfway to the label (the paper's 0.5)
         # moves it 1.5x as far (mean L1 to the start 5.4 against 3.7) toward what the teacher's model
         # alone calls the class. fmnist-10, 2 rounds, one run each: alpha 0.8 / 0.5 / 0.3 / 0.15 / 0.05,

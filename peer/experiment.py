@@ -125,6 +125,7 @@ def _peer(cfg: ExperimentConfig, peer_id: str, k: int, kind: str, data: Dataset,
         soft_labels=cfg.soft_labels,
         own_mix=cfg.own_mix,
         own_mix_cross=cfg.own_mix_cross,
+        peer_distill=cfg.peer_distill,
     )
 
 

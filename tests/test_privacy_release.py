@@ -31,6 +31,7 @@ KNOBS = {
     "soft_labels": "held",
     "own_mix": 4,
     "own_mix_cross": 1,
+    "peer_distill": 1.0,
     "alpha": 0.15,
 }
 
@@ -315,6 +316,7 @@ def test_privacy_preset_sets_only_knobs_not_given():
         "soft_labels": "off",
         "own_mix": 0,
         "own_mix_cross": 0,
+        "peer_distill": 0.0,
         "alpha": 0.5,
     }
     assert PRIVACY_PRESETS["paper"] == paper

@@ -133,6 +133,8 @@ class GateReport:
     # or it kept the first examples of a class its data lacks (new_classes), which no slice can judge
     improved: bool = False
     new_classes: list[str] = field(default_factory=list)
+    # my own rows trained toward the beliefs of models I pulled that get them right (--peer-distill)
+    distilled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +145,7 @@ class GateReport:
             "outcome": self.outcome,
             "improved": self.improved,
             "new_classes": list(self.new_classes),
+            "distilled": self.distilled,
             "tries": [dict(t) for t in self.tries],
             "teachers": {k: dict(v) for k, v in self.teachers.items()},
         }
@@ -162,6 +165,7 @@ class GateReport:
         if not isinstance(new_classes, list) or not all(isinstance(c, str) for c in new_classes):
             raise TypeError(f"new_classes must be a list of class names, got {new_classes!r}")
         report.new_classes = list(new_classes)
+        report.distilled = int(data.get("distilled", 0))
         report.tries = [
             {
                 "without": [str(w) for w in t["without"]],

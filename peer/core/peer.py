@@ -16,6 +16,7 @@ import torch
 
 from peer.core.augment import AugmentConfig, augment_images, augment_vectors, class_mixes
 from peer.core.blob import EXAMPLE_LEVELS, ExampleBatch, InvalidPayload, ModelBlob, quantise_proba
+from peer.core.consult import distill_targets, qualified_beliefs
 from peer.core.counterfactual import (
     CounterfactualConfig,
     dedupe,
@@ -274,6 +275,7 @@ class Peer:
         soft_labels: str = "held",
         own_mix: int = 0,
         own_mix_cross: int = 0,
+        peer_distill: float = 0.0,
     ):
         if soft_labels not in SOFT_LABELS:
             raise UsageError(f"soft labels must be one of {', '.join(SOFT_LABELS)}, got {soft_labels!r}")
@@ -284,6 +286,12 @@ class Peer:
         if own_mix_cross < 0:
             raise UsageError(f"own mix cross must be >= 0, got {own_mix_cross}")
         self.own_mix_cross = own_mix_cross
+        if not 0.0 <= peer_distill <= 1.0:
+            raise UsageError(f"peer distill must be in [0, 1], got {peer_distill}")
+        self.peer_distill = peer_distill
+        # round -> student -> its model's probabilities on my own rows, kept from teaching it
+        # (peer.core.consult): what my retrain of that round distills from
+        self.consulted: dict[int, dict[str, np.ndarray]] = {}
         self.id = peer_id
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -356,9 +364,28 @@ class Peer:
         lacking = ~np.isin(ry, np.unique(self.y))
         rt[lacking] = 0.0
         rt[np.flatnonzero(lacking), ry[lacking]] = 1.0
-        own = np.zeros((len(self.y) + len(oy), len(self.classes)), np.float32)
-        own[np.arange(len(own)), np.concatenate([self.y, oy])] = 1.0
-        return x, y, np.concatenate([own, rt])
+        mixes = np.zeros((len(oy), len(self.classes)), np.float32)
+        mixes[np.arange(len(oy)), oy] = 1.0
+        return x, y, np.concatenate([self.own_targets(round), mixes, rt])
+
+    def own_targets(self, round: int) -> np.ndarray:
+        """What my own rows train toward in `round`: their labels, with `peer_distill` of what the
+        models I pulled this round that get a row right believe of the classes I lack moved onto
+        those classes (peer.core.consult)."""
+        beliefs, has = qualified_beliefs(self.consulted.get(round, {}).values(), self.y, len(self.classes))
+        lacking = np.bincount(self.y, minlength=len(self.classes)) == 0
+        return distill_targets(self.y, len(self.classes), beliefs, has, self.peer_distill, lacking)
+
+    def _distills(self) -> bool:
+        """Whether my retrain learns back from pulled models: a learner that trains toward
+        probabilities, soft labels on, and --peer-distill above 0."""
+        return self.peer_distill > 0 and self.soft_labels != "off" and self.learner.soft_targets
+
+    def distilled_rows(self, round: int) -> int:
+        """How many of my own rows `round`'s retrain moves toward the classes I lack."""
+        if not self._distills() or not self.consulted.get(round) or not self.missing_classes():
+            return 0
+        return int(qualified_beliefs(self.consulted[round].values(), self.y, len(self.classes))[1].sum())
 
     def own_mixes(self, round: int) -> tuple[np.ndarray, np.ndarray]:
         """With `own_mix` k: one mix of k of my own rows per training row, `own_mix_cross` of them of
@@ -385,7 +412,7 @@ class Peer:
         """Train with what arrived since the last judgement, keeping it only where my validation
         slice does not lose accuracy beyond noise (peer.core.gate); every fit starts from the
         model of before the round with the same seed. Records a GateReport in self.gates[round]."""
-        report = GateReport(round, validation=len(self.val_y))
+        report = GateReport(round, validation=len(self.val_y), distilled=self.distilled_rows(round))
         judged = self.store.judgements()
         held = {self.classes[c] for c in np.unique(self.y)}
         lacking = set(self.classes) - held
@@ -614,6 +641,10 @@ class Peer:
         the student takes it for."""
         cfg = self.teach_config
         theirs = self._student_proba(student)
+        if self._distills() and student.classes == self.classes:
+            # kept for my own retrain of this round (own_targets); older rounds are done with
+            self.consulted = {r: v for r, v in self.consulted.items() if r >= report.round}
+            self.consulted.setdefault(report.round, {})[report.student] = theirs.astype(np.float32)
         idx = np.flatnonzero(qualified_mask(self.own_proba(), theirs, self.y))
         report.qualified = len(idx)
         if cfg.max_per_student and len(idx) > cfg.max_per_student:

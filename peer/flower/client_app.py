@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 SELF = "self"  # name of this peer's own model inside context.state
 STATE = "ckd.peer"  # ConfigRecord in context.state: the last round this peer trained
 JUDGED = "ckd.judged"  # ConfigRecord in context.state: the validation gate's judgements (JSON)
+# ArrayRecord in context.state: per student taught in the round of CONSULTED_ROUND, its model's
+# probabilities on my own rows, which my retrain of that round distills from (--peer-distill)
+CONSULTED = "ckd.consulted"
+CONSULTED_ROUND = "ckd.consulted.round"
 # node-config keys that say where this machine keeps the data; they override the run config's
 NODE_DATA = ("data-dir", "data", "data-kind", "label", "test-data", "class-map", "classes")
 # node-config keys of a peer on its own data (no partition-id), as `ckd peer --id NAME --learner KIND`
@@ -161,6 +165,10 @@ def load_peer(context: Context) -> tuple[Peer, ExperimentConfig]:
     if isinstance(judged, ConfigRecord):
         for sender, r, refused in json.loads(str(judged.get("json", "[]"))):
             peer.store.judge(str(sender), int(r), [str(c) for c in refused])
+    consulted = state.get(CONSULTED_ROUND)
+    consulted_round = consulted.get("round") if isinstance(consulted, ConfigRecord) else None
+    if isinstance(consulted_round, int):
+        peer.consulted = {consulted_round: rec.get_arrays(state, CONSULTED)}
     return peer, cfg
 
 
@@ -276,6 +284,9 @@ def train_distill(msg: Message, context: Context) -> Message:
     peer, cfg = load_peer(context)
     content = RecordDict({"peer": _identity(context)})
     record = teach_students(peer, r, rec.blob_names(msg.content), RelayTransport(msg.content, content))
+    # what the students' models said of my own rows, for my retrain in train.absorb (a new Peer)
+    rec.put_arrays(context.state, CONSULTED, peer.consulted.get(r, {}))
+    context.state[CONSULTED_ROUND] = ConfigRecord({"round": r})
     rec.put_record(content, record)
     return Message(content, reply_to=msg)
 

@@ -66,6 +66,18 @@ def _get(cfg: ConfigRecord, key: str, kind: type | tuple, what: str) -> Any:
     return value
 
 
+def put_arrays(content: RecordDict, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Plain named arrays under `name` (e.g. a peer's own state between messages)."""
+    content[name] = _arrays(arrays)
+
+
+def get_arrays(content: RecordDict, name: str, limits: Limits = Limits()) -> dict[str, np.ndarray]:
+    """The arrays put_arrays stored under `name` ({} when there are none)."""
+    if name not in content:
+        return {}
+    return _numpy(content[name], name, limits.max_blob_bytes, limits.max_arrays)
+
+
 # -- ModelBlob ---------------------------------------------------------------------------------
 def put_blob(content: RecordDict, name: str, blob: ModelBlob) -> None:
     """Store `blob` under `model.<name>` (arrays) and `model.<name>.spec` (JSON spec)."""
