@@ -5,7 +5,7 @@ to know where j errs). Those predictions say more than right or wrong: where j's
 on a row of mine, its probabilities tell how typical of the row's class it finds it and which
 other classes it sees in it, among them classes my data never shows. Under label skew this is
 most of what a peer can learn about a class it lacks from real images: a coat-like pullover of
-mine that three models give 20% Coat teaches me where Coat lies, from my own sharp images, not
+mine that the models call partly Coat teaches me where Coat lies, from my own sharp images, not
 from the blurred mixes the guarded release sends.
 
 So in its retrain a peer moves each of its own rows' target from its label toward the classes it
@@ -16,8 +16,8 @@ lacks by what the pulled models that get the row right believe of them:
 
 (the qualified models, as in the paper's R: a model that errs on the row says nothing about its
 class), and its label where no pulled model is right. The classes my data holds keep their labels:
-there my own labelled rows know best, and blending in the models' beliefs about them cost median
-accuracy on fmnist-10 (86.3% against 86.7%, the missing classes learnt less: 87.2% against 88.8%).
+there my own labelled rows know best (README, learning back from the models it pulled, gives the
+one-off probe that compared the two; no benchmark in bench/ reruns it).
 Nothing leaves the peer: the models came for teaching, and their outputs on private rows stay where
 the rows are.
 """
