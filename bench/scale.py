@@ -10,13 +10,19 @@ peer holds a small Dirichlet (beta 0.5) part of Fashion-MNIST's training set (--
 images), so that 32 processes fit the machine; all share its cores, one torch thread each, so a
 round's wall time here also measures how the peers' work adds up on this machine.
 
-Per run: round_seconds (round 1, from the coordinator's barriers: every model published to
-every peer retrained and reported), bytes (everything the peers sent on the wire), pairs taught,
-peak_rss_mb (the largest peer process; torch_import_rss_mb, a bare process that imported torch,
-is the share of it no peer code causes), end_anonymous_mb_max and end_file_mb_median (each peer's
-resident memory at its last report split into anonymous memory, its own, and file-backed pages of
-the libraries it maps, which the page cache holds once for every peer process), median accuracy
-before and after the round.
+Per configuration, run --repeats times (3): round_seconds, the median of the runs' round 1
+wall times (from the coordinator's barriers: every model published to every peer retrained and
+reported; each run's in round_seconds_runs), and of the median run: bytes (everything the peers
+sent on the wire), pairs taught, peak_rss_mb (the largest peer process in any run;
+torch_import_rss_mb, a bare process that imported torch, is the share of it no peer code
+causes), end_anonymous_mb_max and end_file_mb_median (each peer's resident memory at its last
+report split into anonymous memory, its own, and file-backed pages of the libraries it maps,
+which the page cache holds once for every peer process), median accuracy before and after the
+round; torch, the version and build the peers ran. Peers run under the interpreter that runs
+this script: a CUDA build of torch maps CUDA's libraries and runs their initialisers with no GPU
+present, a CPU-only build (what the Docker image installs) does not:
+
+    .venv-cpu/bin/python bench/scale.py --repeats 1 --out bench/results/scale_cpu.json
 """
 
 from __future__ import annotations
@@ -70,6 +76,26 @@ def _resident(resident: list[dict]) -> dict:
     }
 
 
+def torch_build() -> dict:
+    """The torch these processes run: its version and whether it is a CUDA build (whose import maps
+    CUDA's libraries and runs their initialisers, GPU or not) or a CPU-only one."""
+    code = "import json, torch; print(json.dumps([torch.__version__, torch.version.cuda]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    version, cuda = json.loads(out.stdout)
+    return {"version": version, "build": f"CUDA {cuda}" if cuda else "CPU only"}
+
+
+def repeated(cfg: ExperimentConfig, threads: int, repeats: int) -> dict:
+    """`one_run` `repeats` times: the run whose round time is the median, with every run's round
+    time (`round_seconds_runs`). Round times of many processes on 2 cores vary from run to run by
+    more than the growth being measured; memory and bytes hardly do."""
+    runs = sorted((one_run(cfg, threads) for _ in range(repeats)), key=lambda r: r["round_seconds"])
+    middle = dict(runs[(len(runs) - 1) // 2])
+    middle["round_seconds_runs"] = [r["round_seconds"] for r in runs]
+    middle["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return middle
+
+
 def one_run(cfg: ExperimentConfig, threads: int) -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ckd-scale-") as tmp:
@@ -102,6 +128,9 @@ def main() -> int:
     parser.add_argument("--fanouts", type=int, nargs="+", default=[0, 3], help="0: all pairs")
     parser.add_argument("--train-per-peer", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per peer process")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each configuration: round_seconds is their median"
+    )
     parser.add_argument("--load", default="", help="what else ran on the machine meanwhile (recorded)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args()
@@ -118,15 +147,17 @@ def main() -> int:
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/scale.py", *sys.argv[1:]])
     runs = []
     floor = torch_import_rss_mb()
+    build = torch_build()
     for peers in args.peers:
         for fanout in args.fanouts:
             if fanout and fanout >= peers - 1:
                 continue  # every other peer anyway: the all-pairs run
             cfg = replace(base, peers=peers, fanout=fanout)
             start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            run = one_run(cfg, args.threads)
+            run = repeated(cfg, args.threads, max(1, args.repeats))
             run |= {"date": start, "command": command, "machine": {**machine(), "concurrent_load": args.load}}
             run["torch_import_rss_mb"] = floor
+            run["torch"] = build
             print(
                 json.dumps({k: run[k] for k in ("peers", "fanout", "pairs", "round_seconds", "bytes", "peak_rss_mb")})
             )
