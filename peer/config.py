@@ -434,6 +434,20 @@ def with_privacy(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     return {**values, **{k: v for k, v in preset.items() if k not in given}}
 
 
+_dataclass_init = ExperimentConfig.__init__
+
+
+def _init_with_preset(self: ExperimentConfig, *args: Any, **kwargs: Any) -> None:
+    """ExperimentConfig(...) as the command line builds it: the --privacy preset sets each knob
+    the caller did not pass, so ExperimentConfig(privacy="paper") is the paper's setting, not its
+    name over the guarded knobs. dataclasses.replace passes every field, so a copy keeps its knobs."""
+    kwargs.update(zip((f.name for f in fields(ExperimentConfig) if f.init), args))
+    _dataclass_init(self, **with_privacy(kwargs, set(kwargs)))
+
+
+ExperimentConfig.__init__ = _init_with_preset  # type: ignore[method-assign]
+
+
 def options() -> list[Field]:
     """The experiment's options, in declaration order."""
     return list(fields(ExperimentConfig))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from peer.config import ExperimentConfig, with_privacy
+from peer.config import PRIVACY_PRESETS, ExperimentConfig, with_privacy
 from peer.core.augment import AugmentConfig
 from peer.core.counterfactual import CounterfactualConfig
 from peer.core.peer import Peer, TeachConfig
@@ -301,8 +301,6 @@ def test_the_knobs_exist_everywhere_with_the_same_defaults(monkeypatch):
 
 
 def test_privacy_preset_sets_only_knobs_not_given():
-    from peer.config import PRIVACY_PRESETS
-
     assert PRIVACY_PRESETS["guarded"] == {k: v for k, v in KNOBS.items() if k != "privacy"}  # the default
     paper = {
         "cf_start": "instance",
@@ -331,6 +329,23 @@ def test_privacy_preset_sets_only_knobs_not_given():
         ExperimentConfig(privacy="nope")
     with pytest.raises(Exception, match="unknown counterfactual start"):
         ExperimentConfig(cf_start="nope")
+
+
+def test_privacy_preset_in_code():
+    """ExperimentConfig(privacy=...) built in code is the preset, as on the command line: knobs not
+    passed come from it, knobs passed win, and a copy (dataclasses.replace) keeps its knobs."""
+    from dataclasses import replace
+
+    paper = ExperimentConfig(privacy="paper")
+    assert {k: getattr(paper, k) for k in PRIVACY_PRESETS["paper"]} == PRIVACY_PRESETS["paper"]
+    mine = ExperimentConfig(privacy="paper", alpha=0.3, own_mix=4)
+    assert (mine.alpha, mine.own_mix, mine.cf_start, mine.peer_distill) == (0.3, 4, "instance", 0.0)
+    guarded = ExperimentConfig()
+    assert {k: getattr(guarded, k) for k in PRIVACY_PRESETS["guarded"]} == PRIVACY_PRESETS["guarded"]
+    assert ExperimentConfig(privacy="custom", cf_start="noise").cf_start == "noise"
+    assert replace(paper, peers=3).cf_start == "instance"
+    positional = ExperimentConfig(3)  # fields may be passed in order, as a dataclass takes them
+    assert positional.peers == 3 and positional.cf_start == "mix"
 
 
 def test_privacy_preset_through_cli_and_flower():
