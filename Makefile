@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Extra arguments for `ckd demo`, e.g. make demo ARGS="--rounds 1"
 ARGS   ?=
+# Where torch and torchvision come from (empty: pip's own indexes). PyTorch's CPU-only wheels, which
+# the Docker image installs, map no CUDA libraries: a peer process holds about 280 MB less (README,
+# Benchmarks, scale). make venv VENV=.venv-cpu TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 
 .PHONY: demo test test-faults test-deploy test-docker compose-test lint bench $(BENCHES) bench-gpu bench-compose flower venv data clean protos
 
@@ -12,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch and torchvision first and pinned, so pip takes them from local wheels where it can
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -270,22 +270,40 @@ def _share(r: dict) -> str:
     return f"{r['end_pss_mb_max']:.0f} MB" if "end_pss_mb_max" in r else "n/a"
 
 
-def scale_table(results: Path = RESULTS) -> str:
-    runs = _load("scale", results)
+def _round_time(r: dict) -> str:
+    runs = r.get("round_seconds_runs") or []
+    if len(runs) < 2:
+        return f"{r['round_seconds']:.1f} s"
+    return f"{r['round_seconds']:.1f} s ({min(runs):.1f}-{max(runs):.1f})"
+
+
+def _scale_rows(runs: list) -> list[str]:
     lines = [
-        "| peers | teachers per student | pairs taught | round 1 wall time | bytes on the wire | "
+        "| peers | teachers per student | pairs taught | round 1 wall time: median (range) | bytes on the wire | "
         "peak memory of a peer process (median) | of it at the end: anonymous (largest) / file-backed (median) | "
         "proportional share at the end (largest) | median accuracy before -> after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in runs if isinstance(runs, list) else []:
+    for r in runs:
         fan = "all others" if not r["fanout"] else f"{r['fanout']} most useful"
         lines.append(
-            f"| {r['peers']} | {fan} | {r['pairs']} | {r['round_seconds']:.1f} s | {r['bytes'] / 1e6:.1f} MB | "
+            f"| {r['peers']} | {fan} | {r['pairs']} | {_round_time(r)} | {r['bytes'] / 1e6:.1f} MB | "
             f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_median']:.0f} MB) | {_split(r)} | {_share(r)} | "
             f"{_pct(r['median_accuracy_before'])} -> {_pct(r['median_accuracy_after'])} |"
         )
-    floors = {r["torch_import_rss_mb"] for r in runs if "torch_import_rss_mb" in r} if isinstance(runs, list) else set()
+    return lines
+
+
+def _torch(runs: list) -> str:
+    builds = {(r["torch"]["version"], r["torch"]["build"]) for r in runs if "torch" in r}
+    return ", ".join(f"torch {v} ({b})" for v, b in sorted(builds)) or "torch (build not recorded)"
+
+
+def scale_table(results: Path = RESULTS) -> str:
+    runs = _load("scale", results)
+    runs = runs if isinstance(runs, list) else []
+    lines = [f"Peers on {_torch(runs)}, as `make venv` installs it:", "", *_scale_rows(runs)]
+    floors = {r["torch_import_rss_mb"] for r in runs if "torch_import_rss_mb" in r}
     if floors:
         lines.append("")
         lines.append(
@@ -298,6 +316,17 @@ def scale_table(results: Path = RESULTS) -> str:
             "and its proportional share (PSS: each page divided by the number of processes that map it), what "
             "one more peer process costs a machine that already runs peers."
         )
+    cpu = _load("scale_cpu", results)
+    if isinstance(cpu, list) and cpu:
+        cpu_floor = max((r.get("torch_import_rss_mb", 0.0) for r in cpu), default=0.0)
+        lines += [
+            "",
+            f"The same peers on {_torch(cpu)}, as the Docker image installs it "
+            "(`make venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` for a venv; "
+            f"bench/results/scale_cpu.json): a bare import of it holds {cpu_floor:.0f} MB.",
+            "",
+            *_scale_rows(cpu),
+        ]
     return "\n".join(lines)
 
 
