@@ -99,6 +99,12 @@ def main() -> int:
         "ckd's settings) from this earlier result, naming the run that measured them",
     )
     parser.add_argument(
+        "--local-only",
+        action="store_true",
+        help="with --baselines-from: measure the local-only baseline again (each peer alone for as many "
+        "epochs as it trains in ckd, so it moves with --epochs and --retrain-epochs; pooled and FedAvg do not)",
+    )
+    parser.add_argument(
         "--privacy",
         default=DEFAULT_PRIVACY,
         choices=sorted(PRIVACY_PRESETS),
@@ -200,6 +206,16 @@ def main() -> int:
             "measured_by": earlier["baselines"].get("measured_by", earlier.get("command")),
             "measured_on": earlier["baselines"].get("measured_on", earlier.get("date")),
         }
+        if args.local_only:
+            t = time.perf_counter()
+            local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
+            print(f"local only: median {np.median(local):.4f}", flush=True)
+            result["baselines"] |= {
+                "local_only": float(np.median(local)),
+                "local_only_per_peer": [round(a, 4) for a in local],
+                "local_only_measured_by": result["command"],
+                "seconds": {**earlier["baselines"].get("seconds", {}), "local_only": round(time.perf_counter() - t, 1)},
+            }
     result["peers"] = summary["peers"]
     result["config"] = summary["config"]
     write_json(out, result)

@@ -65,7 +65,12 @@ class ExperimentConfig:
     beta: float = option(0.5, "with --split dirichlet: concentration; smaller means more label skew")
     split_seed: int = option(0, "seed of the split (fmnist-10 fixes it to 0)")
     seed: int = option(0, "seed of training, the counterfactual search and augmentation")
-    epochs: int = option(4, "epochs of local training before the first round")
+    epochs: int = option(
+        12,
+        "epochs of local training before the first round (a one-off probe, fmnist-10's CNN peers on their "
+        "own validation slices, mean of 4: 84.2%% after 4 epochs, 86.4%% after 8, 87.2%% after 12, 87.6%% "
+        "after 16)",
+    )
     retrain_epochs: int = option(2, "epochs of training after each round (neural learners continue from their weights)")
     batch_size: int = option(64, "training batch size")
     lr: float = option(1e-3, "training learning rate (Adam)")
