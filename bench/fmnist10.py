@@ -87,6 +87,15 @@ def by_learner(summary: dict) -> dict:
     return out
 
 
+def measure_local_only(cfg: ExperimentConfig, train, test, summary: dict) -> tuple[dict, float]:
+    """The local-only baseline for as many rounds as ckd ran: its JSON fields and its seconds."""
+    t = time.perf_counter()
+    local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
+    print(f"local only: median {np.median(local):.4f}", flush=True)
+    fields = {"local_only": float(np.median(local)), "local_only_per_peer": [round(a, 4) for a in local]}
+    return fields, time.perf_counter() - t
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hetero", action="store_true", help=f"heterogeneous learners {HETERO}")
@@ -175,11 +184,8 @@ def main() -> int:
         flush=True,
     )
     if not args.no_baselines:
-        timings = {}
-        t = time.perf_counter()
-        local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
-        timings["local_only"] = time.perf_counter() - t
-        print(f"local only: median {np.median(local):.4f}", flush=True)
+        local, local_seconds = measure_local_only(cfg, train, test, summary)
+        timings = {"local_only": local_seconds}
         t = time.perf_counter()
         pool, pool_per_class = pooled(cfg, train, test)
         timings["pooled"] = time.perf_counter() - t
@@ -189,8 +195,7 @@ def main() -> int:
         timings["fedavg"] = time.perf_counter() - t
         print(f"fedavg: {fed:.4f}", flush=True)
         result["baselines"] = {
-            "local_only": float(np.median(local)),
-            "local_only_per_peer": [round(a, 4) for a in local],
+            **local,
             "pooled": pool,
             "pooled_per_class": dict(zip(test.classes, pool_per_class)),
             "fedavg": fed,
@@ -207,14 +212,11 @@ def main() -> int:
             "measured_on": earlier["baselines"].get("measured_on", earlier.get("date")),
         }
         if args.local_only:
-            t = time.perf_counter()
-            local = local_only(cfg, train, test, rounds=summary["rounds"]["run"])
-            print(f"local only: median {np.median(local):.4f}", flush=True)
+            local, local_seconds = measure_local_only(cfg, train, test, summary)
             result["baselines"] |= {
-                "local_only": float(np.median(local)),
-                "local_only_per_peer": [round(a, 4) for a in local],
+                **local,
                 "local_only_measured_by": result["command"],
-                "seconds": {**earlier["baselines"].get("seconds", {}), "local_only": round(time.perf_counter() - t, 1)},
+                "seconds": {**earlier["baselines"].get("seconds", {}), "local_only": round(local_seconds, 1)},
             }
     result["peers"] = summary["peers"]
     result["config"] = summary["config"]

@@ -373,7 +373,7 @@ class Peer:
         models I pulled this round that get a row right believe of the classes I lack moved onto
         those classes (peer.core.consult)."""
         beliefs, has = qualified_beliefs(self.consulted.get(round, {}).values(), self.y, len(self.classes))
-        lacking = np.bincount(self.y, minlength=len(self.classes)) == 0
+        lacking = np.isin(np.arange(len(self.classes)), self.missing_classes())
         return distill_targets(self.y, len(self.classes), beliefs, has, self.peer_distill, lacking)
 
     def _distills(self) -> bool:
